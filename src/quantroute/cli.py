@@ -1,0 +1,107 @@
+"""The ``quantroute`` command: parse arguments, load config, call one function. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from quantroute.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from quantroute.serve import serve
+
+    return serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from quantroute.serve import check_config
+
+    return check_config(args.config)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from quantroute.sim.command import simulate_main
+
+    return simulate_main(args.config, args.time_scale, args.seed)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from quantroute.demo import demo_main
+
+    return demo_main(
+        port=args.port, traffic=args.traffic, time_scale=args.time_scale, duration_s=args.duration
+    )
+
+
+def _check_vllm_args(args: argparse.Namespace) -> int:
+    from quantroute.preflight import check_vllm_args_main
+
+    return check_vllm_args_main(list(args.vllm_args), args.gateway_config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantroute", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", required=True, help="gateway YAML file")
+    p.add_argument("--host", default=None, help="override listen.host")
+    p.add_argument("--port", type=int, default=None, help="override listen.port")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check-config", help="validate a gateway config and print it resolved")
+    p.add_argument("config")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("simulate", help="run simulated vLLM backends on loopback")
+    p.add_argument("--config", default=None, help="fleet YAML (default: the packaged fleet)")
+    p.add_argument("--time-scale", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("demo", help="simulated fleet + gateway on 127.0.0.1, no GPU needed")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--traffic", action="store_true", help="drive a mixed workload, show a live view"
+    )
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("check-vllm-args", help="pre-flight check of `vllm serve` arguments")
+    p.add_argument("--gateway-config", default=None)
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_check_vllm_args)
+
+    _add_optional(sub)
+    return parser
+
+
+def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands whose package registers its own arguments (profiler, matrix)."""
+    try:
+        from quantroute.profiler.command import register
+    except ImportError:
+        return
+    register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "vllm_args", None) and args.vllm_args[0] == "--":
+        args.vllm_args = args.vllm_args[1:]
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

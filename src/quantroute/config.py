@@ -1,0 +1,189 @@
+"""Typed configuration: frozen pydantic models and the one loader shared by `serve` and `check-config`.
+
+A bad file raises :class:`~quantroute.errors.ConfigError` whose message names the file, the field
+(as a dotted path such as ``backends.1.max_seq_len``) and what is wrong with the value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from quantroute.errors import ConfigError
+
+TaskType = Literal["coding", "reasoning", "extraction", "chat"]
+TASK_TYPES: tuple[TaskType, ...] = ("coding", "reasoning", "extraction", "chat")
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class Quantization(StrEnum):
+    AWQ = "awq"
+    GPTQ = "gptq"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+    NONE = "none"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackendConfig(_Frozen):
+    """One vLLM server (or a Service in front of identical replicas)."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    url: str = Field(pattern=r"^https?://")
+    served_model_name: str = Field(min_length=1)
+    variant: str = ""
+    quantization: Quantization = Quantization.NONE
+    max_seq_len: int = Field(gt=0)
+    capacity: int = Field(gt=0, description="vLLM --max-num-seqs")
+    gpu: str = "unknown"
+    gpu_cost_per_hour: float = Field(default=0.0, ge=0.0)
+
+    @property
+    def variant_id(self) -> str:
+        return self.variant or self.id
+
+
+class GroupConfig(_Frozen):
+    """A client-facing model name that maps to a set of variants."""
+
+    name: str = Field(min_length=1)
+    variants: tuple[str, ...] = Field(min_length=1)
+    quality_floor: Fraction = 0.0
+
+
+class ScoreWeights(_Frozen):
+    headroom: Annotated[float, Field(ge=0.0)] = 0.4
+    latency: Annotated[float, Field(ge=0.0)] = 0.4
+    cost: Annotated[float, Field(ge=0.0)] = 0.2
+    least_loaded: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScoreWeights:
+        if self.headroom + self.latency + self.cost + self.least_loaded <= 0:
+            raise ValueError("at least one score weight must be positive")
+        return self
+
+
+class Weights(_Frozen):
+    interactive: ScoreWeights = ScoreWeights(headroom=0.4, latency=0.45, cost=0.15)
+    batch: ScoreWeights = ScoreWeights(headroom=0.35, latency=0.1, cost=0.55)
+
+
+class UpstreamTimeouts(_Frozen):
+    connect_s: PositiveFloat = 2.0
+    first_byte_s: PositiveFloat = 120.0
+    total_s: PositiveFloat = 600.0
+
+
+FilterName = Literal["context", "kv_ceiling", "kv_pressure", "quality"]
+PickerName = Literal["best", "round_robin"]
+
+
+class PolicyConfig(_Frozen):
+    kv_pressure_threshold: Fraction = 0.85
+    kv_hard_ceiling: Fraction = 0.95
+    filters: tuple[FilterName, ...] = ("context", "kv_ceiling", "kv_pressure", "quality")
+    weights: Weights = Weights()
+    picker: PickerName = "best"
+    tie_tolerance: Fraction = 0.03
+    staleness_limit_s: PositiveFloat = 5.0
+    scrape_interval_s: PositiveFloat = 1.0
+    scrape_timeout_s: PositiveFloat = 2.0
+    down_after_failures: int = Field(default=3, ge=1)
+    upstream_timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    retries: int = Field(default=1, ge=0, le=5)
+    chars_per_token: PositiveFloat = 4.0
+    default_max_tokens: int = Field(default=256, gt=0)
+    latency_reference_ms: PositiveFloat = 500.0
+    default_ttft_ms: PositiveFloat = 200.0
+    retry_after_s: int = Field(default=1, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ceiling_above_threshold(self) -> PolicyConfig:
+        if self.kv_hard_ceiling < self.kv_pressure_threshold:
+            raise ValueError("kv_hard_ceiling must be >= kv_pressure_threshold")
+        return self
+
+
+class ListenConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class GatewayConfig(_Frozen):
+    listen: ListenConfig = ListenConfig()
+    matrix_path: Path | None = None
+    backends: tuple[BackendConfig, ...] = ()
+    groups: tuple[GroupConfig, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
+    log_decisions: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayConfig:
+        ids = [b.id for b in self.backends]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate backend id(s): {', '.join(dup)}")
+        known = {b.variant_id for b in self.backends}
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate group names")
+        for group in self.groups:
+            missing = [v for v in group.variants if v not in known]
+            if missing:
+                raise ValueError(
+                    f"group {group.name!r} names unknown variant(s) {missing}; known: {sorted(known)}"
+                )
+        return self
+
+    def backend(self, backend_id: str) -> BackendConfig:
+        for b in self.backends:
+            if b.id == backend_id:
+                return b
+        raise KeyError(backend_id)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+        lines.append(f"  - {where}: {err['msg']} (got {shown[:80]})")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<config>") -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, parse and validate a gateway YAML file; relative matrix paths resolve beside it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    config = parse_config(data, str(path))
+    if config.matrix_path is not None and not config.matrix_path.is_absolute():
+        config = config.model_copy(update={"matrix_path": path.parent / config.matrix_path})
+    return config

@@ -1,0 +1,1 @@
+"""The routing decision: pure and synchronous. No asyncio, no HTTP, no clock, no Prometheus here."""

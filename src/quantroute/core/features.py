@@ -1,0 +1,87 @@
+"""Request features from a validated body: prompt size estimate and task type. Pure functions.
+
+Prompt tokens are estimated over *all* messages (every role, every text part) at a configurable
+number of characters per token, plus a few tokens per message for the chat template; token-id
+prompts of the completions API are counted exactly.
+
+Task type heuristic (documented in the README): the header ``x-quantroute-task`` wins; otherwise a
+JSON ``response_format`` means extraction, then keyword cues are counted over the user-visible text
+and the task with most cues wins (ties: coding > extraction > reasoning); no cue means chat.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from quantroute.config import TASK_TYPES, TaskType
+
+PER_MESSAGE_TOKENS = 4
+PRIMING_TOKENS = 3
+
+_CUES: dict[TaskType, re.Pattern[str]] = {
+    "coding": re.compile(
+        r"```|\bdef |\bclass |\bfunction\b|\bimport |\bpython\b|\bjavascript\b|\btypescript\b|"
+        r"\brust\b|\bsql\b|\bregex\b|\bcompile|\bstack ?trace|\bbug\b|\brefactor|\bunit tests?\b|"
+        r"\bimplement\b|\bcode\b",
+        re.IGNORECASE,
+    ),
+    "extraction": re.compile(
+        r"\bextract|\bjson\b|\bfields?\b|\bparse\b|\bschema\b|\bkey[- ]value|\btable\b|"
+        r"\blist (?:all|every)\b|\bentities\b",
+        re.IGNORECASE,
+    ),
+    "reasoning": re.compile(
+        r"\bwhy\b|\bprove\b|\bstep by step\b|\bcalculate\b|\bhow many\b|\bsolve\b|\breason|"
+        r"\bhow much\b|\bequation\b|\bprobability\b|\d+\s*[-+*/x×]\s*\d+",
+        re.IGNORECASE,
+    ),
+}
+_ORDER: tuple[TaskType, ...] = ("coding", "extraction", "reasoning")
+
+
+def message_text(content: object) -> str:
+    """The text of a message's ``content``: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts = [p.get("text", "") for p in content if isinstance(p, Mapping)]
+        return "\n".join(t for t in texts if isinstance(t, str))
+    return ""
+
+
+def estimate_chat_tokens(messages: Sequence[Mapping[str, object]], chars_per_token: float) -> int:
+    chars = sum(len(message_text(m.get("content"))) for m in messages)
+    return PRIMING_TOKENS + PER_MESSAGE_TOKENS * len(messages) + math.ceil(chars / chars_per_token)
+
+
+def estimate_prompt_tokens(prompt: object, chars_per_token: float) -> int:
+    """Completions API ``prompt``: text, list of texts, token ids, or lists of token ids."""
+    if isinstance(prompt, str):
+        return math.ceil(len(prompt) / chars_per_token)
+    if isinstance(prompt, Sequence) and prompt:
+        if all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        return max(estimate_prompt_tokens(p, chars_per_token) for p in prompt)
+    return 0
+
+
+def classify_task(text: str, *, wants_json: bool = False, override: str | None = None) -> TaskType:
+    if override is not None:
+        lowered = override.strip().lower()
+        for task in TASK_TYPES:
+            if lowered == task:
+                return task
+    if wants_json:
+        return "extraction"
+    counts = {task: len(_CUES[task].findall(text)) for task in _ORDER}
+    best = max(_ORDER, key=lambda t: counts[t])
+    return best if counts[best] > 0 else "chat"
+
+
+def chat_text(messages: Sequence[Mapping[str, object]]) -> str:
+    """Text the task heuristic reads: user and system messages."""
+    return "\n".join(
+        message_text(m.get("content")) for m in messages if m.get("role") in ("user", "system")
+    )

@@ -1,0 +1,96 @@
+"""Filters: each looks at one backend and returns ``None`` (admit) or the reason it is rejected.
+
+Hard filters always apply. ``kv_pressure`` is soft: when it alone would leave no candidate, it is
+relaxed (the hard ``kv_ceiling`` still protects the backends) and the decision records that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quantroute.config import PolicyConfig
+from quantroute.core.matrix import CapabilityMatrix
+from quantroute.core.model import BackendState, Health, RequestFeatures
+
+
+@dataclass(frozen=True, slots=True)
+class FilterContext:
+    features: RequestFeatures
+    policy: PolicyConfig
+    matrix: CapabilityMatrix | None
+    quality_floor: float
+
+
+Filter = Callable[[BackendState, FilterContext], str | None]
+SOFT_FILTERS: frozenset[str] = frozenset({"kv_pressure"})
+CONTEXT_REASON = "context"
+KV_PRESSURE_REASON = "kv_pressure"
+
+
+def request_kv_tokens(features: RequestFeatures, policy: PolicyConfig) -> int:
+    """KV tokens the request will hold at its end: prompt plus the output it may generate."""
+    return features.prompt_tokens + (features.max_tokens or policy.default_max_tokens)
+
+
+def kv_after(backend: BackendState, extra_tokens: int) -> float | None:
+    """KV usage with the gateway's pending account and ``extra_tokens`` added; None if unknown."""
+    metrics = backend.metrics
+    if metrics is None or metrics.kv_cache_usage is None:
+        return None
+    capacity = metrics.kv_capacity_tokens
+    if not capacity:
+        return metrics.kv_cache_usage
+    return metrics.kv_cache_usage + (backend.pending_kv_tokens + extra_tokens) / capacity
+
+
+def health(backend: BackendState, ctx: FilterContext) -> str | None:
+    if backend.health is Health.FRESH:
+        return None
+    return f"health: backend is {backend.health.value}"
+
+
+def context(backend: BackendState, ctx: FilterContext) -> str | None:
+    needed = ctx.features.prompt_tokens + (ctx.features.max_tokens or 1)
+    limit = backend.config.max_seq_len
+    if needed <= limit:
+        return None
+    return f"{CONTEXT_REASON}: prompt {ctx.features.prompt_tokens} + max_tokens exceeds {limit}"
+
+
+def kv_ceiling(backend: BackendState, ctx: FilterContext) -> str | None:
+    usage = kv_after(backend, 0)
+    if usage is None:
+        return "kv_ceiling: KV-cache usage unknown (no usage metric scraped)"
+    if usage < ctx.policy.kv_hard_ceiling:
+        return None
+    return f"kv_ceiling: usage {usage:.2f} >= ceiling {ctx.policy.kv_hard_ceiling:.2f}"
+
+
+def kv_pressure(backend: BackendState, ctx: FilterContext) -> str | None:
+    predicted = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
+    if predicted is None or predicted <= ctx.policy.kv_pressure_threshold:
+        return None
+    limit = ctx.policy.kv_pressure_threshold
+    return f"{KV_PRESSURE_REASON}: predicted usage {predicted:.2f} > threshold {limit:.2f}"
+
+
+def quality(backend: BackendState, ctx: FilterContext) -> str | None:
+    if ctx.matrix is None:
+        return None
+    variant, task = backend.config.variant_id, ctx.features.task
+    if ctx.matrix.stable(variant, task) is False:
+        return f"quality: variant {variant} is unstable for {task}"
+    score = ctx.matrix.quality(variant, task)
+    if score is not None and score < ctx.quality_floor:
+        return f"quality: {task} quality {score:.2f} below floor {ctx.quality_floor:.2f}"
+    return None
+
+
+REGISTRY: dict[str, Filter] = {
+    "context": context,
+    "kv_ceiling": kv_ceiling,
+    "kv_pressure": kv_pressure,
+    "quality": quality,
+}
+ALWAYS: dict[str, Filter] = {"health": health, **REGISTRY}

@@ -1,0 +1,87 @@
+"""The capability matrix: what the profiler measured about each model variant, and pure lookups."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantroute.config import TaskType
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Percentiles(_Model):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    n: int = 0
+    p99_reliable: bool = False
+    """False when fewer samples were taken than a p99 needs (see the profiler's rule)."""
+
+
+class ThroughputPoint(_Model):
+    concurrency: int
+    output_tokens_per_s: float
+    requests: int
+    errors: int = 0
+    ttft_p50_ms: float | None = None
+
+
+class TaskProfile(_Model):
+    quality: float | None = Field(default=None, ge=0.0, le=1.0)
+    relative_quality: float | None = Field(default=None, ge=0.0)
+    samples: int = 0
+    passed: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    stable: bool = True
+    reason: str | None = None
+
+
+class VariantProfile(_Model):
+    backend_url: str | None = None
+    served_model_name: str | None = None
+    gpu: str | None = None
+    gpu_cost_per_hour: float | None = None
+    ttft_ms: Percentiles = Percentiles()
+    itl_ms: Percentiles = Percentiles()
+    throughput: tuple[ThroughputPoint, ...] = ()
+    best_concurrency: int | None = None
+    cost_per_1m_output_tokens: float | None = None
+    tasks: dict[TaskType, TaskProfile] = Field(default_factory=dict)
+
+
+class SuiteInfo(_Model):
+    name: str
+    task: TaskType
+    size: int
+
+
+class CapabilityMatrix(_Model):
+    schema_version: int
+    generated_at: str
+    suites: tuple[SuiteInfo, ...] = ()
+    variants: dict[str, VariantProfile] = Field(default_factory=dict)
+
+    def quality(self, variant: str, task: TaskType) -> float | None:
+        profile = self.variants.get(variant)
+        if profile is None or task not in profile.tasks:
+            return None
+        return profile.tasks[task].quality
+
+    def stable(self, variant: str, task: TaskType) -> bool | None:
+        profile = self.variants.get(variant)
+        if profile is None or task not in profile.tasks:
+            return None
+        return profile.tasks[task].stable
+
+    def ttft_p50_ms(self, variant: str) -> float | None:
+        profile = self.variants.get(variant)
+        return None if profile is None else profile.ttft_ms.p50
+
+    def cost_per_1m(self, variant: str) -> float | None:
+        profile = self.variants.get(variant)
+        return None if profile is None else profile.cost_per_1m_output_tokens

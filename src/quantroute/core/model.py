@@ -1,0 +1,109 @@
+"""Immutable values the routing core works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from quantroute.config import BackendConfig, TaskType
+
+
+class Health(StrEnum):
+    FRESH = "fresh"
+    STALE = "stale"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class LatencyClass(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendMetrics:
+    """What a backend's /metrics said. ``None`` means unknown, never zero."""
+
+    kv_cache_usage: float | None = None
+    num_running: float | None = None
+    num_waiting: float | None = None
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+    model_names: tuple[str, ...] = ()
+    kv_metric_name: str | None = None
+
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        if self.num_gpu_blocks is None or self.block_size is None:
+            return None
+        return self.num_gpu_blocks * self.block_size
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """One backend as the router sees it at snapshot time."""
+
+    config: BackendConfig
+    health: Health
+    metrics: BackendMetrics | None = None
+    age_s: float | None = None
+    pending_requests: int = 0
+    pending_kv_tokens: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    taken_at: float
+    backends: tuple[BackendState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    model: str
+    prompt_tokens: int
+    max_tokens: int | None
+    stream: bool = False
+    task: TaskType = "chat"
+    latency_class: LatencyClass = LatencyClass.INTERACTIVE
+    sequence: int = 0
+    """A monotonically increasing request number (round robin, tie-break seeding)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    total: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class Outcome(StrEnum):
+    ROUTED = "routed"
+    UNKNOWN_MODEL = "unknown_model"
+    TOO_LONG = "too_long"
+    NO_BACKEND = "no_backend"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    chosen: str | None
+    ranked: tuple[str, ...]
+    """Every admitted candidate, best first (the chosen one first): the retry order."""
+    scores: dict[str, Scores]
+    rejected: dict[str, tuple[str, ...]]
+    """Backend id -> the reasons it was filtered out (only backends in the requested model/group)."""
+    kv_pressure: tuple[str, ...] = ()
+    """Backends steered away from by KV pressure (cache-pressure events)."""
+    relaxed: tuple[str, ...] = ()
+    """Soft filters relaxed because they would have left no candidate."""
+    group: str | None = None
+    quality_floor: float = 0.0
+
+    def explain(self) -> str:
+        parts = [f"chosen={self.chosen}"]
+        parts += [f"{k}:{v.total:.3f}" for k, v in self.scores.items()]
+        parts += [f"{k}!{'|'.join(v)}" for k, v in self.rejected.items()]
+        return " ".join(parts)

@@ -1,0 +1,131 @@
+"""``decide``: filters -> scorers -> picker over an immutable snapshot. Pure and deterministic."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from quantroute.config import GroupConfig, PolicyConfig, ScoreWeights
+from quantroute.core import filters, pickers, scorers
+from quantroute.core.filters import FilterContext
+from quantroute.core.matrix import CapabilityMatrix
+from quantroute.core.model import (
+    BackendState,
+    Decision,
+    LatencyClass,
+    Outcome,
+    RequestFeatures,
+    Scores,
+    Snapshot,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    config: PolicyConfig
+    groups: tuple[GroupConfig, ...] = ()
+
+    def group(self, name: str) -> GroupConfig | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
+def candidates_for(
+    model: str, snapshot: Snapshot, policy: Policy
+) -> tuple[list[BackendState], GroupConfig | None]:
+    """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant."""
+    group = policy.group(model)
+    if group is not None:
+        return [b for b in snapshot.backends if b.config.variant_id in group.variants], group
+    named = [
+        b
+        for b in snapshot.backends
+        if model in (b.config.served_model_name, b.config.id, b.config.variant_id)
+    ]
+    return named, None
+
+
+def _filter(
+    backends: Sequence[BackendState], ctx: FilterContext, names: Sequence[str]
+) -> tuple[list[BackendState], dict[str, tuple[str, ...]]]:
+    admitted: list[BackendState] = []
+    rejected: dict[str, tuple[str, ...]] = {}
+    for backend in backends:
+        reasons = tuple(r for r in (filters.ALWAYS[n](backend, ctx) for n in names) if r)
+        if reasons:
+            rejected[backend.id] = reasons
+        else:
+            admitted.append(backend)
+    return admitted, rejected
+
+
+def _score(
+    admitted: Sequence[BackendState], ctx: FilterContext, weights: ScoreWeights
+) -> dict[str, Scores]:
+    wanted = {k: v for k, v in weights.model_dump().items() if v > 0}
+    total_weight = sum(wanted.values())
+    result: dict[str, Scores] = {}
+    for backend in admitted:
+        parts = {
+            name: scorers.clamp(scorers.REGISTRY[name](backend, admitted, ctx)) for name in wanted
+        }
+        total = sum(wanted[n] * parts[n] for n in wanted) / total_weight
+        result[backend.id] = Scores(total=total, parts=parts)
+    return result
+
+
+def _reject_all(
+    rejected: dict[str, tuple[str, ...]], group: GroupConfig | None, floor: float
+) -> Decision:
+    too_long = bool(rejected) and all(
+        any(r.startswith(filters.CONTEXT_REASON) for r in reasons) for reasons in rejected.values()
+    )
+    outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
+    name = group.name if group else None
+    return Decision(outcome, None, (), {}, rejected, group=name, quality_floor=floor)
+
+
+def decide(
+    features: RequestFeatures,
+    snapshot: Snapshot,
+    matrix: CapabilityMatrix | None,
+    policy: Policy,
+) -> Decision:
+    cfg = policy.config
+    pool, group = candidates_for(features.model, snapshot, policy)
+    if not pool:
+        return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
+    floor = group.quality_floor if group else 0.0
+    ctx = FilterContext(features, cfg, matrix, floor)
+    hard = ["health", *(n for n in cfg.filters if n not in filters.SOFT_FILTERS)]
+    soft = [n for n in cfg.filters if n in filters.SOFT_FILTERS]
+    admitted, rejected = _filter(pool, ctx, hard)
+    if not admitted:
+        return _reject_all(rejected, group, floor)
+    kept, soft_rejected = _filter(admitted, ctx, soft)
+    relaxed: tuple[str, ...] = ()
+    if kept:
+        admitted = kept
+        rejected.update(soft_rejected)
+    elif soft_rejected:
+        relaxed = tuple(soft)
+    pressure = tuple(
+        k for k, v in rejected.items() if any(r.startswith(filters.KV_PRESSURE_REASON) for r in v)
+    )
+    klass = features.latency_class
+    weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive
+    scores = _score(admitted, ctx, weights)
+    rng = random.Random(cfg.seed * 1_000_003 + features.sequence)
+    totals = {k: s.total for k, s in scores.items()}
+    ranked = pickers.REGISTRY[cfg.picker](totals, features, cfg.tie_tolerance, rng)
+    return Decision(
+        Outcome.ROUTED,
+        ranked[0],
+        tuple(ranked),
+        scores,
+        rejected,
+        kv_pressure=pressure,
+        relaxed=relaxed,
+        group=group.name if group else None,
+        quality_floor=floor,
+    )

@@ -1,0 +1,81 @@
+"""Scorers: each maps a candidate to a value in [0, 1] (higher is better), given all candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
+from quantroute.core.model import BackendState
+
+Scorer = Callable[[BackendState, Sequence[BackendState], FilterContext], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    running: float
+    waiting: float
+    pending: float
+    capacity: float
+
+
+def load_of(backend: BackendState) -> Load:
+    m = backend.metrics
+    running = (m.num_running if m and m.num_running is not None else None) or 0.0
+    waiting = (m.num_waiting if m and m.num_waiting is not None else None) or 0.0
+    return Load(running, waiting, float(backend.pending_requests), float(backend.config.capacity))
+
+
+def clamp(value: float) -> float:
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+
+
+def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
+    """Free KV (after this request) and free sequence slots; waiting requests count double."""
+    kv = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
+    kv_free = 0.0 if kv is None else clamp(1.0 - kv)
+    load = load_of(backend)
+    busy = (load.running + load.pending + 2.0 * load.waiting) / load.capacity
+    return 0.5 * kv_free + 0.5 * clamp(1.0 - busy)
+
+
+def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
+    base = None
+    if ctx.matrix is not None:
+        base = ctx.matrix.ttft_p50_ms(backend.config.variant_id)
+    base = base if base is not None else ctx.policy.default_ttft_ms
+    load = load_of(backend)
+    return base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
+
+
+def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
+    ref = ctx.policy.latency_reference_ms
+    return ref / (ref + expected_ttft_ms(backend, ctx))
+
+
+def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
+    """Matrix cost per 1M output tokens; without one, GPU price per sequence slot as a proxy."""
+    if ctx.matrix is not None:
+        cost = ctx.matrix.cost_per_1m(backend.config.variant_id)
+        if cost is not None:
+            return cost
+    return backend.config.gpu_cost_per_hour / backend.config.capacity
+
+
+def cost(backend: BackendState, candidates: Sequence[BackendState], ctx: FilterContext) -> float:
+    mine = unit_cost(backend, ctx)
+    cheapest = min(unit_cost(c, ctx) for c in candidates)
+    return 1.0 if mine <= 0.0 else clamp(cheapest / mine)
+
+
+def least_loaded(backend: BackendState, _all: Sequence[BackendState], _c: FilterContext) -> float:
+    load = load_of(backend)
+    return 1.0 / (1.0 + load.running + load.waiting + load.pending)
+
+
+REGISTRY: dict[str, Scorer] = {
+    "headroom": headroom,
+    "latency": latency,
+    "cost": cost,
+    "least_loaded": least_loaded,
+}

@@ -1,0 +1,98 @@
+"""The one error hierarchy of quantroute, mapped to HTTP at exactly one edge (``server/errors.py``).
+
+QuantrouteError
+├── ConfigError              a config or matrix file is invalid (names file, field, problem)
+│   └── MatrixError          the capability matrix is missing, invalid or outdated
+└── RequestError             something a client request did wrong or that blocks it; has status
+    ├── InvalidRequest       400 invalid_request_error (bad JSON, missing fields, wrong types)
+    ├── ContextLengthExceeded 400 context_length_exceeded: no backend fits prompt + max_tokens
+    ├── ModelNotFound        404 model_not_found
+    ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
+    └── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class QuantrouteError(Exception):
+    """Base of every error quantroute raises on purpose."""
+
+
+class ConfigError(QuantrouteError):
+    """A configuration file is invalid; the message names the file, the field and the problem."""
+
+
+class MatrixError(ConfigError):
+    """The capability matrix cannot be used."""
+
+
+class RequestError(QuantrouteError):
+    """An error answered to the client in OpenAI's error format."""
+
+    status: int = 400
+    error_type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(RequestError):
+    status = 400
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class NoBackendAvailable(RequestError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_backend_available"
+
+    def __init__(
+        self, message: str, *, reasons: Mapping[str, tuple[str, ...]], retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message)
+        self.reasons = dict(reasons)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+    def body(self) -> dict[str, object]:
+        body = super().body()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["backends"] = {k: list(v) for k, v in self.reasons.items()}
+        return body
+
+
+class UpstreamUnavailable(RequestError):
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_unavailable"

@@ -1,0 +1,1 @@
+"""Forwarding to backends: the upstream client seam, retries, and the streaming relay."""

@@ -1,0 +1,1 @@
+"""The FastAPI application: factory, routes, and the one place errors become HTTP."""

@@ -1,0 +1,96 @@
+"""``create_app(config, ...)``: the FastAPI application with its I/O injected.
+
+Nothing starts at import time. The lifespan opens the upstream session and the scrape client,
+starts the scrape loop and the matrix watcher, and closes all of them on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from quantroute.config import BackendConfig, GatewayConfig
+from quantroute.proxy.upstream import AiohttpUpstream, Upstream
+from quantroute.server import errors, routes
+from quantroute.server.gateway import Gateway
+from quantroute.server.matrix_source import MatrixSource
+from quantroute.state.scraper import Scraper
+from quantroute.state.store import StateStore
+from quantroute.telemetry import Telemetry
+
+log = logging.getLogger("quantroute.server")
+MATRIX_POLL_S = 2.0
+
+
+async def _watch_matrix(source: MatrixSource) -> None:
+    while True:
+        await asyncio.sleep(MATRIX_POLL_S)
+        source.maybe_reload()
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    upstream: Upstream | None = None,
+    scrape_client: httpx.AsyncClient | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    matrix: MatrixSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
+    telemetry = telemetry or Telemetry()
+    store = StateStore(config.backends, config.policy, clock)
+    source = matrix or MatrixSource(config.matrix_path)
+    holder: dict[str, Any] = {}
+
+    def on_scrape(backend: BackendConfig, ok: bool) -> None:
+        if not ok:
+            telemetry.scrape_errors.labels(backend.id).inc()
+        row = store.snapshot()
+        for state in row.backends:
+            kv = state.metrics.kv_cache_usage if state.metrics else None
+            telemetry.set_backend_state(state.id, state.health, kv)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
+        client = scrape_client or httpx.AsyncClient(trust_env=False)
+        gateway = Gateway(config, store, up, source, telemetry)
+        app.state.gateway = gateway
+        for backend in config.backends:
+            telemetry.gpu_cost.labels(backend.id).set(backend.gpu_cost_per_hour)
+        scraper = Scraper(store, config.policy, client, clock=clock, on_result=on_scrape)
+        holder["scraper"] = scraper
+        await scraper.scrape_once()
+        scraper.start()
+        watcher = asyncio.create_task(_watch_matrix(source), name="quantroute-matrix")
+        if source.current is None:
+            log.warning("no capability matrix: routing on live backend state alone")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await scraper.stop()
+            if scrape_client is None:
+                await client.aclose()
+            if upstream is None:
+                await up.aclose()
+
+    app = FastAPI(
+        title="quantroute", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.store = store
+    app.state.telemetry = telemetry
+    app.state.matrix = source
+    app.state.config = config
+    errors.install(app)
+    routes.install(app)
+    return app

@@ -1,0 +1,147 @@
+"""Read a request body once, validate the fields routing depends on, and derive its features.
+
+Only what the gateway uses is checked (everything else passes through to vLLM, which validates
+the rest with its own error bodies). Problems raise :class:`InvalidRequest` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from quantroute.config import PolicyConfig
+from quantroute.core import features as feat
+from quantroute.core.model import LatencyClass, RequestFeatures
+from quantroute.errors import InvalidRequest
+
+Kind = Literal["chat", "completion"]
+TASK_HEADER = "x-quantroute-task"
+PRIORITY_HEADER = "x-quantroute-priority"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    kind: Kind
+    body: dict[str, Any]
+    raw: bytes
+    features: RequestFeatures
+    wants_usage: bool
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequest("Request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body
+
+
+def _check_messages(messages: object) -> list[Mapping[str, object]]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(
+                f"messages[{i}] must be an object with a string 'role'.", param=f"messages[{i}]"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string, an array of parts or null.",
+                param=f"messages[{i}].content",
+            )
+    return messages
+
+
+def _check_prompt(prompt: object) -> object:
+    ok = isinstance(prompt, str) or (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(p, str | int | list) for p in prompt)
+    )
+    if not ok:
+        raise InvalidRequest(
+            "'prompt' must be a string, an array of strings or token ids.", param="prompt"
+        )
+    return prompt
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+        return value
+    return None
+
+
+def _check_common(body: Mapping[str, Any]) -> tuple[str, bool, bool]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants_usage = bool(options and options.get("include_usage"))
+    return model, bool(stream), wants_usage
+
+
+def _latency_class(headers: Mapping[str, str]) -> LatencyClass:
+    value = headers.get(PRIORITY_HEADER, "").strip().lower()
+    return LatencyClass.BATCH if value == "batch" else LatencyClass.INTERACTIVE
+
+
+def parse_request(
+    kind: Kind, raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
+) -> ParsedRequest:
+    body = _load(raw)
+    model, stream, wants_usage = _check_common(body)
+    max_tokens = _max_tokens(body)
+    if kind == "chat":
+        messages = _check_messages(body.get("messages"))
+        tokens = feat.estimate_chat_tokens(messages, policy.chars_per_token)
+        text = feat.chat_text(messages)
+    else:
+        if "prompt" not in body:
+            raise InvalidRequest("'prompt' is required.", param="prompt")
+        prompt = _check_prompt(body["prompt"])
+        tokens = feat.estimate_prompt_tokens(prompt, policy.chars_per_token)
+        text = prompt if isinstance(prompt, str) else ""
+    fmt = body.get("response_format")
+    wants_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+    task = feat.classify_task(text, wants_json=wants_json, override=headers.get(TASK_HEADER))
+    features = RequestFeatures(
+        model=model,
+        prompt_tokens=tokens,
+        max_tokens=max_tokens,
+        stream=stream,
+        task=task,
+        latency_class=_latency_class(headers),
+        sequence=sequence,
+    )
+    return ParsedRequest(kind, body, raw, features, wants_usage)
+
+
+def upstream_body(parsed: ParsedRequest, served_model_name: str) -> tuple[bytes, bool]:
+    """The body to forward and whether the gateway must strip a usage chunk it asked for."""
+    strip = parsed.features.stream and not parsed.wants_usage
+    if parsed.body.get("model") == served_model_name and not strip:
+        return parsed.raw, False
+    body = dict(parsed.body)
+    body["model"] = served_model_name
+    if strip:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return json.dumps(body, separators=(",", ":")).encode(), strip

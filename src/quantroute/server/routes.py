@@ -1,0 +1,142 @@
+"""HTTP routes. Handlers are thin: the request path lives in :mod:`quantroute.server.gateway`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from quantroute.core.model import Decision, Health
+from quantroute.core.scheduler import decide
+from quantroute.server.gateway import Gateway
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _gateway(request).handle("chat", request)
+
+
+async def completions(request: Request) -> Response:
+    return await _gateway(request).handle("completion", request)
+
+
+async def models(request: Request) -> Response:
+    gateway = _gateway(request)
+    data: list[dict[str, Any]] = [
+        {"id": g.name, "object": "model", "owned_by": "quantroute", "variants": list(g.variants)}
+        for g in gateway.config.groups
+    ]
+    seen = {g.name for g in gateway.config.groups}
+    for backend in gateway.store.configs():
+        if backend.served_model_name in seen:
+            continue
+        seen.add(backend.served_model_name)
+        data.append(
+            {
+                "id": backend.served_model_name,
+                "object": "model",
+                "owned_by": "quantroute",
+                "variant": backend.variant_id,
+                "max_model_len": backend.max_seq_len,
+            }
+        )
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def health(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    snapshot = _gateway(request).store.snapshot()
+    fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
+    status = 200 if fresh else 503
+    return JSONResponse({"ready": bool(fresh), "fresh_backends": fresh}, status_code=status)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+async def admin_backends(request: Request) -> Response:
+    gateway = _gateway(request)
+    matrix = gateway.matrix
+    return JSONResponse(
+        {
+            "backends": gateway.store.admin_view(),
+            "matrix": None if matrix.current is None else str(matrix.path or "(in memory)"),
+        }
+    )
+
+
+def explain_body(decision: Decision) -> dict[str, Any]:
+    candidates: list[dict[str, Any]] = []
+    for backend_id, scores in decision.scores.items():
+        candidates.append(
+            {
+                "backend": backend_id,
+                "admitted": True,
+                "score": scores.total,
+                "scores": scores.parts,
+                "reasons": [],
+            }
+        )
+    for backend_id, reasons in decision.rejected.items():
+        candidates.append(
+            {
+                "backend": backend_id,
+                "admitted": False,
+                "score": None,
+                "scores": {},
+                "reasons": list(reasons),
+            }
+        )
+    return {
+        "outcome": decision.outcome.value,
+        "chosen": decision.chosen,
+        "ranked": list(decision.ranked),
+        "group": decision.group,
+        "quality_floor": decision.quality_floor,
+        "relaxed_filters": list(decision.relaxed),
+        "kv_pressure": list(decision.kv_pressure),
+        "candidates": candidates,
+    }
+
+
+async def route_explain(request: Request) -> Response:
+    gateway = _gateway(request)
+    parsed = gateway.parse("chat", await request.body(), request)
+    snapshot = gateway.store.snapshot()
+    decision = decide(parsed.features, snapshot, gateway.matrix.current, gateway.policy)
+    body = explain_body(decision)
+    f = parsed.features
+    body["features"] = {
+        "model": f.model,
+        "prompt_tokens": f.prompt_tokens,
+        "max_tokens": f.max_tokens,
+        "stream": f.stream,
+        "task": f.task,
+        "latency_class": f.latency_class.value,
+    }
+    return JSONResponse(body)
+
+
+def install(app: FastAPI) -> None:
+    for prefix in ("/v1", ""):
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/models", models, methods=["GET"])
+    app.add_api_route("/v1/route/explain", route_explain, methods=["POST"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/admin/backends", admin_backends, methods=["GET"])

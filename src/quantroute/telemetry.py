@@ -1,0 +1,115 @@
+"""The gateway's own Prometheus metrics, on an injected registry (never the global one).
+
+Names keep the two our users' dashboards already use (``llm_router_*``); everything else is under
+``quantroute_``. Never ``vllm:``: those series belong to the backends.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from quantroute.core.model import Health
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.route_duration = Histogram(
+            "llm_router_route_duration_seconds",
+            "Time to take a routing decision (snapshot, filters, scorers, picker).",
+            ["model_id"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_pressure = Counter(
+            "llm_router_cache_pressure_events",
+            "Requests steered away from a backend because of KV-cache pressure.",
+            ["model_id"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "quantroute_requests",
+            "Requests answered, by backend, group and HTTP status.",
+            ["backend", "group", "status"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "quantroute_prompt_tokens",
+            "Prompt tokens reported by backends.",
+            ["backend", "group"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "quantroute_completion_tokens",
+            "Completion tokens reported by backends.",
+            ["backend", "group"],
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "quantroute_upstream_ttfb_seconds",
+            "Upstream time to first byte of the response body.",
+            ["backend"],
+            buckets=_TTFB_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "quantroute_in_flight_requests", "Requests the gateway is serving now.", registry=r
+        )
+        self.backend_in_flight = Gauge(
+            "quantroute_backend_in_flight_requests",
+            "Requests in flight per backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "quantroute_backend_up",
+            "1 for the backend's current state, 0 for the others.",
+            ["backend", "state"],
+            registry=r,
+        )
+        self.backend_kv = Gauge(
+            "quantroute_backend_kv_cache_usage",
+            "Last scraped KV-cache usage (0-1).",
+            ["backend"],
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "quantroute_scrape_errors",
+            "Failed scrapes of a backend's /metrics.",
+            ["backend"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "quantroute_filter_rejections",
+            "Backends filtered out of a decision, by reason.",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.no_backend = Counter(
+            "quantroute_no_backend",
+            "Requests answered 503 because no backend could take them.",
+            ["group"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "quantroute_retries",
+            "Requests retried on another backend before the first byte.",
+            ["backend"],
+            registry=r,
+        )
+        self.gpu_cost = Gauge(
+            "quantroute_backend_gpu_cost_per_hour",
+            "GPU price per hour of a backend (from config).",
+            ["backend"],
+            registry=r,
+        )
+
+    def set_backend_state(self, backend: str, state: Health, kv: float | None) -> None:
+        for option in Health:
+            self.backend_up.labels(backend, option.value).set(1.0 if option is state else 0.0)
+        if kv is not None:
+            self.backend_kv.labels(backend).set(kv)
