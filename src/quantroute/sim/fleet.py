@@ -1,0 +1,297 @@
+"""A simulated fleet: several backends, each its own uvicorn server on loopback.
+
+`SimFleet` runs inside the current event loop (for async tests and the gateway's
+demo); `run_fleet_in_thread` runs one in a background thread with its own loop (for
+sync tests and scripts). Neither installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quantroute.sim.backend import BackendIdentity, SimBackend
+from quantroute.sim.engine import Engine, EngineConfig
+from quantroute.sim.metrics import SimMetrics, cache_config_labels
+from quantroute.sim.oracle import AnswerKey, QualityOracle
+from quantroute.sim.profiles import ProfileBook, load_profiles
+from quantroute.sim.server import create_app
+
+DEFAULT_FLEET_FILE = "default_fleet.yaml"
+START_TIMEOUT_S = 10.0
+
+
+class SimBackendSpec(BaseModel):
+    """One simulated backend: a profile and the vLLM arguments it is served with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    profile: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    served_model_name: str | None = None
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    legacy_metric_names: bool = False
+
+
+class SimFleetConfig(BaseModel):
+    """A fleet: simulated seconds per wall second, the seed, and the backends."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_scale: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    backends: list[SimBackendSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SimFleetConfig:
+        ids = [b.id for b in self.backends]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"backend ids must be unique, got {ids}")
+        ports = [b.port for b in self.backends if b.port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"backend ports must be unique, got {ports}")
+        book = load_profiles()
+        for backend in self.backends:
+            book.variant(backend.profile)  # KeyError names the known profiles
+        return self
+
+
+def load_fleet_config(path: str | Path | None = None) -> SimFleetConfig:
+    """Load a fleet YAML file, or the packaged default fleet when `path` is None."""
+    if path is None:
+        from importlib import resources
+
+        text = resources.files(__package__).joinpath(DEFAULT_FLEET_FILE).read_text("utf-8")
+    else:
+        text = Path(path).read_text("utf-8")
+    return SimFleetConfig.model_validate(yaml.safe_load(text))
+
+
+def default_answer_key() -> AnswerKey:
+    """`quantroute.workloads.answer_key()` when that module exists, else an empty key."""
+    try:
+        workloads = importlib.import_module("quantroute.workloads")
+    except ImportError:
+        return {}
+    factory = getattr(workloads, "answer_key", None)
+    if factory is None:
+        return {}
+    key: AnswerKey = factory()
+    return key
+
+
+def build_backend(
+    spec: SimBackendSpec,
+    *,
+    time_scale: float,
+    seed: int,
+    answer_key: AnswerKey,
+    book: ProfileBook | None = None,
+) -> SimBackend:
+    """Engine, metrics and oracle of one backend as `spec` describes it."""
+    book = book or load_profiles()
+    variant = book.variant(spec.profile)
+    config = EngineConfig.from_profile(
+        variant,
+        book.gpu_of(variant),
+        book.engine,
+        max_model_len=spec.max_model_len,
+        max_num_seqs=spec.max_num_seqs,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        num_gpu_blocks_override=spec.num_gpu_blocks_override,
+        seed=seed,
+    )
+    name = spec.served_model_name or spec.profile
+    cache = cache_config_labels(
+        block_size=config.block_size,
+        num_gpu_blocks=config.num_gpu_blocks,
+        num_gpu_blocks_override=spec.num_gpu_blocks_override,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        kv_bytes_per_token=variant.kv_bytes_per_token,
+        max_model_len=config.max_model_len,
+    )
+    metrics = SimMetrics(
+        name,
+        max_model_len=config.max_model_len,
+        cache_config=cache,
+        legacy_names=spec.legacy_metric_names,
+    )
+    oracle = QualityOracle(spec.profile, variant.quality, answer_key, seed)
+    identity = BackendIdentity(spec.id, name, variant.model, config.max_model_len)
+    return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale)
+
+
+class _NoSignalServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class SimFleet:
+    """Every backend of `config` served on loopback for the duration of `async with`."""
+
+    def __init__(self, config: SimFleetConfig, *, answer_key: AnswerKey | None = None) -> None:
+        self.config = config
+        key = default_answer_key() if answer_key is None else answer_key
+        book = load_profiles()
+        self.backends: dict[str, SimBackend] = {
+            spec.id: build_backend(
+                spec, time_scale=config.time_scale, seed=config.seed, answer_key=key, book=book
+            )
+            for spec in config.backends
+        }
+        self.urls: dict[str, str] = {}
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
+
+    @property
+    def engines(self) -> Mapping[str, Engine]:
+        """Each backend's engine, by backend id (for tests and live views)."""
+        return {bid: backend.engine for bid, backend in self.backends.items()}
+
+    async def __aenter__(self) -> Self:
+        try:
+            for spec in self.config.backends:
+                await self._start(spec)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start(self, spec: SimBackendSpec) -> None:
+        sock = _bind(spec.host, spec.port)
+        app = create_app(self.backends[spec.id])
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, timeout_graceful_shutdown=2
+        )
+        server = _NoSignalServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name=f"sim-http-{spec.id}")
+        self._servers.append((server, task, sock))
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError(f"simulated backend {spec.id} stopped during start-up")
+                await asyncio.sleep(0.01)
+        port = sock.getsockname()[1]
+        self.urls[spec.id] = f"http://{spec.host}:{port}"
+
+    async def aclose(self) -> None:
+        """Abort every in-flight request, then stop every server."""
+        for backend in self.backends.values():
+            backend.close()
+        for server, _, _ in self._servers:
+            server.should_exit = True
+        for server, task, sock in self._servers:
+            try:
+                await task
+            except (Exception, SystemExit):  # uvicorn exits via SystemExit on start-up failure
+                server.force_exit = True
+            finally:
+                sock.close()
+        self._servers.clear()
+
+
+class FleetHandle:
+    """A fleet running in a background thread; `stop()` (or leaving `with`) ends it."""
+
+    def __init__(self, config: SimFleetConfig, answer_key: AnswerKey | None) -> None:
+        self.config = config
+        self.urls: dict[str, str] = {}
+        self._answer_key = answer_key
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="sim-fleet", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with SimFleet(self.config, answer_key=self._answer_key) as fleet:
+            self.urls = dict(fleet.urls)
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self, timeout: float = START_TIMEOUT_S * 2) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("simulated fleet did not start in time")
+        if self._error is not None:
+            raise RuntimeError("simulated fleet failed to start") from self._error
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop every backend and join the thread."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("simulated fleet did not stop in time")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_fleet_in_thread(
+    config: SimFleetConfig, *, answer_key: AnswerKey | None = None
+) -> FleetHandle:
+    """Start `config`'s fleet in a background thread; returns once every backend listens."""
+    handle = FleetHandle(config, answer_key)
+    handle.start()
+    return handle
