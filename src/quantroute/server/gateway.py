@@ -8,6 +8,7 @@ cancels the relay, whose ``finally`` closes the upstream connection, so vLLM abo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -64,11 +65,15 @@ async def race_disconnect(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
         raise ClientDisconnected
     return task.result()
 
@@ -191,6 +196,8 @@ class Gateway:
                     errors.append(f"{backend_id}: HTTP {status}")
                     self.telemetry.retries.labels(backend_id).inc()
                     continue
+                elapsed = time.perf_counter() - attempt.started
+                self.telemetry.ttfb.labels(backend_id).observe(elapsed)
                 self._account(
                     attempt, group, status, usage_from_body(data) if status == 200 else None
                 )

@@ -269,7 +269,11 @@ class ThreadedServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
         )
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -286,8 +290,9 @@ class ThreadedServer:
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
     def __enter__(self) -> ThreadedServer:
         return self.start()
@@ -303,6 +308,18 @@ def wait_until(predicate: Any, timeout_s: float = 5.0, interval_s: float = 0.02)
         if predicate():
             return True
         time.sleep(interval_s)
+    return bool(predicate())
+
+
+async def async_wait_until(
+    predicate: Any, timeout_s: float = 5.0, interval_s: float = 0.02
+) -> bool:
+    """Async twin of :func:`wait_until`, for tests running inside an event loop."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval_s)
     return bool(predicate())
 
 

@@ -1,0 +1,107 @@
+"""The proxy path through the official openai client: streams, usage, rewriting, pass-through."""
+
+from __future__ import annotations
+
+import httpx
+
+from quantroute.testing.fake_backend import FakeState
+
+from .conftest import FleetFactory
+
+MSG = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+
+
+def test_non_stream_chat_through_openai_client(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet()
+    raw = fleet.client().chat.completions.with_raw_response.create(
+        model="auto", messages=MSG, max_tokens=7
+    )
+    reply = raw.parse()
+    assert reply.usage is not None and reply.usage.completion_tokens == 7
+    chosen = raw.headers["x-quantroute-backend"]
+    assert chosen in ("a", "b") and "chosen=" in raw.headers["x-quantroute-decision"]
+    sent = fleet.backends[chosen].state.received[-1]
+    assert sent["model"] == fleet.backends[chosen].state.served_model_name  # group name rewritten
+    assert sent["messages"] == MSG and sent["max_tokens"] == 7  # the body arrived, whole
+
+
+def test_stream_without_usage_strips_the_usage_the_gateway_asked_for(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = make_fleet()
+    chunks = list(
+        fleet.client().chat.completions.create(
+            model="auto", messages=MSG, max_tokens=5, stream=True
+        )
+    )
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == " tok" * 5
+    received = [b.state.received[-1] for b in fleet.backends.values() if b.state.received]
+    assert received[0]["stream_options"] == {"include_usage": True}
+    assert fleet.metric("quantroute_completion_tokens_total") == 5
+
+
+def test_stream_with_usage_is_relayed_byte_for_byte(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="only")})
+    body = {
+        "model": "only",
+        "messages": MSG,
+        "max_tokens": 9,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    direct = httpx.post(fleet.servers["a"].url + "/v1/chat/completions", json=body).content
+    via = httpx.post(fleet.url + "/v1/chat/completions", json=body)
+    assert via.content == direct and via.headers["content-type"].startswith("text/event-stream")
+    assert b'"usage":{' in via.content and via.content.endswith(b"data: [DONE]\n\n")
+
+
+def test_completions_and_unprefixed_paths(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet()
+    text = fleet.client().completions.create(model="auto", prompt="Once upon", max_tokens=3)
+    assert text.choices[0].text == " tok" * 3
+    streamed = list(
+        fleet.client().completions.create(model="auto", prompt="x", max_tokens=4, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == " tok" * 4
+    r = httpx.post(
+        fleet.url + "/chat/completions", json={"model": "auto", "messages": MSG, "max_tokens": 2}
+    )
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_models_lists_groups_and_variants(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet()
+    ids = {m.id for m in fleet.client().models.list()}
+    assert ids == {"auto", "model-a", "model-b"}
+
+
+def test_model_by_served_name_goes_to_that_backend(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet()
+    for _ in range(5):
+        raw = fleet.client().chat.completions.with_raw_response.create(
+            model="model-b", messages=MSG, max_tokens=1
+        )
+        assert raw.headers["x-quantroute-backend"] == "b"
+
+
+def test_upstream_errors_pass_through(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="only", fail_status=422, fail_times=1)})
+    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "only", "messages": MSG})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "injected failure"
+
+
+def test_health_ready_and_own_metrics(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet()
+    assert httpx.get(fleet.url + "/health").status_code == 200
+    assert httpx.get(fleet.url + "/ready").json()["ready"] is True
+    fleet.client().chat.completions.create(model="auto", messages=MSG, max_tokens=1)
+    text = httpx.get(fleet.url + "/metrics").text
+    for name in (
+        "llm_router_route_duration_seconds_bucket",
+        "quantroute_requests_total",
+        "quantroute_backend_up",
+        "quantroute_upstream_ttfb_seconds",
+    ):
+        assert name in text
+    assert "vllm:" not in text

@@ -1,0 +1,165 @@
+"""Retries before the first byte, client disconnects, stale and down backends, herding, KV pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import openai
+
+from quantroute.testing.fake_backend import FakeState, async_wait_until, free_port, wait_until
+
+from .conftest import FleetFactory
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_5xx_before_first_byte_is_retried_on_next_backend(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(
+        {
+            "a": FakeState(served_model_name="a", fail_status=500, fail_times=-1),
+            "b": FakeState(served_model_name="b"),
+        },
+        backend_overrides={
+            "b": {"gpu_cost_per_hour": 50.0}
+        },  # a looks cheaper, so it is tried first
+        policy={"tie_tolerance": 0.0},
+    )
+    for stream in (False, True):
+        raw = fleet.client().chat.completions.with_raw_response.create(
+            model="auto", messages=MSG, max_tokens=2, stream=stream
+        )
+        assert raw.headers["x-quantroute-backend"] == "b"
+    assert fleet.metric("quantroute_retries_total", backend="a") == 2
+
+
+def test_connect_error_is_retried(make_fleet: FleetFactory) -> None:
+    dead = {
+        "id": "dead",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "served_model_name": "m",
+        "max_seq_len": 4096,
+        "capacity": 16,
+    }
+    fleet = make_fleet({"a": FakeState(served_model_name="m")}, extra_backends=[dead], wait=False)
+    # Pretend the dead backend was healthy a moment ago by routing straight at a group of both.
+    assert wait_until(lambda: fleet.admin()["a"]["state"] == "fresh")
+    r = fleet.client().chat.completions.create(model="m", messages=MSG, max_tokens=1)
+    assert r.choices[0].message.content == " tok"
+    assert fleet.admin()["dead"]["state"] in ("down", "unknown")
+
+
+def test_all_upstreams_failing_is_a_clean_error(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="a", fail_status=503, fail_times=-1)})
+    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+    assert r.status_code == 503 and r.json()["error"]["message"] == "injected failure"
+
+
+def test_stream_disconnect_reaches_the_backend(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="a", chunk_delay_s=0.05)})
+    state = fleet.backends["a"].state
+    stream = fleet.client().chat.completions.create(
+        model="auto", messages=MSG, max_tokens=200, stream=True
+    )
+    for i, _chunk in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    assert wait_until(lambda: state.aborted == 1 and state.active == 0, 5.0)
+    assert state.completed == 0
+    assert wait_until(lambda: fleet.metric("quantroute_requests_total", status="499") == 1)
+    assert fleet.admin()["a"]["in_flight"]["requests"] == 0
+
+
+async def test_non_stream_disconnect_reaches_the_backend(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="a", header_delay_s=5.0)})
+    state = fleet.backends["a"].state
+    async with httpx.AsyncClient() as client:
+        task = asyncio.create_task(
+            client.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+        )
+        assert await async_wait_until(lambda: bool(state.received))
+        task.cancel()
+    assert await async_wait_until(lambda: state.aborted == 1)
+    assert state.aborted == 1 and state.completed == 0
+
+
+def test_down_backend_is_skipped_and_recovers(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(policy={"down_after_failures": 2})
+    fleet.backends["a"].state.metrics_status = 500
+    assert wait_until(lambda: fleet.admin()["a"]["state"] == "down")
+    picks = {
+        fleet.client()
+        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
+        .headers["x-quantroute-backend"]
+        for _ in range(10)
+    }
+    assert picks == {"b"}
+    assert fleet.metric("quantroute_scrape_errors_total", backend="a") >= 2
+    fleet.backends["a"].state.metrics_status = 200
+    assert wait_until(lambda: fleet.admin()["a"]["state"] == "fresh")
+
+
+def test_stale_backend_is_never_treated_as_idle(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(
+        policy={"scrape_interval_s": 0.1, "staleness_limit_s": 0.5, "scrape_timeout_s": 0.2}
+    )
+    fleet.backends["a"].state.header_delay_s = 0  # requests still work
+    fleet.servers["a"].stop()  # scrapes now fail -> after the limit, a is stale or down
+    assert wait_until(lambda: fleet.admin()["a"]["state"] in ("stale", "down"), 5)
+    picks = {
+        fleet.client()
+        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
+        .headers["x-quantroute-backend"]
+        for _ in range(5)
+    }
+    assert picks == {"b"}
+    fleet.backends["b"].state.metrics_status = 500
+    assert wait_until(lambda: httpx.get(fleet.url + "/ready").status_code == 503, 10)
+
+
+async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFactory) -> None:
+    """At the last scrape a looked clearly emptiest; the gateway's own account must spread the burst."""
+    kv = {"a": 0.0, "b": 0.3, "c": 0.3}
+    states = {
+        k: FakeState(served_model_name=k, chunk_delay_s=0.01, kv_usage=v, num_gpu_blocks=1000)
+        for k, v in kv.items()
+    }
+    fleet = make_fleet(states, policy={"scrape_interval_s": 30.0, "staleness_limit_s": 60.0})
+    client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="t", max_retries=0)
+    explain = await client.post(
+        "/route/explain",
+        cast_to=object,
+        body={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert explain["ranked"][0] == "a"  # type: ignore[index]
+
+    async def one() -> str:
+        content = "x" * 800
+        raw = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": content}], max_tokens=100
+        )
+        return raw.headers["x-quantroute-backend"]
+
+    picks = Counter(await asyncio.gather(*(one() for _ in range(50))))
+    await client.close()
+    assert set(picks) == {"a", "b", "c"} and picks["a"] <= 30, picks
+
+
+def test_kv_pressure_steers_away_and_is_counted(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(
+        {
+            "a": FakeState(served_model_name="a", kv_usage=0.9),
+            "b": FakeState(served_model_name="b", kv_usage=0.2),
+        }
+    )
+    picks = {
+        fleet.client()
+        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
+        .headers["x-quantroute-backend"]
+        for _ in range(5)
+    }
+    assert picks == {"b"}
+    assert fleet.metric("llm_router_cache_pressure_events_total", model_id="a") == 5
+    assert fleet.admin()["a"]["decisions"]["steered_away"] == {"kv_pressure": 5}
