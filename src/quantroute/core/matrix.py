@@ -28,6 +28,10 @@ class ThroughputPoint(_Model):
     requests: int
     errors: int = 0
     ttft_p50_ms: float | None = None
+    timeouts: int = 0
+    ttft_p95_ms: float | None = None
+    duration_s: float | None = None
+    """Wall-clock seconds the level took, converted by the profiler's time scale."""
 
 
 class TaskProfile(_Model):
@@ -52,6 +56,8 @@ class VariantProfile(_Model):
     best_concurrency: int | None = None
     cost_per_1m_output_tokens: float | None = None
     tasks: dict[TaskType, TaskProfile] = Field(default_factory=dict)
+    error: str | None = None
+    """Why the variant could not be profiled at all (then every figure is None, never 0)."""
 
 
 class SuiteInfo(_Model):
@@ -60,11 +66,27 @@ class SuiteInfo(_Model):
     size: int
 
 
+class ProfilerInfo(_Model):
+    """How the figures were measured (all optional: older files and hand-written ones lack it)."""
+
+    time_scale: float = 1.0
+    latency_concurrency: int | None = None
+    concurrency_levels: tuple[int, ...] = ()
+    quality_floor: float | None = None
+    max_error_rate: float | None = None
+    ttft_slo_ms: float | None = None
+    p99_min_samples: int | None = None
+    request_timeout_s: float | None = None
+
+
 class CapabilityMatrix(_Model):
     schema_version: int
     generated_at: str
     suites: tuple[SuiteInfo, ...] = ()
     variants: dict[str, VariantProfile] = Field(default_factory=dict)
+    partial: bool = False
+    """True when profiling was interrupted: the figures cover only what was measured."""
+    profiler: ProfilerInfo | None = None
 
     def quality(self, variant: str, task: TaskType) -> float | None:
         profile = self.variants.get(variant)
