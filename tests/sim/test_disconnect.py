@@ -1,0 +1,72 @@
+"""A client that goes away aborts its request in the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from quantroute.sim.fleet import SimFleet
+
+from .conftest import fleet_config
+from .test_metrics import scrape, value
+
+LONG_PROMPT = "Count to three thousand."
+LONG_KEY = {LONG_PROMPT: ("reasoning", "step " * 3000 + "= 3000")}
+BODY = {
+    "model": "llama3-8b-awq",
+    "messages": [{"role": "user", "content": LONG_PROMPT}],
+    "max_tokens": 3000,
+}
+
+
+@pytest.fixture
+async def slow_fleet() -> AsyncIterator[SimFleet]:
+    async with SimFleet(fleet_config(time_scale=5), answer_key=LONG_KEY) as running:
+        yield running
+
+
+async def wait_for_abort(http: httpx.AsyncClient, fleet: SimFleet) -> dict[str, float]:
+    for _ in range(200):
+        fams = await scrape(http, fleet.urls["awq"])
+        aborted = value(fams, "vllm:request_success_total", finished_reason="abort")
+        if aborted >= 1:
+            return {
+                "aborted": aborted,
+                "running": value(fams, "vllm:num_requests_running"),
+                "kv": value(fams, "vllm:kv_cache_usage_perc"),
+                "stopped": value(fams, "vllm:request_success_total", finished_reason="stop"),
+            }
+        await asyncio.sleep(0.02)
+    raise AssertionError("the request was never aborted")
+
+
+async def test_disconnect_mid_stream_aborts(slow_fleet: SimFleet, http: httpx.AsyncClient) -> None:
+    url = slow_fleet.urls["awq"] + "/v1/chat/completions"
+    async with http.stream("POST", url, json={**BODY, "stream": True}) as response:
+        received: list[str] = []
+        async for line in response.aiter_lines():
+            if line:
+                received.append(line)
+            if len(received) == 4:
+                break
+        fams = await scrape(http, slow_fleet.urls["awq"])
+        assert value(fams, "vllm:num_requests_running") == 1
+        assert value(fams, "vllm:kv_cache_usage_perc") > 0
+    assert received[0].startswith("data: ")
+    after = await wait_for_abort(http, slow_fleet)
+    assert after == {"aborted": 1, "running": 0, "kv": 0, "stopped": 0}
+    assert not slow_fleet.engines["awq"].has_work()
+
+
+async def test_disconnect_while_waiting_for_a_whole_answer_aborts(
+    slow_fleet: SimFleet, http: httpx.AsyncClient
+) -> None:
+    url = slow_fleet.urls["awq"] + "/v1/chat/completions"
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post(url, json=BODY, timeout=0.3)
+    after = await wait_for_abort(http, slow_fleet)
+    assert after == {"aborted": 1, "running": 0, "kv": 0, "stopped": 0}
+    assert not slow_fleet.engines["awq"].has_work()
