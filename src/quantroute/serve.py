@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -22,6 +24,14 @@ def check_config(path: str) -> int:
     )
     print(f"# {path}: OK, {len(config.backends)} backend(s), {len(config.groups)} group(s); {note}")
     return 0
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host (demo, tests, benchmarks)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def uvicorn_config(app: object, host: str, port: int, log_level: str = "info") -> uvicorn.Config:

@@ -118,9 +118,9 @@ class Gateway:
         for backend_id, reasons in decision.rejected.items():
             for reason in reasons:
                 t.rejections.labels(backend_id, reason.split(":", 1)[0]).inc()
+                self.store.note_steered_away(backend_id, reason)
         for backend_id in decision.kv_pressure:
             t.cache_pressure.labels(backend_id).inc()
-            self.store.note_steered_away(backend_id, "kv_pressure")
         if log.isEnabledFor(logging.DEBUG) or self.config.log_decisions:
             log.info("decision task=%s %s", features.task, decision.explain())
         return decision
