@@ -14,7 +14,8 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -79,31 +80,81 @@ async def _collect(backend: SimBackend, job: Job, request: Request) -> str | Non
         backend.abort(job.request_id)
 
 
-Chunker = Callable[[str, int, str | None], wire.JsonObject]
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between chat completions and completions on the wire."""
+
+    id_prefix: str
+    chunk_object: str
+    role_chunk: bool
+    content_chunk: Callable[[str, int, str, str, str | None], wire.JsonObject]
+    full: Callable[[str, int, str, str, str, wire.JsonObject], wire.JsonObject]
 
 
-async def _stream(
-    backend: SimBackend,
-    make_job: Callable[[], Job],
-    chunk: Chunker,
-    head: wire.JsonObject | None,
-    usage_of: Callable[[Job], wire.JsonObject] | None,
-) -> AsyncIterator[str]:
+CHAT = _Kind(
+    "chatcmpl", "chat.completion.chunk", True, wire.chat_content_chunk, wire.chat_completion
+)
+COMPLETION = _Kind("cmpl", "text_completion", False, wire.completion_chunk, wire.completion)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One accepted request: its ids, kind and what the engine needs."""
+
+    kind: _Kind
+    rid: str
+    created: int
+    model: str
+    prompt_tokens: int
+    max_tokens: int | None
+    prompt_text: str
+    include_usage: bool
+
+    def submit(self, backend: SimBackend) -> Job:
+        return backend.submit(self.prompt_tokens, self.max_tokens, self.prompt_text)
+
+    def usage_chunk(self, job: Job) -> wire.JsonObject:
+        use = wire.usage(job.prompt_tokens, job.output_tokens)
+        return wire.usage_chunk(self.rid, self.created, self.model, self.kind.chunk_object, use)
+
+
+async def _stream(backend: SimBackend, call: _Call) -> AsyncIterator[str]:
     """SSE framing as vLLM's: [role chunk], content chunks (the last with its finish
     reason), [usage chunk], [DONE]. Closing the generator aborts the request."""
-    job = make_job()
+    job = call.submit(backend)
+    head = (call.rid, call.created, call.model)
     try:
         async for event in job.events():
-            if head is not None and event.index == 0:
-                yield wire.sse(head)
-            yield wire.sse(chunk(job.piece(event.index), event.index, event.finish_reason))
+            if call.kind.role_chunk and event.index == 0:
+                yield wire.sse(wire.chat_role_chunk(*head))
+            piece = job.piece(event.index)
+            yield wire.sse(call.kind.content_chunk(*head, piece, event.finish_reason))
         if not job.finished:
             return  # the backend shut down
-        if usage_of is not None:
-            yield wire.sse(usage_of(job))
+        if call.include_usage:
+            yield wire.sse(call.usage_chunk(job))
         yield wire.SSE_DONE
     finally:
         backend.abort(job.request_id)
+
+
+async def _respond(backend: SimBackend, call: _Call, request: Request) -> Response:
+    job = call.submit(backend)
+    text = await _collect(backend, job, request)
+    if text is None or job.finish_reason is None:
+        body = wire.error_body("Request aborted", "ServiceUnavailableError", 503)
+        return JSONResponse(body, status_code=503)
+    use = wire.usage(job.prompt_tokens, job.output_tokens)
+    return JSONResponse(
+        call.kind.full(call.rid, call.created, call.model, text, job.finish_reason, use)
+    )
+
+
+async def _generate(backend: SimBackend, call: _Call, request: Request, stream: bool) -> Response:
+    if stream:
+        chunks = _stream(backend, call)
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=STREAM_HEADERS)
+    return await _respond(backend, call, request)
 
 
 def create_app(backend: SimBackend) -> FastAPI:
@@ -146,8 +197,6 @@ def _add_info_routes(app: FastAPI, backend: SimBackend) -> None:
 
 
 def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
-    model = backend.identity.served_model_name
-
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         try:
@@ -157,20 +206,8 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, sum(map(len, texts)), prompt_tokens)
         except _Rejected as rejected:
             return rejected.response
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time())
-
-        def make_job() -> Job:
-            return backend.submit(prompt_tokens, body.output_limit, body.last_user_text())
-
-        if body.stream:
-            head = wire.chat_role_chunk(rid, created, model)
-
-            def chunk(piece: str, _index: int, reason: str | None) -> wire.JsonObject:
-                return wire.chat_content_chunk(rid, created, model, piece, reason)
-
-            usage = _usage_chunker(rid, created, model, "chat.completion.chunk", body)
-            return _sse_response(_stream(backend, make_job, chunk, head, usage))
-        return await _respond(backend, make_job(), request, rid, created, wire.chat_completion)
+        call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text())
+        return await _generate(backend, call, request, bool(body.stream))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -181,51 +218,24 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, len(prompt), prompt_tokens)
         except _Rejected as rejected:
             return rejected.response
-        rid, created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
-
-        def make_job() -> Job:
-            return backend.submit(prompt_tokens, body.output_limit, prompt)
-
-        if body.stream:
-
-            def chunk(piece: str, _index: int, reason: str | None) -> wire.JsonObject:
-                return wire.completion_chunk(rid, created, model, piece, reason)
-
-            usage = _usage_chunker(rid, created, model, "text_completion", body)
-            return _sse_response(_stream(backend, make_job, chunk, None, usage))
-        return await _respond(backend, make_job(), request, rid, created, wire.completion)
+        call = _accept(backend, COMPLETION, body, prompt_tokens, prompt)
+        return await _generate(backend, call, request, bool(body.stream))
 
 
-def _usage_chunker(
-    rid: str, created: int, model: str, obj: str, body: Any
-) -> Callable[[Job], wire.JsonObject] | None:
-    if not body.include_usage:
-        return None
-
-    def usage(job: Job) -> wire.JsonObject:
-        return wire.usage_chunk(
-            rid, created, model, obj, wire.usage(job.prompt_tokens, job.output_tokens)
-        )
-
-    return usage
-
-
-def _sse_response(chunks: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=STREAM_HEADERS)
-
-
-async def _respond(
+def _accept(
     backend: SimBackend,
-    job: Job,
-    request: Request,
-    rid: str,
-    created: int,
-    build: Callable[..., wire.JsonObject],
-) -> Response:
-    text = await _collect(backend, job, request)
-    if text is None or job.finish_reason is None:
-        body = wire.error_body("Request aborted", "ServiceUnavailableError", 503)
-        return JSONResponse(body, status_code=503)
-    model = backend.identity.served_model_name
-    usage = wire.usage(job.prompt_tokens, job.output_tokens)
-    return JSONResponse(build(rid, created, model, text, job.finish_reason, usage))
+    kind: _Kind,
+    body: wire.ChatRequest | wire.CompletionRequest,
+    prompt_tokens: int,
+    prompt_text: str,
+) -> _Call:
+    return _Call(
+        kind=kind,
+        rid=f"{kind.id_prefix}-{uuid.uuid4().hex[:16]}",
+        created=int(time.time()),
+        model=backend.identity.served_model_name,
+        prompt_tokens=prompt_tokens,
+        max_tokens=body.output_limit,
+        prompt_text=prompt_text,
+        include_usage=body.include_usage,
+    )
