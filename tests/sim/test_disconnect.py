@@ -70,3 +70,18 @@ async def test_disconnect_while_waiting_for_a_whole_answer_aborts(
     after = await wait_for_abort(http, slow_fleet)
     assert after == {"aborted": 1, "running": 0, "kv": 0, "stopped": 0}
     assert not slow_fleet.engines["awq"].has_work()
+
+
+async def test_fleet_stops_with_a_stream_in_flight(http: httpx.AsyncClient) -> None:
+    fleet = SimFleet(fleet_config(time_scale=5), answer_key=LONG_KEY)
+    async with fleet:
+        url = fleet.urls["awq"] + "/v1/chat/completions"
+        async with http.stream("POST", url, json={**BODY, "stream": True}) as response:
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            await fleet.aclose()
+            rest = [line async for line in lines if line]
+    assert "data: [DONE]" not in rest  # cut short, as when vLLM shuts down
+    assert not fleet.engines["awq"].has_work()
+    with pytest.raises(httpx.ConnectError):
+        await http.get(fleet.urls["awq"] + "/health")

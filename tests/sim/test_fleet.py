@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +18,9 @@ import pytest
 
 from quantroute.sim.fleet import (
     SimBackendSpec,
+    SimFleet,
     SimFleetConfig,
+    build_backend,
     default_answer_key,
     load_fleet_config,
     run_fleet_in_thread,
@@ -135,3 +139,38 @@ def test_simulate_main_reports_a_bad_file(
     path.write_text("backends:\n  - {id: x, profile: llama3-8b-awq, max_num_seqs: 0}\n")
     assert simulate_main(str(path), None, None) == 2
     assert "max_num_seqs" in capsys.readouterr().out
+
+
+async def test_a_taken_port_fails_the_start_and_leaves_nothing_running() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = SimFleetConfig(
+            backends=[
+                SimBackendSpec(id="free", profile="llama3-8b-awq"),
+                SimBackendSpec(id="taken", profile="llama3-8b-awq", port=port),
+            ]
+        )
+        fleet = SimFleet(config, answer_key={})
+        with pytest.raises(OSError):
+            async with fleet:
+                pass
+        assert fleet.urls.keys() == {"free"}
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient() as http:
+                await http.get(fleet.urls["free"] + "/health")
+
+
+async def test_simulated_time_runs_time_scale_times_faster() -> None:
+    wall = [100.0]
+    config = SimFleetConfig(
+        time_scale=20, backends=[SimBackendSpec(id="a", profile="llama3-8b-awq")]
+    )
+    backend = build_backend(
+        config.backends[0], time_scale=20, seed=0, answer_key={}, clock=lambda: wall[0]
+    )
+    async with backend.running():
+        await asyncio.sleep(0)  # let the loop start
+        wall[0] += 1.5
+        assert backend.sim_now() == pytest.approx(30.0)

@@ -52,7 +52,7 @@ def value(fams: dict[str, Metric], name: str, **labels: str) -> float:
 async def scrape(http: httpx.AsyncClient, url: str) -> dict[str, Metric]:
     response = await http.get(url + "/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return families(response.text)
 
 

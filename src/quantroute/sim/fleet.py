@@ -21,7 +21,7 @@ import uvicorn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantroute.sim.backend import BackendIdentity, SimBackend
+from quantroute.sim.backend import BackendIdentity, Clock, SimBackend
 from quantroute.sim.engine import Engine, EngineConfig
 from quantroute.sim.metrics import SimMetrics, cache_config_labels
 from quantroute.sim.oracle import AnswerKey, QualityOracle
@@ -104,6 +104,7 @@ def build_backend(
     seed: int,
     answer_key: AnswerKey,
     book: ProfileBook | None = None,
+    clock: Clock | None = None,
 ) -> SimBackend:
     """Engine, metrics and oracle of one backend as `spec` describes it."""
     book = book or load_profiles()
@@ -136,7 +137,7 @@ def build_backend(
     )
     oracle = QualityOracle(spec.profile, variant.quality, answer_key, seed)
     identity = BackendIdentity(spec.id, name, variant.model, config.max_model_len)
-    return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale)
+    return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
 
 class _NoSignalServer(uvicorn.Server):

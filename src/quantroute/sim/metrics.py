@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from quantroute.sim.engine import EngineStats, FinishedRequest, StepOutput
 
 ENGINE = "0"
+# What vLLM's /metrics (prometheus_client's ASGI app) answers a plain GET with.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 WAITING_REASONS = ("capacity", "deferred")
 

@@ -19,11 +19,11 @@ from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from quantroute.sim import wire
 from quantroute.sim.backend import Job, SimBackend
+from quantroute.sim.metrics import CONTENT_TYPE
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
 
 RequestT = TypeVar("RequestT", wire.ChatRequest, wire.CompletionRequest)
@@ -193,7 +193,7 @@ def _add_info_routes(app: FastAPI, backend: SimBackend) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(backend.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+        return Response(backend.metrics_text(), media_type=CONTENT_TYPE)
 
 
 def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
