@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
 import yaml
@@ -84,17 +84,25 @@ def load_fleet_config(path: str | Path | None = None) -> SimFleetConfig:
     return SimFleetConfig.model_validate(yaml.safe_load(text))
 
 
-def default_answer_key() -> AnswerKey:
-    """`quantroute.workloads.answer_key()` when that module exists, else an empty key."""
+def _from_workloads(name: str) -> Any:
     try:
         workloads = importlib.import_module("quantroute.workloads")
     except ImportError:
         return {}
-    factory = getattr(workloads, "answer_key", None)
-    if factory is None:
-        return {}
-    key: AnswerKey = factory()
+    factory = getattr(workloads, name, None)
+    return {} if factory is None else factory()
+
+
+def default_answer_key() -> AnswerKey:
+    """`quantroute.workloads.answer_key()` when that module exists, else an empty key."""
+    key: AnswerKey = _from_workloads("answer_key")
     return key
+
+
+def default_wrong_answers() -> Mapping[str, str]:
+    """`quantroute.workloads.wrong_answers()` when that module exists, else empty."""
+    wrong: Mapping[str, str] = _from_workloads("wrong_answers")
+    return wrong
 
 
 def build_backend(
@@ -105,6 +113,7 @@ def build_backend(
     answer_key: AnswerKey,
     book: ProfileBook | None = None,
     clock: Clock | None = None,
+    wrong_answers: Mapping[str, str] | None = None,
 ) -> SimBackend:
     """Engine, metrics and oracle of one backend as `spec` describes it."""
     book = book or load_profiles()
@@ -135,7 +144,7 @@ def build_backend(
         cache_config=cache,
         legacy_names=spec.legacy_metric_names,
     )
-    oracle = QualityOracle(spec.profile, variant.quality, answer_key, seed)
+    oracle = QualityOracle(spec.profile, variant.quality, answer_key, seed, wrong_answers)
     identity = BackendIdentity(spec.id, name, variant.model, config.max_model_len)
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
@@ -161,15 +170,32 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class SimFleet:
-    """Every backend of `config` served on loopback for the duration of `async with`."""
+    """Every backend of `config` served on loopback for the duration of `async with`.
 
-    def __init__(self, config: SimFleetConfig, *, answer_key: AnswerKey | None = None) -> None:
+    Without `answer_key`, the packaged workloads' answer key and wrong answers are used
+    (when `quantroute.workloads` exists); with one, `wrong_answers` defaults to none.
+    """
+
+    def __init__(
+        self,
+        config: SimFleetConfig,
+        *,
+        answer_key: AnswerKey | None = None,
+        wrong_answers: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
-        key = default_answer_key() if answer_key is None else answer_key
+        if answer_key is None:
+            answer_key = default_answer_key()
+            wrong_answers = default_wrong_answers() if wrong_answers is None else wrong_answers
         book = load_profiles()
         self.backends: dict[str, SimBackend] = {
             spec.id: build_backend(
-                spec, time_scale=config.time_scale, seed=config.seed, answer_key=key, book=book
+                spec,
+                time_scale=config.time_scale,
+                seed=config.seed,
+                answer_key=answer_key,
+                book=book,
+                wrong_answers=wrong_answers,
             )
             for spec in config.backends
         }
@@ -235,10 +261,16 @@ class SimFleet:
 class FleetHandle:
     """A fleet running in a background thread; `stop()` (or leaving `with`) ends it."""
 
-    def __init__(self, config: SimFleetConfig, answer_key: AnswerKey | None) -> None:
+    def __init__(
+        self,
+        config: SimFleetConfig,
+        answer_key: AnswerKey | None,
+        wrong_answers: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.urls: dict[str, str] = {}
         self._answer_key = answer_key
+        self._wrong_answers = wrong_answers
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,7 +288,10 @@ class FleetHandle:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with SimFleet(self.config, answer_key=self._answer_key) as fleet:
+        fleet = SimFleet(
+            self.config, answer_key=self._answer_key, wrong_answers=self._wrong_answers
+        )
+        async with fleet:
             self.urls = dict(fleet.urls)
             self._ready.set()
             await self._stop.wait()
@@ -290,9 +325,13 @@ class FleetHandle:
 
 
 def run_fleet_in_thread(
-    config: SimFleetConfig, *, answer_key: AnswerKey | None = None
+    config: SimFleetConfig,
+    *,
+    answer_key: AnswerKey | None = None,
+    wrong_answers: Mapping[str, str] | None = None,
 ) -> FleetHandle:
-    """Start `config`'s fleet in a background thread; returns once every backend listens."""
-    handle = FleetHandle(config, answer_key)
+    """Start `config`'s fleet in a background thread; returns once every backend listens.
+    `answer_key` and `wrong_answers` as for `SimFleet`."""
+    handle = FleetHandle(config, answer_key, wrong_answers)
     handle.start()
     return handle

@@ -2,7 +2,9 @@
 
 An answer key maps the text of a sample's last user message to (task type, reference
 answer). A variant answers a keyed sample correctly (the reference, verbatim) with
-probability `quality[task]`, and otherwise with a plausibly wrong answer of the kind
+probability `quality[task]`, and otherwise with a plausibly wrong answer: the sample's
+entry in `wrong_answers` when given (`quantroute.workloads.wrong_answers()` holds near
+misses that fail each packaged sample's check), else one made here of the kind
 quantized models give: a wrong number, JSON that is valid but has a wrong or
 hallucinated field, code without the required signature, or a broken format. Which
 samples a variant gets right is fixed by (seed, variant, sample text), so a profiler
@@ -37,11 +39,19 @@ def _uniforms(*parts: str) -> tuple[float, float]:
 class QualityOracle:
     """Decides, per sample, what a variant answers."""
 
-    def __init__(self, variant: str, quality: Quality, answer_key: AnswerKey, seed: int) -> None:
+    def __init__(
+        self,
+        variant: str,
+        quality: Quality,
+        answer_key: AnswerKey,
+        seed: int,
+        wrong_answers: Mapping[str, str] | None = None,
+    ) -> None:
         self.variant = variant
         self.quality = quality
         self.answer_key = answer_key
         self.seed = seed
+        self.wrong_answers: Mapping[str, str] = wrong_answers or {}
 
     def answer(self, prompt: str) -> str | None:
         """The variant's answer to a keyed sample, or None for prompts not in the key."""
@@ -52,7 +62,8 @@ class QualityOracle:
         draw, choice = _uniforms(str(self.seed), self.variant, prompt)
         if draw < self.quality.for_task(task):
             return reference
-        return wrong_answer(reference, task, choice)
+        known = self.wrong_answers.get(prompt)
+        return known if known is not None else wrong_answer(reference, task, choice)
 
 
 def wrong_answer(reference: str, task: str, choice: float) -> str:
