@@ -1,0 +1,113 @@
+"""The system under test: fake backends (core 0) and ``quantroute serve`` (core 1), on loopback.
+
+The gateway gets two identical backends in the group ``auto`` and a capability matrix for their
+variant, so every request runs the full routing decision: group lookup, the health, context,
+KV-ceiling, KV-pressure and quality filters, the headroom, latency and cost scorers, the picker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import procs
+from loadgen import Target
+
+MODEL = "fake-model"
+VARIANT = "fake-8b-awq"
+GROUP = "auto"
+BACKEND_CPU = 0
+GATEWAY_CPU = 1
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Fleet:
+    backend: procs.Proc
+    gateway: procs.Proc
+    direct: Target
+    routed: Target
+    config_path: Path
+    backend_cmd: list[str]
+    gateway_cmd: list[str]
+
+
+def matrix() -> dict[str, object]:
+    task = {"quality": 0.8, "samples": 32, "passed": 26}
+    profile = {
+        "served_model_name": MODEL,
+        "gpu": "L40S",
+        "gpu_cost_per_hour": 1.0,
+        "ttft_ms": {"p50": 40.0, "p95": 90.0, "n": 64},
+        "itl_ms": {"p50": 12.0, "p95": 20.0, "n": 64},
+        "cost_per_1m_output_tokens": 0.35,
+        "tasks": {t: task for t in ("coding", "reasoning", "extraction", "chat")},
+    }
+    return {
+        "schema_version": 1,
+        "generated_at": "2025-01-01T00:00:00Z",
+        "variants": {VARIANT: profile},
+    }
+
+
+def gateway_config(port: int, backend_ports: list[int], matrix_file: str) -> dict[str, object]:
+    backends = [
+        {
+            "id": f"fake-{i}",
+            "url": f"http://127.0.0.1:{p}",
+            "served_model_name": MODEL,
+            "variant": VARIANT,
+            "quantization": "awq",
+            "max_seq_len": 8192,
+            "capacity": 256,
+            "gpu": "L40S",
+            "gpu_cost_per_hour": 1.0,
+        }
+        for i, p in enumerate(backend_ports)
+    ]
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "matrix_path": matrix_file,
+        "backends": backends,
+        "groups": [{"name": GROUP, "variants": [VARIANT], "quality_floor": 0.5}],
+        "policy": {"scrape_interval_s": 1.0},
+    }
+
+
+def write_files(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+    (workdir / "matrix.json").write_text(json.dumps(matrix(), indent=2))
+    config = workdir / "gateway.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(port, backend_ports, "matrix.json")))
+    return config
+
+
+def start(stack: contextlib.ExitStack, workdir: Path, backends: int = 2) -> Fleet:
+    """Start backends then the gateway; every process is stopped when ``stack`` closes."""
+    ports = [procs.free_port() for _ in range(backends)]
+    backend_cmd = [sys.executable, str(procs.HERE / "backend_proc.py"), "--model", MODEL]
+    backend_cmd += ["--ports", *map(str, ports)]
+    backend = procs.start("backends", backend_cmd, BACKEND_CPU, workdir)
+    stack.callback(procs.stop, backend)
+    procs.wait_log(backend, "READY", START_TIMEOUT_S)
+
+    gw_port = procs.free_port()
+    config = write_files(workdir, gw_port, ports)
+    gateway_cmd = [*procs.quantroute_command(), "serve", "--config", str(config)]
+    gateway_cmd += ["--log-level", "warning"]
+    gateway = procs.start("gateway", gateway_cmd, GATEWAY_CPU, workdir)
+    stack.callback(procs.stop, gateway)
+    procs.wait_http(gateway, f"http://127.0.0.1:{gw_port}/ready", START_TIMEOUT_S)
+    return Fleet(
+        backend=backend,
+        gateway=gateway,
+        direct=Target("direct", f"http://127.0.0.1:{ports[0]}", MODEL),
+        routed=Target("gateway", f"http://127.0.0.1:{gw_port}", GROUP),
+        config_path=config,
+        backend_cmd=backend_cmd,
+        gateway_cmd=gateway_cmd,
+    )

@@ -1,0 +1,166 @@
+"""Processes of the benchmark: start pinned, in their own process group; stop for sure.
+
+Also the small ``/proc`` readers the benchmark needs (RSS, CPU time, per-core busy time).
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def quantroute_command() -> list[str]:
+    """``quantroute`` from this interpreter's environment (falls back to ``python -m``)."""
+    script = Path(sys.executable).parent / "quantroute"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("quantroute")
+    return [found] if found else [sys.executable, "-m", "quantroute.cli"]
+
+
+def start(name: str, cmd: Sequence[str], cpu: int, log_dir: Path) -> Proc:
+    """Start ``cmd`` under ``taskset -c cpu`` in a new session (its own process group)."""
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            ["taskset", "-c", str(cpu), *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Proc(name, popen, log_path)
+
+
+def stop(proc: Proc) -> int | None:
+    """SIGTERM the process group, wait, then SIGKILL it. Returns the exit code."""
+    if proc.popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.popen.wait(STOP_GRACE_S)
+    return proc.popen.returncode
+
+
+def log_tail(proc: Proc, lines: int = 20) -> str:
+    try:
+        text = proc.log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_log(proc: Proc, marker: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{log_tail(proc)}")
+        if marker in proc.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} not ready after {timeout_s}s:\n{log_tail(proc)}")
+
+
+def wait_http(proc: Proc, url: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200 (bounded by ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{log_tail(proc)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.name}: {url} not ready after {timeout_s}s:\n{log_tail(proc)}")
+
+
+# -- /proc readers -------------------------------------------------------------------------------
+def status_kb(pid: int, field: str) -> int | None:
+    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (seconds)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def core_times() -> dict[str, tuple[float, float]]:
+    """Per-core (busy, steal) seconds from /proc/stat, keyed ``cpu0``, ``cpu1``..."""
+    result: dict[str, tuple[float, float]] = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            v = [int(x) for x in values]
+            idle = v[3] + v[4]
+            steal = v[7] if len(v) > 7 else 0
+            result[name] = ((sum(v[:8]) - idle - steal) / CLK_TCK, steal / CLK_TCK)
+    return result
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+@contextlib.contextmanager
+def pinned(cpu: int) -> Iterator[None]:
+    """Pin this process to ``cpu`` for the block (the load generator lives here)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield None
+    finally:
+        os.sched_setaffinity(0, before)

@@ -1,0 +1,275 @@
+"""Markdown for the overhead benchmark, from the results dict ``run.py`` writes (results.json).
+
+    python benchmarks/overhead/report.py benchmarks/overhead/results.json   # re-render
+
+Every figure is the median over repetitions; ratios are medians of per-repetition ratios
+(gateway and direct measured back to back, so slow drifts in background load cancel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import procs
+
+Cell = dict[str, Any]
+ANALYSIS = procs.HERE / "analysis.md"
+TARGETS = {
+    "added_p50_ms": 1.0,
+    "nonstream_c32_rps": 1500.0,
+    "stream_c128_rps": 850.0,
+    "rss_mb": 100.0,
+}
+
+
+def progress_line(c: Cell) -> str:
+    return (
+        f"rep {c['rep']} {c['mode']:>10} c={c['concurrency']:<3} {c['target']:>7}: "
+        f"{c['rps']:8.0f} req/s  p50 {c['lat_p50_ms']:7.2f} ms  p99 {c['lat_p99_ms']:7.2f} ms  "
+        f"ttfb p50 {c['ttfb_p50_ms']:6.2f} ms  err {c['errors']}  gw cpu {c['gateway_cpu_pct']:5.1f}%  "
+        f"foreign {c['foreign_pct'].get('cpu0', 0):4.0f}/{c['foreign_pct'].get('cpu1', 0):4.0f}%"
+    )
+
+
+def med(values: Iterable[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return statistics.median(vals) if vals else math.nan
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _select(cells: list[Cell], mode: str, c: int, target: str) -> list[Cell]:
+    return [x for x in cells if (x["mode"], x["concurrency"], x["target"]) == (mode, c, target)]
+
+
+def _pairs(cells: list[Cell], mode: str, c: int) -> list[tuple[Cell, Cell]]:
+    direct = {x["rep"]: x for x in _select(cells, mode, c, "direct")}
+    routed = {x["rep"]: x for x in _select(cells, mode, c, "gateway")}
+    return [(direct[r], routed[r]) for r in sorted(direct) if r in routed]
+
+
+def _ratio(pairs: list[tuple[Cell, Cell]], key: str) -> float:
+    return med(g[key] / d[key] if d[key] else math.nan for d, g in pairs)
+
+
+def _added(pairs: list[tuple[Cell, Cell]], key: str) -> float:
+    return med(g[key] - d[key] for d, g in pairs)
+
+
+def _levels(cells: list[Cell]) -> list[tuple[str, int]]:
+    seen: dict[tuple[str, int], None] = {}
+    for x in cells:
+        seen[x["mode"], x["concurrency"]] = None
+    return list(seen)
+
+
+def _rps_cell(rows: list[Cell]) -> str:
+    values = [x["rps"] for x in rows]
+    text = fmt(med(values), 0)
+    return text if len(values) < 2 else f"{text} ({min(values):,.0f}–{max(values):,.0f})"
+
+
+def _target_row(rows: list[Cell], name: str) -> str:
+    m: Callable[[str], float] = lambda k: med(x[k] for x in rows)  # noqa: E731
+    gw = name == "gateway"
+    fc = med(x["foreign_pct"].get("cpu1", 0.0) for x in rows)
+    f0 = med(x["foreign_pct"].get("cpu0", 0.0) for x in rows)
+    return (
+        f"| {name} | {_rps_cell(rows)} | {fmt(m('lat_p50_ms'))} | {fmt(m('lat_p99_ms'))} | "
+        f"{fmt(m('ttfb_p50_ms'))} | {fmt(m('ttfb_p99_ms'))} | {sum(x['errors'] for x in rows)} | "
+        f"{fmt(m('gateway_cpu_pct'), 0) if gw else '–'} | "
+        f"{fmt(m('gateway_cpu_us_per_req'), 0) if gw else '–'} | "
+        f"{fmt(m('rss_peak_kb') / 1024, 1) if gw else '–'} | {f0:.0f} / {fc:.0f} |"
+    )
+
+
+def _ratio_row(pairs: list[tuple[Cell, Cell]]) -> str:
+    def both(key: str) -> str:
+        return f"×{fmt(_ratio(pairs, key))} (+{fmt(_added(pairs, key))} ms)"
+
+    return (
+        f"| **gateway/direct** | **×{fmt(_ratio(pairs, 'rps'))}** | {both('lat_p50_ms')} | "
+        f"{both('lat_p99_ms')} | {both('ttfb_p50_ms')} | {both('ttfb_p99_ms')} | | | | | |"
+    )
+
+
+def main_table(cells: list[Cell]) -> list[str]:
+    out = []
+    for mode, c in _levels(cells):
+        out += [
+            f"**{mode}, concurrency {c}**",
+            "",
+            "| target | req/s (min–max) | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms | errors "
+            "| gw CPU % | gw CPU µs/req | gw RSS peak MB | foreign CPU % core0 / core1 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            _target_row(_select(cells, mode, c, "direct"), "direct"),
+            _target_row(_select(cells, mode, c, "gateway"), "gateway"),
+            _ratio_row(_pairs(cells, mode, c)),
+            "",
+        ]
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def _gateway_med(cells: list[Cell], mode: str, c: int, key: str) -> float:
+    return med(x[key] for x in _select(cells, mode, c, "gateway"))
+
+
+def targets_table(result: dict[str, Any]) -> list[str]:
+    cells: list[Cell] = result["cells"]
+    rows = ["| target | measured | verdict |", "|---|---|---|"]
+    added = _added(_pairs(cells, "non-stream", 1), "lat_p50_ms")
+    ok = None if math.isnan(added) else added < TARGETS["added_p50_ms"]
+    rows.append(f"| added p50 at c=1 (non-stream) < 1 ms | +{fmt(added, 3)} ms | {_verdict(ok)} |")
+    added_s = _added(_pairs(cells, "stream", 1), "ttfb_p50_ms")
+    rows.append(f"| (info) added first-chunk p50 at c=1 (stream) | +{fmt(added_s, 3)} ms | |")
+    for mode, c, key in (
+        ("non-stream", 32, "nonstream_c32_rps"),
+        ("stream", 128, "stream_c128_rps"),
+    ):
+        rps = _gateway_med(cells, mode, c, "rps")
+        direct = med(x["rps"] for x in _select(cells, mode, c, "direct"))
+        us = _gateway_med(cells, mode, c, "gateway_cpu_us_per_req")
+        cpu = _gateway_med(cells, mode, c, "gateway_cpu_pct")
+        ok = None if math.isnan(rps) else rps >= TARGETS[key]
+        rows.append(
+            f"| ≥ {TARGETS[key]:,.0f} {mode} req/s at c={c} | {fmt(rps, 0)} req/s (direct "
+            f"{fmt(direct, 0)}); gateway core {fmt(cpu, 0)}% busy, {fmt(us, 0)} µs CPU/req "
+            f"→ ≈{fmt(1e6 / us if us else math.nan, 0)} req/s at 100% of one core | {_verdict(ok)} |"
+        )
+    rss = result["rss_kb"]
+    peak = max([rss.get("peak_hwm") or 0] + [x["rss_peak_kb"] for x in cells]) / 1024
+    rows.append(
+        f"| gateway RSS < 100 MB | peak {peak:.1f} MB (VmHWM), idle at start "
+        f"{(rss.get('idle_start') or 0) / 1024:.1f} MB, after the run {(rss.get('after') or 0) / 1024:.1f} MB "
+        f"| {_verdict(peak < TARGETS['rss_mb'])} |"
+    )
+    equal = all(v["equal"] for v in result["verify"].values())
+    rows.append(f"| SSE and JSON relayed byte for byte | see below | {_verdict(equal)} |")
+    return rows
+
+
+def verify_table(checks: dict[str, Any]) -> list[str]:
+    rows = ["| case | direct vs gateway | status | bytes | SSE events |", "|---|---|---|---|---|"]
+    for name, v in checks.items():
+        same = "identical" if v["equal"] else "**DIFFERENT**"
+        rows.append(
+            f"| {name} | {same} | {v['status'][0]} / {v['status'][1]} | "
+            f"{v['bytes'][0]} / {v['bytes'][1]} | {v['events'] if v['events'] is not None else '–'} |"
+        )
+    return rows
+
+
+def _pct_table(title: str, rows: list[list[Any]]) -> list[str]:
+    out = [f"| {title} | % of busy samples |", "|---|---:|"]
+    out += [f"| `{name}` | {pct:.1f} |" for name, pct in rows]
+    return out
+
+
+def profile_section(profile: dict[str, Any] | None) -> list[str]:
+    if not profile:
+        return ["(profile skipped)"]
+    if "error" in profile:
+        return ["py-spy failed:", "", "```", profile["error"], "```"]
+    own = dict((k, v) for k, v in profile["component_own"])
+    total = dict((k, v) for k, v in profile["component_total"])
+    comp = ["| component | own % | total % |", "|---|---:|---:|"]
+    comp += [f"| {k} | {own[k]:.1f} | {total.get(k, 0.0):.1f} |" for k in own]
+    return [
+        f"{profile['samples']} busy samples of the gateway process; the load ran at "
+        f"{profile['rps_while_profiled']:,.0f} req/s while py-spy sampled it.",
+        "Own % = the sample's innermost Python frame is in that component (C calls such as socket "
+        "sends count toward the Python function that made them); total % = the component is "
+        "anywhere on the stack.",
+        "",
+        *comp,
+        "",
+        "Top frames by own time:",
+        "",
+        *_pct_table("frame (own)", profile["own"]),
+        "",
+        "Top frames by total time:",
+        "",
+        *_pct_table("frame (total)", profile["total"]),
+    ]
+
+
+def header(result: dict[str, Any]) -> list[str]:
+    m, s = result["machine"], result["settings"]
+    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    label = f" — {s['label']}" if s.get("label") else ""
+    return [
+        f"# Gateway overhead{label}",
+        "",
+        f"- Date: {m['date_utc']}; commit {m['git_commit']} ({m['src_changes']}); "
+        f"quantroute imported from `{m['quantroute_from']}`",
+        f"- Machine: {m['cores']} × {m['cpu']}, {m['memory_mb']:,} MB, Linux {m['kernel']}, "
+        f"Python {m['python']}; {pk}",
+        f"- Load average (1/5/15 min) before: {m['loadavg_before']}; after: {m['loadavg_after']}"
+        " (other engineers share this machine; see the foreign-CPU column)",
+        f"- {s['reps']} repetition(s) per cell, warm-up {s['warmup_s']} s, window {s['measure_s']} s;"
+        f" medians shown; measuring took {result['measure_seconds']:.0f} s",
+        "- Pinning: fake backends + load generator on core 0, gateway (`quantroute serve`, uvloop + "
+        "httptools) on core 1. Two identical backends in group `auto` with a capability matrix: "
+        "every request runs the full routing decision. Direct = backend 0 with its served name.",
+        "- Non-stream: `max_tokens` 16; stream: `max_tokens` 64 → role chunk + 64 content chunks + "
+        "`[DONE]` (the client does not ask for usage, so the gateway adds `include_usage` upstream "
+        "and strips that chunk: the realistic path).",
+        "",
+    ]
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = header(result)
+    lines += ["## Against the targets (issue #2)", "", *targets_table(result), ""]
+    lines += ["## Results (medians)", "", *main_table(result["cells"])]
+    lines += [
+        "TTFB = first body bytes (streams: first SSE chunk). gw CPU = the gateway process's CPU "
+        "time over the window (100% = core 1 saturated); foreign CPU = core busy time not used "
+        "by the benchmark's own processes on it.",
+        "",
+        "## Byte-for-byte relay",
+        "",
+        *verify_table(result["verify"]),
+        "",
+        "## Where the gateway's time goes (py-spy, non-stream, c=32)",
+        "",
+        *profile_section(result.get("profile")),
+        "",
+    ]
+    if ANALYSIS.exists():
+        lines += [ANALYSIS.read_text().rstrip(), ""]
+    commands = result["commands"]
+    lines += [
+        "## How this was run",
+        "",
+        "```",
+        commands["benchmark"],
+        commands["backends"],
+        commands["gateway"],
+        "```",
+        "",
+        "Gateway config (generated):",
+        "",
+        "```yaml",
+        result["config"].rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else procs.HERE / "results.json")
+    print(render(json.loads(path.read_text())))

@@ -1,0 +1,249 @@
+"""Gateway-overhead benchmark: the same load straight to a fake backend and through quantroute.
+
+    pip install -r benchmarks/overhead/requirements.txt
+    python benchmarks/overhead/run.py            # 3 repetitions, ~5 minutes
+    python benchmarks/overhead/run.py --quick    # 1 repetition, short windows, ~1 minute
+
+Fake backends run in one process on core 0, ``quantroute serve`` on core 1, this process (the load
+generator) on core 0. Writes RESULTS.md and results.json beside this file (or ``--output-dir``)
+and prints the Markdown. Every process started is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+import fleet as fleet_mod
+import loadgen
+import machine
+import procs
+import report
+import spy
+from loadgen import Level, Target
+from monitor import Monitor
+
+LEVELS = (1, 32, 128)
+IDLE_AFTER_S = 2.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int
+    levels: tuple[int, ...]
+    warmup_s: float
+    measure_s: float
+    max_requests: int
+    profile_s: int
+    profile_rate: int
+    wait_quiet_s: float
+    quiet_load: float
+    label: str
+
+
+def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per cell (default 3)")
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--measure", type=float, default=None, help="seconds per window (default 5)")
+    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 1)")
+    p.add_argument("--max-requests", type=int, default=200_000, help="cap per window")
+    p.add_argument("--profile", type=int, default=None, help="py-spy seconds (0: skip)")
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to S s for low load")
+    p.add_argument("--quiet-load", type=float, default=0.5, help="1-min load avg deemed quiet")
+    p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
+    p.add_argument("--output-dir", type=Path, default=procs.HERE)
+    a = p.parse_args(argv)
+    quick = bool(a.quick)
+    settings = Settings(
+        reps=a.reps or (1 if quick else 3),
+        levels=tuple(a.levels),
+        warmup_s=a.warmup if a.warmup is not None else (0.5 if quick else 1.0),
+        measure_s=a.measure or (2.0 if quick else 5.0),
+        max_requests=a.max_requests,
+        profile_s=a.profile if a.profile is not None else (4 if quick else 10),
+        profile_rate=a.profile_rate,
+        wait_quiet_s=a.wait_quiet,
+        quiet_load=a.quiet_load,
+        label=a.label,
+    )
+    return settings, a.output_dir
+
+
+# -- checks before the load --------------------------------------------------------------------
+async def verify(f: fleet_mod.Fleet) -> dict[str, Any]:
+    """Byte-for-byte: direct vs through the gateway, for a stream and a non-stream body."""
+    checks: dict[str, Any] = {}
+    cases = {
+        "stream, client sets include_usage": (True, True),
+        "stream, no include_usage (gateway adds and strips it)": (True, False),
+        "non-stream": (False, False),
+    }
+    async with loadgen.new_session(2) as session:
+        for name, (stream, usage) in cases.items():
+            direct = await loadgen.fetch(
+                session,
+                f.direct.chat_url,
+                loadgen.payload(f.direct.model, stream, include_usage=usage),
+            )
+            routed = await loadgen.fetch(
+                session,
+                f.routed.chat_url,
+                loadgen.payload(f.routed.model, stream, include_usage=usage),
+            )
+            checks[name] = {
+                "equal": direct == routed,
+                "status": [direct[0], routed[0]],
+                "bytes": [len(direct[2]), len(routed[2])],
+                "events": direct[2].count(b"\n\n") if stream else None,
+            }
+    return checks
+
+
+async def expected_sizes(f: fleet_mod.Fleet) -> dict[tuple[str, bool], int]:
+    sizes: dict[tuple[str, bool], int] = {}
+    async with loadgen.new_session(1) as session:
+        for target in (f.direct, f.routed):
+            for stream in (False, True):
+                status, _, body = await loadgen.fetch(
+                    session, target.chat_url, loadgen.payload(target.model, stream)
+                )
+                if status != 200:
+                    raise RuntimeError(f"{target.name} answered {status}: {body[:300]!r}")
+                sizes[target.name, stream] = len(body)
+    return sizes
+
+
+# -- the measurement ---------------------------------------------------------------------------
+async def run_cell(
+    s: Settings, f: fleet_mod.Fleet, target: Target, stream: bool, c: int, size: int, rep: int
+) -> dict[str, Any]:
+    level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests)
+    mon = Monitor(f.gateway.pid, [f.backend.pid])
+    stats = await loadgen.run_level(target, level, size, mon.watch)
+    usage = mon.last
+    assert usage is not None
+    cell = {
+        "mode": "stream" if stream else "non-stream",
+        "concurrency": c,
+        "target": target.name,
+        "rep": rep,
+        **asdict(stats),
+        "gateway_cpu_pct": usage.gateway_cpu_pct,
+        "gateway_cpu_us_per_req": 1e6 * usage.gateway_cpu_s / max(stats.requests, 1),
+        "core0_ours_pct": usage.pct(usage.core0_ours_cpu_s),
+        "foreign_pct": usage.foreign_pct,
+        "steal_pct": {k: usage.pct(v) for k, v in usage.core_steal_s.items()},
+        "rss_peak_kb": usage.rss_peak_kb,
+        "loadavg": procs.loadavg(),
+    }
+    print(report.progress_line(cell), flush=True)
+    return cell
+
+
+async def run_cells(
+    s: Settings, f: fleet_mod.Fleet, sizes: dict[tuple[str, bool], int]
+) -> list[dict[str, Any]]:
+    cells = []
+    for rep in range(s.reps):
+        # Alternate which target goes first so slow drifts in background load cancel out.
+        order = (f.direct, f.routed) if rep % 2 == 0 else (f.routed, f.direct)
+        for stream in (False, True):
+            for c in s.levels:
+                for target in order:
+                    size = sizes[target.name, stream]
+                    cells.append(await run_cell(s, f, target, stream, c, size, rep))
+    return cells
+
+
+async def run_profile(
+    s: Settings, f: fleet_mod.Fleet, size: int, workdir: Path
+) -> dict[str, Any] | None:
+    """py-spy on the gateway during a separate c=32 non-stream load (not in the table)."""
+    if s.profile_s <= 0:
+        return None
+    level = Level(False, 32, 1.0, s.profile_s + 2.0, s.max_requests)
+    load = asyncio.ensure_future(loadgen.run_level(f.routed, level, size))
+    await asyncio.sleep(1.0)
+    raw = workdir / "gateway.pyspy.txt"
+    err = await spy.record(f.gateway.pid, s.profile_s, s.profile_rate, raw, fleet_mod.BACKEND_CPU)
+    stats = await load
+    if not raw.exists():
+        print(f"py-spy produced no output:\n{err}", file=sys.stderr)
+        return {"error": err[-2000:]}
+    profile = spy.analyse(raw.read_text())
+    return {"rps_while_profiled": stats.rps, "raw_path": str(raw), **asdict(profile)}
+
+
+async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any]:
+    pid = f.gateway.pid
+    rss_idle = procs.status_kb(pid, "VmRSS")
+    checks = await verify(f)
+    sizes = await expected_sizes(f)
+    started = time.time()
+    cells = await run_cells(s, f, sizes)
+    profile = await run_profile(s, f, sizes["gateway", False], workdir)
+    await asyncio.sleep(IDLE_AFTER_S)
+    return {
+        "verify": checks,
+        "cells": cells,
+        "profile": profile,
+        "rss_kb": {
+            "idle_start": rss_idle,
+            "peak_hwm": procs.status_kb(pid, "VmHWM"),
+            "after": procs.status_kb(pid, "VmRSS"),
+        },
+        "measure_started": started,
+        "measure_seconds": time.time() - started,
+    }
+
+
+def wait_quiet(s: Settings) -> str:
+    """Wait (bounded) for the 1-minute load average to drop under ``quiet_load``."""
+    deadline = time.monotonic() + s.wait_quiet_s
+    while time.monotonic() < deadline and float(procs.loadavg().split()[0]) > s.quiet_load:
+        time.sleep(5.0)
+    return procs.loadavg()
+
+
+def main(argv: list[str] | None = None) -> int:
+    s, out_dir = _settings(argv)
+    load_before = wait_quiet(s) if s.wait_quiet_s > 0 else procs.loadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="qr-overhead-"))
+    print(f"# workdir {workdir}; load average {load_before}", flush=True)
+    with contextlib.ExitStack() as stack:
+        f = fleet_mod.start(stack, workdir)
+        with procs.pinned(fleet_mod.BACKEND_CPU):
+            result = uvloop.run(bench(s, f, workdir))
+    gateway_exit = f.gateway.popen.returncode
+    result["settings"] = asdict(s)
+    result["machine"] = machine.info(load_before, procs.loadavg())
+    result["commands"] = {
+        "benchmark": " ".join([Path(sys.executable).name, *sys.argv]),
+        "backends": "taskset -c 0 " + " ".join(f.backend_cmd),
+        "gateway": "taskset -c 1 " + " ".join(f.gateway_cmd),
+        "gateway_exit": gateway_exit,
+    }
+    result["config"] = f.config_path.read_text()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    markdown = report.render(result)
+    (out_dir / "RESULTS.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
