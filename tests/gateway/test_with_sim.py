@@ -16,7 +16,7 @@ from quantroute.sim.fleet import FleetHandle, SimBackendSpec, SimFleetConfig, ru
 from quantroute.testing.fake_backend import wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 
-TIME_SCALE = 10.0
+TIME_SCALE = 1.0  # real time: the pinned requests must outlive a few scrapes
 
 
 @dataclass
@@ -49,7 +49,11 @@ def sim_stack() -> Iterator[SimStack]:
     """A small L40S 8B-AWQ backend with a tiny KV cache beside a roomy Qwen backend."""
     specs = [
         SimBackendSpec(
-            id="small", profile="llama3-8b-awq", num_gpu_blocks_override=160, max_num_seqs=8, max_model_len=2048
+            id="small",
+            profile="llama3-8b-awq",
+            num_gpu_blocks_override=160,
+            max_num_seqs=8,
+            max_model_len=2048,
         ),
         SimBackendSpec(id="roomy", profile="qwen25-7b-gptq", max_num_seqs=64),
     ]
@@ -129,12 +133,15 @@ def test_kv_pressure_from_real_engine_steers_long_prompts(sim_stack: SimStack) -
     )
     row = sim_stack.admin()["small"]
     assert row["metrics"]["num_gpu_blocks"] == 160 and row["metrics"]["block_size"] == 16
-    picks = {
-        client.chat.completions.with_raw_response.create(
-            model="auto", messages=[{"role": "user", "content": "y" * 1200}], max_tokens=400
-        ).headers["x-quantroute-backend"]
-        for _ in range(4)
-    }
+    picks = set()
+    for _ in range(4):
+        with client.chat.completions.with_streaming_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": "y" * 1200}],
+            max_tokens=400,
+            stream=True,
+        ) as probe:
+            picks.add(probe.headers["x-quantroute-backend"])
     assert picks == {"roomy"}
     text = httpx.get(sim_stack.gateway.url + "/metrics").text
     assert 'llm_router_cache_pressure_events_total{model_id="small"}' in text
