@@ -131,6 +131,20 @@ def test_output_length_and_finish_reason(
     assert (done.output_tokens, done.finish_reason) == (expected_tokens, reason)
 
 
+@pytest.mark.parametrize(
+    ("ignore_eos", "min_tokens", "expected_tokens", "reason"),
+    [(True, 0, 300, "length"), (False, 120, 120, "stop"), (False, 0, 50, "stop")],
+)
+def test_ignore_eos_and_min_tokens(
+    ignore_eos: bool, min_tokens: int, expected_tokens: int, reason: str
+) -> None:
+    engine = make_engine()
+    request = EngineRequest("r", 100, 300, 50, ignore_eos=ignore_eos, min_tokens=min_tokens)
+    engine.add_request(request, now=0.0)
+    (done,) = [f for o in run(engine) for f in o.finished]
+    assert (done.output_tokens, done.finish_reason) == (expected_tokens, reason)
+
+
 def test_abort_frees_blocks_wherever_the_request_is() -> None:
     engine = make_engine(num_gpu_blocks_override=64, max_model_len=1024)
     engine.add_request(EngineRequest("a", 600), now=0.0)

@@ -47,6 +47,21 @@ async def test_unkeyed_prompt_gets_filler_up_to_max_tokens(
     assert len((response.choices[0].message.content or "").split()) == 12
 
 
+async def test_ignore_eos_generates_up_to_max_tokens(
+    openai_for: OpenAIFactory, fleet: SimFleet
+) -> None:
+    response = await openai_for(fleet.urls["awq"]).chat.completions.create(
+        model="llama3-8b-awq",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=40,
+        extra_body={"ignore_eos": True},
+    )
+    assert response.usage is not None and response.usage.completion_tokens == 40
+    assert response.choices[0].finish_reason == "length"
+    answer = fleet.backends["awq"].oracle.answer(PROMPT)
+    assert answer is not None and (response.choices[0].message.content or "").startswith(answer)
+
+
 async def test_stream_without_usage(openai_for: OpenAIFactory, fleet: SimFleet) -> None:
     prompt = "Write a Python function add(a, b) returning the sum."
     stream = await openai_for(fleet.urls["awq"]).chat.completions.create(

@@ -52,10 +52,11 @@ class Job:
         return len(self._pieces) if self._pieces else None
 
     def piece(self, index: int) -> str:
-        """The text of output token `index`."""
-        if self._pieces:
-            return self._pieces[index] if index < len(self._pieces) else ""
-        return self._filler.piece(index)
+        """The text of output token `index`; made-up words past the known answer."""
+        known = self._pieces or []
+        if index < len(known):
+            return known[index]
+        return self._filler.piece(index - len(known))
 
     async def events(self) -> AsyncIterator[TokenEvent]:
         """Tokens as the engine produces them; ends after the last one or on shutdown."""
@@ -125,13 +126,28 @@ class SimBackend:
 
     # -- requests -----------------------------------------------------------------
 
-    def submit(self, prompt_tokens: int, max_tokens: int | None, prompt_text: str) -> Job:
+    def submit(
+        self,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        prompt_text: str,
+        *,
+        ignore_eos: bool = False,
+        min_tokens: int = 0,
+    ) -> Job:
         """Queue a request; PromptTooLongError when it cannot fit the context."""
         self._seq += 1
         request_id = uuid.uuid4().hex[:16]
         seed = f"{self.oracle.seed}:{self.identity.backend_id}:{self._seq}"
         job = Job(request_id, prompt_tokens, self.oracle.answer(prompt_text), seed)
-        request = EngineRequest(request_id, prompt_tokens, max_tokens, job.natural_output_tokens)
+        request = EngineRequest(
+            request_id,
+            prompt_tokens,
+            max_tokens,
+            job.natural_output_tokens,
+            ignore_eos=ignore_eos,
+            min_tokens=min_tokens,
+        )
         self.engine.add_request(request, self._event_time())
         self._jobs[request_id] = job
         self._wake.set()

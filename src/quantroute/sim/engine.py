@@ -97,13 +97,16 @@ class EngineRequest:
     """A request as the engine sees it: token counts only.
 
     `natural_output_tokens` is where the model would stop by itself (finish "stop");
-    None samples it from the engine's seeded length distribution.
+    None samples it from the engine's seeded length distribution. `ignore_eos` and
+    `min_tokens` are vLLM's sampling parameters: never stop early / not before.
     """
 
     request_id: str
     prompt_tokens: int
     max_tokens: int | None = None
     natural_output_tokens: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ class Engine:
             raise PromptTooLongError(request.prompt_tokens, self.config.max_model_len)
         cap = room if request.max_tokens is None else min(room, request.max_tokens)
         natural = request.natural_output_tokens or self._sample_output_len()
+        if request.ignore_eos:
+            natural = self.config.max_model_len + 1  # only the caps end it
+        natural = max(natural, request.min_tokens)
         seq = _Seq(
             request_id=request.request_id,
             prompt_tokens=request.prompt_tokens,

@@ -109,9 +109,17 @@ class _Call:
     max_tokens: int | None
     prompt_text: str
     include_usage: bool
+    ignore_eos: bool
+    min_tokens: int
 
     def submit(self, backend: SimBackend) -> Job:
-        return backend.submit(self.prompt_tokens, self.max_tokens, self.prompt_text)
+        return backend.submit(
+            self.prompt_tokens,
+            self.max_tokens,
+            self.prompt_text,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+        )
 
     def usage_chunk(self, job: Job) -> wire.JsonObject:
         use = wire.usage(job.prompt_tokens, job.output_tokens)
@@ -238,4 +246,6 @@ def _accept(
         max_tokens=body.output_limit,
         prompt_text=prompt_text,
         include_usage=body.include_usage,
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
     )

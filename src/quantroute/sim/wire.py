@@ -47,6 +47,9 @@ class _Generation(_Lenient):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
+    # vLLM's extra sampling parameters: generate up to the limit / at least this many
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
     @property
     def include_usage(self) -> bool:
