@@ -32,10 +32,17 @@ from .stack import (
 HERE = Path(__file__).parent
 TEST_TIMEOUT_S = 240  # per test body; fixture set-up has its own bounds (see stack.py)
 GROUP = "auto"
-# tiny-a: short context and 8 KV blocks of 128 tokens, so a handful of requests fills it.
-SMALL_KV = Variant("tiny-a", 512, extra_args=("--num-gpu-blocks-override", "8"), cpu_bind="0")
-# tiny-b: twice the context and the default (1 GiB) KV space.
-LARGE_KV = Variant("tiny-b", 1024, cpu_bind="1")
+# tiny-a: short context, 8 KV blocks of 128 tokens (7 usable) so a handful of requests fills
+# it, and cheap, so the gateway prefers it while it has room.
+SMALL_KV = Variant(
+    "tiny-a",
+    512,
+    extra_args=("--num-gpu-blocks-override", "8"),
+    cpu_bind="0",
+    gpu_cost_per_hour=0.05,
+)
+# tiny-b: twice the context, the default (1 GiB) KV space, ten times the price.
+LARGE_KV = Variant("tiny-b", 1024, cpu_bind="1", gpu_cost_per_hour=0.5)
 
 
 @dataclass

@@ -42,6 +42,7 @@ class Variant:
     max_num_seqs: int = 16
     extra_args: tuple[str, ...] = ()
     cpu_bind: str = ""
+    gpu_cost_per_hour: float = 0.1
 
 
 @dataclass
@@ -161,14 +162,21 @@ def gateway_config(servers: Sequence[VllmServer], group: str) -> dict[str, objec
             "max_seq_len": s.variant.max_model_len,
             "capacity": s.variant.max_num_seqs,
             "gpu": "cpu",
-            "gpu_cost_per_hour": 0.1,
+            "gpu_cost_per_hour": s.variant.gpu_cost_per_hour,
         }
         for s in servers
     ]
+    # Cost dominates the score, so an idle cheap backend wins and only a filter (KV pressure,
+    # context length) sends a request elsewhere: that makes "routed away" observable.
+    weights = {"headroom": 0.2, "latency": 0.2, "cost": 0.6}
     return {
         "backends": backends,
         "groups": [{"name": group, "variants": [s.variant.name for s in servers]}],
-        "policy": {"scrape_interval_s": 0.5, "staleness_limit_s": 10},
+        "policy": {
+            "scrape_interval_s": 0.5,
+            "staleness_limit_s": 10,
+            "weights": {"interactive": weights, "batch": weights},
+        },
     }
 
 

@@ -1,4 +1,10 @@
-"""A client that goes away mid-stream makes the gateway close its upstream, and vLLM aborts."""
+"""A client that goes away mid-stream makes the gateway close its upstream, and vLLM aborts.
+
+vLLM 0.32 does not count a request aborted by a client disconnect in
+``vllm:request_success_total{finished_reason="abort"}`` (measured: it stays 0), so the abort is
+shown by what did not happen: the backend stops generating long before ``max_tokens`` and never
+records the request as finished.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +19,28 @@ from .waits import poll_until
 
 pytestmark = pytest.mark.vllm
 
+MAX_TOKENS = 480  # fits both backends with the short prompt; seconds of decoding on CPU
 
-def finished(tier: VllmTier, backend: str, reason: str) -> float:
-    text = scrape(tier.servers[backend].url)
-    return sample_sum(text, "vllm:request_success_total", finished_reason=reason)
+
+def engine_counts(url: str) -> dict[str, float]:
+    text = scrape(url)
+    return {
+        "finished": sample_sum(text, "vllm:request_success_total"),
+        "generated": sample_sum(text, "vllm:generation_tokens_total"),
+        "busy": sample_sum(text, "vllm:num_requests_running")
+        + sample_sum(text, "vllm:num_requests_waiting"),
+    }
 
 
 def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     client: openai.OpenAI, gateway: Gateway, vllm_tier: VllmTier
 ) -> None:
-    before = {n: (finished(vllm_tier, n, "abort"), finished(vllm_tier, n, "length")) for n in
-              vllm_tier.servers}  # fmt: skip
+    before = {name: engine_counts(s.url) for name, s in vllm_tier.servers.items()}
 
-    # 400 tokens without EOS takes seconds on CPU; we leave after three chunks.
     with client.chat.completions.with_streaming_response.create(
         model=gateway.group,
         messages=[{"role": "user", "content": "the kalo mira"}],
-        max_tokens=400,
+        max_tokens=MAX_TOKENS,
         temperature=0.0,
         stream=True,
         extra_body={"ignore_eos": True},
@@ -40,10 +51,7 @@ def test_client_disconnect_mid_stream_aborts_the_vllm_request(
 
     assert len(first) == 3
     assert backend in vllm_tier.servers, f"x-quantroute-backend={backend!r}"
-    aborts_before, lengths_before = before[backend]
-    poll_until(
-        lambda: finished(vllm_tier, backend, "abort"),
-        lambda aborts: aborts == aborts_before + 1,
-        timeout_s=30,
-    )
-    assert finished(vllm_tier, backend, "length") == lengths_before
+    url = vllm_tier.servers[backend].url
+    after = poll_until(lambda: engine_counts(url), lambda c: c["busy"] == 0, timeout_s=60)
+    assert after["finished"] == before[backend]["finished"], "vLLM finished the request"
+    assert 3 <= after["generated"] - before[backend]["generated"] < MAX_TOKENS

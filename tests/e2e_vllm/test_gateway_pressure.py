@@ -1,14 +1,16 @@
 """KV-cache pressure on a real vLLM server, seen by the gateway and routed around.
 
-A background load straight to ``tiny-a`` (8 KV blocks of 128 tokens) fills its cache and queues
-requests. The gateway only learns this by scraping vLLM's /metrics, so `/admin/backends` must
-show the real numbers, long prompts sent to the group must go to ``tiny-b``, and the gateway
-must count cache-pressure events for ``tiny-a``.
+A background load sent straight to ``tiny-a`` (8 KV blocks of 128 tokens, 7 usable) fills its
+cache. The gateway learns this only by scraping vLLM's /metrics: `/admin/backends` must show the
+real numbers, long prompts for the group must go to ``tiny-b`` (which the gateway's config
+otherwise ranks below the cheaper ``tiny-a``), and the gateway must count cache-pressure events
+for ``tiny-a`` on its own /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,31 +20,71 @@ import pytest
 from .conftest import LARGE_KV, SMALL_KV, Gateway, VllmTier
 from .metrics import sample_sum, scrape_async
 from .waits import apoll_until
-from .workload import filler, kv_filling_load
+from .workload import filler, one_block_load
 
 pytestmark = pytest.mark.vllm
 
-FULL = 0.85  # the reference design's "skip the backend above 85% KV usage"
 PRESSURE_EVENTS = "llm_router_cache_pressure_events_total"
-LONG_PROMPT = filler(150)  # a few hundred tokens: fits both backends' context
+LONG_PROMPT = filler(150)  # a few hundred tokens: fits both backends, ~20% of tiny-a's cache
+Entry = dict[str, Any]
 
 
-async def admin_entry(http: httpx.AsyncClient, backend: str) -> dict[str, Any]:
+def kv(entry: Entry) -> float:
+    value = (entry.get("metrics") or {}).get("kv_cache_usage_perc")
+    return -1.0 if value is None or entry.get("state") != "fresh" else float(value)
+
+
+def full_and_queued(entry: Entry) -> bool:
+    waiting = (entry.get("metrics") or {}).get("num_requests_waiting")
+    return kv(entry) >= 0.85 and waiting is not None and waiting >= 1
+
+
+def mostly_full(entry: Entry) -> bool:
+    """5 or 6 of 7 blocks: under the hard ceiling, over the pressure threshold with a long prompt."""
+    return 0.7 <= kv(entry) < 0.95
+
+
+async def admin_entry(http: httpx.AsyncClient, backend: str = SMALL_KV.name) -> Entry:
     response = await http.get("/admin/backends")
     response.raise_for_status()
-    entries = {b["id"]: b for b in response.json()["backends"]}
-    entry: dict[str, Any] = entries[backend]
+    entry: Entry = {b["id"]: b for b in response.json()["backends"]}[backend]
     return entry
-
-
-def under_pressure(entry: dict[str, Any]) -> bool:
-    metrics = entry.get("metrics") or {}
-    kv = metrics.get("kv_cache_usage_perc")
-    return entry.get("state") == "fresh" and kv is not None and kv >= FULL
 
 
 async def pressure_events(http: httpx.AsyncClient) -> float:
     return sample_sum(await scrape_async(http, ""), PRESSURE_EVENTS, model_id=SMALL_KV.name)
+
+
+async def send_long_prompt(client: openai.AsyncOpenAI, group: str) -> tuple[str | None, str]:
+    raw = await client.chat.completions.with_raw_response.create(
+        model=group, messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=1
+    )
+    headers = raw.headers
+    return headers.get("x-quantroute-backend"), headers.get("x-quantroute-decision", "")
+
+
+async def route_while(
+    http: httpx.AsyncClient,
+    client: openai.AsyncOpenAI,
+    group: str,
+    holds: Callable[[Entry], bool],
+    wanted: int = 3,
+) -> list[tuple[str | None, str]]:
+    """Route long prompts, keeping those sent while `holds` was true just before and after.
+
+    Bounded: at most 60 tries.
+    """
+    kept: list[tuple[str | None, str]] = []
+    for _ in range(60):
+        if len(kept) == wanted:
+            break
+        if not holds(await admin_entry(http)):
+            await asyncio.sleep(0.25)
+            continue
+        routed = await send_long_prompt(client, group)
+        if holds(await admin_entry(http)):
+            kept.append(routed)
+    return kept
 
 
 async def vllm_idle(url: str) -> bool:
@@ -52,55 +94,48 @@ async def vllm_idle(url: str) -> bool:
     return busy == 0
 
 
-async def route_long_prompts(
-    http: httpx.AsyncClient, client: openai.AsyncOpenAI, group: str, wanted: int
-) -> list[str | None]:
-    """Backends chosen for long prompts sent while the gateway saw tiny-a full before and after.
-
-    Bounded: at most 40 attempts.
-    """
-    chosen: list[str | None] = []
-    for _ in range(40):
-        if len(chosen) == wanted:
-            break
-        if not under_pressure(await admin_entry(http, SMALL_KV.name)):
-            await asyncio.sleep(0.25)
-            continue
-        raw = await client.chat.completions.with_raw_response.create(
-            model=group, messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=1
-        )
-        if under_pressure(await admin_entry(http, SMALL_KV.name)):
-            chosen.append(raw.headers.get("x-quantroute-backend"))
-    return chosen
+async def settle(http: httpx.AsyncClient, vllm_url: str) -> None:
+    await apoll_until(lambda: vllm_idle(vllm_url), bool, timeout_s=90, interval_s=1.0)
+    await apoll_until(lambda: admin_entry(http), lambda e: kv(e) == 0.0, timeout_s=30)
 
 
-async def test_kv_pressure_is_scraped_and_long_prompts_avoid_the_full_backend(
+async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
     async_client: openai.AsyncOpenAI, gateway: Gateway, vllm_tier: VllmTier
 ) -> None:
     small_url = vllm_tier.servers[SMALL_KV.name].url
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
-        await apoll_until(lambda: admin_entry(http, SMALL_KV.name), _fresh, timeout_s=30)
+        await settle(http, small_url)
+        idle_choice, _ = await send_long_prompt(async_client, gateway.group)
         events_before = await pressure_events(http)
 
-        async with kv_filling_load(small_url, SMALL_KV.name, workers=24, max_seconds=150):
-            seen = await apoll_until(
-                lambda: admin_entry(http, SMALL_KV.name), _full_and_queued, timeout_s=90
-            )
-            chosen = await route_long_prompts(http, async_client, gateway.group, wanted=3)
+        async with one_block_load(small_url, SMALL_KV.name, workers=24, max_seconds=90):
+            seen = await apoll_until(lambda: admin_entry(http), full_and_queued, timeout_s=60)
+            routed = await route_while(http, async_client, gateway.group, lambda e: kv(e) >= 0.85)
 
-        await apoll_until(lambda: vllm_idle(small_url), bool, timeout_s=120, interval_s=1.0)
+        await settle(http, small_url)
         events_after = await pressure_events(http)
 
+    assert idle_choice == SMALL_KV.name  # the control: with room, the cheap backend wins
     metrics = seen["metrics"]
     assert (metrics["num_gpu_blocks"], metrics["block_size"]) == (8, 128)  # tiny-a's real cache
-    assert chosen == [LARGE_KV.name] * 3
-    assert events_after > events_before
+    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, routed
+    assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"
 
 
-def _fresh(entry: dict[str, Any]) -> bool:
-    return entry.get("state") == "fresh"
+async def test_mostly_full_kv_cache_counts_pressure_events_for_long_prompts(
+    async_client: openai.AsyncOpenAI, gateway: Gateway, vllm_tier: VllmTier
+) -> None:
+    small_url = vllm_tier.servers[SMALL_KV.name].url
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
+        await settle(http, small_url)
+        events_before = await pressure_events(http)
 
+        async with one_block_load(small_url, SMALL_KV.name, workers=6, max_seconds=90):
+            await apoll_until(lambda: admin_entry(http), mostly_full, timeout_s=60)
+            routed = await route_while(http, async_client, gateway.group, mostly_full)
 
-def _full_and_queued(entry: dict[str, Any]) -> bool:
-    waiting = (entry.get("metrics") or {}).get("num_requests_waiting")
-    return under_pressure(entry) and waiting is not None and waiting >= 1
+        await settle(http, small_url)
+        events_after = await pressure_events(http)
+
+    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, routed
+    assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"

@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import openai
+import httpx
 
 WORDS = ("the", "kalo", "mira", "tuvel", "and", "sadorpe", "an", "of", "quizen", "ra")
+LOAD_MAX_TOKENS = 90  # with a ~30-token prompt: under 128 tokens, one KV block per request
 
 
 def filler(words: int, salt: str = "") -> str:
@@ -19,32 +20,31 @@ def filler(words: int, salt: str = "") -> str:
 
 
 @asynccontextmanager
-async def kv_filling_load(
+async def one_block_load(
     base_url: str, model: str, workers: int, max_seconds: float
 ) -> AsyncIterator[None]:
-    """Keep ``workers`` streaming completions running against one vLLM server until exit.
+    """Keep ``workers`` one-KV-block completions in flight against one vLLM server until exit.
 
-    Each request is short enough to fit one 128-token KV block, so with more workers than
-    blocks the cache stays full and the rest wait. Bounded: at most 200 requests per worker
-    and ``max_seconds`` of wall time; on exit the
-    requests in flight get up to 60 s to finish before being cancelled.
+    Each worker sends non-streaming requests back to back (cheap for this process, so the
+    load stays steady on a busy machine). With more workers than free blocks the cache stays
+    full and the rest wait in vLLM's queue. Bounded: at most 200 requests per worker and
+    ``max_seconds`` of wall time; on exit requests in flight get 60 s, then are cancelled.
     """
-    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    limits = httpx.Limits(max_connections=workers + 1)
+    client = httpx.AsyncClient(base_url=base_url, timeout=120.0, limits=limits)
     stop = asyncio.Event()
 
     async def worker(index: int) -> None:
         for turn in range(200):
             if stop.is_set():
                 return
-            stream = await client.completions.create(
-                model=model,
-                prompt=filler(12, salt=f"w{index}t{turn}"),
-                max_tokens=90,
-                stream=True,
-                extra_body={"ignore_eos": True},
-            )
-            async for _ in stream:
-                pass
+            body = {
+                "model": model,
+                "prompt": filler(12, salt=f"w{index}t{turn}"),
+                "max_tokens": LOAD_MAX_TOKENS,
+                "ignore_eos": True,
+            }
+            (await client.post("/v1/completions", json=body)).raise_for_status()
 
     tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
     stopper = asyncio.get_running_loop().call_later(max_seconds, stop.set)
@@ -52,11 +52,11 @@ async def kv_filling_load(
         yield
     finally:
         stopper.cancel()
-        stop.set()  # let requests in flight finish, then cancel whatever is left
+        stop.set()
         await asyncio.wait(tasks, timeout=60)
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, openai.APIError):
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
                 await task
-        await client.close()
+        await client.aclose()
