@@ -15,8 +15,11 @@ from quantroute.sim.fleet import SimFleet, SimFleetConfig, load_fleet_config
 
 def _table(fleet: SimFleet) -> Table:
     table = Table(title=f"simulated vLLM fleet (time scale {fleet.config.time_scale:g}x)")
-    for column in ("backend", "served model", "url", "max_model_len", "KV blocks"):
-        table.add_column(column)
+    table.add_column("backend")
+    table.add_column("served model")
+    table.add_column("url", no_wrap=True, min_width=len("http://127.0.0.1:65535"))
+    table.add_column("max_model_len", justify="right")
+    table.add_column("KV blocks", justify="right")
     for spec in fleet.config.backends:
         backend = fleet.backends[spec.id]
         table.add_row(
