@@ -120,12 +120,32 @@ class ListenConfig(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class KubernetesDiscoveryConfig(_Frozen):
+    """Backends from pods selected by a label, their settings from labels and annotations."""
+
+    namespace: str = "default"
+    label_selector: str = "quantroute.io/role=backend"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Container port of vLLM; default: the annotation ``quantroute.io/port``, else 8000."""
+    scheme: Literal["http", "https"] = "http"
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; default: in-cluster service account, else ~/.kube/config."""
+    api_url: str | None = None
+    """Talk to this API server URL directly (no auth); for tests and ``kubectl proxy``."""
+    resync_s: PositiveFloat = 300.0
+
+
+class DiscoveryConfig(_Frozen):
+    kubernetes: KubernetesDiscoveryConfig | None = None
+
+
 class GatewayConfig(_Frozen):
     listen: ListenConfig = ListenConfig()
     matrix_path: Path | None = None
     backends: tuple[BackendConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
+    discovery: DiscoveryConfig | None = None
     log_decisions: bool = False
 
     @model_validator(mode="after")
@@ -138,7 +158,8 @@ class GatewayConfig(_Frozen):
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError("duplicate group names")
-        for group in self.groups:
+        discovered = self.discovery is not None and self.discovery.kubernetes is not None
+        for group in self.groups if not discovered else ():
             missing = [v for v in group.variants if v not in known]
             if missing:
                 raise ValueError(

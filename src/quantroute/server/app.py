@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI
@@ -33,6 +33,27 @@ async def _watch_matrix(source: MatrixSource) -> None:
     while True:
         await asyncio.sleep(MATRIX_POLL_S)
         source.maybe_reload()
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+async def _start_discovery(
+    config: GatewayConfig, gateway: Gateway, telemetry: Telemetry
+) -> _Closable | None:
+    """Kubernetes discovery, when configured: backends join and leave routing without a restart."""
+    if config.discovery is None or config.discovery.kubernetes is None:
+        return None
+    from quantroute.discovery import start_kubernetes_discovery
+
+    def on_change(backends: list[BackendConfig]) -> None:
+        gateway.set_backends(backends)
+        for backend in backends:
+            telemetry.gpu_cost.labels(backend.id).set(backend.gpu_cost_per_hour)
+        log.info("discovery: %d backend(s): %s", len(backends), ", ".join(b.id for b in backends))
+
+    return await start_kubernetes_discovery(config.discovery.kubernetes, on_change)
 
 
 def create_app(
@@ -70,6 +91,7 @@ def create_app(
         await scraper.scrape_once()
         scraper.start()
         watcher = asyncio.create_task(_watch_matrix(source), name="quantroute-matrix")
+        discovery = await _start_discovery(config, gateway, telemetry)
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
         try:
@@ -78,6 +100,8 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if discovery is not None:
+                await discovery.aclose()
             await scraper.stop()
             if scrape_client is None:
                 await client.aclose()
