@@ -163,3 +163,15 @@ def test_kv_pressure_steers_away_and_is_counted(make_fleet: FleetFactory) -> Non
     assert picks == {"b"}
     assert fleet.metric("llm_router_cache_pressure_events_total", model_id="a") == 5
     assert fleet.admin()["a"]["decisions"]["steered_away"] == {"kv_pressure": 5}
+
+
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = make_fleet({"a": FakeState(served_model_name="a", die_after_chunks=3, chunk_delay_s=0.05)})
+    body = {"model": "auto", "messages": MSG, "max_tokens": 50, "stream": True}
+    r = httpx.post(fleet.url + "/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 200 and r.content.count(b'"delta":{"content"') == 3
+    assert b'"error"' in r.content.split(b"\n\n")[-2] and b"failed mid-stream" in r.content
+    assert wait_until(lambda: fleet.metric("quantroute_requests_total", status="502") == 1)
+    assert fleet.admin()["a"]["in_flight"]["requests"] == 0

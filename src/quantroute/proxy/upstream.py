@@ -42,11 +42,17 @@ class _AiohttpResponse:
         self.content_type = response.headers.get("Content-Type", "application/json")
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.content.iter_any():
-            yield chunk
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
 
     async def read(self) -> bytes:
-        return await self._response.read()
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection: vLLM aborts a request whose connection closes."""

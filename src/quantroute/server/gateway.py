@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +41,12 @@ log = logging.getLogger("quantroute.decisions")
 T = TypeVar("T")
 CLIENT_CLOSED = 499
 _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+
+
+def _sse_error(message: str) -> bytes:
+    """The error event vLLM itself sends when a stream fails after it started."""
+    error = {"message": message, "type": "upstream_error", "param": None, "code": 502}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 class ClientDisconnected(Exception):
@@ -262,6 +269,10 @@ class Gateway:
             if rest:
                 yield rest
             outcome = status
+        except UpstreamConnectError as exc:
+            outcome = 502
+            log.warning("upstream %s failed mid-stream: %s", attempt.backend.id, exc)
+            yield _sse_error(f"upstream {attempt.backend.id} failed mid-stream: {exc}")
         finally:
             if outcome == CLIENT_CLOSED:
                 response.close()

@@ -38,6 +38,7 @@ class FakeState:
     header_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     default_tokens: int = 16
+    die_after_chunks: int | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
     aborted: int = 0
     completed: int = 0
@@ -215,6 +216,10 @@ class FakeBackend:
                 )
                 await response.write(b"data: " + first.encode() + b"\n\n")
             for i in range(tokens):
+                if self.state.die_after_chunks is not None and i == self.state.die_after_chunks:
+                    assert request.transport is not None
+                    request.transport.close()  # the server dies mid-stream
+                    return response
                 if self.state.chunk_delay_s:
                     await asyncio.sleep(self.state.chunk_delay_s)
                 await response.write(
