@@ -122,6 +122,7 @@ def test_kv_pressure_from_real_engine_steers_long_prompts(sim_stack: SimStack) -
             messages=[{"role": "user", "content": "x" * 4000}],
             max_tokens=400,
             stream=True,
+            extra_body={"ignore_eos": True},  # run to max_tokens, not a sampled natural length
         )
         for _ in range(2)
     ]
