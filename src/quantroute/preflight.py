@@ -249,7 +249,7 @@ def check_max_model_len(
     raw = args.options.get("--max-model-len")
     length = None if raw is None or raw == "auto" else parse_human_int("--max-model-len", raw)
     if length is None or length < 0:
-        shown = "is missing" if raw is None else f"{raw} lets vLLM choose"
+        shown = "not set" if raw is None else f"{raw} lets vLLM choose"
         yield Finding(
             Severity.WARNING,
             "--max-model-len",
