@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,10 +59,15 @@ def _filter(
     return admitted, rejected
 
 
+@functools.lru_cache(maxsize=64)
+def _positive(weights: ScoreWeights) -> dict[str, float]:
+    return {k: v for k, v in weights.model_dump().items() if v > 0}
+
+
 def _score(
     admitted: Sequence[BackendState], ctx: FilterContext, weights: ScoreWeights
 ) -> dict[str, Scores]:
-    wanted = {k: v for k, v in weights.model_dump().items() if v > 0}
+    wanted = _positive(weights)
     total_weight = sum(wanted.values())
     result: dict[str, Scores] = {}
     for backend in admitted:
@@ -115,9 +120,9 @@ def decide(
     klass = features.latency_class
     weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive
     scores = _score(admitted, ctx, weights)
-    rng = random.Random(cfg.seed * 1_000_003 + features.sequence)
+    entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
-    ranked = pickers.REGISTRY[cfg.picker](totals, features, cfg.tie_tolerance, rng)
+    ranked = pickers.REGISTRY[cfg.picker](totals, features, cfg.tie_tolerance, entropy)
     return Decision(
         Outcome.ROUTED,
         ranked[0],
