@@ -34,7 +34,10 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def uvicorn_config(app: object, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(
+    app: object, host: str, port: int, log_level: str = "info", drain_s: float = 30.0
+) -> uvicorn.Config:
+    """uvicorn as the gateway runs it; on shutdown, open streams get ``drain_s`` to finish."""
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -43,7 +46,7 @@ def uvicorn_config(app: object, host: str, port: int, log_level: str = "info") -
         http="httptools",
         access_log=False,
         log_level=log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(drain_s),
         lifespan="on",
     )
 
@@ -54,8 +57,8 @@ def serve(path: str, *, host: str | None, port: int | None, log_level: str = "in
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(config)
-    server = uvicorn.Server(
-        uvicorn_config(app, host or config.listen.host, port or config.listen.port, log_level)
-    )
+    drain_s = config.policy.upstream_timeouts.total_s
+    listen_host, listen_port = host or config.listen.host, port or config.listen.port
+    server = uvicorn.Server(uvicorn_config(app, listen_host, listen_port, log_level, drain_s))
     server.run()
     return 0

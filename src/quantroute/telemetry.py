@@ -108,6 +108,17 @@ class Telemetry:
             registry=r,
         )
 
+    def declare_backend(self, backend: str, gpu_cost_per_hour: float) -> None:
+        """Create a backend's event series at 0, so rate() and alerts see their first event."""
+        self.cache_pressure.labels(backend)
+        self.scrape_errors.labels(backend)
+        self.retries.labels(backend)
+        self.gpu_cost.labels(backend).set(gpu_cost_per_hour)
+
+    def declare_group(self, group: str) -> None:
+        self.no_backend.labels(group)
+        self.requests.labels("none", group, "503")
+
     def set_backend_state(self, backend: str, state: Health, kv: float | None) -> None:
         for option in Health:
             self.backend_up.labels(backend, option.value).set(1.0 if option is state else 0.0)

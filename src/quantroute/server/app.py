@@ -50,7 +50,7 @@ async def _start_discovery(
     def on_change(backends: list[BackendConfig]) -> None:
         gateway.set_backends(backends)
         for backend in backends:
-            telemetry.gpu_cost.labels(backend.id).set(backend.gpu_cost_per_hour)
+            telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
         log.info("discovery: %d backend(s): %s", len(backends), ", ".join(b.id for b in backends))
 
     return await start_kubernetes_discovery(config.discovery.kubernetes, on_change)
@@ -85,7 +85,9 @@ def create_app(
         gateway = Gateway(config, store, up, source, telemetry)
         app.state.gateway = gateway
         for backend in config.backends:
-            telemetry.gpu_cost.labels(backend.id).set(backend.gpu_cost_per_hour)
+            telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
+        for group in config.groups:
+            telemetry.declare_group(group.name)
         scraper = Scraper(store, config.policy, client, clock=clock, on_result=on_scrape)
         holder["scraper"] = scraper
         await scraper.scrape_once()
