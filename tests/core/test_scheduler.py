@@ -45,6 +45,9 @@ def test_each_filter_rejects_with_its_reason(state: object, reason: str) -> None
 def test_kv_pressure_is_recorded_as_steering_event() -> None:
     d = decide(features(), snapshot(backend("a", kv=0.9), backend("b")), None, policy(AB))
     assert d.kv_pressure == ("a",)
+    full = snapshot(backend("a", kv=1.0), backend("b"), backend("c", kv=None))
+    d = decide(features(), full, None, policy(("a", "b", "c")))
+    assert d.kv_pressure == ("a",)  # a full cache counts; an unknown one is not pressure
 
 
 def test_kv_pressure_prediction_counts_prompt_and_pending() -> None:

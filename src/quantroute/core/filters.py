@@ -26,6 +26,12 @@ Filter = Callable[[BackendState, FilterContext], str | None]
 SOFT_FILTERS: frozenset[str] = frozenset({"kv_pressure"})
 CONTEXT_REASON = "context"
 KV_PRESSURE_REASON = "kv_pressure"
+KV_CEILING_USAGE = "kv_ceiling: usage"
+
+
+def is_kv_pressure(reason: str) -> bool:
+    """A rejection for KV pressure: predicted over the threshold, or known usage at the ceiling."""
+    return reason.startswith((KV_PRESSURE_REASON, KV_CEILING_USAGE))
 
 
 def request_kv_tokens(features: RequestFeatures, policy: PolicyConfig) -> int:
@@ -64,7 +70,7 @@ def kv_ceiling(backend: BackendState, ctx: FilterContext) -> str | None:
         return "kv_ceiling: KV-cache usage unknown (no usage metric scraped)"
     if usage < ctx.policy.kv_hard_ceiling:
         return None
-    return f"kv_ceiling: usage {usage:.2f} >= ceiling {ctx.policy.kv_hard_ceiling:.2f}"
+    return f"{KV_CEILING_USAGE} {usage:.2f} >= ceiling {ctx.policy.kv_hard_ceiling:.2f}"
 
 
 def kv_pressure(backend: BackendState, ctx: FilterContext) -> str | None:

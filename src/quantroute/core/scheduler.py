@@ -114,9 +114,7 @@ def decide(
         rejected.update(soft_rejected)
     elif soft_rejected:
         relaxed = tuple(soft)
-    pressure = tuple(
-        k for k, v in rejected.items() if any(r.startswith(filters.KV_PRESSURE_REASON) for r in v)
-    )
+    pressure = tuple(k for k, v in rejected.items() if any(map(filters.is_kv_pressure, v)))
     klass = features.latency_class
     weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive
     scores = _score(admitted, ctx, weights)
