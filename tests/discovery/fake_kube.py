@@ -164,7 +164,9 @@ class FakeKube:
         # apimachinery's query bool: anything but "", "0" and "false" (any case) is true.
         watching = query.get("watch", "").lower() not in ("", "0", "false")
         with self._lock:
-            self.requests.append({**query, "kind": "watch" if watching else "list"})
+            kind = "watch" if watching else "list"
+            auth = request.headers.get("Authorization", "")
+            self.requests.append({**query, "kind": kind, "authorization": auth})
             failure = self._failures.pop(0) if self._failures else None
         if failure is not None:
             return web.json_response(_status(failure, "InternalError", "injected"), status=failure)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
+import yaml
 
-from quantroute.testing.fake_backend import async_wait_until
+from quantroute.config import KubernetesDiscoveryConfig
+from quantroute.discovery import Backoff, start_kubernetes_discovery
+from quantroute.errors import ConfigError
+from quantroute.testing.fake_backend import async_wait_until, free_port
 
-from .conftest import Discovered
+from .conftest import FAST, Discovered
 from .fake_kube import vllm_pod
 
 NOT_OURS = {"quantroute.io/role": "other"}
@@ -173,3 +178,56 @@ async def test_aclose_stops_watching_and_closes_the_connection(discovered: Disco
     requests = len(kube.requests)
     kube.put(vllm_pod("late", port=8001))
     assert not await async_wait_until(lambda: len(kube.requests) > requests, 0.3)
+
+
+async def test_a_kubeconfig_file_supplies_the_server_and_credentials(
+    discovered: Discovered, tmp_path: Path
+) -> None:
+    kube = discovered.kube
+    kube.put(vllm_pod("vllm-a", port=8001))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": discovered.server.url}}],
+                "users": [{"name": "gw", "user": {"token": "s3cret"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "gw"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    cfg = KubernetesDiscoveryConfig(kubeconfig=str(kubeconfig))
+    handle = await start_kubernetes_discovery(cfg, discovered.recorder)
+    try:
+        await discovered.recorder.wait_ids("vllm-a")
+        assert kube.requests[0]["authorization"] == "Bearer s3cret"
+    finally:
+        await handle.aclose()
+
+
+async def test_missing_credentials_are_a_config_error(tmp_path: Path) -> None:
+    cfg = KubernetesDiscoveryConfig(kubeconfig=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="cannot load Kubernetes credentials"):
+        await start_kubernetes_discovery(cfg, lambda _: None)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(initial_s=0.5, max_s=30.0)
+    assert [backoff.delay(n) for n in (0, 1, 2, 3, 7, 8, 1000)] == [0, 0.5, 1, 2, 30, 30, 30]
+
+
+async def test_an_unreachable_api_server_is_retried_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = KubernetesDiscoveryConfig(api_url=f"http://127.0.0.1:{free_port()}")
+    calls: list[object] = []
+    handle = await start_kubernetes_discovery(cfg, calls.append, backoff=FAST)
+    try:
+        assert await async_wait_until(
+            lambda: sum("listing again" in r.getMessage() for r in caplog.records) >= 2, 5.0
+        )
+        assert calls == []
+    finally:
+        await handle.aclose()

@@ -6,10 +6,13 @@ Everything untyped stays here, behind :class:`KubeClient`: pods come out as plai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,6 +20,7 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from quantroute.config import KubernetesDiscoveryConfig
 from quantroute.errors import ConfigError
@@ -25,6 +29,8 @@ JsonObject = Mapping[str, object]
 LIST_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 READ_GRACE_S = 30.0
+TOKEN_REFRESH_S = 60.0
+log = logging.getLogger("quantroute.discovery")
 
 
 class KubeApiError(Exception):
@@ -57,29 +63,52 @@ def _api_error(status: int | None, message: str) -> KubeApiError:
     return (ResourceExpired if status == 410 else KubeApiError)(status, message)
 
 
-def _from_api_exception(exc: ApiException) -> KubeApiError:
-    status = cast(int | None, exc.status)
-    return _api_error(status, str(cast(object, exc.reason)))
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """The client's and the transport's errors as :class:`KubeApiError`."""
+    try:
+        yield
+    except ApiException as exc:
+        raise _api_error(cast(int | None, exc.status), str(cast(object, exc.reason))) from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise KubeApiError(None, f"{type(exc).__name__}: {exc}") from exc
 
 
-async def load_configuration(cfg: KubernetesDiscoveryConfig) -> client.Configuration:
-    """``api_url`` (no auth), else an explicit kubeconfig, else in-cluster, else ~/.kube/config."""
+async def load_configuration(
+    cfg: KubernetesDiscoveryConfig,
+) -> tuple[client.Configuration, KubeConfigLoader | None]:
+    """``api_url`` (no auth), else an explicit kubeconfig, else in-cluster, else ~/.kube/config.
+
+    The kubeconfig loader comes back too: exec-plugin and GCP tokens expire and need refreshing.
+    """
     if cfg.api_url:
-        return client.Configuration(host=cfg.api_url.rstrip("/"))
+        return client.Configuration(host=cfg.api_url.rstrip("/")), None
     configuration = client.Configuration()
     try:
         if cfg.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            # Refreshes the (projected, rotating) service account token by itself.
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            await config.load_kube_config(
-                config_file=cfg.kubeconfig, client_configuration=configuration
-            )
+            return configuration, None
+        loader = await config.load_kube_config(
+            config_file=cfg.kubeconfig, client_configuration=configuration, persist_config=False
+        )
     except (ConfigException, OSError) as exc:
         where = cfg.kubeconfig or "in-cluster service account / ~/.kube/config"
         raise ConfigError(
             f"discovery.kubernetes: cannot load Kubernetes credentials ({where}): {exc}"
         ) from None
-    return configuration
+    return configuration, loader
+
+
+async def _refresh_token(loader: KubeConfigLoader, configuration: client.Configuration) -> None:
+    """The library's refresher (a no-op for static credentials), restarted when it fails."""
+    while True:
+        try:
+            await config.refresh_token(loader, configuration, interval=TOKEN_REFRESH_S)
+            return
+        except Exception as exc:
+            log.warning("discovery: refreshing the kubeconfig token failed: %s", exc)
+            await asyncio.sleep(TOKEN_REFRESH_S)
 
 
 class KubeClient:
@@ -90,28 +119,39 @@ class KubeClient:
         self._core = client.CoreV1Api(self._api_client)
         self._namespace = cfg.namespace
         self._selector = cfg.label_selector
+        self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, cfg: KubernetesDiscoveryConfig) -> KubeClient:
-        return cls(await load_configuration(cfg), cfg)
+        configuration, loader = await load_configuration(cfg)
+        kube = cls(configuration, cfg)
+        if loader is not None:  # returns at once unless the user's token comes from exec or GCP
+            refresh = _refresh_token(loader, configuration)
+            kube._refresher = asyncio.create_task(refresh, name="quantroute-kube-token")
+        return kube
 
     async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self._api_client.close()
 
     async def list_pods(self) -> PodList:
-        response = cast(
-            aiohttp.ClientResponse,
-            await self._core.list_namespaced_pod(
-                self._namespace,
-                label_selector=self._selector,
-                _preload_content=False,
-                _request_timeout=LIST_TIMEOUT_S,
-            ),
-        )
-        async with response:
-            body = await response.read()
-            if not 200 <= response.status < 300:
-                raise _api_error(response.status, body.decode(errors="replace")[:300])
+        with _translated_errors():
+            response = cast(
+                aiohttp.ClientResponse,
+                await self._core.list_namespaced_pod(
+                    self._namespace,
+                    label_selector=self._selector,
+                    _preload_content=False,
+                    _request_timeout=LIST_TIMEOUT_S,
+                ),
+            )
+            async with response:
+                body = await response.read()
+        if not 200 <= response.status < 300:
+            raise _api_error(response.status, body.decode(errors="replace")[:300])
         return _pod_list(body)
 
     async def watch_pods(
@@ -129,11 +169,9 @@ class KubeClient:
                 timeout_seconds=seconds,
                 _request_timeout=(CONNECT_TIMEOUT_S, seconds + READ_GRACE_S),
             )
-            try:
+            with _translated_errors():
                 async for raw in events:
                     yield _pod_event(cast(object, raw))
-            except ApiException as exc:
-                raise _from_api_exception(exc) from None
 
 
 def _pod_list(body: bytes) -> PodList:

@@ -115,7 +115,7 @@ class KubernetesDiscovery:
         where = f"{self._cfg.namespace}/{self._cfg.label_selector}"
         if isinstance(exc, ResourceExpired):
             log.info("discovery %s: watch expired (410), listing again in %.1f s", where, delay)
-        elif isinstance(exc, KubeApiError | OSError | TimeoutError):
+        elif isinstance(exc, KubeApiError | OSError):
             log.warning("discovery %s: %s; listing again in %.1f s", where, exc, delay)
         else:
             log.warning(
@@ -147,6 +147,7 @@ class KubernetesDiscovery:
                         resource_version, deadline - started
                     )
                     early = loop.time() - started < (deadline - started) / 2
+                    self._progressed = self._progressed or not early
                     drops = drops + 1 if events == 0 and early else 0
                     await asyncio.sleep(self._backoff.delay(drops - 1))
         except TimeoutError:
