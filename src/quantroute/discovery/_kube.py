@@ -1,7 +1,9 @@
-"""The one module that talks to ``kubernetes_asyncio``, whose generated code is not annotated.
+"""The one module that talks to ``kubernetes_asyncio`` (only partly typed: its generated client
+has stubs, some config loaders and raw responses don't).
 
-Everything untyped stays here, behind :class:`KubeClient`: pods come out as plain JSON objects
-(exactly what the API server sent), errors as :class:`KubeApiError` / :class:`ResourceExpired`.
+Everything library-shaped stays here, behind :class:`KubeClient`: pods come out as plain JSON
+objects (exactly what the API server sent), errors as :class:`KubeApiError` /
+:class:`ResourceExpired`, whatever layer (API, HTTP, socket) they came from.
 """
 
 from __future__ import annotations
