@@ -152,6 +152,9 @@ def profile_main(args: argparse.Namespace) -> int:
         err.print(f"error: {exc}", highlight=False)
         return 2
     output = Path(args.output or config.matrix_path or DEFAULT_OUTPUT)
+    for target in session.targets:
+        if target.gpu_cost_per_hour <= 0:
+            err.print(f"note: {target.variant} has no gpu_cost_per_hour; its cost stays unknown")
     if args.quiet:
         complete = _run(session, no_progress)
     else:

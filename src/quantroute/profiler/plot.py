@@ -48,17 +48,24 @@ def task_points(matrix: CapabilityMatrix, task: TaskType) -> tuple[list[Point], 
     return points, left_out
 
 
-def _label_offsets(points: Sequence[Point]) -> list[int]:
-    """Vertical label offsets (points) that keep labels of coinciding markers apart."""
+PT_PER_QUALITY = 280.0  # about how many points one unit of quality spans in a panel
+LABEL_PT = 11.0
+
+
+def _label_offsets(points: Sequence[Point]) -> list[float]:
+    """Vertical label offsets (points) that stack the labels of nearby markers instead of
+    printing them over each other: within a cluster of similar cost, labels go top-down in order
+    of quality, each at least one line below the previous."""
     span = max((p.cost for p in points), default=1.0) or 1.0
-    offsets: list[int] = []
-    for i, p in enumerate(points):
-        near = sum(
-            1
-            for q in points[:i]
-            if abs(q.cost - p.cost) < 0.04 * span and abs(q.quality - p.quality) < 0.04
-        )
-        offsets.append(4 - 11 * near)
+    offsets = [4.0] * len(points)
+    placed: list[tuple[float, float]] = []  # (cost, label height in points)
+    for i in sorted(range(len(points)), key=lambda i: -points[i].quality):
+        p = points[i]
+        natural = p.quality * PT_PER_QUALITY + 4.0
+        below = [h for c, h in placed if abs(c - p.cost) < 0.08 * span and h - natural < LABEL_PT]
+        y = min([natural, *(h - LABEL_PT for h in below)])
+        placed.append((p.cost, y))
+        offsets[i] = y - p.quality * PT_PER_QUALITY
     return offsets
 
 
