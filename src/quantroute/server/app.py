@@ -47,7 +47,9 @@ async def _start_discovery(
         return None
     from quantroute.discovery import start_kubernetes_discovery
 
-    def on_change(backends: list[BackendConfig]) -> None:
+    def on_change(discovered: list[BackendConfig]) -> None:
+        static_ids = {b.id for b in config.backends}
+        backends = [*config.backends, *(b for b in discovered if b.id not in static_ids)]
         gateway.set_backends(backends)
         for backend in backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
