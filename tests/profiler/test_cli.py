@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -22,6 +23,7 @@ from quantroute.cli import main
 from quantroute.config import TASK_TYPES, TaskType, load_config
 from quantroute.core.matrix import CapabilityMatrix, SuiteInfo
 from quantroute.profiler.build import build_matrix
+from quantroute.profiler.command import register, settings_of, suites_of
 from quantroute.profiler.runner import LevelResult, Target, TaskTally, VariantRecord
 from quantroute.profiler.session import select_samples, write_matrix
 from quantroute.profiler.settings import ProfileSettings
@@ -131,6 +133,28 @@ async def test_profile_write_serve_route(tmp_path: Path) -> None:
     assert elsewhere[excluded] > 0  # the same backend is fine for a task it is stable on
     assert explained[excluded]["admitted"] is False
     assert any(f"unstable for {task}" in r for r in explained[excluded]["reasons"])
+
+
+def test_profile_arguments_become_settings_and_suites(tmp_path: Path) -> None:
+    suite = tmp_path / "mine.jsonl"
+    line = {
+        "id": "q1",
+        "task": "chat",
+        "messages": [{"role": "user", "content": "Say hi in lowercase."}],
+        "check": {"type": "format", "rules": [{"rule": "lowercase"}]},
+    }
+    suite.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = ["profile", "--config", "gw.yaml", "--suite", str(suite), "--no-builtin"]
+    argv += ["--task", "chat", "--concurrency", "2,16", "--time-scale", "0.5"]
+    args = parser.parse_args([*argv, "--ttft-slo-ms", "800"])
+    settings = settings_of(args)
+    assert settings.tasks == ("chat",) and settings.concurrency_levels == (2, 16)
+    assert settings.time_scale == 0.5 and settings.ttft_slo_ms == 800
+    assert [s.name for s in suites_of(args)] == ["mine"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["profile", "--config", "gw.yaml", "--concurrency", "0,x"])
 
 
 def _sample_matrix(partial: bool = False) -> CapabilityMatrix:

@@ -61,7 +61,12 @@ def _add_profile(sub: SubParsers) -> None:
         help="profile only this task type (repeatable)",
     )
     p.add_argument("--variant", action="append", default=[], help="profile only this variant")
-    p.add_argument("--samples-per-task", type=int, default=None)
+    p.add_argument(
+        "--samples-per-task",
+        type=int,
+        default=None,
+        help="use the first N samples of each task type (default: all)",
+    )
     p.add_argument(
         "--latency-concurrency",
         type=int,
@@ -74,10 +79,30 @@ def _add_profile(sub: SubParsers) -> None:
         default=DEFAULT_LEVELS,
         help="sweep levels, comma-separated (default 1,8,32,128)",
     )
-    p.add_argument("--rounds", type=int, default=3, help="requests per level = level x rounds")
-    p.add_argument("--quality-floor", type=float, default=0.5)
-    p.add_argument("--max-error-rate", type=float, default=0.05)
-    p.add_argument("--ttft-slo-ms", type=float, default=None)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="requests per level = max(level x rounds, 16) (default 3)",
+    )
+    p.add_argument(
+        "--quality-floor",
+        type=float,
+        default=0.5,
+        help="pass rate below which a task type is unstable (default 0.5)",
+    )
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.05,
+        help="failed+timed-out share above which a task or level is unstable (0.05)",
+    )
+    p.add_argument(
+        "--ttft-slo-ms",
+        type=float,
+        default=None,
+        help="a sweep level counts as stable only if its TTFT p95 is within this",
+    )
     p.add_argument("--timeout-s", type=float, default=120.0, help="per request, real seconds")
     p.add_argument(
         "--time-scale",
@@ -129,7 +154,7 @@ def settings_of(args: argparse.Namespace) -> ProfileSettings:
     )
 
 
-def _suites(args: argparse.Namespace) -> list[Suite]:
+def suites_of(args: argparse.Namespace) -> list[Suite]:
     suites = [] if args.no_builtin else list(builtin_suites())
     return suites + [load_suite(path) for path in args.suite]
 
@@ -147,7 +172,7 @@ def profile_main(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     config = load_config(args.config)
     try:
-        session = ProfileSession(config, _suites(args), settings_of(args))
+        session = ProfileSession(config, suites_of(args), settings_of(args))
     except (ValidationError, ValueError) as exc:
         err.print(f"error: {exc}", highlight=False)
         return 2

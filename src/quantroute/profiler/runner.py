@@ -226,9 +226,10 @@ def targets_of(config: GatewayConfig, only: Sequence[str] = ()) -> list[Target]:
     for backend in config.backends:
         if backend.variant_id not in seen and (not only or backend.variant_id in only):
             seen[backend.variant_id] = Target.of(backend)
-    missing = sorted(set(only) - set(seen))
+    known = sorted({b.variant_id for b in config.backends})
+    missing = sorted(set(only) - set(known))
     if missing:
-        raise ValueError(f"unknown variant(s) {missing}; the config has {sorted(seen)}")
+        raise ValueError(f"unknown variant(s) {missing}; the config has {known}")
     return list(seen.values())
 
 

@@ -55,6 +55,8 @@ class ProfileSession:
     ) -> None:
         self.settings = settings
         self.targets: list[Target] = targets_of(config, settings.variants)
+        if not self.targets:
+            raise ValueError("the config has no backends to profile")
         self.samples, self.suites = select_samples(suites, settings)
         if not self.samples:
             raise ValueError(f"no workload samples for task types {list(settings.tasks)}")
