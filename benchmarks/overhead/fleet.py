@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +28,34 @@ START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
+class GatewayProc:
+    proc: procs.Proc
+    target: Target
+    cmd: list[str]
+    pythonpath: str | None
+
+
+@dataclass(frozen=True)
 class Fleet:
     backend: procs.Proc
-    gateway: procs.Proc
     direct: Target
-    routed: Target
+    gateways: tuple[GatewayProc, ...]
+    """The gateway under test first; optionally a candidate (a patched copy) second."""
     config_path: Path
     backend_cmd: list[str]
-    gateway_cmd: list[str]
+
+    @property
+    def routed(self) -> Target:
+        return self.gateways[0].target
+
+    @property
+    def targets(self) -> list[Target]:
+        return [self.direct, *(g.target for g in self.gateways)]
+
+    def gateway_pid(self, target: str) -> int:
+        """The gateway process serving ``target`` (the first gateway for ``direct``)."""
+        found = [g for g in self.gateways if g.target.name == target]
+        return (found or [self.gateways[0]])[0].proc.pid
 
 
 def matrix() -> dict[str, object]:
@@ -86,28 +107,41 @@ def write_files(workdir: Path, port: int, backend_ports: list[int]) -> Path:
     return config
 
 
-def start(stack: contextlib.ExitStack, workdir: Path, backends: int = 2) -> Fleet:
-    """Start backends then the gateway; every process is stopped when ``stack`` closes."""
+def _start_gateway(
+    stack: contextlib.ExitStack, workdir: Path, config: Path, name: str, pythonpath: str | None
+) -> GatewayProc:
+    port = procs.free_port()
+    cmd = [*procs.quantroute_command(), "serve", "--config", str(config), "--port", str(port)]
+    cmd += ["--log-level", "warning"]
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    proc = procs.start(name, cmd, GATEWAY_CPU, workdir, env)
+    stack.callback(procs.stop, proc)
+    procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", START_TIMEOUT_S)
+    target = Target(name, f"http://127.0.0.1:{port}", GROUP)
+    return GatewayProc(proc, target, cmd, pythonpath or env.get("PYTHONPATH"))
+
+
+def start(
+    stack: contextlib.ExitStack, workdir: Path, candidate: str | None = None, backends: int = 2
+) -> Fleet:
+    """Start backends, then the gateway (and a candidate gateway importing ``quantroute`` from the
+    ``candidate`` directory, if given); every process is stopped when ``stack`` closes."""
     ports = [procs.free_port() for _ in range(backends)]
     backend_cmd = [sys.executable, str(procs.HERE / "backend_proc.py"), "--model", MODEL]
     backend_cmd += ["--ports", *map(str, ports)]
     backend = procs.start("backends", backend_cmd, BACKEND_CPU, workdir)
     stack.callback(procs.stop, backend)
     procs.wait_log(backend, "READY", START_TIMEOUT_S)
-
-    gw_port = procs.free_port()
-    config = write_files(workdir, gw_port, ports)
-    gateway_cmd = [*procs.quantroute_command(), "serve", "--config", str(config)]
-    gateway_cmd += ["--log-level", "warning"]
-    gateway = procs.start("gateway", gateway_cmd, GATEWAY_CPU, workdir)
-    stack.callback(procs.stop, gateway)
-    procs.wait_http(gateway, f"http://127.0.0.1:{gw_port}/ready", START_TIMEOUT_S)
+    config = write_files(workdir, procs.free_port(), ports)
+    gateways = [_start_gateway(stack, workdir, config, "gateway", None)]
+    if candidate is not None:
+        gateways.append(_start_gateway(stack, workdir, config, "candidate", candidate))
     return Fleet(
         backend=backend,
-        gateway=gateway,
         direct=Target("direct", f"http://127.0.0.1:{ports[0]}", MODEL),
-        routed=Target("gateway", f"http://127.0.0.1:{gw_port}", GROUP),
+        gateways=tuple(gateways),
         config_path=config,
         backend_cmd=backend_cmd,
-        gateway_cmd=gateway_cmd,
     )

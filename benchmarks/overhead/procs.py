@@ -52,7 +52,9 @@ def quantroute_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "quantroute.cli"]
 
 
-def start(name: str, cmd: Sequence[str], cpu: int, log_dir: Path) -> Proc:
+def start(
+    name: str, cmd: Sequence[str], cpu: int, log_dir: Path, env: dict[str, str] | None = None
+) -> Proc:
     """Start ``cmd`` under ``taskset -c cpu`` in a new session (its own process group)."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
@@ -62,6 +64,7 @@ def start(name: str, cmd: Sequence[str], cpu: int, log_dir: Path) -> Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
     return Proc(name, popen, log_path)
 

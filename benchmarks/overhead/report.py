@@ -50,10 +50,18 @@ def _select(cells: list[Cell], mode: str, c: int, target: str) -> list[Cell]:
     return [x for x in cells if (x["mode"], x["concurrency"], x["target"]) == (mode, c, target)]
 
 
-def _pairs(cells: list[Cell], mode: str, c: int) -> list[tuple[Cell, Cell]]:
-    direct = {x["rep"]: x for x in _select(cells, mode, c, "direct")}
-    routed = {x["rep"]: x for x in _select(cells, mode, c, "gateway")}
-    return [(direct[r], routed[r]) for r in sorted(direct) if r in routed]
+def _pairs(
+    cells: list[Cell], mode: str, c: int, name: str = "gateway", base: str = "direct"
+) -> list[tuple[Cell, Cell]]:
+    """(base, name) cells of the same repetition: measured back to back."""
+    lhs = {x["rep"]: x for x in _select(cells, mode, c, base)}
+    rhs = {x["rep"]: x for x in _select(cells, mode, c, name)}
+    return [(lhs[r], rhs[r]) for r in sorted(lhs) if r in rhs]
+
+
+def _names(cells: list[Cell]) -> list[str]:
+    """Gateway targets in the run: ``gateway`` and, if present, ``candidate``."""
+    return [n for n in ("gateway", "candidate") if any(x["target"] == n for x in cells)]
 
 
 def _ratio(pairs: list[tuple[Cell, Cell]], key: str) -> float:
@@ -79,7 +87,7 @@ def _rps_cell(rows: list[Cell]) -> str:
 
 def _target_row(rows: list[Cell], name: str) -> str:
     m: Callable[[str], float] = lambda k: med(x[k] for x in rows)  # noqa: E731
-    gw = name == "gateway"
+    gw = name != "direct"
     fc = med(x["foreign_pct"].get("cpu1", 0.0) for x in rows)
     f0 = med(x["foreign_pct"].get("cpu0", 0.0) for x in rows)
     return (
@@ -91,30 +99,37 @@ def _target_row(rows: list[Cell], name: str) -> str:
     )
 
 
-def _ratio_row(pairs: list[tuple[Cell, Cell]]) -> str:
+def _ratio_row(pairs: list[tuple[Cell, Cell]], title: str) -> str:
     def both(key: str) -> str:
-        return f"×{fmt(_ratio(pairs, key))} (+{fmt(_added(pairs, key))} ms)"
+        added = _added(pairs, key)
+        return f"×{fmt(_ratio(pairs, key))} ({'+' if added >= 0 else ''}{fmt(added)} ms)"
 
+    cpu = "| | |"
+    if title.endswith("/gateway"):
+        cpu = f"| | ×{fmt(_ratio(pairs, 'gateway_cpu_us_per_req'))} |"
     return (
-        f"| **gateway/direct** | **×{fmt(_ratio(pairs, 'rps'))}** | {both('lat_p50_ms')} | "
-        f"{both('lat_p99_ms')} | {both('ttfb_p50_ms')} | {both('ttfb_p99_ms')} | | | | | |"
+        f"| **{title}** | **×{fmt(_ratio(pairs, 'rps'))}** | {both('lat_p50_ms')} | "
+        f"{both('lat_p99_ms')} | {both('ttfb_p50_ms')} | {both('ttfb_p99_ms')} | {cpu} | |"
     )
 
 
 def main_table(cells: list[Cell]) -> list[str]:
+    names = _names(cells)
     out = []
     for mode, c in _levels(cells):
         out += [
             f"**{mode}, concurrency {c}**",
             "",
             "| target | req/s (min–max) | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms | errors "
-            "| gw CPU % | gw CPU µs/req | gw RSS peak MB | foreign CPU % core0 / core1 |",
+            "| gw CPU % | gw CPU µs/req | gw RSS peak MiB | foreign CPU % core0 / core1 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            _target_row(_select(cells, mode, c, "direct"), "direct"),
-            _target_row(_select(cells, mode, c, "gateway"), "gateway"),
-            _ratio_row(_pairs(cells, mode, c)),
-            "",
+            *(_target_row(_select(cells, mode, c, n), n) for n in ["direct", *names]),
+            *(_ratio_row(_pairs(cells, mode, c, n), f"{n}/direct") for n in names),
         ]
+        if "candidate" in names:
+            pairs = _pairs(cells, mode, c, "candidate", "gateway")
+            out.append(_ratio_row(pairs, "candidate/gateway"))
+        out.append("")
     return out
 
 
@@ -122,42 +137,58 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
-def _gateway_med(cells: list[Cell], mode: str, c: int, key: str) -> float:
-    return med(x[key] for x in _select(cells, mode, c, "gateway"))
-
-
-def targets_table(result: dict[str, Any]) -> list[str]:
+def targets_table(result: dict[str, Any], name: str) -> list[str]:
     cells: list[Cell] = result["cells"]
     rows = ["| target | measured | verdict |", "|---|---|---|"]
-    added = _added(_pairs(cells, "non-stream", 1), "lat_p50_ms")
+    added = _added(_pairs(cells, "non-stream", 1, name), "lat_p50_ms")
     ok = None if math.isnan(added) else added < TARGETS["added_p50_ms"]
     rows.append(f"| added p50 at c=1 (non-stream) < 1 ms | +{fmt(added, 3)} ms | {_verdict(ok)} |")
-    added_s = _added(_pairs(cells, "stream", 1), "ttfb_p50_ms")
+    added_s = _added(_pairs(cells, "stream", 1, name), "ttfb_p50_ms")
     rows.append(f"| (info) added first-chunk p50 at c=1 (stream) | +{fmt(added_s, 3)} ms | |")
     for mode, c, key in (
         ("non-stream", 32, "nonstream_c32_rps"),
         ("stream", 128, "stream_c128_rps"),
     ):
-        rps = _gateway_med(cells, mode, c, "rps")
+        mine = _select(cells, mode, c, name)
+        rps = med(x["rps"] for x in mine)
         direct = med(x["rps"] for x in _select(cells, mode, c, "direct"))
-        us = _gateway_med(cells, mode, c, "gateway_cpu_us_per_req")
-        cpu = _gateway_med(cells, mode, c, "gateway_cpu_pct")
+        us = med(x["gateway_cpu_us_per_req"] for x in mine)
+        cpu = med(x["gateway_cpu_pct"] for x in mine)
         ok = None if math.isnan(rps) else rps >= TARGETS[key]
         rows.append(
             f"| ≥ {TARGETS[key]:,.0f} {mode} req/s at c={c} | {fmt(rps, 0)} req/s (direct "
             f"{fmt(direct, 0)}); gateway core {fmt(cpu, 0)}% busy, {fmt(us, 0)} µs CPU/req "
             f"→ ≈{fmt(1e6 / us if us else math.nan, 0)} req/s at 100% of one core | {_verdict(ok)} |"
         )
-    rss = result["rss_kb"]
-    peak = max([rss.get("peak_hwm") or 0] + [x["rss_peak_kb"] for x in cells]) / 1024
-    rows.append(
-        f"| gateway RSS < 100 MB | peak {peak:.1f} MB (VmHWM), idle at start "
-        f"{(rss.get('idle_start') or 0) / 1024:.1f} MB, after the run {(rss.get('after') or 0) / 1024:.1f} MB "
-        f"| {_verdict(peak < TARGETS['rss_mb'])} |"
+    rows.append(_rss_row(result["rss_kb"][name], [x for x in cells if x["target"] == name]))
+    prefix = "" if name == "gateway" else f"{name}: "
+    equal = all(
+        v["equal"]
+        for k, v in result["verify"].items()
+        if k.startswith(prefix) and (prefix or ":" not in k)
     )
-    equal = all(v["equal"] for v in result["verify"].values())
     rows.append(f"| SSE and JSON relayed byte for byte | see below | {_verdict(equal)} |")
     return rows
+
+
+def mib(kb: float) -> str:
+    """/proc reports KiB: show MiB and decimal MB (the target's unit is ambiguous)."""
+    return f"{kb / 1024:.1f} MiB ({kb * 1.024 / 1000:.1f} MB)"
+
+
+def _rss_row(rss: dict[str, int | None], cells: list[Cell]) -> str:
+    peak = max([rss.get("peak_hwm") or 0, *(x["rss_peak_kb"] for x in cells)])
+    limit = TARGETS["rss_mb"]
+    if peak * 1.024 / 1000 < limit:
+        verdict = _verdict(True)
+    elif peak / 1024 < limit:
+        verdict = "**borderline** (under 100 MiB, over 100 MB)"
+    else:
+        verdict = _verdict(False)
+    return (
+        f"| gateway RSS < 100 MB | peak {mib(peak)} (VmHWM); idle at start "
+        f"{mib(rss.get('idle_start') or 0)}; after the run {mib(rss.get('after') or 0)} | {verdict} |"
+    )
 
 
 def verify_table(checks: dict[str, Any]) -> list[str]:
@@ -177,32 +208,48 @@ def _pct_table(title: str, rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def profile_section(profile: dict[str, Any] | None) -> list[str]:
-    if not profile:
-        return ["(profile skipped)"]
+def profile_section(profile: dict[str, Any]) -> list[str]:
+    title = (
+        f"### {profile['target']}: {profile['mode']}, concurrency {profile['concurrency']}, "
+        f"{profile['rps_while_profiled']:,.0f} req/s while sampled"
+    )
     if "error" in profile:
-        return ["py-spy failed:", "", "```", profile["error"], "```"]
-    own = dict((k, v) for k, v in profile["component_own"])
-    total = dict((k, v) for k, v in profile["component_total"])
+        return [title, "", "py-spy failed:", "", "```", profile["error"], "```", ""]
+    own = dict(profile["component_own"])
+    total = dict(profile["component_total"])
     comp = ["| component | own % | total % |", "|---|---:|---:|"]
     comp += [f"| {k} | {own[k]:.1f} | {total.get(k, 0.0):.1f} |" for k in own]
     return [
-        f"{profile['samples']} busy samples of the gateway process; the load ran at "
-        f"{profile['rps_while_profiled']:,.0f} req/s while py-spy sampled it.",
-        "Own % = the sample's innermost Python frame is in that component (C calls such as socket "
-        "sends count toward the Python function that made them); total % = the component is "
-        "anywhere on the stack.",
+        title,
+        "",
+        f"{profile['samples']} busy samples.",
         "",
         *comp,
         "",
-        "Top frames by own time:",
+        *_pct_table("quantroute frame (total)", profile["quantroute_total"]),
         "",
         *_pct_table("frame (own)", profile["own"]),
         "",
-        "Top frames by total time:",
+        *_pct_table("frame (total, below the entry points)", profile["total"]),
         "",
-        *_pct_table("frame (total)", profile["total"]),
     ]
+
+
+def profiles_section(profiles: list[dict[str, Any]]) -> list[str]:
+    if not profiles:
+        return ["(profile skipped)", ""]
+    out = [
+        "py-spy samples of the gateway process under load; idle samples (waiting in epoll) are "
+        "left out, so shares are of busy time. Own % = the innermost Python frame is there (C "
+        "calls such as socket sends count toward the Python function that made them); total % = "
+        "anywhere on the stack. The gateway runs request handling, the upstream exchange (its own "
+        "task) and the relay as separate asyncio tasks, so totals of one request path do not nest "
+        "under a single frame.",
+        "",
+    ]
+    for profile in profiles:
+        out += profile_section(profile)
+    return out
 
 
 def header(result: dict[str, Any]) -> list[str]:
@@ -230,10 +277,25 @@ def header(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _gateway_lines(commands: dict[str, Any]) -> list[str]:
+    out = []
+    for name, g in commands["gateways"].items():
+        path = f"PYTHONPATH={g['pythonpath']} " if g.get("pythonpath") else ""
+        out.append(f"{path}{g['command']}    # {name}, exit code {g['exit_code']}")
+    return out
+
+
 def render(result: dict[str, Any]) -> str:
+    cells: list[Cell] = result["cells"]
     lines = header(result)
-    lines += ["## Against the targets (issue #2)", "", *targets_table(result), ""]
-    lines += ["## Results (medians)", "", *main_table(result["cells"])]
+    for name in _names(cells):
+        lines += [
+            f"## Against the targets (issue #2): {name}",
+            "",
+            *targets_table(result, name),
+            "",
+        ]
+    lines += ["## Results (medians)", "", *main_table(cells)]
     lines += [
         "TTFB = first body bytes (streams: first SSE chunk). gw CPU = the gateway process's CPU "
         "time over the window (100% = core 1 saturated); foreign CPU = core busy time not used "
@@ -243,21 +305,19 @@ def render(result: dict[str, Any]) -> str:
         "",
         *verify_table(result["verify"]),
         "",
-        "## Where the gateway's time goes (py-spy, non-stream, c=32)",
+        "## Where the gateway's time goes (py-spy)",
         "",
-        *profile_section(result.get("profile")),
-        "",
+        *profiles_section(result.get("profiles") or []),
     ]
     if ANALYSIS.exists():
         lines += [ANALYSIS.read_text().rstrip(), ""]
-    commands = result["commands"]
     lines += [
         "## How this was run",
         "",
         "```",
-        commands["benchmark"],
-        commands["backends"],
-        commands["gateway"],
+        result["commands"]["benchmark"],
+        result["commands"]["backends"],
+        *_gateway_lines(result["commands"]),
         "```",
         "",
         "Gateway config (generated):",

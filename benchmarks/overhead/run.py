@@ -24,6 +24,7 @@ from typing import Any
 
 import uvloop
 
+import checks
 import fleet as fleet_mod
 import loadgen
 import machine
@@ -46,9 +47,11 @@ class Settings:
     max_requests: int
     profile_s: int
     profile_rate: int
+    profile_stream: bool
     wait_quiet_s: float
     quiet_load: float
     label: str
+    candidate: str | None
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
@@ -61,6 +64,13 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     p.add_argument("--max-requests", type=int, default=200_000, help="cap per window")
     p.add_argument("--profile", type=int, default=None, help="py-spy seconds (0: skip)")
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--profile-stream", action="store_true", help="also profile stream, c=128")
+    p.add_argument(
+        "--candidate",
+        default=None,
+        metavar="SRC_DIR",
+        help="also run a second gateway importing quantroute from SRC_DIR (a patched copy)",
+    )
     p.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to S s for low load")
     p.add_argument("--quiet-load", type=float, default=0.5, help="1-min load avg deemed quiet")
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
@@ -75,55 +85,13 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         max_requests=a.max_requests,
         profile_s=a.profile if a.profile is not None else (4 if quick else 10),
         profile_rate=a.profile_rate,
+        profile_stream=a.profile_stream,
         wait_quiet_s=a.wait_quiet,
         quiet_load=a.quiet_load,
         label=a.label,
+        candidate=a.candidate,
     )
     return settings, a.output_dir
-
-
-# -- checks before the load --------------------------------------------------------------------
-async def verify(f: fleet_mod.Fleet) -> dict[str, Any]:
-    """Byte-for-byte: direct vs through the gateway, for a stream and a non-stream body."""
-    checks: dict[str, Any] = {}
-    cases = {
-        "stream, client sets include_usage": (True, True),
-        "stream, no include_usage (gateway adds and strips it)": (True, False),
-        "non-stream": (False, False),
-    }
-    async with loadgen.new_session(2) as session:
-        for name, (stream, usage) in cases.items():
-            direct = await loadgen.fetch(
-                session,
-                f.direct.chat_url,
-                loadgen.payload(f.direct.model, stream, include_usage=usage),
-            )
-            routed = await loadgen.fetch(
-                session,
-                f.routed.chat_url,
-                loadgen.payload(f.routed.model, stream, include_usage=usage),
-            )
-            checks[name] = {
-                "equal": direct == routed,
-                "status": [direct[0], routed[0]],
-                "bytes": [len(direct[2]), len(routed[2])],
-                "events": direct[2].count(b"\n\n") if stream else None,
-            }
-    return checks
-
-
-async def expected_sizes(f: fleet_mod.Fleet) -> dict[tuple[str, bool], int]:
-    sizes: dict[tuple[str, bool], int] = {}
-    async with loadgen.new_session(1) as session:
-        for target in (f.direct, f.routed):
-            for stream in (False, True):
-                status, _, body = await loadgen.fetch(
-                    session, target.chat_url, loadgen.payload(target.model, stream)
-                )
-                if status != 200:
-                    raise RuntimeError(f"{target.name} answered {status}: {body[:300]!r}")
-                sizes[target.name, stream] = len(body)
-    return sizes
 
 
 # -- the measurement ---------------------------------------------------------------------------
@@ -131,7 +99,7 @@ async def run_cell(
     s: Settings, f: fleet_mod.Fleet, target: Target, stream: bool, c: int, size: int, rep: int
 ) -> dict[str, Any]:
     level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests)
-    mon = Monitor(f.gateway.pid, [f.backend.pid])
+    mon = Monitor(f.gateway_pid(target.name), [f.backend.pid])
     stats = await loadgen.run_level(target, level, size, mon.watch)
     usage = mon.last
     assert usage is not None
@@ -158,8 +126,9 @@ async def run_cells(
 ) -> list[dict[str, Any]]:
     cells = []
     for rep in range(s.reps):
-        # Alternate which target goes first so slow drifts in background load cancel out.
-        order = (f.direct, f.routed) if rep % 2 == 0 else (f.routed, f.direct)
+        # Rotate which target goes first so slow drifts in background load cancel out.
+        targets = f.targets
+        order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
         for stream in (False, True):
             for c in s.levels:
                 for target in order:
@@ -169,42 +138,64 @@ async def run_cells(
 
 
 async def run_profile(
-    s: Settings, f: fleet_mod.Fleet, size: int, workdir: Path
-) -> dict[str, Any] | None:
-    """py-spy on the gateway during a separate c=32 non-stream load (not in the table)."""
-    if s.profile_s <= 0:
-        return None
-    level = Level(False, 32, 1.0, s.profile_s + 2.0, s.max_requests)
-    load = asyncio.ensure_future(loadgen.run_level(f.routed, level, size))
+    s: Settings, gw: fleet_mod.GatewayProc, stream: bool, size: int, workdir: Path
+) -> dict[str, Any]:
+    """py-spy on one gateway during a separate load (not in the table)."""
+    c = 128 if stream else 32
+    mode = "stream" if stream else "non-stream"
+    level = Level(stream, c, 1.0, s.profile_s + 2.0, s.max_requests)
+    load = asyncio.ensure_future(loadgen.run_level(gw.target, level, size))
     await asyncio.sleep(1.0)
-    raw = workdir / "gateway.pyspy.txt"
-    err = await spy.record(f.gateway.pid, s.profile_s, s.profile_rate, raw, fleet_mod.BACKEND_CPU)
+    raw = workdir / f"{gw.target.name}-{mode}.pyspy.txt"
+    cpu = fleet_mod.BACKEND_CPU
+    err = await spy.record(gw.proc.pid, s.profile_s, s.profile_rate, raw, cpu)
     stats = await load
+    head = {
+        "target": gw.target.name,
+        "mode": mode,
+        "concurrency": c,
+        "rps_while_profiled": stats.rps,
+    }
     if not raw.exists():
         print(f"py-spy produced no output:\n{err}", file=sys.stderr)
-        return {"error": err[-2000:]}
-    profile = spy.analyse(raw.read_text())
-    return {"rps_while_profiled": stats.rps, "raw_path": str(raw), **asdict(profile)}
+        return {**head, "error": err[-2000:]}
+    return {**head, "raw_path": str(raw), **asdict(spy.analyse(raw.read_text()))}
+
+
+async def run_profiles(
+    s: Settings, f: fleet_mod.Fleet, sizes: dict[tuple[str, bool], int], workdir: Path
+) -> list[dict[str, Any]]:
+    if s.profile_s <= 0:
+        return []
+    modes = (False, True) if s.profile_stream else (False,)
+    return [
+        await run_profile(s, gw, stream, sizes[gw.target.name, stream], workdir)
+        for gw in f.gateways
+        for stream in modes
+    ]
 
 
 async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any]:
-    pid = f.gateway.pid
-    rss_idle = procs.status_kb(pid, "VmRSS")
-    checks = await verify(f)
-    sizes = await expected_sizes(f)
+    rss_idle = {g.target.name: procs.status_kb(g.proc.pid, "VmRSS") for g in f.gateways}
+    verified = await checks.verify(f)
+    sizes = await checks.expected_sizes(f)
     started = time.time()
     cells = await run_cells(s, f, sizes)
-    profile = await run_profile(s, f, sizes["gateway", False], workdir)
+    profiles = await run_profiles(s, f, sizes, workdir)
     await asyncio.sleep(IDLE_AFTER_S)
+    rss = {
+        g.target.name: {
+            "idle_start": rss_idle[g.target.name],
+            "peak_hwm": procs.status_kb(g.proc.pid, "VmHWM"),
+            "after": procs.status_kb(g.proc.pid, "VmRSS"),
+        }
+        for g in f.gateways
+    }
     return {
-        "verify": checks,
+        "verify": verified,
         "cells": cells,
-        "profile": profile,
-        "rss_kb": {
-            "idle_start": rss_idle,
-            "peak_hwm": procs.status_kb(pid, "VmHWM"),
-            "after": procs.status_kb(pid, "VmRSS"),
-        },
+        "profiles": profiles,
+        "rss_kb": rss,
         "measure_started": started,
         "measure_seconds": time.time() - started,
     }
@@ -224,17 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="qr-overhead-"))
     print(f"# workdir {workdir}; load average {load_before}", flush=True)
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir)
+        f = fleet_mod.start(stack, workdir, s.candidate)
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
-    gateway_exit = f.gateway.popen.returncode
     result["settings"] = asdict(s)
     result["machine"] = machine.info(load_before, procs.loadavg())
     result["commands"] = {
         "benchmark": " ".join([Path(sys.executable).name, *sys.argv]),
         "backends": "taskset -c 0 " + " ".join(f.backend_cmd),
-        "gateway": "taskset -c 1 " + " ".join(f.gateway_cmd),
-        "gateway_exit": gateway_exit,
+        "gateways": {
+            g.target.name: {
+                "command": "taskset -c 1 " + " ".join(g.cmd),
+                "pythonpath": g.pythonpath,
+                "exit_code": g.proc.popen.returncode,
+            }
+            for g in f.gateways
+        },
     }
     result["config"] = f.config_path.read_text()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,10 @@ _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("/starlette/", "starlette"),
     ("/uvicorn/", "uvicorn (httptools protocol)"),
     ("/aiohttp/", "aiohttp (upstream client)"),
-    ("/httpx/", "httpx/httpcore/anyio (scraper)"),
-    ("/httpcore/", "httpx/httpcore/anyio (scraper)"),
-    ("/anyio/", "httpx/httpcore/anyio (scraper)"),
+    ("/httpx/", "httpx/httpcore (scraper)"),
+    ("/httpcore/", "httpx/httpcore (scraper)"),
+    ("/anyio/", "anyio (Starlette's streaming task group, httpx)"),
+    ("/sniffio/", "anyio (Starlette's streaming task group, httpx)"),
     ("/pydantic", "pydantic"),
     ("/uvloop/", "uvloop"),
     (STDLIB + "/asyncio/", "asyncio (stdlib)"),
@@ -50,6 +51,7 @@ class Profile:
     samples: int
     own: list[tuple[str, float]]
     total: list[tuple[str, float]]
+    quantroute_total: list[tuple[str, float]]
     component_own: list[tuple[str, float]]
     component_total: list[tuple[str, float]]
 
@@ -139,10 +141,14 @@ def analyse(text: str, top: int = 15) -> Profile:
     def pct(counter: Counter[str], n: int | None) -> list[tuple[str, float]]:
         return [(k, 100.0 * v / max(samples, 1)) for k, v in counter.most_common(n)]
 
+    # Frames on (nearly) every stack are the process's entry points: no information.
+    inner = Counter({k: v for k, v in total.items() if v < 0.99 * samples})
+    ours = Counter({k: v for k, v in inner.items() if "/quantroute/" in _file(k)})
     return Profile(
         samples=samples,
         own=[(short(k), v) for k, v in pct(own, top)],
-        total=[(short(k), v) for k, v in pct(total, top + 10)],
+        total=[(short(k), v) for k, v in pct(inner, top)],
+        quantroute_total=[(short(k), v) for k, v in pct(ours, top + 5)],
         component_own=pct(comp_own, None),
         component_total=pct(comp_total, None),
     )
