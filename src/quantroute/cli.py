@@ -81,11 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands whose package registers its own arguments (profiler, matrix)."""
-    try:
-        from quantroute.profiler.command import register
-    except ImportError:
-        return
+    """Commands whose package registers its own arguments (profile, matrix show/plot)."""
+    from quantroute.profiler.command import register
+
     register(sub)
 
 

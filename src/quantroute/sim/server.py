@@ -20,6 +20,7 @@ from typing import TypeVar
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from quantroute.sim import wire
 from quantroute.sim.backend import Job, SimBackend
@@ -41,6 +42,8 @@ async def _parse(request: Request, model: type[RequestT]) -> RequestT:
         return model.model_validate(await request.json())
     except json.JSONDecodeError as exc:
         raise _Rejected(400, wire.bad_request(f"JSON decode error: {exc}")) from exc
+    except ClientDisconnect as exc:  # the client gave up while sending its body
+        raise _Rejected(400, wire.bad_request("client disconnected")) from exc
     except ValidationError as exc:
         raise _Rejected(400, wire.bad_request(str(exc))) from exc
 
