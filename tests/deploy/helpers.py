@@ -16,12 +16,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ("default", "small")
+OVERLAYS = ("default", "small", "discovery")
+# Overlays whose gateway config lists the variants as static backends (their Services); the
+# discovery overlay finds them as pods instead (tests/deploy/test_discovery.py).
+STATIC_OVERLAYS = ("default", "small")
 RULES_FILE = DEPLOY / "prometheus" / "alerts.rules.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "base" / "monitoring" / "grafana-dashboard.json"
 ADAPTER_CONFIG = DEPLOY / "prometheus-adapter" / "config.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm"
+# quantroute.io/gpu (the gateway's `gpu`) -> the nodeSelector nvidia.com/gpu.product of its pool.
+GPU_POOLS = {"L40S": "NVIDIA-L40S", "H100": "NVIDIA-H100-80GB-HBM3"}
 
 # Install commands named when a tool is missing (CI installs them in .ci/run).
 INSTALL = {
@@ -78,8 +83,9 @@ def one(objs: list[Obj], kind: str, name: str) -> Obj:
 
 def container(pod_spec: Obj, name: str, *, init: bool = False) -> Obj:
     key = "initContainers" if init else "containers"
-    (found,) = [c for c in pod_spec.get(key, []) if c["name"] == name]
-    return found
+    found: list[Obj] = [c for c in pod_spec.get(key, []) if c["name"] == name]
+    assert len(found) == 1, f"expected one container {name!r} in {key}, found {len(found)}"
+    return found[0]
 
 
 def vllm_deployments(objs: list[Obj]) -> list[Obj]:
@@ -149,9 +155,9 @@ def adapter_query(rule: Obj, namespace: str = "quantroute") -> str:
     """The PromQL prometheus-adapter runs for a rule, for all pods of a namespace, by pod."""
     series = metric_names(rule["seriesQuery"])
     assert len(series) == 1, rule["seriesQuery"]
+    query: str = rule["metricsQuery"]
     return (
-        rule["metricsQuery"]
-        .replace("<<.Series>>", series.pop())
+        query.replace("<<.Series>>", series.pop())
         .replace("<<.LabelMatchers>>", f'namespace="{namespace}",pod=~".+"')
         .replace("<<.GroupBy>>", "pod")
     )

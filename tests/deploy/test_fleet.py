@@ -11,7 +11,9 @@ from quantroute.config import GatewayConfig, load_config
 from quantroute.preflight import check_vllm_args, parse_vllm_args
 
 from .helpers import (
+    GPU_POOLS,
     OVERLAYS,
+    STATIC_OVERLAYS,
     Obj,
     adapter_rules,
     container,
@@ -23,10 +25,9 @@ from .helpers import (
 )
 
 PREFLIGHT_PREFIX = ["check-vllm-args", "--gateway-config", "/etc/quantroute/gateway.yaml", "--"]
-GPU_POOLS = {"L40S": "NVIDIA-L40S", "H100": "NVIDIA-H100-80GB-HBM3"}
 
 
-@pytest.fixture(params=OVERLAYS)
+@pytest.fixture(params=STATIC_OVERLAYS)
 def overlay(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -105,6 +106,7 @@ def test_preflight_init_container_checks_the_same_arguments(overlay: str, tmp_pa
         assert cli_main(argv) == 0
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_vllm_pods_are_scraped_and_protected(overlay: str) -> None:
     objs = render_overlay(overlay)
     for deployment in vllm_deployments(objs):
@@ -112,7 +114,8 @@ def test_vllm_pods_are_scraped_and_protected(overlay: str) -> None:
         template = deployment["spec"]["template"]
         annotations = template["metadata"]["annotations"]
         port = container(template["spec"], "vllm")["ports"][0]["containerPort"]
-        assert annotations == {
+        scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+        assert scrape == {
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(port),
             "prometheus.io/path": "/metrics",
@@ -169,6 +172,7 @@ def test_default_fleet_autoscales_each_variant_on_running_requests() -> None:
         assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "120"}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_hpa_custom_metric_is_served_by_the_adapter(overlay: str) -> None:
     served = _renamed_metrics()
     for hpa in find(render_overlay(overlay), "HorizontalPodAutoscaler"):
@@ -177,6 +181,7 @@ def test_every_hpa_custom_metric_is_served_by_the_adapter(overlay: str) -> None:
                 assert metric["pods"]["metric"]["name"] in served
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
     objs = render_overlay(overlay)
     config, _ = _gateway_config(objs, tmp_path)

@@ -15,6 +15,7 @@ from .helpers import (
     DASHBOARD,
     DEPLOY,
     FIXTURES,
+    OVERLAYS,
     PROMETHEUS_CONFIG,
     RULES_FILE,
     adapter_rules,
@@ -80,7 +81,7 @@ def test_promtool_catches_a_broken_rule(tmp_path: Path) -> None:
 
 
 def test_prometheus_rule_object_carries_the_same_rules() -> None:
-    for overlay in ("default", "small"):
+    for overlay in OVERLAYS:
         rule = one(render_overlay(overlay), "PrometheusRule", "quantroute")
         assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text())
 
