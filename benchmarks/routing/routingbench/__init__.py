@@ -1,0 +1,1 @@
+"""quantroute routing-policy benchmark: trace, policies, fleet/gateway processes, replay, report."""

@@ -1,0 +1,130 @@
+"""Replay a trace through the gateway: open-loop arrivals, streaming chat completions over HTTP.
+
+Each request is sent at its trace time (divided by the time scale) whether or not earlier ones
+have finished, as an ``aiohttp`` streaming POST asking for usage. Recorded per request, in wall
+seconds from the start of the replay: when it was due and sent, the first SSE data line
+(time to first token), the end, the status, the gateway's error code, the backend
+(``x-quantroute-backend``) and the output tokens the usage chunk reports. The client does not
+retry: a 503 is a rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from routingbench.workload import TraceRequest, messages_for
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: int
+    """HTTP status; 0 when the connection failed or timed out."""
+    error: str | None = None
+    backend: str | None = None
+    decision: str | None = None
+    """The gateway's ``x-quantroute-decision`` header (scores, rejected backends and why)."""
+    due: float = 0.0
+    sent: float = 0.0
+    first: float | None = None
+    end: float | None = None
+    output_tokens: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None and self.first is not None
+
+
+def body_for(request: TraceRequest, model: str) -> bytes:
+    body = {
+        "model": model,
+        "messages": messages_for(request),
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _error_code(raw: bytes) -> str:
+    try:
+        err = json.loads(raw).get("error", {})
+    except (ValueError, AttributeError):
+        return "unparsable_error"
+    return str(err.get("code") or err.get("type") or "error")
+
+
+async def _read_stream(response: aiohttp.ClientResponse, out: Outcome, t0: float) -> None:
+    async for line in response.content:
+        if not line.startswith(b"data:"):
+            continue
+        if out.first is None:
+            out.first = time.monotonic() - t0
+        if b'"error"' in line[:40]:
+            out.error = "stream_error"
+        elif b'"usage":{' in line:
+            usage = json.loads(line[5:]).get("usage") or {}
+            out.output_tokens = int(usage.get("completion_tokens", 0))
+        elif b'"finish_reason":"' in line:
+            out.finish_reason = json.loads(line[5:])["choices"][0]["finish_reason"]
+
+
+async def _one(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    out: Outcome,
+    t0: float,
+) -> None:
+    out.sent = time.monotonic() - t0
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            out.status = response.status
+            out.backend = response.headers.get("x-quantroute-backend")
+            out.decision = response.headers.get("x-quantroute-decision")
+            if response.status != 200:
+                out.error = _error_code(await response.read())
+            else:
+                await _read_stream(response, out, t0)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        out.status = out.status or 0
+        out.error = f"client:{type(exc).__name__}"
+    out.end = time.monotonic() - t0
+
+
+async def replay(
+    base_url: str,
+    rows: Sequence[TraceRequest],
+    model_for: Callable[[TraceRequest], str],
+    *,
+    time_scale: float,
+    timeout_s: float,
+    task_header: bool = False,
+) -> tuple[list[Outcome], float]:
+    """Send every row at ``row.t / time_scale``; returns the outcomes and the wall duration."""
+    bodies = [body_for(r, model_for(r)) for r in rows]
+    url = base_url + "/v1/chat/completions"
+    outcomes = [Outcome(r.id, 0, due=r.t / time_scale) for r in rows]
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.monotonic()
+        for row, body, out in zip(rows, bodies, outcomes, strict=True):
+            delay = out.due - (time.monotonic() - t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+            if task_header:
+                headers["x-quantroute-task"] = row.task
+            tasks.append(asyncio.create_task(_one(session, url, body, headers, out, t0)))
+        await asyncio.gather(*tasks)
+        wall = time.monotonic() - t0
+    return outcomes, wall
