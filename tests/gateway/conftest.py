@@ -43,6 +43,17 @@ class Fleet:
                     total += s.value
         return total
 
+    def picks(self, n: int, **body: Any) -> set[str]:
+        """The backends ``n`` sequential non-stream requests were routed to."""
+        body = {
+            "model": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+            **body,
+        }
+        create = self.client().chat.completions.with_raw_response.create
+        return {create(**body).headers["x-quantroute-backend"] for _ in range(n)}
+
     def wait_fresh(self, timeout_s: float = 5.0) -> None:
         assert wait_until(
             lambda: all(r["state"] == "fresh" for r in self.admin().values()), timeout_s

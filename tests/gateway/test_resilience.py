@@ -89,34 +89,28 @@ def test_down_backend_is_skipped_and_recovers(make_fleet: FleetFactory) -> None:
     fleet = make_fleet(policy={"down_after_failures": 2})
     fleet.backends["a"].state.metrics_status = 500
     assert wait_until(lambda: fleet.admin()["a"]["state"] == "down")
-    picks = {
-        fleet.client()
-        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
-        .headers["x-quantroute-backend"]
-        for _ in range(10)
-    }
-    assert picks == {"b"}
+    assert fleet.picks(10) == {"b"}
     assert fleet.metric("quantroute_scrape_errors_total", backend="a") >= 2
     fleet.backends["a"].state.metrics_status = 200
     assert wait_until(lambda: fleet.admin()["a"]["state"] == "fresh")
 
 
 def test_stale_backend_is_never_treated_as_idle(make_fleet: FleetFactory) -> None:
-    fleet = make_fleet(
-        policy={"scrape_interval_s": 0.1, "staleness_limit_s": 0.5, "scrape_timeout_s": 0.2}
-    )
-    fleet.backends["a"].state.header_delay_s = 0  # requests still work
-    fleet.servers["a"].stop()  # scrapes now fail -> after the limit, a is stale or down
-    assert wait_until(lambda: fleet.admin()["a"]["state"] in ("stale", "down"), 5)
-    picks = {
-        fleet.client()
-        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
-        .headers["x-quantroute-backend"]
-        for _ in range(5)
+    """a's last scrape said idle and its API still answers, but that news is too old to route on."""
+    states = {
+        "a": FakeState(served_model_name="a", kv_usage=0.0),
+        "b": FakeState(served_model_name="b", kv_usage=0.6),
     }
-    assert picks == {"b"}
+    fleet = make_fleet(states, policy={"staleness_limit_s": 0.5, "down_after_failures": 10_000})
+    assert fleet.picks(5) == {"a"}  # fresh and emptier: a wins
+    fleet.backends["a"].state.metrics_status = 500  # scrapes fail; requests still work
+    assert wait_until(lambda: fleet.admin()["a"]["state"] == "stale", 5)
+    assert fleet.admin()["a"]["metrics"]["kv_cache_usage_perc"] == 0.0  # last values kept, not used
+    assert fleet.picks(5) == {"b"}
     fleet.backends["b"].state.metrics_status = 500
     assert wait_until(lambda: httpx.get(fleet.url + "/ready").status_code == 503, 10)
+    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+    assert r.status_code == 503 and "stale" in r.json()["error"]["backends"]["a"][0]
 
 
 async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFactory) -> None:
@@ -154,13 +148,7 @@ def test_kv_pressure_steers_away_and_is_counted(make_fleet: FleetFactory) -> Non
             "b": FakeState(served_model_name="b", kv_usage=0.2),
         }
     )
-    picks = {
-        fleet.client()
-        .chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=1)
-        .headers["x-quantroute-backend"]
-        for _ in range(5)
-    }
-    assert picks == {"b"}
+    assert fleet.picks(5) == {"b"}
     assert fleet.metric("llm_router_cache_pressure_events_total", model_id="a") == 5
     assert fleet.admin()["a"]["decisions"]["steered_away"] == {"kv_pressure": 5}
 
@@ -168,7 +156,9 @@ def test_kv_pressure_steers_away_and_is_counted(make_fleet: FleetFactory) -> Non
 def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
     make_fleet: FleetFactory,
 ) -> None:
-    fleet = make_fleet({"a": FakeState(served_model_name="a", die_after_chunks=3, chunk_delay_s=0.05)})
+    fleet = make_fleet(
+        {"a": FakeState(served_model_name="a", die_after_chunks=3, chunk_delay_s=0.05)}
+    )
     body = {"model": "auto", "messages": MSG, "max_tokens": 50, "stream": True}
     r = httpx.post(fleet.url + "/v1/chat/completions", json=body, timeout=10)
     assert r.status_code == 200 and r.content.count(b'"delta":{"content"') == 3
