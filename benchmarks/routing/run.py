@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,13 @@ def _describe_trace(rows: list[workload.TraceRequest]) -> dict[str, Any]:
     }
 
 
+def _dump(path: Path, run: bench.PolicyRun) -> None:
+    """Every request's outcome, one JSON object a line (work/, not committed)."""
+    with path.open("w", encoding="utf-8") as fh:
+        for outcome in run.outcomes:
+            fh.write(json.dumps(asdict(outcome)) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     started = time.monotonic()
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         run = bench.run_policy(spec, key_path, rows, settings)
         s = analysis.summarise(run, rows, quality_floor=args.quality_floor, matrix=matrix)
         stats.append(s)
+        _dump(work / f"{spec.key}.outcomes.jsonl", run)
         ttfts[spec.key] = [((o.first or 0) - o.due) * args.time_scale for o in run.outcomes if o.ok]
         print(
             f"{spec.label:28s} served {s.served}/{s.requests}  p99 TTFT {report.secs(s.ttft_p99)}"

@@ -1,9 +1,13 @@
 """The capability matrix quantroute's policy routes with: made by ``quantroute profile``.
 
-The profiler runs against a fresh simulated fleet (the packaged default fleet, graded with the
-workloads' answer key) through the same gateway backend rows the benchmark uses. The result is
-cached as ``capability_matrix.json`` beside ``capability_matrix.provenance.json`` (the exact
-command, time scale, fleet seed, wall time, profiler commit); ``--reprofile`` makes it again.
+The profiler runs against a fresh simulated fleet (the packaged default fleet) through the same
+gateway backend rows the benchmark uses, on an enlarged graded suite: every packaged sample
+``COPIES`` times, each copy's prompt tagged so the simulator draws its answer independently (same
+check, same reference answer, the workloads' near miss as the wrong answer). 32 samples per task
+give a quality estimate of +-0.07 (one standard error), too coarse to tell a variant at 0.79
+from one at 0.82 against a floor of 0.80; 256 give about +-0.025. The result is cached as
+``capability_matrix.json`` beside ``capability_matrix.provenance.json`` (the exact command, time
+scale, fleet seed, wall time, profiler commit); ``--reprofile`` makes it again.
 """
 
 from __future__ import annotations
@@ -19,11 +23,37 @@ import yaml
 from routingbench import policies, procs
 
 from quantroute.core.matrix import CapabilityMatrix
+from quantroute.workloads import Sample, builtin_suites, near_miss
 
 MATRIX_FILE = "capability_matrix.json"
 PROVENANCE_FILE = "capability_matrix.provenance.json"
-PROFILE_TIME_SCALE = 0.25
-PROFILE_ARGS = ("--concurrency", "1,8,32,64", "--rounds", "2", "--max-parallel", "1", "--quiet")
+PROFILE_TIME_SCALE = 0.5
+PROFILE_ARGS = (
+    "--concurrency", "1,8,32,64", "--rounds", "2", "--latency-concurrency", "16",
+    "--max-parallel", "2", "--quiet",
+)  # fmt: skip
+COPIES = 8
+
+
+def enlarged_suite(copies: int = COPIES) -> list[Sample]:
+    """Every packaged sample ``copies`` times, each copy's last user message tagged."""
+    out: list[Sample] = []
+    for suite in builtin_suites():
+        for sample in suite.samples:
+            for n in range(copies):
+                messages = list(sample.messages)
+                last = max(i for i, m in enumerate(messages) if m.role == "user")
+                tagged = f"(Ticket {n + 1}.) {messages[last].content}"
+                messages[last] = messages[last].model_copy(update={"content": tagged})
+                out.append(sample.model_copy(update={"id": f"{sample.id}-{n + 1}", "messages": tuple(messages)}))
+    return out
+
+
+def write_suite(samples: list[Sample], suite_path: Path, key_path: Path) -> None:
+    lines = [s.model_dump_json(exclude_none=True) for s in samples]
+    suite_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    key = {s.last_user_text: [s.task, s.answer or "", near_miss(s)] for s in samples}
+    key_path.write_text(json.dumps(key), encoding="utf-8")
 
 
 def load_matrix(path: Path) -> CapabilityMatrix:
@@ -48,9 +78,11 @@ def profile(out_dir: Path, work_dir: Path, seed: int = 0) -> Path:
     """Run ``quantroute profile`` against a fresh simulated fleet; returns the matrix path."""
     matrix_path = out_dir / MATRIX_FILE
     stats = work_dir / "profile.fleet.json"
+    suite_path, key_path = work_dir / "profile_suite.jsonl", work_dir / "profile_answer_key.json"
+    write_suite(enlarged_suite(), suite_path, key_path)
     fleet = procs.start(
         "profile-fleet",
-        procs.fleet_command(PROFILE_TIME_SCALE, seed, None, stats),
+        procs.fleet_command(PROFILE_TIME_SCALE, seed, key_path, stats),
         work_dir,
         stdout_pipe=True,
     )
@@ -60,6 +92,7 @@ def profile(out_dir: Path, work_dir: Path, seed: int = 0) -> Path:
         config_path = work_dir / "profile.gateway.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         cmd = [*procs.quantroute_command(), "profile", "--config", str(config_path)]
+        cmd += ["--no-builtin", "--suite", str(suite_path)]
         cmd += ["-o", str(matrix_path), "--time-scale", str(PROFILE_TIME_SCALE), *PROFILE_ARGS]
         started = time.monotonic()
         with (work_dir / "profile.log").open("wb") as log:
@@ -71,6 +104,7 @@ def profile(out_dir: Path, work_dir: Path, seed: int = 0) -> Path:
         "command": " ".join(["quantroute", *cmd[len(procs.quantroute_command()) :]]),
         "fleet": "packaged default fleet (quantroute.sim default_fleet.yaml), free ports",
         "fleet_seed": seed,
+        "suite": f"every packaged workload sample x{COPIES}, prompts tagged (see capability.py)",
         "time_scale": PROFILE_TIME_SCALE,
         "wall_s": round(wall, 1),
         "profiler_commit": _git_head(),

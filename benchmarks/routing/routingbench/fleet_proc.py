@@ -1,9 +1,9 @@
 """A fresh simulated fleet in its own process: ``python -m routingbench.fleet_proc``.
 
 Starts the packaged default fleet (every backend on a free loopback port) at ``--time-scale``,
-with the answer key in ``--answer-key`` (JSON ``{prompt: [task, answer]}``, written by
-:func:`write_answer_key`, so each request's answer has the trace's output length) or, without
-it, the workloads' answer key (for the profiler's graded samples). Prints one JSON line
+with the answer key in ``--answer-key`` (JSON ``{prompt: [task, answer, wrong answer?]}``,
+written by :func:`write_answer_key`, so each request's answer has the trace's output length) or,
+without it, the workloads' answer key and near misses (the profiler's packaged samples). Prints one JSON line
 ``{"urls": {...}}`` once every backend listens. While it runs it samples every backend's lag
 (how far the engine's simulated clock trails wall time x time scale) every ``SAMPLE_S``; on
 SIGTERM/SIGINT it writes those figures to ``--stats`` and exits.
@@ -84,18 +84,21 @@ def write_answer_key(path: Path, rows: Sequence[workload.TraceRequest]) -> None:
     path.write_text(json.dumps(workload.answer_key(rows)), encoding="utf-8")
 
 
-def read_answer_key(path: Path) -> dict[str, tuple[str, str]]:
+def read_answer_key(path: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """(answer key, wrong answers) from a JSON file of ``{prompt: [task, answer, wrong?]}``."""
     raw: dict[str, list[str]] = json.loads(path.read_text(encoding="utf-8"))
-    return {prompt: (entry[0], entry[1]) for prompt, entry in raw.items()}
+    key = {prompt: (entry[0], entry[1]) for prompt, entry in raw.items()}
+    wrong = {prompt: entry[2] for prompt, entry in raw.items() if len(entry) > 2}
+    return key, wrong
 
 
 async def serve(config: SimFleetConfig, key_path: Path | None, stats: Path | None) -> None:
-    answer_key = None if key_path is None else read_answer_key(key_path)
+    answer_key, wrong = (None, None) if key_path is None else read_answer_key(key_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with SimFleet(config, answer_key=answer_key) as fleet:
+    async with SimFleet(config, answer_key=answer_key, wrong_answers=wrong) as fleet:
         meter = LagMeter(fleet)
         print(json.dumps({"urls": fleet.urls}), flush=True)
         while not stop.is_set():

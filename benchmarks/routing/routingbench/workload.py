@@ -92,7 +92,7 @@ class TraceParams:
     burst_len_s: float = 8.0
     burst_factor: float = 4.0
     premium_share: float = 0.3
-    long_share: float = 0.03
+    long_share: float = 0.015
     long_tokens: tuple[int, int] = (6000, 30000)
     long_tasks: tuple[TaskType, ...] = ("extraction", "coding", "chat")
     shapes: dict[TaskType, TaskShape] = field(default_factory=_default_shapes)
