@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from routingbench import policies, procs
 
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.workloads import Sample, builtin_suites, near_miss
+from routingbench import policies, procs
 
 MATRIX_FILE = "capability_matrix.json"
 PROVENANCE_FILE = "capability_matrix.provenance.json"
@@ -45,7 +45,11 @@ def enlarged_suite(copies: int = COPIES) -> list[Sample]:
                 last = max(i for i, m in enumerate(messages) if m.role == "user")
                 tagged = f"(Ticket {n + 1}.) {messages[last].content}"
                 messages[last] = messages[last].model_copy(update={"content": tagged})
-                out.append(sample.model_copy(update={"id": f"{sample.id}-{n + 1}", "messages": tuple(messages)}))
+                out.append(
+                    sample.model_copy(
+                        update={"id": f"{sample.id}-{n + 1}", "messages": tuple(messages)}
+                    )
+                )
     return out
 
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvloop
-from routingbench import workload
 
 from quantroute.sim.fleet import SimFleet, SimFleetConfig, load_fleet_config
+from routingbench import workload
 
 SAMPLE_S = 0.05
 

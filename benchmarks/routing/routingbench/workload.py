@@ -25,11 +25,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from routingbench import textgen
-
 from quantroute.config import TASK_TYPES, TaskType
 from quantroute.core.features import chat_text, classify_task, estimate_chat_tokens
 from quantroute.workloads import builtin_suites
+from routingbench import textgen
 
 Tier = Literal["premium", "standard"]
 Message = dict[str, str]
