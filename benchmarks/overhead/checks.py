@@ -14,15 +14,19 @@ CASES = {
 }
 
 
-async def verify(f: Fleet) -> dict[str, Any]:
+async def verify(f: Fleet, prompt_chars: int = 0) -> dict[str, Any]:
     """Direct vs through each gateway: status, content type and body must be identical."""
     checks: dict[str, Any] = {}
     async with loadgen.new_session(2) as session:
         for name, (stream, usage) in CASES.items():
-            body = loadgen.payload(f.direct.model, stream, include_usage=usage)
+            body = loadgen.payload(
+                f.direct.model, stream, include_usage=usage, prompt_chars=prompt_chars
+            )
             direct = await loadgen.fetch(session, f.direct.chat_url, body)
             for gw in f.gateways:
-                body = loadgen.payload(gw.target.model, stream, include_usage=usage)
+                body = loadgen.payload(
+                    gw.target.model, stream, include_usage=usage, prompt_chars=prompt_chars
+                )
                 routed = await loadgen.fetch(session, gw.target.chat_url, body)
                 label = name if gw.target.name == "gateway" else f"{gw.target.name}: {name}"
                 checks[label] = {
@@ -34,13 +38,13 @@ async def verify(f: Fleet) -> dict[str, Any]:
     return checks
 
 
-async def expected_sizes(f: Fleet) -> dict[tuple[str, bool], int]:
+async def expected_sizes(f: Fleet, prompt_chars: int = 0) -> dict[tuple[str, bool], int]:
     """Body size per (target, stream): the load generator counts a shorter body as an error."""
     sizes: dict[tuple[str, bool], int] = {}
     async with loadgen.new_session(1) as session:
         for target in f.targets:
             for stream in (False, True):
-                body = loadgen.payload(target.model, stream)
+                body = loadgen.payload(target.model, stream, prompt_chars=prompt_chars)
                 status, _, data = await loadgen.fetch(session, target.chat_url, body)
                 if status != 200:
                     raise RuntimeError(f"{target.name} answered {status}: {data[:300]!r}")

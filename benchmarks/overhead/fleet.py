@@ -107,15 +107,21 @@ def write_files(workdir: Path, port: int, backend_ports: list[int]) -> Path:
     return config
 
 
+def environment(pythonpath: str | None) -> dict[str, str]:
+    """This process's environment, with ``pythonpath`` (a ``src`` directory) first if given."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _start_gateway(
     stack: contextlib.ExitStack, workdir: Path, config: Path, name: str, pythonpath: str | None
 ) -> GatewayProc:
     port = procs.free_port()
     cmd = [*procs.quantroute_command(), "serve", "--config", str(config), "--port", str(port)]
     cmd += ["--log-level", "warning"]
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    env = environment(pythonpath)
     proc = procs.start(name, cmd, GATEWAY_CPU, workdir, env)
     stack.callback(procs.stop, proc)
     procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", START_TIMEOUT_S)
@@ -124,18 +130,24 @@ def _start_gateway(
 
 
 def start(
-    stack: contextlib.ExitStack, workdir: Path, candidate: str | None = None, backends: int = 2
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    *,
+    source: str | None = None,
+    candidate: str | None = None,
+    backends: int = 2,
 ) -> Fleet:
-    """Start backends, then the gateway (and a candidate gateway importing ``quantroute`` from the
-    ``candidate`` directory, if given); every process is stopped when ``stack`` closes."""
+    """Start backends, then the gateway, importing ``quantroute`` from ``source`` (a ``src``
+    directory; default: as installed), and a candidate gateway importing it from ``candidate``
+    if given. Every process is stopped when ``stack`` closes."""
     ports = [procs.free_port() for _ in range(backends)]
     backend_cmd = [sys.executable, str(procs.HERE / "backend_proc.py"), "--model", MODEL]
     backend_cmd += ["--ports", *map(str, ports)]
-    backend = procs.start("backends", backend_cmd, BACKEND_CPU, workdir)
+    backend = procs.start("backends", backend_cmd, BACKEND_CPU, workdir, environment(source))
     stack.callback(procs.stop, backend)
     procs.wait_log(backend, "READY", START_TIMEOUT_S)
     config = write_files(workdir, procs.free_port(), ports)
-    gateways = [_start_gateway(stack, workdir, config, "gateway", None)]
+    gateways = [_start_gateway(stack, workdir, config, "gateway", source)]
     if candidate is not None:
         gateways.append(_start_gateway(stack, workdir, config, "candidate", candidate))
     return Fleet(

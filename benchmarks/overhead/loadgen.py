@@ -21,6 +21,7 @@ import aiohttp
 
 REQUEST_TIMEOUT_S = 30.0
 PROMPT = "Summarise in one sentence why a load balancer needs health checks."
+FILLER = "The service keeps a pool of servers and sends each request to one of them. "
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -42,6 +43,7 @@ class Level:
     warmup_s: float
     measure_s: float
     max_requests: int
+    prompt_chars: int = 0
 
 
 @dataclass
@@ -65,10 +67,21 @@ class Stats:
     ttfb_p99_ms: float
 
 
-def payload(model: str, stream: bool, *, include_usage: bool = False) -> bytes:
+def prompt(chars: int = 0) -> str:
+    """The question, after a neutral context padding it to about ``chars`` characters."""
+    pad = max(0, chars - len(PROMPT) - 2)
+    if not pad:
+        return PROMPT
+    context = (FILLER * (pad // len(FILLER) + 1))[:pad]
+    return context + "\n\n" + PROMPT
+
+
+def payload(
+    model: str, stream: bool, *, include_usage: bool = False, prompt_chars: int = 0
+) -> bytes:
     body: dict[str, object] = {
         "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": prompt(prompt_chars)}],
         "max_tokens": 64 if stream else 16,
         "temperature": 0,
     }
@@ -167,7 +180,7 @@ async def run_level(
     on_window: Callable[[float, float], Awaitable[None]] | None = None,
 ) -> Stats:
     """Run one level against ``target``; ``on_window(start, end)`` runs beside it (monitoring)."""
-    body = payload(target.model, level.stream)
+    body = payload(target.model, level.stream, prompt_chars=level.prompt_chars)
     samples = Samples()
     async with new_session(level.concurrency) as session:
         start = time.perf_counter() + level.warmup_s

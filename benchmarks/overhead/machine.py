@@ -49,8 +49,9 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def info(load_before: str, load_after: str) -> dict[str, Any]:
+def info(load_before: str, load_after: str, source: str | None = None) -> dict[str, Any]:
     spec = importlib.util.find_spec("quantroute")
+    origin = f"{source}/quantroute/__init__.py" if source else (spec.origin if spec else "?")
     dirty = _git("status", "--porcelain", "--", "src")
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -60,7 +61,7 @@ def info(load_before: str, load_after: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "quantroute_from": spec.origin if spec else "?",
+        "quantroute_from": origin,
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "src_changes": "uncommitted changes in src/" if dirty else "clean",
         "loadavg_before": load_before,

@@ -118,6 +118,27 @@ def wait_http(proc: Proc, url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{proc.name}: {url} not ready after {timeout_s}s:\n{log_tail(proc)}")
 
 
+def export_ref(ref: str, into: Path) -> tuple[Path, str]:
+    """``git archive <ref> src`` of this repository into ``into``: (its src dir, short commit)."""
+    repo = HERE.parent.parent
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", commit, "src"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
+    return into / "src", commit
+
+
 # -- /proc readers -------------------------------------------------------------------------------
 def status_kb(pid: int, field: str) -> int | None:
     """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM), or None if the process is gone."""

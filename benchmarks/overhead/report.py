@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import loadgen
 import procs
 
 Cell = dict[str, Any]
@@ -252,6 +253,12 @@ def profiles_section(profiles: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def prompt_note(chars: int) -> str:
+    if not chars:
+        return f"one short user message ({len(loadgen.PROMPT)} characters)"
+    return f"one user message padded with neutral context to {chars:,} characters"
+
+
 def header(result: dict[str, Any]) -> list[str]:
     m, s = result["machine"], result["settings"]
     pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
@@ -259,8 +266,9 @@ def header(result: dict[str, Any]) -> list[str]:
     return [
         f"# Gateway overhead{label}",
         "",
-        f"- Date: {m['date_utc']}; commit {m['git_commit']} ({m['src_changes']}); "
-        f"quantroute imported from `{m['quantroute_from']}`",
+        f"- Date: {m['date_utc']}; code under test: "
+        f"{m.get('code_under_test', 'installed quantroute')}; checkout at {m['git_commit']} "
+        f"({m['src_changes']}); the gateway imported `{m['quantroute_from']}`",
         f"- Machine: {m['cores']} × {m['cpu']}, {m['memory_mb']:,} MB, Linux {m['kernel']}, "
         f"Python {m['python']}; {pk}",
         f"- Load average (1/5/15 min) before: {m['loadavg_before']}; after: {m['loadavg_after']}"
@@ -270,6 +278,7 @@ def header(result: dict[str, Any]) -> list[str]:
         "- Pinning: fake backends + load generator on core 0, gateway (`quantroute serve`, uvloop + "
         "httptools) on core 1. Two identical backends in group `auto` with a capability matrix: "
         "every request runs the full routing decision. Direct = backend 0 with its served name.",
+        f"- Prompt: {prompt_note(s.get('prompt_chars', 0))}.",
         "- Non-stream: `max_tokens` 16; stream: `max_tokens` 64 → role chunk + 64 content chunks + "
         "`[DONE]` (the client does not ask for usage, so the gateway adds `include_usage` upstream "
         "and strips that chunk: the realistic path).",

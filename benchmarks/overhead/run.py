@@ -52,6 +52,8 @@ class Settings:
     quiet_load: float
     label: str
     candidate: str | None
+    prompt_chars: int
+    ref: str | None
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
@@ -66,6 +68,12 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--profile-stream", action="store_true", help="also profile stream, c=128")
     p.add_argument(
+        "--ref",
+        default=None,
+        help="measure the gateway of this git ref (exported with git archive), not the "
+        "installed working tree, which others may be editing",
+    )
+    p.add_argument(
         "--candidate",
         default=None,
         metavar="SRC_DIR",
@@ -73,6 +81,12 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     )
     p.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to S s for low load")
     p.add_argument("--quiet-load", type=float, default=0.5, help="1-min load avg deemed quiet")
+    p.add_argument(
+        "--prompt-chars",
+        type=int,
+        default=0,
+        help="pad the prompt to N characters (default: short)",
+    )
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
     p.add_argument("--output-dir", type=Path, default=procs.HERE)
     a = p.parse_args(argv)
@@ -90,6 +104,8 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         quiet_load=a.quiet_load,
         label=a.label,
         candidate=a.candidate,
+        prompt_chars=a.prompt_chars,
+        ref=a.ref,
     )
     return settings, a.output_dir
 
@@ -98,7 +114,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
 async def run_cell(
     s: Settings, f: fleet_mod.Fleet, target: Target, stream: bool, c: int, size: int, rep: int
 ) -> dict[str, Any]:
-    level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests)
+    level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests, s.prompt_chars)
     mon = Monitor(f.gateway_pid(target.name), [f.backend.pid])
     stats = await loadgen.run_level(target, level, size, mon.watch)
     usage = mon.last
@@ -143,7 +159,7 @@ async def run_profile(
     """py-spy on one gateway during a separate load (not in the table)."""
     c = 128 if stream else 32
     mode = "stream" if stream else "non-stream"
-    level = Level(stream, c, 1.0, s.profile_s + 2.0, s.max_requests)
+    level = Level(stream, c, 1.0, s.profile_s + 2.0, s.max_requests, s.prompt_chars)
     load = asyncio.ensure_future(loadgen.run_level(gw.target, level, size))
     await asyncio.sleep(1.0)
     raw = workdir / f"{gw.target.name}-{mode}.pyspy.txt"
@@ -177,8 +193,8 @@ async def run_profiles(
 
 async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any]:
     rss_idle = {g.target.name: procs.status_kb(g.proc.pid, "VmRSS") for g in f.gateways}
-    verified = await checks.verify(f)
-    sizes = await checks.expected_sizes(f)
+    verified = await checks.verify(f, s.prompt_chars)
+    sizes = await checks.expected_sizes(f, s.prompt_chars)
     started = time.time()
     cells = await run_cells(s, f, sizes)
     profiles = await run_profiles(s, f, sizes, workdir)
@@ -214,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     load_before = wait_quiet(s) if s.wait_quiet_s > 0 else procs.loadavg()
     workdir = Path(tempfile.mkdtemp(prefix="qr-overhead-"))
     print(f"# workdir {workdir}; load average {load_before}", flush=True)
+    source, code = None, "installed quantroute (working tree)"
+    if s.ref:
+        src, commit = procs.export_ref(s.ref, workdir / "ref")
+        source, code = str(src), f"git {s.ref} = {commit}, exported to {src}"
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir, s.candidate)
+        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate)
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
     result["settings"] = asdict(s)
-    result["machine"] = machine.info(load_before, procs.loadavg())
+    result["machine"] = machine.info(load_before, procs.loadavg(), source)
+    result["machine"]["code_under_test"] = code
     result["commands"] = {
         "benchmark": " ".join([Path(sys.executable).name, *sys.argv]),
         "backends": "taskset -c 0 " + " ".join(f.backend_cmd),
