@@ -49,7 +49,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--policy",
         action="append",
         default=None,
-        choices=[s.key for s in policies.specs()],
+        choices=[s.key for s in (*policies.specs(), *policies.prototypes())],
         help="run only these (repeatable)",
     )
     p.add_argument(
@@ -60,6 +60,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reprofile", action="store_true", help="make the capability matrix again")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--no-prototypes", action="store_true", help="skip proposed gateway changes tried out"
+    )
     return p.parse_args(argv)
 
 
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work,
         task_header=args.task_header,
     )
-    chosen = [s for s in policies.specs() if args.policy is None or s.key in args.policy]
+    every = (*policies.specs(), *([] if args.no_prototypes else policies.prototypes()))
+    chosen = [s for s in every if args.policy is None or s.key in args.policy]
     stats: list[analysis.PolicyStats] = []
     ttfts: dict[str, list[float]] = {}
     for spec in chosen:

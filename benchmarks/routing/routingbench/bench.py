@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import httpx
 import uvloop
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
 from routingbench import policies, procs
 from routingbench.policies import PolicySpec
 from routingbench.replay import Outcome, replay
@@ -154,14 +156,9 @@ def run_policy(
         policies.validated(config)
         config_path = s.work_dir / f"{spec.key}.gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        gateway_cmd = [
-            *procs.quantroute_command(),
-            "serve",
-            "--config",
-            str(config_path),
-            "--log-level",
-            "warning",
-        ]
+        serve = ["-m", "routingbench.proto_gateway"] if spec.prototype else ["serve"]
+        head = [sys.executable] if spec.prototype else procs.quantroute_command()
+        gateway_cmd = [*head, *serve, "--config", str(config_path), "--log-level", "warning"]
         gateway = procs.start(f"{spec.key}.gateway", gateway_cmd, s.work_dir)
         url = f"http://127.0.0.1:{port}"
         with procs.running(gateway):

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from routingbench.workload import TraceRequest
 
 from quantroute.config import GatewayConfig, parse_config
+from routingbench.workload import TraceRequest
 
 SCRAPE_INTERVAL_S = 0.5
 """Simulated seconds between scrapes (the demo's setting)."""
 STALENESS_LIMIT_S = 5.0
-FIRST_BYTE_S = 120.0
-TOTAL_S = 900.0
+FIRST_BYTE_S = 3600.0
+TOTAL_S = 7200.0
+"""Upstream timeouts (simulated seconds) far above the default 120 s first byte: an overloaded
+policy (all 70B) should show its queue in TTFT, not turn it into aborted streams."""
 SEVENTY_B = "llama3-70b-awq"
 EIGHT_B_FP16 = "llama3-8b-fp16"
 ALL = ("llama3-8b-awq", "qwen25-7b-gptq", SEVENTY_B, EIGHT_B_FP16)
@@ -47,6 +49,8 @@ class PolicySpec:
     matrix: bool = False
     model_for: ModelFor = _auto
     note: str = ""
+    prototype: bool = False
+    """Served by ``routingbench.proto_gateway`` (a proposed change tried out), not ``quantroute serve``."""
 
 
 def _weights(**w: float) -> dict[str, dict[str, float]]:
@@ -82,6 +86,21 @@ def specs() -> tuple[PolicySpec, ...]:
             matrix=True,
         ),
     )  # fmt: skip
+
+
+def prototypes() -> tuple[PolicySpec, ...]:
+    """Proposed gateway changes tried out on the same trace (not part of the issue's seven)."""
+    return (
+        PolicySpec(
+            "prefill_proto",
+            "quantroute + prefill backlog (prototype)",
+            (("auto", ALL),),
+            {},
+            matrix=True,
+            note="latency scorer adds (prefill backlog + prompt) / prefill rate",
+            prototype=True,
+        ),
+    )
 
 
 def demo_backends() -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ have finished, as an ``aiohttp`` streaming POST asking for usage. Recorded per r
 seconds from the start of the replay: when it was due and sent, the first SSE data line
 (time to first token), the end, the status, the gateway's error code, the backend
 (``x-quantroute-backend``) and the output tokens the usage chunk reports. The client does not
-retry: a 503 is a rejection.
+retry a response: a 503 is a rejection. Only a send that fails before any response (a kept-alive
+connection the server closed at that moment) is sent again, at most twice, and counted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
+
 from routingbench.workload import TraceRequest, messages_for
+
+CONNECT_ATTEMPTS = 3
 
 
 @dataclass
@@ -35,6 +39,10 @@ class Outcome:
     end: float | None = None
     output_tokens: int = 0
     finish_reason: str | None = None
+    detail: str | None = None
+    """The error body's message, or the stream's error event."""
+    reconnects: int = 0
+    """Sends repeated because the connection failed before any response (never after)."""
 
     @property
     def ok(self) -> bool:
@@ -52,12 +60,13 @@ def body_for(request: TraceRequest, model: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _error_code(raw: bytes) -> str:
+def _error(raw: bytes) -> tuple[str, str]:
+    """(code, message) of an OpenAI-style error body."""
     try:
         err = json.loads(raw).get("error", {})
     except (ValueError, AttributeError):
-        return "unparsable_error"
-    return str(err.get("code") or err.get("type") or "error")
+        return "unparsable_error", raw[:200].decode(errors="replace")
+    return str(err.get("code") or err.get("type") or "error"), str(err.get("message", ""))[:200]
 
 
 async def _read_stream(response: aiohttp.ClientResponse, out: Outcome, t0: float) -> None:
@@ -68,6 +77,7 @@ async def _read_stream(response: aiohttp.ClientResponse, out: Outcome, t0: float
             out.first = time.monotonic() - t0
         if b'"error"' in line[:40]:
             out.error = "stream_error"
+            out.detail = line[:200].decode(errors="replace")
         elif b'"usage":{' in line:
             usage = json.loads(line[5:]).get("usage") or {}
             out.output_tokens = int(usage.get("completion_tokens", 0))
@@ -84,18 +94,24 @@ async def _one(
     t0: float,
 ) -> None:
     out.sent = time.monotonic() - t0
-    try:
-        async with session.post(url, data=body, headers=headers) as response:
-            out.status = response.status
-            out.backend = response.headers.get("x-quantroute-backend")
-            out.decision = response.headers.get("x-quantroute-decision")
-            if response.status != 200:
-                out.error = _error_code(await response.read())
-            else:
-                await _read_stream(response, out, t0)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        out.status = out.status or 0
-        out.error = f"client:{type(exc).__name__}"
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                out.status = response.status
+                out.backend = response.headers.get("x-quantroute-backend")
+                out.decision = response.headers.get("x-quantroute-decision")
+                if response.status != 200:
+                    out.error, out.detail = _error(await response.read())
+                else:
+                    await _read_stream(response, out, t0)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if out.status == 0 and attempt + 1 < CONNECT_ATTEMPTS:
+                out.reconnects += 1  # a kept-alive connection the gateway had just closed
+                continue
+            out.error = f"client:{type(exc).__name__}: {exc}"[:120]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            out.error = f"client:{type(exc).__name__}: {exc}"[:120]
+        break
     out.end = time.monotonic() - t0
 
 
