@@ -41,8 +41,10 @@ def _check_vllm_args(args: argparse.Namespace) -> int:
     return check_vllm_args_main(list(args.vllm_args), args.gateway_config)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantroute", description=__doc__)
+def _parser(command: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantroute", description="Route OpenAI-compatible traffic across a vLLM fleet."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
@@ -76,19 +78,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check_vllm_args)
 
-    _add_optional(sub)
+    _add_optional(sub, command)
     return parser
 
 
-def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands whose package registers its own arguments (profile, matrix show/plot)."""
-    from quantroute.profiler.command import register
+def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str) -> None:
+    """`profile` and `matrix` register their own arguments; their imports (the OpenAI client,
+    matplotlib) cost a second and ~30 MB, so the gateway's commands do not load them."""
+    if command in ("profile", "matrix"):
+        from quantroute.profiler.command import register
 
-    register(sub)
+        register(sub)
+        return
+    sub.add_parser("profile", help="measure every variant and write the capability matrix")
+    sub.add_parser("matrix", help="show or plot a capability matrix (matrix show|plot FILE)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(argv[0] if argv else "").parse_args(argv)
     if getattr(args, "vllm_args", None) and args.vllm_args[0] == "--":
         args.vllm_args = args.vllm_args[1:]
     try:
