@@ -86,6 +86,7 @@ class UpstreamTimeouts(_Frozen):
 
 FilterName = Literal["context", "kv_ceiling", "kv_pressure", "quality"]
 PickerName = Literal["best", "round_robin"]
+QualityFallback = Literal["reject", "best_available"]
 
 
 class PolicyConfig(_Frozen):
@@ -94,6 +95,9 @@ class PolicyConfig(_Frozen):
     filters: tuple[FilterName, ...] = ("context", "kv_ceiling", "kv_pressure", "quality")
     weights: Weights = Weights()
     picker: PickerName = "best"
+    quality_fallback: QualityFallback = "reject"
+    """best_available: when only the quality floor stands between a request and every backend
+    that fits it, serve it anyway (the decision says the floor was relaxed) instead of a 503."""
     tie_tolerance: Fraction = 0.03
     staleness_limit_s: PositiveFloat = 5.0
     scrape_interval_s: PositiveFloat = 1.0
@@ -105,6 +109,8 @@ class PolicyConfig(_Frozen):
     default_max_tokens: int = Field(default=256, gt=0)
     latency_reference_ms: PositiveFloat = 500.0
     default_ttft_ms: PositiveFloat = 200.0
+    default_prefill_tokens_per_s: PositiveFloat = 5000.0
+    """Used by the latency estimate when the matrix has no measured prefill rate."""
     retry_after_s: int = Field(default=1, ge=1)
     seed: int = 0
 

@@ -43,3 +43,9 @@ def test_header_override_and_json_mode() -> None:
     assert classify_task("def f(): pass", override="Chat") == "chat"
     assert classify_task("hello", wants_json=True) == "extraction"
     assert classify_task("hello", override="bogus") == "chat"
+
+
+def test_long_prompts_are_classified_from_their_ends() -> None:
+    document = "Write a python function that summarises this log.\n" + "lorem ipsum " * 40_000
+    assert classify_task(document) == "coding"
+    assert classify_task("lorem ipsum " * 20_000 + " extract the fields as JSON ") == "extraction"

@@ -151,3 +151,27 @@ def test_scores_are_in_unit_interval_and_ranked() -> None:
         for s in d.scores.values()
     )
     assert set(d.ranked) == {"a", "b", "c"} and d.ranked[0] == d.chosen
+
+
+def test_prefill_backlog_steers_a_prompt_away_from_a_backend_busy_prefilling() -> None:
+    import dataclasses
+
+    busy = dataclasses.replace(backend("a"), prefill_backlog_tokens=60_000)  # ~12 s at 5k tok/s
+    d = decide(
+        features(prompt=2000), snapshot(busy, backend("b")), None, policy(AB, tie_tolerance=0.0)
+    )
+    assert d.chosen == "b" and d.scores["a"].parts["latency"] < d.scores["b"].parts["latency"]
+
+
+def test_quality_fallback_serves_below_floor_only_when_nothing_else_fits() -> None:
+    m = matrix(short={"quality": {"chat": 0.95}}, long={"quality": {"chat": 0.5}})
+    snap = snapshot(backend("short", max_seq_len=8192), backend("long", max_seq_len=32768))
+    big = features(prompt=20_000, max_tokens=100, task="chat")
+    strict = policy(("short", "long"), floor=0.7)
+    assert decide(big, snap, m, strict).outcome is Outcome.NO_BACKEND
+    lenient = policy(("short", "long"), floor=0.7, quality_fallback="best_available")
+    d = decide(big, snap, m, lenient)
+    assert d.chosen == "long" and "quality" in d.relaxed
+    assert (
+        decide(features(task="chat"), snap, m, lenient).chosen == "short"
+    )  # floor holds otherwise

@@ -79,3 +79,16 @@ def test_membership_change_keeps_state_of_unchanged_backends() -> None:
     assert [s.health for s in store.snapshot().backends] == [Health.FRESH, Health.UNKNOWN]
     store.set_backends([b])
     assert [s.id for s in store.snapshot().backends] == ["b"]
+
+
+def test_prefill_backlog_lasts_until_the_first_byte() -> None:
+    store, clock = make()
+    store.record_scrape("a", BackendMetrics(), started_at=clock.now)
+    first = store.begin("a", 5000, prompt_tokens=4000)
+    second = store.begin("a", 900, prompt_tokens=800)
+    assert store.snapshot().backends[0].prefill_backlog_tokens == 4800
+    store.first_byte(first)
+    assert store.snapshot().backends[0].prefill_backlog_tokens == 800
+    store.end(second)
+    store.end(first)
+    assert store.snapshot().backends[0].prefill_backlog_tokens == 0

@@ -39,6 +39,10 @@ _CUES: dict[TaskType, re.Pattern[str]] = {
     ),
 }
 _ORDER: tuple[TaskType, ...] = ("coding", "extraction", "reasoning")
+CUE_WINDOW_CHARS = 4096
+"""Characters of each end of a long text the cues are counted in. Instructions sit at the start
+or the end of a prompt; counting cues over a whole 120 KB document blocks the event loop for
+~120 ms (measured: 107-170 ms per 30k-token prompt), stalling every stream the gateway relays."""
 
 
 def message_text(content: object) -> str:
@@ -75,6 +79,8 @@ def classify_task(text: str, *, wants_json: bool = False, override: str | None =
                 return task
     if wants_json:
         return "extraction"
+    if len(text) > 2 * CUE_WINDOW_CHARS:
+        text = text[:CUE_WINDOW_CHARS] + "\n" + text[-CUE_WINDOW_CHARS:]
     counts = {task: len(_CUES[task].findall(text)) for task in _ORDER}
     best = max(_ORDER, key=lambda t: counts[t])
     return best if counts[best] > 0 else "chat"

@@ -55,6 +55,8 @@ class VariantProfile(_Model):
     throughput: tuple[ThroughputPoint, ...] = ()
     best_concurrency: int | None = None
     cost_per_1m_output_tokens: float | None = None
+    prefill_tokens_per_s: float | None = None
+    """Prompt tokens per second one long prompt is prefilled at on an idle backend (profiler probe)."""
     tasks: dict[TaskType, TaskProfile] = Field(default_factory=dict)
     error: str | None = None
     """Why the variant could not be profiled at all (then every figure is None, never 0)."""
@@ -103,6 +105,10 @@ class CapabilityMatrix(_Model):
     def ttft_p50_ms(self, variant: str) -> float | None:
         profile = self.variants.get(variant)
         return None if profile is None else profile.ttft_ms.p50
+
+    def prefill_tokens_per_s(self, variant: str) -> float | None:
+        profile = self.variants.get(variant)
+        return None if profile is None else profile.prefill_tokens_per_s
 
     def cost_per_1m(self, variant: str) -> float | None:
         profile = self.variants.get(variant)

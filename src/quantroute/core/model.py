@@ -49,6 +49,10 @@ class BackendState:
     age_s: float | None = None
     pending_requests: int = 0
     pending_kv_tokens: int = 0
+    prefill_backlog_tokens: int = 0
+    """Prompt tokens of requests this gateway sent that have not yet produced a first byte:
+    prefill work queued on the backend that no vLLM gauge shows (a 30k-token prompt is one
+    "running" request and a few percent of KV, but seconds of prefill ahead of anything new)."""
 
     @property
     def id(self) -> str:

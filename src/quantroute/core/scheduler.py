@@ -90,6 +90,25 @@ def _reject_all(
     return Decision(outcome, None, (), {}, rejected, group=name, quality_floor=floor)
 
 
+def _below_floor(
+    pool: Sequence[BackendState],
+    ctx: FilterContext,
+    hard: Sequence[str],
+    rejected: dict[str, tuple[str, ...]],
+) -> tuple[list[BackendState], dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """When some backend was turned away by the quality floor alone (the others by context,
+    health or KV), serve there rather than answer a 503 that no retry can ever clear."""
+    floor_only = [
+        b
+        for b in pool
+        if rejected.get(b.id) and all(r.startswith("quality") for r in rejected[b.id])
+    ]
+    if not floor_only:
+        return [], rejected, ()
+    admitted, again = _filter(pool, ctx, [n for n in hard if n != "quality"])
+    return admitted, again, ("quality",)
+
+
 def decide(
     features: RequestFeatures,
     snapshot: Snapshot,
@@ -105,15 +124,17 @@ def decide(
     hard = ["health", *(n for n in cfg.filters if n not in filters.SOFT_FILTERS)]
     soft = [n for n in cfg.filters if n in filters.SOFT_FILTERS]
     admitted, rejected = _filter(pool, ctx, hard)
+    relaxed: tuple[str, ...] = ()
+    if not admitted and cfg.quality_fallback == "best_available":
+        admitted, rejected, relaxed = _below_floor(pool, ctx, hard, rejected)
     if not admitted:
         return _reject_all(rejected, group, floor)
     kept, soft_rejected = _filter(admitted, ctx, soft)
-    relaxed: tuple[str, ...] = ()
     if kept:
         admitted = kept
         rejected.update(soft_rejected)
     elif soft_rejected:
-        relaxed = tuple(soft)
+        relaxed = (*relaxed, *soft)
     pressure = tuple(k for k, v in rejected.items() if any(map(filters.is_kv_pressure, v)))
     klass = features.latency_class
     weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive

@@ -39,13 +39,24 @@ def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterCon
     return 0.5 * kv_free + 0.5 * clamp(1.0 - busy)
 
 
+def prefill_rate(backend: BackendState, ctx: FilterContext) -> float:
+    rate = None
+    if ctx.matrix is not None:
+        rate = ctx.matrix.prefill_tokens_per_s(backend.config.variant_id)
+    return rate if rate else ctx.policy.default_prefill_tokens_per_s
+
+
 def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
+    """Matrix TTFT scaled by load and queue, plus the prefill of this prompt and of the prompts
+    already sent to the backend that have not started answering (both at its prefill rate)."""
     base = None
     if ctx.matrix is not None:
         base = ctx.matrix.ttft_p50_ms(backend.config.variant_id)
     base = base if base is not None else ctx.policy.default_ttft_ms
     load = load_of(backend)
-    return base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
+    queued = base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
+    prefill = backend.prefill_backlog_tokens + ctx.features.prompt_tokens
+    return queued + 1000.0 * prefill / prefill_rate(backend, ctx)
 
 
 def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:

@@ -59,13 +59,21 @@ class _AiohttpResponse:
         self._response.close()
 
 
+KEEPALIVE_S = 4.0
+"""Idle pooled connections are dropped after this: below vLLM's HTTP keep-alive (uvicorn's
+``timeout_keep_alive``, 5 s, VLLM_HTTP_TIMEOUT_KEEP_ALIVE), so the gateway never writes a request
+to a connection the backend is closing (seen as "Connection reset by peer" -> 502)."""
+
+
 class AiohttpUpstream:
     def __init__(self, timeouts: UpstreamTimeouts, *, limit: int = 0) -> None:
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
         )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60),
+            connector=aiohttp.TCPConnector(
+                limit=limit, ttl_dns_cache=60, keepalive_timeout=KEEPALIVE_S
+            ),
             auto_decompress=False,
             timeout=self._timeout,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),

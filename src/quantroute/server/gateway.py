@@ -176,9 +176,8 @@ class Gateway:
         for number, backend_id in enumerate(attempts):
             backend = self._backends[backend_id]
             body, strip = upstream_body(parsed, backend.served_model_name)
-            attempt = _Attempt(
-                backend, self.store.begin(backend_id, kv_tokens), strip, time.perf_counter()
-            )
+            ticket = self.store.begin(backend_id, kv_tokens, parsed.features.prompt_tokens)
+            attempt = _Attempt(backend, ticket, strip, time.perf_counter())
             last = number == len(attempts) - 1
             self.telemetry.in_flight.inc()
             self.telemetry.backend_in_flight.labels(backend_id).inc()
@@ -261,6 +260,7 @@ class Gateway:
                     self.telemetry.ttfb.labels(attempt.backend.id).observe(
                         time.perf_counter() - attempt.started
                     )
+                    self.store.first_byte(attempt.ticket)
                     first = False
                 out = tap.feed(chunk)
                 if out:

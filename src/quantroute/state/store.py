@@ -29,6 +29,8 @@ class _Record:
     failures: int = 0
     last_error: str | None = None
     pending: dict[int, tuple[float, int]] = field(default_factory=dict)
+    prefilling: dict[int, int] = field(default_factory=dict)
+    """Ticket -> prompt tokens, from dispatch until the first byte of the response."""
     in_flight: int = 0
     chosen: int = 0
     steered_away: Counter[str] = field(default_factory=Counter)
@@ -81,19 +83,27 @@ class StateStore:
             record.last_error = error
 
     # -- the gateway's own account -------------------------------------------------------------
-    def begin(self, backend_id: str, kv_tokens: int) -> Ticket:
+    def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Ticket:
         ticket = Ticket(backend_id, next(self._tickets))
         record = self._records.get(backend_id)
         if record is not None:
             record.pending[ticket.number] = (self._clock(), kv_tokens)
+            record.prefilling[ticket.number] = prompt_tokens
             record.in_flight += 1
             record.chosen += 1
         return ticket
+
+    def first_byte(self, ticket: Ticket) -> None:
+        """The response has started: its prompt is no longer prefill backlog."""
+        record = self._records.get(ticket.backend_id)
+        if record is not None:
+            record.prefilling.pop(ticket.number, None)
 
     def end(self, ticket: Ticket) -> None:
         record = self._records.get(ticket.backend_id)
         if record is not None:
             record.pending.pop(ticket.number, None)
+            record.prefilling.pop(ticket.number, None)
             record.in_flight -= 1
 
     def note_steered_away(self, backend_id: str, reason: str) -> None:
@@ -124,6 +134,7 @@ class StateStore:
                 age_s=None if r.last_success is None else now - r.last_success,
                 pending_requests=len(r.pending),
                 pending_kv_tokens=sum(tokens for _, tokens in r.pending.values()),
+                prefill_backlog_tokens=sum(r.prefilling.values()),
             )
             for r in self._records.values()
         )
