@@ -49,7 +49,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--policy",
         action="append",
         default=None,
-        choices=[s.key for s in (*policies.specs(), *policies.prototypes())],
+        choices=[s.key for s in (*policies.specs(), *policies.extras())],
         help="run only these (repeatable)",
     )
     p.add_argument(
@@ -60,9 +60,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reprofile", action="store_true", help="make the capability matrix again")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--no-readme", action="store_true")
-    p.add_argument(
-        "--no-prototypes", action="store_true", help="skip proposed gateway changes tried out"
-    )
+    p.add_argument("--no-extras", action="store_true", help="only the issue's seven policies")
     return p.parse_args(argv)
 
 
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work,
         task_header=args.task_header,
     )
-    every = (*policies.specs(), *([] if args.no_prototypes else policies.prototypes()))
+    every = (*policies.specs(), *([] if args.no_extras else policies.extras()))
     chosen = [s for s in every if args.policy is None or s.key in args.policy]
     stats: list[analysis.PolicyStats] = []
     ttfts: dict[str, list[float]] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,9 +155,8 @@ def run_policy(
         policies.validated(config)
         config_path = s.work_dir / f"{spec.key}.gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        serve = ["-m", "routingbench.proto_gateway"] if spec.prototype else ["serve"]
-        head = [sys.executable] if spec.prototype else procs.quantroute_command()
-        gateway_cmd = [*head, *serve, "--config", str(config_path), "--log-level", "warning"]
+        gateway_cmd = [*procs.quantroute_command(), "serve", "--config", str(config_path)]
+        gateway_cmd += ["--log-level", "warning"]
         gateway = procs.start(f"{spec.key}.gateway", gateway_cmd, s.work_dir)
         url = f"http://127.0.0.1:{port}"
         with procs.running(gateway):

@@ -23,7 +23,7 @@ import yaml
 
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.workloads import Sample, builtin_suites, near_miss
-from routingbench import policies, procs
+from routingbench import policies, prefill_probe, procs
 
 MATRIX_FILE = "capability_matrix.json"
 PROVENANCE_FILE = "capability_matrix.provenance.json"
@@ -122,9 +122,13 @@ def profile(out_dir: Path, work_dir: Path, seed: int = 0) -> Path:
 
 
 def ensure(out_dir: Path, work_dir: Path, *, reprofile: bool) -> Path:
-    """The cached matrix, or a freshly profiled one when missing or asked for."""
+    """The cached matrix, or a freshly profiled one when missing or asked for; prefill rates are
+    probed in when the matrix lacks them (the profiler does not measure them yet)."""
     path = out_dir / MATRIX_FILE
-    if path.exists() and not reprofile:
+    if reprofile or not path.exists():
+        profile(out_dir, work_dir)
+    matrix = load_matrix(path)
+    if any(v.prefill_tokens_per_s is None for v in matrix.variants.values()):
+        prefill_probe.add_to_matrix(path, out_dir / PROVENANCE_FILE, work_dir)
         load_matrix(path)
-        return path
-    return profile(out_dir, work_dir)
+    return path

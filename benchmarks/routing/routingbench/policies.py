@@ -49,8 +49,6 @@ class PolicySpec:
     matrix: bool = False
     model_for: ModelFor = _auto
     note: str = ""
-    prototype: bool = False
-    """Served by ``routingbench.proto_gateway`` (a proposed change tried out), not ``quantroute serve``."""
 
 
 def _weights(**w: float) -> dict[str, dict[str, float]]:
@@ -94,31 +92,25 @@ TUNED: dict[str, Any] = {
         "interactive": {"headroom": 0.2, "latency": 0.7, "cost": 0.1},
         "batch": {"headroom": 0.35, "latency": 0.1, "cost": 0.55},
     },
+    "quality_fallback": "best_available",
 }
 """Interactive traffic weighted towards the latency estimate, which is made steeper (250 ms
 reference): with the defaults, KV headroom and cost favour the backend with the largest cache
-and the cheapest GPU (Qwen on L40S) almost as much as a multi-second expected wait counts."""
+and the cheapest GPU (Qwen on L40S) almost as much as a multi-second expected wait counts. And a
+request that fits only backends below the quality floor is served there instead of refused."""
 
 
-def prototypes() -> tuple[PolicySpec, ...]:
-    """Config tuning and proposed gateway changes tried on the same trace (beyond the seven)."""
+def extras() -> tuple[PolicySpec, ...]:
+    """Beyond the issue's seven: quantroute with its config tuned for this trace."""
     return (
         PolicySpec(
             "quantroute_tuned",
-            "quantroute, latency-weighted",
+            "quantroute, tuned config",
             (("auto", ALL),),
             TUNED,
             matrix=True,
-            note="config only: interactive weights latency .7 / headroom .2 / cost .1, reference 250 ms",
-        ),
-        PolicySpec(
-            "prefill_proto",
-            "quantroute + prefill backlog (prototype)",
-            (("auto", ALL),),
-            TUNED,
-            matrix=True,
-            note="latency estimate adds (prefill backlog + prompt) / prefill rate; tuned weights",
-            prototype=True,
+            note="interactive weights latency .7 / headroom .2 / cost .1, latency reference "
+            "250 ms, quality_fallback best_available",
         ),
     )
 

@@ -77,7 +77,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 Check = tuple[str, bool | None]
-CANDIDATES = ("quantroute", "quantroute_tuned", "prefill_proto")
+CANDIDATES = ("quantroute", "quantroute_tuned")
 
 
 def _vs(a: float | None, b: float | None, fmt: str, ok: bool | None) -> Check:
