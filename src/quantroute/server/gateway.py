@@ -7,18 +7,15 @@ cancels the relay, whose ``finally`` closes the upstream connection, so vLLM abo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.filters import request_kv_tokens
@@ -32,13 +29,13 @@ from quantroute.errors import (
 )
 from quantroute.proxy.relay import SSEUsageTap, Usage, usage_from_body
 from quantroute.proxy.upstream import Upstream, UpstreamConnectError, UpstreamResponse
+from quantroute.server.disconnect import ClientDisconnected, RelayResponse, race_disconnect
 from quantroute.server.matrix_source import MatrixSource
 from quantroute.server.parse import Kind, ParsedRequest, parse_request, upstream_body
 from quantroute.state.store import StateStore, Ticket
 from quantroute.telemetry import Telemetry
 
 log = logging.getLogger("quantroute.decisions")
-T = TypeVar("T")
 CLIENT_CLOSED = 499
 _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
@@ -49,40 +46,12 @@ def _sse_error(message: str) -> bytes:
     return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
-class ClientDisconnected(Exception):
-    """The client went away before the response started."""
-
-
 @dataclass
 class _Attempt:
     backend: BackendConfig
     ticket: Ticket
     strip_usage: bool
     started: float
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def race_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` unless the client disconnects first (then cancel it)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise ClientDisconnected
-    return task.result()
 
 
 class Gateway:
@@ -186,7 +155,7 @@ class Gateway:
                 url = backend.url.rstrip("/") + _PATHS[parsed.kind]
                 if parsed.features.stream:
                     response = await race_disconnect(
-                        request, self.upstream.post(url, body, headers)
+                        request.receive, self.upstream.post(url, body, headers)
                     )
                     if response.status >= 500 and not last:
                         response.close()
@@ -196,7 +165,7 @@ class Gateway:
                     handed_over = True
                     return self._stream(response, attempt, group, decision)
                 status, ctype, data = await race_disconnect(
-                    request, self._exchange(url, body, headers)
+                    request.receive, self._exchange(url, body, headers)
                 )
                 if status >= 500 and not last:
                     errors.append(f"{backend_id}: HTTP {status}")
@@ -237,7 +206,7 @@ class Gateway:
         tap = SSEUsageTap(attempt.strip_usage)
         status = response.status
         relay = self._relay(response, attempt, tap, group, status)
-        return StreamingResponse(
+        return RelayResponse(
             relay,
             status,
             headers=self._headers(attempt.backend.id, decision),

@@ -132,8 +132,10 @@ async def route_explain(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     for prefix in ("/v1", ""):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"])
+        # The two proxy routes are plain Starlette routes: they take the raw Request and need
+        # none of FastAPI's dependency solving, which costs a measurable share per request.
+        app.add_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_route(f"{prefix}/completions", completions, methods=["POST"])
         app.add_api_route(f"{prefix}/models", models, methods=["GET"])
     app.add_api_route("/v1/route/explain", route_explain, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
