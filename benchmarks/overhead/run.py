@@ -35,6 +35,7 @@ from loadgen import Level, Target
 from monitor import Monitor
 
 LEVELS = (1, 32, 128)
+MODES = ("non-stream", "stream")
 IDLE_AFTER_S = 2.0
 
 
@@ -42,6 +43,7 @@ IDLE_AFTER_S = 2.0
 class Settings:
     reps: int
     levels: tuple[int, ...]
+    modes: tuple[str, ...]
     warmup_s: float
     measure_s: float
     max_requests: int
@@ -61,6 +63,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
     p.add_argument("--reps", type=int, default=None, help="repetitions per cell (default 3)")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--measure", type=float, default=None, help="seconds per window (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 1)")
     p.add_argument("--max-requests", type=int, default=200_000, help="cap per window")
@@ -94,6 +97,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     settings = Settings(
         reps=a.reps or (1 if quick else 3),
         levels=tuple(a.levels),
+        modes=tuple(a.modes),
         warmup_s=a.warmup if a.warmup is not None else (0.5 if quick else 1.0),
         measure_s=a.measure or (2.0 if quick else 5.0),
         max_requests=a.max_requests,
@@ -145,7 +149,7 @@ async def run_cells(
         # Rotate which target goes first so slow drifts in background load cancel out.
         targets = f.targets
         order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
-        for stream in (False, True):
+        for stream in (mode == "stream" for mode in s.modes):
             for c in s.levels:
                 for target in order:
                     size = sizes[target.name, stream]

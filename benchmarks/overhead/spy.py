@@ -26,7 +26,7 @@ STDLIB = sysconfig.get_paths()["stdlib"]
 _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("/quantroute/server/", "quantroute.server (handlers, gateway, parse)"),
     ("/quantroute/proxy/", "quantroute.proxy (upstream, relay)"),
-    ("/quantroute/core/", "quantroute.core (decide)"),
+    ("/quantroute/core/", "quantroute.core (decide, request features)"),
     ("/quantroute/state/", "quantroute.state (store, scraper)"),
     ("/quantroute/", "quantroute (other: telemetry, config)"),
     ("/prometheus_client/", "prometheus_client"),
