@@ -25,13 +25,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from quantroute.core.matrix import CapabilityMatrix
+from quantroute.sim.profiles import load_profiles
 from routingbench import policies
 from routingbench.bench import PolicyRun
 from routingbench.replay import Outcome
 from routingbench.workload import TraceRequest
-
-from quantroute.core.matrix import CapabilityMatrix
-from quantroute.sim.profiles import load_profiles
 
 Row = Mapping[str, object]
 
