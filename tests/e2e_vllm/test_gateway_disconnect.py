@@ -54,4 +54,5 @@ def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     url = vllm_tier.servers[backend].url
     after = poll_until(lambda: engine_counts(url), lambda c: c["busy"] == 0, timeout_s=60)
     assert after["finished"] == before[backend]["finished"], "vLLM finished the request"
-    assert 3 <= after["generated"] - before[backend]["generated"] < MAX_TOKENS
+    # The first chunks read include the role chunk, so at least one token was generated.
+    assert 1 <= after["generated"] - before[backend]["generated"] < MAX_TOKENS
