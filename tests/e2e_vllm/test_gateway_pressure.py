@@ -118,7 +118,9 @@ async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
     assert idle_choice == SMALL_KV.name  # the control: with room, the cheap backend wins
     metrics = seen["metrics"]
     assert (metrics["num_gpu_blocks"], metrics["block_size"]) == (8, 128)  # tiny-a's real cache
-    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, routed
+    # The burst may drain before three prompts are sent under full pressure; every one that was
+    # must have gone to the other backend.
+    assert routed and {backend for backend, _ in routed} == {LARGE_KV.name}, routed
     assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"
 
 
