@@ -15,6 +15,7 @@ from quantroute.core.model import (
     Decision,
     LatencyClass,
     Outcome,
+    Rejection,
     RequestFeatures,
     Scores,
     Snapshot,
@@ -47,11 +48,13 @@ def candidates_for(
 
 def _filter(
     backends: Sequence[BackendState], ctx: FilterContext, names: Sequence[str]
-) -> tuple[list[BackendState], dict[str, tuple[str, ...]]]:
+) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]]]:
     admitted: list[BackendState] = []
-    rejected: dict[str, tuple[str, ...]] = {}
+    rejected: dict[str, tuple[Rejection, ...]] = {}
     for backend in backends:
-        reasons = tuple(r for r in (filters.ALWAYS[n](backend, ctx) for n in names) if r)
+        reasons = tuple(
+            r for r in (filters.ALWAYS[n](backend, ctx) for n in names) if r is not None
+        )
         if reasons:
             rejected[backend.id] = reasons
         else:
@@ -80,10 +83,10 @@ def _score(
 
 
 def _reject_all(
-    rejected: dict[str, tuple[str, ...]], group: GroupConfig | None, floor: float
+    rejected: dict[str, tuple[Rejection, ...]], group: GroupConfig | None, floor: float
 ) -> Decision:
     too_long = bool(rejected) and all(
-        any(r.startswith(filters.CONTEXT_REASON) for r in reasons) for reasons in rejected.values()
+        any(r.filter == "context" for r in reasons) for reasons in rejected.values()
     )
     outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
     name = group.name if group else None
@@ -94,14 +97,12 @@ def _below_floor(
     pool: Sequence[BackendState],
     ctx: FilterContext,
     hard: Sequence[str],
-    rejected: dict[str, tuple[str, ...]],
-) -> tuple[list[BackendState], dict[str, tuple[str, ...]], tuple[str, ...]]:
+    rejected: dict[str, tuple[Rejection, ...]],
+) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]], tuple[str, ...]]:
     """When some backend was turned away by the quality floor alone (the others by context,
     health or KV), serve there rather than answer a 503 that no retry can ever clear."""
     floor_only = [
-        b
-        for b in pool
-        if rejected.get(b.id) and all(r.startswith("quality") for r in rejected[b.id])
+        b for b in pool if rejected.get(b.id) and all(r.filter == "quality" for r in rejected[b.id])
     ]
     if not floor_only:
         return [], rejected, ()
@@ -135,7 +136,7 @@ def decide(
         rejected.update(soft_rejected)
     elif soft_rejected:
         relaxed = (*relaxed, *soft)
-    pressure = tuple(k for k, v in rejected.items() if any(map(filters.is_kv_pressure, v)))
+    pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
     klass = features.latency_class
     weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive
     scores = _score(admitted, ctx, weights)

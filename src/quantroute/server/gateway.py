@@ -93,8 +93,8 @@ class Gateway:
         t.route_duration.labels(decision.chosen or "none").observe(elapsed)
         for backend_id, reasons in decision.rejected.items():
             for reason in reasons:
-                t.rejections.labels(backend_id, reason.split(":", 1)[0]).inc()
-                self.store.note_steered_away(backend_id, reason)
+                t.rejections.labels(backend_id, reason.filter).inc()
+                self.store.note_steered_away(backend_id, reason.filter)
         for backend_id in decision.kv_pressure:
             t.cache_pressure.labels(backend_id).inc()
         if log.isEnabledFor(logging.DEBUG) or self.config.log_decisions:
@@ -121,7 +121,7 @@ class Gateway:
         self.telemetry.requests.labels("none", decision.group or features.model, "503").inc()
         raise NoBackendAvailable(
             f"No backend can take this request now for '{features.model}'.",
-            reasons=decision.rejected,
+            reasons={k: tuple(map(str, v)) for k, v in decision.rejected.items()},
             retry_after_s=self.config.policy.retry_after_s,
         )
 

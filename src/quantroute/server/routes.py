@@ -88,6 +88,7 @@ def explain_body(decision: Decision) -> dict[str, Any]:
                 "score": scores.total,
                 "scores": scores.parts,
                 "reasons": [],
+                "rejections": [],
             }
         )
     for backend_id, reasons in decision.rejected.items():
@@ -97,7 +98,8 @@ def explain_body(decision: Decision) -> dict[str, Any]:
                 "admitted": False,
                 "score": None,
                 "scores": {},
-                "reasons": list(reasons),
+                "reasons": [str(r) for r in reasons],
+                "rejections": [{"filter": r.filter, "detail": r.detail} for r in reasons],
             }
         )
     return {

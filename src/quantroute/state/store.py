@@ -106,10 +106,10 @@ class StateStore:
             record.prefilling.pop(ticket.number, None)
             record.in_flight -= 1
 
-    def note_steered_away(self, backend_id: str, reason: str) -> None:
+    def note_steered_away(self, backend_id: str, filter_name: str) -> None:
         record = self._records.get(backend_id)
         if record is not None:
-            record.steered_away[reason.split(":", 1)[0]] += 1
+            record.steered_away[filter_name] += 1
 
     # -- reading ----------------------------------------------------------------------------
     def health(self, backend_id: str) -> Health:
