@@ -20,11 +20,9 @@ from typing import TypeVar
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from quantroute.errors import ClientDisconnected
+
 T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the response started."""
 
 
 class DisconnectGuard:

@@ -22,14 +22,17 @@ from quantroute.core.filters import request_kv_tokens
 from quantroute.core.model import Decision, Outcome, RequestFeatures
 from quantroute.core.scheduler import Policy, decide
 from quantroute.errors import (
+    ClientDisconnected,
     ContextLengthExceeded,
     ModelNotFound,
     NoBackendAvailable,
+    UpstreamConnectError,
     UpstreamUnavailable,
+    openai_error_body,
 )
 from quantroute.proxy.relay import SSEUsageTap, Usage, usage_from_body
-from quantroute.proxy.upstream import Upstream, UpstreamConnectError, UpstreamResponse
-from quantroute.server.disconnect import ClientDisconnected, RelayResponse, race_disconnect
+from quantroute.proxy.upstream import Upstream, UpstreamResponse
+from quantroute.server.disconnect import RelayResponse, race_disconnect
 from quantroute.server.matrix_source import MatrixSource
 from quantroute.server.parse import Kind, ParsedRequest, parse_request, upstream_body
 from quantroute.state.store import StateStore, Ticket
@@ -42,8 +45,8 @@ _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/co
 
 def _sse_error(message: str) -> bytes:
     """The error event vLLM itself sends when a stream fails after it started."""
-    error = {"message": message, "type": "upstream_error", "param": None, "code": 502}
-    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    body = openai_error_body(message, "upstream_error", code=502)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from quantroute.errors import openai_error_body
+
 _CREATED = 1795474388
 
 
@@ -130,21 +132,12 @@ class FakeBackend:
         s.received.append(body)
         if s.fail_status is not None and s.fail_times != 0:
             s.fail_times -= 1
-            error = {
-                "message": "injected failure",
-                "type": "InternalServerError",
-                "param": None,
-                "code": s.fail_status,
-            }
-            return web.json_response({"error": error}, status=s.fail_status)
+            error = openai_error_body("injected failure", "InternalServerError", code=s.fail_status)
+            return web.json_response(error, status=s.fail_status)
         if body.get("model") != s.served_model_name:
-            error = {
-                "message": f"The model `{body.get('model')}` does not exist.",
-                "type": "NotFoundError",
-                "param": "model",
-                "code": 404,
-            }
-            return web.json_response({"error": error}, status=404)
+            message = f"The model `{body.get('model')}` does not exist."
+            error = openai_error_body(message, "NotFoundError", param="model", code=404)
+            return web.json_response(error, status=404)
         if s.header_delay_s:
             try:
                 await asyncio.sleep(s.header_delay_s)
