@@ -11,7 +11,7 @@ import uvicorn
 
 from quantroute.config import load_config
 from quantroute.server.app import create_app
-from quantroute.server.matrix_source import MatrixSource
+from quantroute.state.matrix_source import MatrixSource
 
 
 def check_config(path: str) -> int:

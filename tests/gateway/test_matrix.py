@@ -15,7 +15,7 @@ from quantroute.config import parse_config
 from quantroute.core.matrix import SCHEMA_VERSION
 from quantroute.errors import MatrixError
 from quantroute.server.app import MATRIX_POLL_S
-from quantroute.server.matrix_source import MatrixSource, load_matrix
+from quantroute.state.matrix_source import MatrixSource, load_matrix
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 

@@ -20,7 +20,7 @@ from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
-from quantroute.server.matrix_source import MatrixSource
+from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry

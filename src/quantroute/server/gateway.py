@@ -33,8 +33,8 @@ from quantroute.errors import (
 from quantroute.proxy.relay import SSEUsageTap, Usage, usage_from_body
 from quantroute.proxy.upstream import Upstream, UpstreamResponse
 from quantroute.server.disconnect import RelayResponse, race_disconnect
-from quantroute.server.matrix_source import MatrixSource
 from quantroute.server.parse import Kind, ParsedRequest, parse_request, upstream_body
+from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.store import StateStore, Ticket
 from quantroute.telemetry import Telemetry
 
