@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
@@ -30,11 +31,7 @@ class Quantization(StrEnum):
     NONE = "none"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BackendConfig(_Frozen):
+class BackendConfig(FrozenModel):
     """One vLLM server (or a Service in front of identical replicas)."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -52,7 +49,7 @@ class BackendConfig(_Frozen):
         return self.variant or self.id
 
 
-class GroupConfig(_Frozen):
+class GroupConfig(FrozenModel):
     """A client-facing model name that maps to a set of variants."""
 
     name: str = Field(min_length=1)
@@ -60,7 +57,7 @@ class GroupConfig(_Frozen):
     quality_floor: Fraction = 0.0
 
 
-class ScoreWeights(_Frozen):
+class ScoreWeights(FrozenModel):
     headroom: Annotated[float, Field(ge=0.0)] = 0.4
     latency: Annotated[float, Field(ge=0.0)] = 0.4
     cost: Annotated[float, Field(ge=0.0)] = 0.2
@@ -73,12 +70,12 @@ class ScoreWeights(_Frozen):
         return self
 
 
-class Weights(_Frozen):
+class Weights(FrozenModel):
     interactive: ScoreWeights = ScoreWeights(headroom=0.4, latency=0.45, cost=0.15)
     batch: ScoreWeights = ScoreWeights(headroom=0.35, latency=0.1, cost=0.55)
 
 
-class UpstreamTimeouts(_Frozen):
+class UpstreamTimeouts(FrozenModel):
     connect_s: PositiveFloat = 2.0
     first_byte_s: PositiveFloat = 120.0
     total_s: PositiveFloat = 600.0
@@ -89,7 +86,7 @@ PickerName = Literal["best", "round_robin"]
 QualityFallback = Literal["reject", "best_available"]
 
 
-class PolicyConfig(_Frozen):
+class PolicyConfig(FrozenModel):
     kv_pressure_threshold: Fraction = 0.85
     kv_hard_ceiling: Fraction = 0.95
     filters: tuple[FilterName, ...] = ("context", "kv_ceiling", "kv_pressure", "quality")
@@ -121,12 +118,12 @@ class PolicyConfig(_Frozen):
         return self
 
 
-class ListenConfig(_Frozen):
+class ListenConfig(FrozenModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class KubernetesDiscoveryConfig(_Frozen):
+class KubernetesDiscoveryConfig(FrozenModel):
     """Backends from pods selected by a label, their settings from labels and annotations."""
 
     namespace: str = "default"
@@ -141,11 +138,11 @@ class KubernetesDiscoveryConfig(_Frozen):
     resync_s: PositiveFloat = 300.0
 
 
-class DiscoveryConfig(_Frozen):
+class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
 
 
-class GatewayConfig(_Frozen):
+class GatewayConfig(FrozenModel):
     listen: ListenConfig = ListenConfig()
     matrix_path: Path | None = None
     backends: tuple[BackendConfig, ...] = ()

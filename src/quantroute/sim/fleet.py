@@ -19,9 +19,10 @@ from typing import Any, Self
 
 import uvicorn
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from quantroute.sim.backend import BackendIdentity, Clock, SimBackend
+from quantroute.base import Clock, FrozenModel
+from quantroute.sim.backend import BackendIdentity, SimBackend
 from quantroute.sim.engine import Engine, EngineConfig
 from quantroute.sim.metrics import SimMetrics, cache_config_labels
 from quantroute.sim.oracle import AnswerKey, QualityOracle
@@ -32,10 +33,8 @@ DEFAULT_FLEET_FILE = "default_fleet.yaml"
 START_TIMEOUT_S = 10.0
 
 
-class SimBackendSpec(BaseModel):
+class SimBackendSpec(FrozenModel):
     """One simulated backend: a profile and the vLLM arguments it is served with."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1)
     profile: str
@@ -50,10 +49,8 @@ class SimBackendSpec(BaseModel):
     legacy_metric_names: bool = False
 
 
-class SimFleetConfig(BaseModel):
+class SimFleetConfig(FrozenModel):
     """A fleet: simulated seconds per wall second, the seed, and the backends."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     time_scale: float = Field(default=1.0, gt=0)
     seed: int = 0
