@@ -95,4 +95,3 @@ REGISTRY: dict[str, Filter] = {
     "kv_pressure": kv_pressure,
     "quality": quality,
 }
-ALWAYS: dict[str, Filter] = {"health": health, **REGISTRY}
