@@ -8,7 +8,8 @@ from collections import Counter
 import httpx
 import openai
 
-from quantroute.testing.fake_backend import FakeState, async_wait_until, free_port, wait_until
+from quantroute.testing.fake_backend import FakeState, async_wait_until, wait_until
+from quantroute.testing.procs import free_port
 
 from .conftest import FleetFactory
 

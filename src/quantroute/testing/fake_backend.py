@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from quantroute.errors import openai_error_body
+from quantroute.testing.procs import free_port
 
 _CREATED = 1795474388
 
@@ -243,13 +243,6 @@ class FakeBackend:
             raise
         self.state.completed += 1
         return response
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ThreadedServer:
