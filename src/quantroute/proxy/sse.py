@@ -8,9 +8,11 @@ either way, for token accounting.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
-_SEP = b"\n\n"
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
+"""The end of an SSE event: an empty line (vLLM frames with LF; CRLF framing is valid SSE too)."""
 _USAGE_MARK = b'"usage":{'
 _TAIL_KEEP = 8192
 
@@ -61,20 +63,22 @@ class SSEUsageTap:
             self._tail = (self._tail + chunk)[-_TAIL_KEEP:]
             return chunk
         data = self._pending + chunk
-        cut = data.rfind(_SEP)
+        cut = _last_boundary_end(data)
         if cut < 0:
             self._pending = data
             return b""
-        complete, self._pending = data[: cut + 2], data[cut + 2 :]
+        complete, self._pending = data[:cut], data[cut:]
         if b'"usage"' not in complete:
             return complete
         kept = []
-        for event in complete.split(_SEP)[:-1]:
+        start = 0
+        for boundary in _BOUNDARY.finditer(complete):
+            event, start = complete[start : boundary.end()], boundary.end()
             usage = usage_from_event(event)
             if usage is not None and b'"choices":[]' in event.replace(b" ", b""):
                 self.usage = usage
                 continue
-            kept.append(event + _SEP)
+            kept.append(event)
         return b"".join(kept)
 
     def flush(self) -> bytes:
@@ -83,9 +87,16 @@ class SSEUsageTap:
 
     def finish(self) -> Usage | None:
         if self.usage is None and self._tail:
-            for event in reversed(self._tail.split(_SEP)):
+            for event in reversed(_BOUNDARY.split(self._tail)):
                 usage = usage_from_event(event)
                 if usage is not None:
                     self.usage = usage
                     break
         return self.usage
+
+
+def _last_boundary_end(data: bytes) -> int:
+    """Where the last complete event in ``data`` ends, or -1 if none has ended yet."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
