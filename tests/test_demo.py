@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from quantroute.testing.fake_backend import free_port, wait_until
+from quantroute.testing.fake_backend import wait_until
+from quantroute.testing.procs import free_port
 
 SIM_PORTS = (8101, 8102, 8103, 8104)
 

@@ -1,4 +1,5 @@
-"""Processes of the benchmark: start pinned, in their own process group; stop for sure.
+"""Processes of the benchmark: start pinned, in their own process group; stop for sure
+(:mod:`quantroute.testing.procs`, shared with the routing benchmark).
 
 Also the small ``/proc`` readers the benchmark needs (RSS, CPU time, per-core busy time).
 Everything listens on 127.0.0.1 only.
@@ -8,87 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from quantroute.testing.procs import Child, free_port, quantroute_command, stop
+from quantroute.testing.procs import cpu_seconds as common_cpu_seconds
+from quantroute.testing.procs import start as start_child
+
+__all__ = ["Child", "Proc", "free_port", "quantroute_command", "stop"]
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-STOP_GRACE_S = 10.0
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def quantroute_command() -> list[str]:
-    """``quantroute`` from this interpreter's environment (falls back to ``python -m``)."""
-    script = Path(sys.executable).parent / "quantroute"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("quantroute")
-    return [found] if found else [sys.executable, "-m", "quantroute.cli"]
+Proc = Child
 
 
 def start(
     name: str, cmd: Sequence[str], cpu: int, log_dir: Path, env: dict[str, str] | None = None
-) -> Proc:
+) -> Child:
     """Start ``cmd`` under ``taskset -c cpu`` in a new session (its own process group)."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *cmd],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-    return Proc(name, popen, log_path)
+    return start_child(name, cmd, log_dir, cpu=cpu, env=env)
 
 
-def stop(proc: Proc) -> int | None:
-    """SIGTERM the process group, wait, then SIGKILL it. Returns the exit code."""
-    if proc.popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.popen.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.popen.wait(STOP_GRACE_S)
-    return proc.popen.returncode
-
-
-def log_tail(proc: Proc, lines: int = 20) -> str:
-    try:
-        text = proc.log_path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+def log_tail(proc: Child, lines: int = 20) -> str:
+    return proc.tail(lines)
 
 
 def wait_log(proc: Proc, marker: str, timeout_s: float) -> None:
@@ -153,10 +100,11 @@ def status_kb(pid: int, field: str) -> int | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (seconds)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process (seconds); the process must still be there."""
+    seconds = common_cpu_seconds(pid)
+    if seconds is None:
+        raise ProcessLookupError(pid)
+    return seconds
 
 
 def core_times() -> dict[str, tuple[float, float]]:

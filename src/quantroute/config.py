@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
@@ -30,11 +31,7 @@ class Quantization(StrEnum):
     NONE = "none"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BackendConfig(_Frozen):
+class BackendConfig(FrozenModel):
     """One vLLM server (or a Service in front of identical replicas)."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -52,7 +49,7 @@ class BackendConfig(_Frozen):
         return self.variant or self.id
 
 
-class GroupConfig(_Frozen):
+class GroupConfig(FrozenModel):
     """A client-facing model name that maps to a set of variants."""
 
     name: str = Field(min_length=1)
@@ -60,41 +57,75 @@ class GroupConfig(_Frozen):
     quality_floor: Fraction = 0.0
 
 
-class ScoreWeights(_Frozen):
+class PluginRef(FrozenModel):
+    """A filter or picker by its registered name, with the plugin's own parameters."""
+
+    name: str = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: object) -> object:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class ScorerRef(PluginRef):
+    """A scorer by its registered name, its weight in the profile, and its parameters."""
+
+    weight: float = Field(default=1.0, ge=0.0)
+
+
+def _scorers(**weights: float) -> tuple[ScorerRef, ...]:
+    return tuple(ScorerRef(name=k, weight=v) for k, v in weights.items())
+
+
+class ScorerProfiles(FrozenModel):
+    """The weighted scorers per latency class (``x-quantroute-priority``)."""
+
+    interactive: tuple[ScorerRef, ...] = _scorers(headroom=0.4, latency=0.45, cost=0.15)
+    batch: tuple[ScorerRef, ...] = _scorers(headroom=0.35, latency=0.1, cost=0.55)
+
+
+class ScoreWeights(FrozenModel):
+    """The earlier form of one scorer profile: a weight per built-in scorer."""
+
     headroom: Annotated[float, Field(ge=0.0)] = 0.4
     latency: Annotated[float, Field(ge=0.0)] = 0.4
     cost: Annotated[float, Field(ge=0.0)] = 0.2
     least_loaded: Annotated[float, Field(ge=0.0)] = 0.0
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> ScoreWeights:
-        if self.headroom + self.latency + self.cost + self.least_loaded <= 0:
-            raise ValueError("at least one score weight must be positive")
-        return self
+    def as_scorers(self) -> tuple[ScorerRef, ...]:
+        """The same profile as scorer references (a weight of 0 meant "not used")."""
+        return _scorers(**{k: v for k, v in self.model_dump().items() if v > 0})
 
 
-class Weights(_Frozen):
+class Weights(FrozenModel):
+    """The earlier form of ``policy.scorers`` (``policy.weights``), still accepted."""
+
     interactive: ScoreWeights = ScoreWeights(headroom=0.4, latency=0.45, cost=0.15)
     batch: ScoreWeights = ScoreWeights(headroom=0.35, latency=0.1, cost=0.55)
 
 
-class UpstreamTimeouts(_Frozen):
+class UpstreamTimeouts(FrozenModel):
     connect_s: PositiveFloat = 2.0
     first_byte_s: PositiveFloat = 120.0
     total_s: PositiveFloat = 600.0
 
 
-FilterName = Literal["context", "kv_ceiling", "kv_pressure", "quality"]
-PickerName = Literal["best", "round_robin"]
+DEFAULT_FILTERS = ("context", "kv_ceiling", "kv_pressure", "quality")
 QualityFallback = Literal["reject", "best_available"]
 
 
-class PolicyConfig(_Frozen):
+class PolicyConfig(FrozenModel):
     kv_pressure_threshold: Fraction = 0.85
     kv_hard_ceiling: Fraction = 0.95
-    filters: tuple[FilterName, ...] = ("context", "kv_ceiling", "kv_pressure", "quality")
-    weights: Weights = Weights()
-    picker: PickerName = "best"
+    filters: tuple[PluginRef, ...] = tuple(PluginRef(name=n) for n in DEFAULT_FILTERS)
+    """Filters by registered name (``health`` always runs first); a plain name is short for
+    ``{name: ...}``."""
+    scorers: ScorerProfiles = ScorerProfiles()
+    weights: Weights | None = Field(default=None, exclude=True)
+    """The earlier form of ``scorers``: accepted and turned into ``scorers``."""
+    picker: PluginRef = PluginRef(name="best")
     quality_fallback: QualityFallback = "reject"
     """best_available: when only the quality floor stands between a request and every backend
     that fits it, serve it anyway (the decision says the floor was relaxed) instead of a 503."""
@@ -120,13 +151,31 @@ class PolicyConfig(_Frozen):
             raise ValueError("kv_hard_ceiling must be >= kv_pressure_threshold")
         return self
 
+    @model_validator(mode="after")
+    def _weights_to_scorers(self) -> PolicyConfig:
+        if self.weights is None:
+            return self
+        if "scorers" in self.model_fields_set:
+            raise ValueError(
+                "give policy.scorers or its earlier form policy.weights, not both "
+                "(weights: {interactive: {latency: 0.5}} is scorers: {interactive: "
+                "[{name: latency, weight: 0.5}, ...]})"
+            )
+        profiles = ScorerProfiles(
+            interactive=self.weights.interactive.as_scorers(),
+            batch=self.weights.batch.as_scorers(),
+        )
+        object.__setattr__(self, "scorers", profiles)  # frozen: set once, during validation
+        object.__setattr__(self, "weights", None)
+        return self
 
-class ListenConfig(_Frozen):
+
+class ListenConfig(FrozenModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class KubernetesDiscoveryConfig(_Frozen):
+class KubernetesDiscoveryConfig(FrozenModel):
     """Backends from pods selected by a label, their settings from labels and annotations."""
 
     namespace: str = "default"
@@ -141,11 +190,11 @@ class KubernetesDiscoveryConfig(_Frozen):
     resync_s: PositiveFloat = 300.0
 
 
-class DiscoveryConfig(_Frozen):
+class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
 
 
-class GatewayConfig(_Frozen):
+class GatewayConfig(FrozenModel):
     listen: ListenConfig = ListenConfig()
     matrix_path: Path | None = None
     backends: tuple[BackendConfig, ...] = ()
@@ -191,10 +240,18 @@ def _describe(exc: ValidationError, source: str) -> str:
 
 
 def parse_config(data: object, source: str = "<config>") -> GatewayConfig:
+    """Validate ``data``; plugin names and parameters are checked against the registry too."""
     try:
-        return GatewayConfig.model_validate(data if data is not None else {})
+        config = GatewayConfig.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    from quantroute.core.plugins import compile_plan  # the registry lives in the core
+
+    try:
+        compile_plan(config.policy)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: invalid configuration (1 problem(s))\n  - {exc}") from None
+    return config
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -1,19 +1,45 @@
-"""The one error hierarchy of quantroute, mapped to HTTP at exactly one edge (``server/errors.py``).
+"""The one error hierarchy of quantroute, mapped to HTTP at exactly one edge (``server/errors.py``),
+and the one builder of OpenAI-format error bodies (:func:`openai_error_body`).
 
 QuantrouteError
 ├── ConfigError              a config or matrix file is invalid (names file, field, problem)
-│   └── MatrixError          the capability matrix is missing, invalid or outdated
-└── RequestError             something a client request did wrong or that blocks it; has status
-    ├── InvalidRequest       400 invalid_request_error (bad JSON, missing fields, wrong types)
-    ├── ContextLengthExceeded 400 context_length_exceeded: no backend fits prompt + max_tokens
-    ├── ModelNotFound        404 model_not_found
-    ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
-    └── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
+│   ├── MatrixError          the capability matrix is missing, invalid or outdated
+│   └── SuiteError           a workload suite file is unreadable or holds an invalid sample
+├── RequestError             something a client request did wrong or that blocks it; has status
+│   ├── InvalidRequest       400 invalid_request_error (bad JSON, missing fields, wrong types)
+│   ├── ContextLengthExceeded 400 context_length_exceeded: no backend fits prompt + max_tokens
+│   ├── ModelNotFound        404 model_not_found
+│   ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
+│   └── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
+├── UpstreamConnectError     a backend could not be reached or broke off (before: retried;
+│                            mid-stream: ends the stream with an error event)
+├── ClientDisconnected       the client went away before the response started
+└── KubeApiError             the Kubernetes API answered with an error (or garbage)
+    └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+
+def openai_error_body(
+    message: str,
+    error_type: str,
+    *,
+    param: str | None = None,
+    code: str | int | None = None,
+    **extra: object,
+) -> dict[str, object]:
+    """``{"error": {"message", "type", "param", "code", ...extra}}``: OpenAI's (and vLLM's) format."""
+    error: dict[str, object] = {
+        "message": message,
+        "type": error_type,
+        "param": param,
+        "code": code,
+        **extra,
+    }
+    return {"error": error}
 
 
 class QuantrouteError(Exception):
@@ -26,6 +52,10 @@ class ConfigError(QuantrouteError):
 
 class MatrixError(ConfigError):
     """The capability matrix cannot be used."""
+
+
+class SuiteError(ConfigError):
+    """A workload suite file is unreadable or holds an invalid sample (names file and line)."""
 
 
 class RequestError(QuantrouteError):
@@ -44,14 +74,7 @@ class RequestError(QuantrouteError):
         return {}
 
     def body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error_body(self.message, self.error_type, param=self.param, code=self.code)
 
 
 class InvalidRequest(RequestError):
@@ -85,14 +108,33 @@ class NoBackendAvailable(RequestError):
         return {"Retry-After": str(self.retry_after_s)}
 
     def body(self) -> dict[str, object]:
-        body = super().body()
-        error = body["error"]
-        assert isinstance(error, dict)
-        error["backends"] = {k: list(v) for k, v in self.reasons.items()}
-        return body
+        backends = {k: list(v) for k, v in self.reasons.items()}
+        return openai_error_body(
+            self.message, self.error_type, param=self.param, code=self.code, backends=backends
+        )
 
 
 class UpstreamUnavailable(RequestError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_unavailable"
+
+
+class UpstreamConnectError(QuantrouteError):
+    """The backend could not be reached or closed before answering (safe to retry)."""
+
+
+class ClientDisconnected(QuantrouteError):
+    """The client went away before the response started."""
+
+
+class KubeApiError(QuantrouteError):
+    """The API server answered with an error (or garbage) instead of pods."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+
+
+class ResourceExpired(KubeApiError):
+    """410 Gone: the resourceVersion we watch from is too old; list again."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 
 import uvicorn
 
 from quantroute.config import load_config
 from quantroute.server.app import create_app
-from quantroute.server.matrix_source import MatrixSource
+from quantroute.serving import uvicorn_config
+from quantroute.state.matrix_source import MatrixSource
 
 
 def check_config(path: str) -> int:
@@ -24,31 +23,6 @@ def check_config(path: str) -> int:
     )
     print(f"# {path}: OK, {len(config.backends)} backend(s), {len(config.groups)} group(s); {note}")
     return 0
-
-
-class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its host (demo, tests, benchmarks)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def uvicorn_config(
-    app: object, host: str, port: int, log_level: str = "info", drain_s: float = 30.0
-) -> uvicorn.Config:
-    """uvicorn as the gateway runs it; on shutdown, open streams get ``drain_s`` to finish."""
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=log_level,
-        timeout_graceful_shutdown=int(drain_s),
-        lifespan="on",
-    )
 
 
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:

@@ -6,9 +6,14 @@ Names keep the two our users' dashboards already use (``llm_router_*``); everyth
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from quantroute.core.model import Health
+from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -56,15 +61,6 @@ class Telemetry:
             buckets=_TTFB_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge(
-            "quantroute_in_flight_requests", "Requests the gateway is serving now.", registry=r
-        )
-        self.backend_in_flight = Gauge(
-            "quantroute_backend_in_flight_requests",
-            "Requests in flight per backend.",
-            ["backend"],
-            registry=r,
-        )
         self.backend_up = Gauge(
             "quantroute_backend_up",
             "1 for the backend's current state, 0 for the others.",
@@ -107,6 +103,14 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self._in_flight = _InFlightCollector()
+        r.register(self._in_flight)
+
+    def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
+        """Serve the in-flight gauges from the one in-flight account, read at each scrape;
+        ``backends`` lists the ids that get a per-backend series even at 0."""
+        self._in_flight.source = inflight
+        self._in_flight.backends = backends
 
     def declare_backend(self, backend: str, gpu_cost_per_hour: float) -> None:
         """Create a backend's event series at 0, so rate() and alerts see their first event."""
@@ -124,3 +128,30 @@ class Telemetry:
             self.backend_up.labels(backend, option.value).set(1.0 if option is state else 0.0)
         if kv is not None:
             self.backend_kv.labels(backend).set(kv)
+
+
+class _InFlightCollector(Collector):
+    """The two in-flight gauges, read from the in-flight account (0 until one is watched)."""
+
+    def __init__(self) -> None:
+        self.source: InFlight | None = None
+        self.backends: Callable[[], Iterable[str]] = tuple
+
+    def collect(self) -> Iterator[Metric]:
+        total = GaugeMetricFamily(
+            "quantroute_in_flight_requests", "Requests the gateway is serving now."
+        )
+        leases = self.source.leases() if self.source is not None else ()
+        total.add_metric([], len(leases))
+        yield total
+        per = GaugeMetricFamily(
+            "quantroute_backend_in_flight_requests",
+            "Requests in flight per backend.",
+            labels=["backend"],
+        )
+        counts = dict.fromkeys(self.backends(), 0)
+        for lease in leases:
+            counts[lease.backend_id] = counts.get(lease.backend_id, 0) + 1
+        for backend, count in counts.items():
+            per.add_metric([backend], count)
+        yield per

@@ -4,21 +4,21 @@ Only orderings that hold by construction are asserted, never speed figures:
 
 * quantroute never routes a request to a backend its own decision rejected (KV ceiling or KV
   pressure among the reasons), and under tight KV caches it does steer away (the check is not
-  vacuous);
-* on a burst, least loaded keeps the spread of running + waiting requests across backends no
-  wider than round robin does.
+  vacuous).
+
+How widely least loaded and round robin spread a burst depends on real-time scheduling on a
+loaded machine: that comparison is a figure of the benchmark itself, and its ordering is tested
+deterministically in ``tests/state/test_burst_spread.py``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from routingbench import bench, capability, fleet_proc, policies, workload
-from routingbench.bench import Sample
 
 TIME_SCALE = 4.0
 MATRIX = Path(__file__).resolve().parents[2] / "benchmarks" / "routing" / capability.MATRIX_FILE
@@ -59,14 +59,6 @@ def _run(
     return bench.run_policy(spec, key_path, rows, settings)
 
 
-def _spreads(samples: Sequence[Sample]) -> list[float]:
-    """Per monitor poll: max - min over backends of running + waiting (the gateway's view)."""
-    by_time: dict[float, list[float]] = {}
-    for s in samples:
-        by_time.setdefault(s.at, []).append((s.running or 0.0) + (s.waiting or 0.0))
-    return [max(v) - min(v) for v in by_time.values() if len(v) == len(policies.ALL)]
-
-
 def test_quantroute_never_routes_past_its_kv_filters(tmp_path: Path) -> None:
     rows = _burst(160, 40.0, seed=11)
     rows = [replace(r, output_tokens=min(r.max_tokens, (r.output_tokens or 0) + 300)) for r in rows]
@@ -82,14 +74,3 @@ def test_quantroute_never_routes_past_its_kv_filters(tmp_path: Path) -> None:
         assert outcome.backend not in rejected, outcome.decision
         steered += "kv_pressure:" in outcome.decision or "kv_ceiling:" in outcome.decision
     assert steered > 0, "no KV pressure arose: the check above proved nothing"
-
-
-def test_least_loaded_spreads_a_burst_no_wider_than_round_robin(tmp_path: Path) -> None:
-    rows = _burst(240, 80.0, seed=5)
-    spreads = {
-        key: _spreads(_run(key, rows, tmp_path).samples) for key in ("round_robin", "least_loaded")
-    }
-    rr, ll = spreads["round_robin"], spreads["least_loaded"]
-    assert rr and ll
-    assert max(rr) > 0
-    assert max(ll) <= max(rr)

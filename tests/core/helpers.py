@@ -51,9 +51,9 @@ def features(
 
 
 def policy(variants: tuple[str, ...], floor: float = 0.0, **kw: object) -> Policy:
-    return Policy(
-        PolicyConfig(**kw), (GroupConfig(name="auto", variants=variants, quality_floor=floor),)
-    )  # type: ignore[arg-type]
+    """A policy with one group ``auto`` of ``variants``; ``kw`` as a config file's policy section."""
+    group = GroupConfig(name="auto", variants=variants, quality_floor=floor)
+    return Policy(PolicyConfig.model_validate(kw), (group,))
 
 
 def matrix(**variants: dict[str, object]) -> CapabilityMatrix:

@@ -39,7 +39,7 @@ def test_model_by_served_name_bypasses_groups() -> None:
 def test_each_filter_rejects_with_its_reason(state: object, reason: str) -> None:
     d = decide(features(), snapshot(state, backend("b")), None, policy(AB))  # type: ignore[arg-type]
     assert d.chosen == "b"
-    assert d.rejected["a"][0].startswith(reason), d.rejected
+    assert d.rejected["a"][0].filter == reason, d.rejected
 
 
 def test_kv_pressure_is_recorded_as_steering_event() -> None:
@@ -76,7 +76,7 @@ def test_too_long_for_every_backend() -> None:
 def test_long_prompt_goes_to_long_context_backend() -> None:
     snap = snapshot(backend("a", max_seq_len=8192), backend("b", max_seq_len=32768))
     d = decide(features(prompt=20000, max_tokens=500), snap, None, policy(AB))
-    assert d.chosen == "b" and d.rejected["a"][0].startswith("context")
+    assert d.chosen == "b" and d.rejected["a"][0].filter == "context"
 
 
 def test_quality_floor_and_instability_from_matrix() -> None:
@@ -88,7 +88,7 @@ def test_quality_floor_and_instability_from_matrix() -> None:
     snap = snapshot(backend("a"), backend("b"), backend("c"))
     d = decide(features(task="coding"), snap, m, policy(("a", "b", "c"), floor=0.7))
     assert d.chosen == "b"
-    assert d.rejected["a"][0].startswith("quality") and "unstable" in d.rejected["c"][0]
+    assert d.rejected["a"][0].filter == "quality" and "unstable" in d.rejected["c"][0].detail
     d = decide(features(task="chat"), snap, m, policy(("a", "b"), floor=0.7))
     assert set(d.scores) == {"a", "b"}
 

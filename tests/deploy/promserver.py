@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
-from quantroute.testing.fake_backend import free_port
+from quantroute.testing.procs import free_port
 
 from .helpers import (
     PROMETHEUS_CONFIG,

@@ -26,9 +26,9 @@ from quantroute.testing.fake_backend import (
     FakeBackend,
     FakeState,
     ThreadedServer,
-    free_port,
     wait_until,
 )
+from quantroute.testing.procs import free_port
 
 from .helpers import ROOT, tool
 

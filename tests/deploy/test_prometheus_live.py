@@ -31,10 +31,10 @@ from quantroute.testing.fake_backend import (
     FakeBackend,
     FakeState,
     ThreadedServer,
-    free_port,
     wait_until,
 )
 from quantroute.testing.gateway_thread import GatewayThread
+from quantroute.testing.procs import free_port
 
 from .helpers import (
     DEPLOY,

@@ -11,7 +11,8 @@ import yaml
 from quantroute.config import KubernetesDiscoveryConfig
 from quantroute.discovery import Backoff, start_kubernetes_discovery
 from quantroute.errors import ConfigError
-from quantroute.testing.fake_backend import async_wait_until, free_port
+from quantroute.testing.fake_backend import async_wait_until
+from quantroute.testing.procs import free_port
 
 from .conftest import FAST, Discovered
 from .fake_kube import vllm_pod

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -18,17 +17,13 @@ from pathlib import Path
 
 import httpx
 
+from quantroute.testing.procs import free_port
+
+__all__ = ["ManagedProcess", "ProcessFailedError", "free_port", "log_tail"]
+
 
 class ProcessFailedError(RuntimeError):
     """A managed process exited, or never became healthy, within its time bound."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

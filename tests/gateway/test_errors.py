@@ -131,3 +131,30 @@ def test_explain_returns_decision_without_forwarding(make_fleet: FleetFactory) -
     )
     assert verdicts["b"]["admitted"] is True and 0 <= verdicts["b"]["score"] <= 1
     assert not any(b.state.received for b in fleet.backends.values())
+
+
+def test_explain_takes_a_completions_body_and_records_nothing(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(
+        {"a": FakeState(served_model_name="a", kv_usage=0.9), "b": FakeState(served_model_name="b")}
+    )
+    before = httpx.get(fleet.url + "/metrics").text
+    body = {"model": "auto", "prompt": "def add(a, b):", "max_tokens": 5}
+    explained = httpx.post(fleet.url + "/v1/route/explain", json=body).json()
+    assert explained["features"]["kind"] == "completion"
+    assert explained["features"]["task"] == "coding" and explained["chosen"] == "b"
+    chat = {"model": "auto", "messages": MSG}
+    assert (
+        httpx.post(fleet.url + "/v1/route/explain", json=chat).json()["features"]["kind"] == "chat"
+    )
+    bad = httpx.post(fleet.url + "/v1/route/explain", json={"model": "auto", "prompt": 7})
+    assert_openai_error(bad, 400, "invalid_request")
+    # a dry run: no decision metric, rejection, cache-pressure event or admin count moved
+    for name in (
+        "llm_router_route_duration_seconds_count",
+        "quantroute_filter_rejections_total",
+        "llm_router_cache_pressure_events_total",
+    ):
+        assert fleet.metric(name) == 0, name
+    assert fleet.admin()["a"]["decisions"]["steered_away"] == {}
+    assert not any(b.state.received for b in fleet.backends.values())
+    assert before.count("\n") == httpx.get(fleet.url + "/metrics").text.count("\n")

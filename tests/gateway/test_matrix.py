@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ import pytest
 from quantroute.config import parse_config
 from quantroute.core.matrix import SCHEMA_VERSION
 from quantroute.errors import MatrixError
-from quantroute.server.app import MATRIX_POLL_S
-from quantroute.server.matrix_source import MatrixSource, load_matrix
+from quantroute.server.app import create_app
+from quantroute.state.matrix_source import MatrixSource, load_matrix
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 
@@ -57,6 +56,23 @@ def test_bad_matrix_files_are_clear_errors(tmp_path: Path, content: str, message
         load_matrix(path)
 
 
+def test_reload_follows_the_file_and_keeps_the_last_good_matrix(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write(path, matrix(0.4), 1_000_000)
+    source = MatrixSource(path)
+    assert source.current is not None and source.current.quality("a", "coding") == 0.4
+    assert source.maybe_reload() is False  # same mtime: not read again
+    write(path, {"bad": True}, 1_000_010)
+    assert source.maybe_reload() is False  # broken: the previous matrix stays
+    assert source.current.quality("a", "coding") == 0.4
+    write(path, matrix(0.95), 1_000_020)
+    assert source.maybe_reload() is True
+    assert source.current.quality("a", "coding") == 0.95
+    path.unlink()
+    assert source.maybe_reload() is False and source.current.quality("a", "coding") == 0.95
+    assert MatrixSource(None).maybe_reload() is False
+
+
 def test_floor_from_matrix_and_hot_reload(tmp_path: Path) -> None:
     path = tmp_path / "capability_matrix.json"
     write(path, matrix(0.4), 1_000_000)
@@ -89,24 +105,21 @@ def test_floor_from_matrix_and_hot_reload(tmp_path: Path) -> None:
         ).json()
         return body
 
+    def admitted() -> set[str]:
+        return {c["backend"] for c in explain()["candidates"] if c["admitted"]}
+
+    app = create_app(config, matrix_poll_s=0.05)
     try:
-        with GatewayThread(config) as gateway:
+        with GatewayThread(config, app=app) as gateway:
             assert wait_until(lambda: explain()["chosen"] is not None)
             verdicts = {c["backend"]: c for c in explain()["candidates"]}
             assert verdicts["a"]["reasons"] == ["quality: coding quality 0.40 below floor 0.70"]
-            write(path, {"bad": True}, 1_000_010)  # a broken file keeps the previous matrix
-            time.sleep(MATRIX_POLL_S * 1.5)
-            assert {c["backend"] for c in explain()["candidates"] if not c["admitted"]} == {"a"}
-            write(path, matrix(0.95), 1_000_020)
-            assert wait_until(
-                lambda: (
-                    len(explain()["candidates"]) == 2
-                    and all(c["admitted"] for c in explain()["candidates"])
-                ),
-                8,
-            )
-            source = MatrixSource(path)
-            assert source.current is not None and source.current.quality("a", "coding") == 0.95
+            assert verdicts["a"]["rejections"] == [
+                {"filter": "quality", "detail": "coding quality 0.40 below floor 0.70"}
+            ]
+            assert admitted() == {"b"}
+            write(path, matrix(0.95), 1_000_020)  # the running gateway picks the new file up
+            assert wait_until(lambda: admitted() == {"a", "b"}, 5)
     finally:
         for server in servers.values():
             server.stop()

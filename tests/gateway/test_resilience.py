@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 
 import httpx
 import openai
+import pytest
 
-from quantroute.testing.fake_backend import FakeState, async_wait_until, free_port, wait_until
+from quantroute.testing.fake_backend import FakeState, async_wait_until, wait_until
 
 from .conftest import FleetFactory
 
@@ -34,26 +36,54 @@ def test_5xx_before_first_byte_is_retried_on_next_backend(make_fleet: FleetFacto
     assert fleet.metric("quantroute_retries_total", backend="a") == 2
 
 
-def test_connect_error_is_retried(make_fleet: FleetFactory) -> None:
-    dead = {
-        "id": "dead",
-        "url": f"http://127.0.0.1:{free_port()}",
-        "served_model_name": "m",
-        "max_seq_len": 4096,
-        "capacity": 16,
-    }
-    fleet = make_fleet({"a": FakeState(served_model_name="m")}, extra_backends=[dead], wait=False)
-    # Pretend the dead backend was healthy a moment ago by routing straight at a group of both.
-    assert wait_until(lambda: fleet.admin()["a"]["state"] == "fresh")
-    r = fleet.client().chat.completions.create(model="m", messages=MSG, max_tokens=1)
-    assert r.choices[0].message.content == " tok"
-    assert fleet.admin()["dead"]["state"] in ("down", "unknown")
+@pytest.mark.parametrize("stream", [False, True])
+def test_connect_error_before_the_first_byte_is_retried_on_the_next_backend(
+    make_fleet: FleetFactory, stream: bool
+) -> None:
+    """a's /metrics answer (so it is fresh and ranked first) but its API drops every request."""
+    fleet = make_fleet(
+        {
+            "a": FakeState(served_model_name="a", drop_requests=True),
+            "b": FakeState(served_model_name="b"),
+        },
+        backend_overrides={"b": {"gpu_cost_per_hour": 50.0}},  # a looks cheaper: tried first
+        policy={"tie_tolerance": 0.0},
+    )
+    raw = fleet.client().chat.completions.with_raw_response.create(
+        model="auto", messages=MSG, max_tokens=2, stream=stream
+    )
+    assert raw.headers["x-quantroute-backend"] == "b"
+    assert len(fleet.backends["a"].state.received) == 1  # a was really tried
+    assert fleet.metric("quantroute_retries_total", backend="a") == 1
+    assert wait_until(lambda: all(r["in_flight"]["requests"] == 0 for r in fleet.admin().values()))
 
 
-def test_all_upstreams_failing_is_a_clean_error(make_fleet: FleetFactory) -> None:
-    fleet = make_fleet({"a": FakeState(served_model_name="a", fail_status=503, fail_times=-1)})
+def test_no_reachable_backend_is_a_502_naming_each_attempt(make_fleet: FleetFactory) -> None:
+    fleet = make_fleet(
+        {k: FakeState(served_model_name=k, drop_requests=True) for k in ("a", "b")},
+        policy={"retries": 1},
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        fleet.client().chat.completions.create(model="auto", messages=MSG, max_tokens=1)
+    assert caught.value.status_code == 502
+    error = caught.value.response.json()["error"]
+    assert error["code"] == "upstream_unavailable" and error["type"] == "upstream_error"
+    attempts = error["message"].removeprefix("Could not reach a backend: ").split("; ")
+    assert sorted(a.split(":")[0] for a in attempts) == ["a", "b"], error["message"]
+    assert [len(fleet.backends[k].state.received) for k in ("a", "b")] == [1, 1]
+    assert fleet.admin()["a"]["in_flight"]["requests"] == 0
+    assert fleet.admin()["b"]["in_flight"]["requests"] == 0
+
+
+def test_the_last_backends_5xx_passes_through_unchanged(make_fleet: FleetFactory) -> None:
+    """Every attempt answered 5xx: the client gets the last backend's own answer, not a 502."""
+    fleet = make_fleet(
+        {k: FakeState(served_model_name=k, fail_status=503, fail_times=-1) for k in ("a", "b")}
+    )
     r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
     assert r.status_code == 503 and r.json()["error"]["message"] == "injected failure"
+    assert [len(fleet.backends[k].state.received) for k in ("a", "b")] == [1, 1]
+    assert fleet.metric("quantroute_retries_total") == 1
 
 
 def test_stream_disconnect_reaches_the_backend(make_fleet: FleetFactory) -> None:
@@ -114,20 +144,23 @@ def test_stale_backend_is_never_treated_as_idle(make_fleet: FleetFactory) -> Non
 
 
 async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFactory) -> None:
-    """At the last scrape a looked clearly emptiest; the gateway's own account must spread the burst."""
+    """At the last scrape a looked clearly emptiest; the gateway's own account must spread the burst.
+
+    Every backend holds its answers until the whole burst has arrived, so all 50 decisions see
+    the account grow request by request and none sees a request end: the spread is the same
+    however the machine schedules the requests."""
+    gate = threading.Event()
     kv = {"a": 0.0, "b": 0.3, "c": 0.3}
     states = {
-        k: FakeState(served_model_name=k, chunk_delay_s=0.01, kv_usage=v, num_gpu_blocks=1000)
+        k: FakeState(served_model_name=k, kv_usage=v, num_gpu_blocks=1000, gate=gate)
         for k, v in kv.items()
     }
     fleet = make_fleet(states, policy={"scrape_interval_s": 30.0, "staleness_limit_s": 60.0})
     client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="t", max_retries=0)
-    explain = await client.post(
-        "/route/explain",
-        cast_to=object,
-        body={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
-    )
-    assert explain["ranked"][0] == "a"  # type: ignore[index]
+    body = {"model": "auto", "messages": [{"role": "user", "content": "x"}]}
+    async with httpx.AsyncClient() as http:
+        explain = (await http.post(fleet.url + "/v1/route/explain", json=body)).json()
+    assert explain["ranked"][0] == "a"  # alone, a request would go to a
 
     async def one() -> str:
         content = "x" * 800
@@ -136,7 +169,11 @@ async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFact
         )
         return raw.headers["x-quantroute-backend"]
 
-    picks = Counter(await asyncio.gather(*(one() for _ in range(50))))
+    burst = [asyncio.create_task(one()) for _ in range(50)]
+    received = lambda: sum(len(s.received) for s in states.values())  # noqa: E731
+    assert await async_wait_until(lambda: received() == 50, 20.0), received()
+    gate.set()
+    picks = Counter(await asyncio.gather(*burst))
     await client.close()
     assert set(picks) == {"a", "b", "c"} and picks["a"] <= 30, picks
 

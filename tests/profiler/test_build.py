@@ -21,7 +21,7 @@ from quantroute.profiler.runner import LevelResult, Target, TaskTally, VariantRe
 from quantroute.profiler.session import select_samples, write_matrix
 from quantroute.profiler.settings import P99_MIN_SAMPLES, ProfileSettings
 from quantroute.profiler.stats import percentiles
-from quantroute.server.matrix_source import load_matrix
+from quantroute.state.matrix_source import load_matrix
 from quantroute.workloads import builtin_suites
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -27,7 +27,7 @@ from quantroute.profiler.command import register, settings_of, suites_of
 from quantroute.profiler.runner import LevelResult, Target, TaskTally, VariantRecord
 from quantroute.profiler.session import select_samples, write_matrix
 from quantroute.profiler.settings import ProfileSettings
-from quantroute.server.matrix_source import load_matrix
+from quantroute.state.matrix_source import load_matrix
 from quantroute.testing.gateway_thread import GatewayThread
 from quantroute.workloads import builtin_suites
 

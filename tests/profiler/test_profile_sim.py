@@ -95,7 +95,11 @@ async def test_orders_variants_by_cost_and_latency_as_the_profiles_imply() -> No
     assert all(itl[big] > itl[name] for name in (fp16, *L40S)), itl
     assert ttft[big] > ttft[fp16], ttft
     for p in v.values():
-        assert p.best_concurrency == 4  # more concurrency, more tokens/s, no errors
+        # Which level yields more tokens/s is a wall-clock race on a loaded machine; that the
+        # profile names the level it measured fastest, among both measured levels, is not.
+        assert [t.concurrency for t in p.throughput] == [1, 4]
+        fastest = max(p.throughput, key=lambda t: t.output_tokens_per_s)
+        assert fastest.errors == 0 and p.best_concurrency == fastest.concurrency
         assert not p.ttft_ms.p99_reliable  # 8 requests: no p99 to quote
 
 

@@ -52,11 +52,11 @@ def test_pending_account_until_a_later_scrape_sees_it() -> None:
     store, clock = make()
     store.record_scrape("a", BackendMetrics(), started_at=clock.now)
     clock.now += 0.1
-    first = store.begin("a", 500)
-    store.begin("a", 300)
+    first = store.inflight.begin("a", 500)
+    store.inflight.begin("a", 300)
     state = store.snapshot().backends[0]
     assert (state.pending_requests, state.pending_kv_tokens) == (2, 800)
-    store.end(first)
+    first.release()
     assert store.snapshot().backends[0].pending_kv_tokens == 300
     store.record_scrape(
         "a", BackendMetrics(), started_at=clock.now - 0.05
@@ -66,7 +66,12 @@ def test_pending_account_until_a_later_scrape_sees_it() -> None:
         "a", BackendMetrics(), started_at=clock.now + 0.01
     )  # started after: reflects it
     assert store.snapshot().backends[0].pending_requests == 0
-    assert store.in_flight("a") == 1
+    assert store.inflight.total() == 1
+    assert store.admin_view()[0]["in_flight"] == {
+        "requests": 1,
+        "since_last_scrape": 0,
+        "estimated_kv_tokens": 0,
+    }
 
 
 def test_membership_change_keeps_state_of_unchanged_backends() -> None:
@@ -84,11 +89,13 @@ def test_membership_change_keeps_state_of_unchanged_backends() -> None:
 def test_prefill_backlog_lasts_until_the_first_byte() -> None:
     store, clock = make()
     store.record_scrape("a", BackendMetrics(), started_at=clock.now)
-    first = store.begin("a", 5000, prompt_tokens=4000)
-    second = store.begin("a", 900, prompt_tokens=800)
+    first = store.inflight.begin("a", 5000, prompt_tokens=4000)
+    second = store.inflight.begin("a", 900, prompt_tokens=800)
     assert store.snapshot().backends[0].prefill_backlog_tokens == 4800
-    store.first_byte(first)
+    first.first_byte()
     assert store.snapshot().backends[0].prefill_backlog_tokens == 800
-    store.end(second)
-    store.end(first)
+    second.release()
+    first.release()
+    first.release()  # a second release changes nothing
     assert store.snapshot().backends[0].prefill_backlog_tokens == 0
+    assert store.inflight.total() == 0

@@ -1,4 +1,4 @@
-"""Filters: each looks at one backend and returns ``None`` (admit) or the reason it is rejected.
+"""Filters: each looks at one backend and returns ``None`` (admit) or a :class:`Rejection`.
 
 Hard filters always apply. ``kv_pressure`` is soft: when it alone would leave no candidate, it is
 relaxed (the hard ``kv_ceiling`` still protects the backends) and the decision records that.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from quantroute.config import PolicyConfig
 from quantroute.core.matrix import CapabilityMatrix
-from quantroute.core.model import BackendState, Health, RequestFeatures
+from quantroute.core.model import BackendState, Health, Rejection, RequestFeatures
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +22,8 @@ class FilterContext:
     quality_floor: float
 
 
-Filter = Callable[[BackendState, FilterContext], str | None]
+Filter = Callable[[BackendState, FilterContext], Rejection | None]
 SOFT_FILTERS: frozenset[str] = frozenset({"kv_pressure"})
-CONTEXT_REASON = "context"
-KV_PRESSURE_REASON = "kv_pressure"
-KV_CEILING_USAGE = "kv_ceiling: usage"
-
-
-def is_kv_pressure(reason: str) -> bool:
-    """A rejection for KV pressure: predicted over the threshold, or known usage at the ceiling."""
-    return reason.startswith((KV_PRESSURE_REASON, KV_CEILING_USAGE))
 
 
 def request_kv_tokens(features: RequestFeatures, policy: PolicyConfig) -> int:
@@ -50,46 +42,50 @@ def kv_after(backend: BackendState, extra_tokens: int) -> float | None:
     return metrics.kv_cache_usage + (backend.pending_kv_tokens + extra_tokens) / capacity
 
 
-def health(backend: BackendState, ctx: FilterContext) -> str | None:
+def health(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     if backend.health is Health.FRESH:
         return None
-    return f"health: backend is {backend.health.value}"
+    return Rejection("health", f"backend is {backend.health.value}")
 
 
-def context(backend: BackendState, ctx: FilterContext) -> str | None:
+def context(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     needed = ctx.features.prompt_tokens + (ctx.features.max_tokens or 1)
     limit = backend.config.max_seq_len
     if needed <= limit:
         return None
-    return f"{CONTEXT_REASON}: prompt {ctx.features.prompt_tokens} + max_tokens exceeds {limit}"
+    return Rejection("context", f"prompt {ctx.features.prompt_tokens} + max_tokens exceeds {limit}")
 
 
-def kv_ceiling(backend: BackendState, ctx: FilterContext) -> str | None:
+def kv_ceiling(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     usage = kv_after(backend, 0)
     if usage is None:
-        return "kv_ceiling: KV-cache usage unknown (no usage metric scraped)"
-    if usage < ctx.policy.kv_hard_ceiling:
+        return Rejection("kv_ceiling", "KV-cache usage unknown (no usage metric scraped)")
+    ceiling = ctx.policy.kv_hard_ceiling
+    if usage < ceiling:
         return None
-    return f"{KV_CEILING_USAGE} {usage:.2f} >= ceiling {ctx.policy.kv_hard_ceiling:.2f}"
+    return Rejection("kv_ceiling", f"usage {usage:.2f} >= ceiling {ceiling:.2f}", kv_pressure=True)
 
 
-def kv_pressure(backend: BackendState, ctx: FilterContext) -> str | None:
+def kv_pressure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     predicted = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
     if predicted is None or predicted <= ctx.policy.kv_pressure_threshold:
         return None
     limit = ctx.policy.kv_pressure_threshold
-    return f"{KV_PRESSURE_REASON}: predicted usage {predicted:.2f} > threshold {limit:.2f}"
+    detail = f"predicted usage {predicted:.2f} > threshold {limit:.2f}"
+    return Rejection("kv_pressure", detail, kv_pressure=True)
 
 
-def quality(backend: BackendState, ctx: FilterContext) -> str | None:
+def quality(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     if ctx.matrix is None:
         return None
     variant, task = backend.config.variant_id, ctx.features.task
     if ctx.matrix.stable(variant, task) is False:
-        return f"quality: variant {variant} is unstable for {task}"
+        return Rejection("quality", f"variant {variant} is unstable for {task}")
     score = ctx.matrix.quality(variant, task)
     if score is not None and score < ctx.quality_floor:
-        return f"quality: {task} quality {score:.2f} below floor {ctx.quality_floor:.2f}"
+        return Rejection(
+            "quality", f"{task} quality {score:.2f} below floor {ctx.quality_floor:.2f}"
+        )
     return None
 
 
@@ -99,4 +95,3 @@ REGISTRY: dict[str, Filter] = {
     "kv_pressure": kv_pressure,
     "quality": quality,
 }
-ALWAYS: dict[str, Filter] = {"health": health, **REGISTRY}

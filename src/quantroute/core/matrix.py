@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from quantroute.base import FrozenModel
 from quantroute.config import TaskType
 
 SCHEMA_VERSION = 1
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Percentiles(_Model):
+class Percentiles(FrozenModel):
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
@@ -22,7 +19,7 @@ class Percentiles(_Model):
     """False when fewer samples were taken than a p99 needs (see the profiler's rule)."""
 
 
-class ThroughputPoint(_Model):
+class ThroughputPoint(FrozenModel):
     concurrency: int
     output_tokens_per_s: float
     requests: int
@@ -34,7 +31,7 @@ class ThroughputPoint(_Model):
     """Wall-clock seconds the level took, converted by the profiler's time scale."""
 
 
-class TaskProfile(_Model):
+class TaskProfile(FrozenModel):
     quality: float | None = Field(default=None, ge=0.0, le=1.0)
     relative_quality: float | None = Field(default=None, ge=0.0)
     samples: int = 0
@@ -45,7 +42,7 @@ class TaskProfile(_Model):
     reason: str | None = None
 
 
-class VariantProfile(_Model):
+class VariantProfile(FrozenModel):
     backend_url: str | None = None
     served_model_name: str | None = None
     gpu: str | None = None
@@ -62,13 +59,13 @@ class VariantProfile(_Model):
     """Why the variant could not be profiled at all (then every figure is None, never 0)."""
 
 
-class SuiteInfo(_Model):
+class SuiteInfo(FrozenModel):
     name: str
     task: TaskType
     size: int
 
 
-class ProfilerInfo(_Model):
+class ProfilerInfo(FrozenModel):
     """How the figures were measured (all optional: older files and hand-written ones lack it)."""
 
     time_scale: float = 1.0
@@ -81,7 +78,7 @@ class ProfilerInfo(_Model):
     request_timeout_s: float | None = None
 
 
-class CapabilityMatrix(_Model):
+class CapabilityMatrix(FrozenModel):
     schema_version: int
     generated_at: str
     suites: tuple[SuiteInfo, ...] = ()

@@ -83,6 +83,24 @@ class Scores:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one filter turned one backend away: the filter's name and a human-readable detail.
+
+    Code reads the fields (``filter``, ``kv_pressure``), never the text: rewording a detail
+    changes no routing and no metric label.
+    """
+
+    filter: str
+    detail: str
+    kv_pressure: bool = False
+    """The backend was turned away because its KV cache is (or would be) too full: a
+    cache-pressure event when another backend is chosen instead."""
+
+    def __str__(self) -> str:
+        return f"{self.filter}: {self.detail}"
+
+
 class Outcome(StrEnum):
     ROUTED = "routed"
     UNKNOWN_MODEL = "unknown_model"
@@ -97,8 +115,8 @@ class Decision:
     ranked: tuple[str, ...]
     """Every admitted candidate, best first (the chosen one first): the retry order."""
     scores: dict[str, Scores]
-    rejected: dict[str, tuple[str, ...]]
-    """Backend id -> the reasons it was filtered out (only backends in the requested model/group)."""
+    rejected: dict[str, tuple[Rejection, ...]]
+    """Backend id -> why it was filtered out (only backends in the requested model/group)."""
     kv_pressure: tuple[str, ...] = ()
     """Backends steered away from by KV pressure (cache-pressure events)."""
     relaxed: tuple[str, ...] = ()
@@ -109,5 +127,5 @@ class Decision:
     def explain(self) -> str:
         parts = [f"chosen={self.chosen}"]
         parts += [f"{k}:{v.total:.3f}" for k, v in self.scores.items()]
-        parts += [f"{k}!{'|'.join(v)}" for k, v in self.rejected.items()]
+        parts += [f"{k}!{'|'.join(map(str, v))}" for k, v in self.rejected.items()]
         return " ".join(parts)

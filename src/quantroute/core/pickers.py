@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from quantroute.config import PickerName
 from quantroute.core.model import RequestFeatures
 
 Picker = Callable[[Mapping[str, float], RequestFeatures, float, int], list[str]]
@@ -48,4 +47,4 @@ def round_robin(
     return ids[start:] + ids[:start]
 
 
-REGISTRY: dict[PickerName, Picker] = {"best": best, "round_robin": round_robin}
+REGISTRY: dict[str, Picker] = {"best": best, "round_robin": round_robin}

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from quantroute.config import GroupConfig, PolicyConfig, ScoreWeights
-from quantroute.core import filters, pickers, scorers
-from quantroute.core.filters import FilterContext
+from quantroute.config import GroupConfig, PolicyConfig
+from quantroute.core import pickers, scorers
+from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import (
     BackendState,
     Decision,
-    LatencyClass,
     Outcome,
+    Rejection,
     RequestFeatures,
     Scores,
     Snapshot,
 )
+from quantroute.core.plugins import Plan, WeightedScorer, compile_plan
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     config: PolicyConfig
     groups: tuple[GroupConfig, ...] = ()
+    plan: Plan = field(init=False, repr=False, compare=False)
+    """The policy's plugins, looked up and built once (ConfigError if one is unknown)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", compile_plan(self.config))
 
     def group(self, name: str) -> GroupConfig | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -45,13 +50,16 @@ def candidates_for(
     return named, None
 
 
+Filters = Sequence[tuple[str, Filter]]
+
+
 def _filter(
-    backends: Sequence[BackendState], ctx: FilterContext, names: Sequence[str]
-) -> tuple[list[BackendState], dict[str, tuple[str, ...]]]:
+    backends: Sequence[BackendState], ctx: FilterContext, chain: Filters
+) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]]]:
     admitted: list[BackendState] = []
-    rejected: dict[str, tuple[str, ...]] = {}
+    rejected: dict[str, tuple[Rejection, ...]] = {}
     for backend in backends:
-        reasons = tuple(r for r in (filters.ALWAYS[n](backend, ctx) for n in names) if r)
+        reasons = tuple(r for r in (f(backend, ctx) for _, f in chain) if r is not None)
         if reasons:
             rejected[backend.id] = reasons
         else:
@@ -59,31 +67,23 @@ def _filter(
     return admitted, rejected
 
 
-@functools.lru_cache(maxsize=64)
-def _positive(weights: ScoreWeights) -> dict[str, float]:
-    return {k: v for k, v in weights.model_dump().items() if v > 0}
-
-
 def _score(
-    admitted: Sequence[BackendState], ctx: FilterContext, weights: ScoreWeights
+    admitted: Sequence[BackendState], ctx: FilterContext, profile: Sequence[WeightedScorer]
 ) -> dict[str, Scores]:
-    wanted = _positive(weights)
-    total_weight = sum(wanted.values())
+    total_weight = sum(s.weight for s in profile)
     result: dict[str, Scores] = {}
     for backend in admitted:
-        parts = {
-            name: scorers.clamp(scorers.REGISTRY[name](backend, admitted, ctx)) for name in wanted
-        }
-        total = sum(wanted[n] * parts[n] for n in wanted) / total_weight
+        parts = {s.name: scorers.clamp(s.score(backend, admitted, ctx)) for s in profile}
+        total = sum(s.weight * parts[s.name] for s in profile) / total_weight
         result[backend.id] = Scores(total=total, parts=parts)
     return result
 
 
 def _reject_all(
-    rejected: dict[str, tuple[str, ...]], group: GroupConfig | None, floor: float
+    rejected: dict[str, tuple[Rejection, ...]], group: GroupConfig | None, floor: float
 ) -> Decision:
     too_long = bool(rejected) and all(
-        any(r.startswith(filters.CONTEXT_REASON) for r in reasons) for reasons in rejected.values()
+        any(r.filter == "context" for r in reasons) for reasons in rejected.values()
     )
     outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
     name = group.name if group else None
@@ -93,19 +93,17 @@ def _reject_all(
 def _below_floor(
     pool: Sequence[BackendState],
     ctx: FilterContext,
-    hard: Sequence[str],
-    rejected: dict[str, tuple[str, ...]],
-) -> tuple[list[BackendState], dict[str, tuple[str, ...]], tuple[str, ...]]:
+    hard: Filters,
+    rejected: dict[str, tuple[Rejection, ...]],
+) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]], tuple[str, ...]]:
     """When some backend was turned away by the quality floor alone (the others by context,
     health or KV), serve there rather than answer a 503 that no retry can ever clear."""
     floor_only = [
-        b
-        for b in pool
-        if rejected.get(b.id) and all(r.startswith("quality") for r in rejected[b.id])
+        b for b in pool if rejected.get(b.id) and all(r.filter == "quality" for r in rejected[b.id])
     ]
     if not floor_only:
         return [], rejected, ()
-    admitted, again = _filter(pool, ctx, [n for n in hard if n != "quality"])
+    admitted, again = _filter(pool, ctx, [(n, f) for n, f in hard if n != "quality"])
     return admitted, again, ("quality",)
 
 
@@ -115,14 +113,13 @@ def decide(
     matrix: CapabilityMatrix | None,
     policy: Policy,
 ) -> Decision:
-    cfg = policy.config
+    cfg, plan = policy.config, policy.plan
     pool, group = candidates_for(features.model, snapshot, policy)
     if not pool:
         return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
     floor = group.quality_floor if group else 0.0
     ctx = FilterContext(features, cfg, matrix, floor)
-    hard = ["health", *(n for n in cfg.filters if n not in filters.SOFT_FILTERS)]
-    soft = [n for n in cfg.filters if n in filters.SOFT_FILTERS]
+    hard, soft = plan.hard, plan.soft
     admitted, rejected = _filter(pool, ctx, hard)
     relaxed: tuple[str, ...] = ()
     if not admitted and cfg.quality_fallback == "best_available":
@@ -134,14 +131,12 @@ def decide(
         admitted = kept
         rejected.update(soft_rejected)
     elif soft_rejected:
-        relaxed = (*relaxed, *soft)
-    pressure = tuple(k for k, v in rejected.items() if any(map(filters.is_kv_pressure, v)))
-    klass = features.latency_class
-    weights = cfg.weights.batch if klass is LatencyClass.BATCH else cfg.weights.interactive
-    scores = _score(admitted, ctx, weights)
+        relaxed = (*relaxed, *(name for name, _ in soft))
+    pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
+    scores = _score(admitted, ctx, plan.scorers[features.latency_class])
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
-    ranked = pickers.REGISTRY[cfg.picker](totals, features, cfg.tie_tolerance, entropy)
+    ranked = plan.picker(totals, features, cfg.tie_tolerance, entropy)
     return Decision(
         Outcome.ROUTED,
         ranked[0],

@@ -16,8 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from quantroute.config import GatewayConfig, load_config
-from quantroute.serve import EmbeddedServer, uvicorn_config
 from quantroute.server.app import create_app
+from quantroute.serving import EmbeddedServer, uvicorn_config
 from quantroute.sim.fleet import SimFleet, load_fleet_config
 
 GATEWAY_FILE = "gateway.yaml"

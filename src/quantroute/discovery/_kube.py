@@ -25,7 +25,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from quantroute.config import KubernetesDiscoveryConfig
-from quantroute.errors import ConfigError
+from quantroute.errors import ConfigError, KubeApiError, ResourceExpired
 
 JsonObject = Mapping[str, object]
 LIST_TIMEOUT_S = 30.0
@@ -33,18 +33,6 @@ CONNECT_TIMEOUT_S = 10.0
 READ_GRACE_S = 30.0
 TOKEN_REFRESH_S = 60.0
 log = logging.getLogger("quantroute.discovery")
-
-
-class KubeApiError(Exception):
-    """The API server answered with an error (or garbage) instead of pods."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status = status
-
-
-class ResourceExpired(KubeApiError):
-    """410 Gone: the resourceVersion we watch from is too old; list again."""
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from quantroute.config import BackendConfig, KubernetesDiscoveryConfig
-from quantroute.discovery._kube import KubeApiError, PodEvent, PodList, ResourceExpired
+from quantroute.discovery._kube import PodEvent, PodList
 from quantroute.discovery.pods import PodView, pod_name, read_pod
+from quantroute.errors import KubeApiError, ResourceExpired
 
 log = logging.getLogger("quantroute.discovery")
 OnChange = Callable[[list[BackendConfig]], None]

@@ -205,7 +205,7 @@ def _stdout() -> Console:
 
 def show_main(args: argparse.Namespace) -> int:
     from quantroute.profiler.show import show
-    from quantroute.server.matrix_source import load_matrix
+    from quantroute.state.matrix_source import load_matrix
 
     show(load_matrix(args.file), args.file, _stdout())
     return 0
@@ -213,7 +213,7 @@ def show_main(args: argparse.Namespace) -> int:
 
 def plot_main(args: argparse.Namespace) -> int:
     from quantroute.profiler.plot import plot_matrix
-    from quantroute.server.matrix_source import load_matrix
+    from quantroute.state.matrix_source import load_matrix
 
     path = plot_matrix(load_matrix(args.file), args.output, title=Path(args.file).name)
     print(f"wrote {path}", file=sys.stdout)

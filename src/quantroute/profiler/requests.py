@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,9 +19,8 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from quantroute.base import Clock
 from quantroute.workloads import Sample
-
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)

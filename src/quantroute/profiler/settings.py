@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from quantroute.base import FrozenModel
 from quantroute.config import TASK_TYPES, TaskType
 
 DEFAULT_LEVELS: tuple[int, ...] = (1, 8, 32, 128)
@@ -16,10 +17,8 @@ above the 99th percentile and the "p99" is just the largest value seen."""
 Positive = Annotated[float, Field(gt=0.0)]
 
 
-class ProfileSettings(BaseModel):
+class ProfileSettings(FrozenModel):
     """Every knob of one profiling run. Times are in real (not simulator-wall) seconds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     tasks: tuple[TaskType, ...] = TASK_TYPES
     samples_per_task: int | None = Field(default=None, gt=0)

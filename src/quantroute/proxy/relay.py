@@ -1,91 +1,98 @@
-"""Streaming relay: SSE bytes from the backend to the client, as they arrive.
+"""The relay: an upstream answer becomes the client's response, streamed or whole.
 
-When the client did not ask for usage, the gateway asked the backend for it and strips that final
-usage event here; otherwise bytes pass through untouched. Usage is read from the tail of the stream
-either way, for token accounting.
+Ownership rule: the stream relay owns the upstream response from the moment it is handed over
+and closes it in ``finally``, however the stream ends (done, backend broke off, client gone; a
+closed connection is how vLLM learns to abort the request).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import AsyncIterator
 
-_SEP = b"\n\n"
-_USAGE_MARK = b'"usage":{'
-_TAIL_KEEP = 8192
+from starlette.responses import Response
 
+from quantroute.errors import UpstreamConnectError, openai_error_body
+from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
+from quantroute.proxy.context import RequestContext
+from quantroute.proxy.disconnect import RelayResponse
+from quantroute.proxy.sse import SSEUsageTap, usage_from_body
+from quantroute.proxy.upstream import UpstreamResponse
 
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-def usage_from_event(event: bytes) -> Usage | None:
-    """``data: {...}`` with a ``usage`` object -> Usage; anything else -> None."""
-    if _USAGE_MARK not in event.replace(b'": {', b'":{'):
-        return None
-    payload = event.strip()
-    if payload.startswith(b"data:"):
-        payload = payload[5:].strip()
-    try:
-        usage = json.loads(payload).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+log = logging.getLogger("quantroute.proxy")
 
 
-def usage_from_body(body: bytes) -> Usage | None:
-    try:
-        usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+def sse_error_event(message: str) -> bytes:
+    """The error event vLLM itself sends when a stream fails after it started."""
+    body = openai_error_body(message, "upstream_error", code=502)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-class SSEUsageTap:
-    """Feed raw stream bytes; get back what the client should see; ``usage`` when known."""
+def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
+    return {
+        "x-quantroute-backend": attempt.backend_id,
+        "x-quantroute-decision": ctx.routed.explain()[:1024],
+    }
 
-    def __init__(self, strip_usage: bool) -> None:
-        self._strip = strip_usage
-        self._pending = b""
-        self._tail = b""
-        self.usage: Usage | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        if not self._strip:
-            self._tail = (self._tail + chunk)[-_TAIL_KEEP:]
-            return chunk
-        data = self._pending + chunk
-        cut = data.rfind(_SEP)
-        if cut < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[: cut + 2], data[cut + 2 :]
-        if b'"usage"' not in complete:
-            return complete
-        kept = []
-        for event in complete.split(_SEP)[:-1]:
-            usage = usage_from_event(event)
-            if usage is not None and b'"choices":[]' in event.replace(b" ", b""):
-                self.usage = usage
-                continue
-            kept.append(event + _SEP)
-        return b"".join(kept)
+def relay_body(
+    ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
+) -> Response:
+    """A whole (non-stream) answer: account it and pass it on unchanged."""
+    attempt.first_byte()
+    attempt.finish(status, usage_from_body(data) if status == 200 else None)
+    headers = response_headers(ctx, attempt)
+    return Response(data, status, headers=headers, media_type=content_type)
 
-    def flush(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        return rest
 
-    def finish(self) -> Usage | None:
-        if self.usage is None and self._tail:
-            for event in reversed(self._tail.split(_SEP)):
-                usage = usage_from_event(event)
-                if usage is not None:
-                    self.usage = usage
-                    break
-        return self.usage
+def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> Response:
+    """A stream: SSE bytes pass through as they arrive (the usage event the gateway asked for
+    is stripped); the attempt is accounted when the stream ends, however it ends."""
+    stream = _Stream(attempt, upstream)
+    return RelayResponse(
+        stream,
+        upstream.status,
+        headers=response_headers(ctx, attempt),
+        media_type=upstream.content_type,
+        on_close=stream.close,
+    )
+
+
+class _Stream:
+    """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
+    is never sent (a generator that never started would never run its ``finally``)."""
+
+    def __init__(self, attempt: Attempt, upstream: UpstreamResponse) -> None:
+        self._attempt = attempt
+        self._upstream = upstream
+        self._tap = SSEUsageTap(attempt.strip_usage)
+        self._outcome = CLIENT_CLOSED
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        attempt, tap = self._attempt, self._tap
+        try:
+            async for chunk in self._upstream.chunks():
+                attempt.first_byte()
+                out = tap.feed(chunk)
+                if out:
+                    yield out
+            rest = tap.flush()
+            if rest:
+                yield rest
+            self._outcome = self._upstream.status
+        except UpstreamConnectError as exc:
+            self._outcome = 502
+            log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
+            yield sse_error_event(f"upstream {attempt.backend_id} failed mid-stream: {exc}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._upstream.close()
+        usage = self._tap.finish() if self._outcome == 200 else None
+        self._attempt.finish(self._outcome, usage)

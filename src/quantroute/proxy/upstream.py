@@ -12,10 +12,7 @@ from typing import Protocol
 import aiohttp
 
 from quantroute.config import UpstreamTimeouts
-
-
-class UpstreamConnectError(Exception):
-    """The backend could not be reached or closed before answering (safe to retry)."""
+from quantroute.errors import UpstreamConnectError
 
 
 class UpstreamResponse(Protocol):

@@ -20,7 +20,7 @@ from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
-from quantroute.server.matrix_source import MatrixSource
+from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
@@ -29,9 +29,9 @@ log = logging.getLogger("quantroute.server")
 MATRIX_POLL_S = 2.0
 
 
-async def _watch_matrix(source: MatrixSource) -> None:
+async def _watch_matrix(source: MatrixSource, interval_s: float) -> None:
     while True:
-        await asyncio.sleep(MATRIX_POLL_S)
+        await asyncio.sleep(interval_s)
         source.maybe_reload()
 
 
@@ -66,9 +66,12 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     matrix: MatrixSource | None = None,
     telemetry: Telemetry | None = None,
+    matrix_poll_s: float = MATRIX_POLL_S,
 ) -> FastAPI:
+    """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
     telemetry = telemetry or Telemetry()
     store = StateStore(config.backends, config.policy, clock)
+    telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
     holder: dict[str, Any] = {}
 
@@ -94,7 +97,9 @@ def create_app(
         holder["scraper"] = scraper
         await scraper.scrape_once()
         scraper.start()
-        watcher = asyncio.create_task(_watch_matrix(source), name="quantroute-matrix")
+        watcher = asyncio.create_task(
+            _watch_matrix(source, matrix_poll_s), name="quantroute-matrix"
+        )
         discovery = await _start_discovery(config, gateway, telemetry)
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")

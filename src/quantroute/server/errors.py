@@ -10,14 +10,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from quantroute.errors import RequestError
+from quantroute.errors import RequestError, openai_error_body
 
 log = logging.getLogger("quantroute.server")
 
 
 def error_response(status: int, message: str, error_type: str, code: str | None) -> JSONResponse:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(openai_error_body(message, error_type, code=code), status_code=status)
 
 
 async def _request_error(_: Request, exc: Exception) -> Response:

@@ -9,8 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from quantroute.core.model import Decision, Health
-from quantroute.core.scheduler import decide
+from quantroute.core.model import Health
 from quantroute.server.gateway import Gateway
 
 
@@ -78,56 +77,8 @@ async def admin_backends(request: Request) -> Response:
     )
 
 
-def explain_body(decision: Decision) -> dict[str, Any]:
-    candidates: list[dict[str, Any]] = []
-    for backend_id, scores in decision.scores.items():
-        candidates.append(
-            {
-                "backend": backend_id,
-                "admitted": True,
-                "score": scores.total,
-                "scores": scores.parts,
-                "reasons": [],
-            }
-        )
-    for backend_id, reasons in decision.rejected.items():
-        candidates.append(
-            {
-                "backend": backend_id,
-                "admitted": False,
-                "score": None,
-                "scores": {},
-                "reasons": list(reasons),
-            }
-        )
-    return {
-        "outcome": decision.outcome.value,
-        "chosen": decision.chosen,
-        "ranked": list(decision.ranked),
-        "group": decision.group,
-        "quality_floor": decision.quality_floor,
-        "relaxed_filters": list(decision.relaxed),
-        "kv_pressure": list(decision.kv_pressure),
-        "candidates": candidates,
-    }
-
-
 async def route_explain(request: Request) -> Response:
-    gateway = _gateway(request)
-    parsed = gateway.parse("chat", await request.body(), request)
-    snapshot = gateway.store.snapshot()
-    decision = decide(parsed.features, snapshot, gateway.matrix.current, gateway.policy)
-    body = explain_body(decision)
-    f = parsed.features
-    body["features"] = {
-        "model": f.model,
-        "prompt_tokens": f.prompt_tokens,
-        "max_tokens": f.max_tokens,
-        "stream": f.stream,
-        "task": f.task,
-        "latency_class": f.latency_class.value,
-    }
-    return JSONResponse(body)
+    return JSONResponse(await _gateway(request).explain(request))
 
 
 def install(app: FastAPI) -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from quantroute.base import Clock
 from quantroute.sim.engine import Engine, EngineRequest, PromptTooLongError, TokenEvent
 from quantroute.sim.metrics import SimMetrics
 from quantroute.sim.oracle import QualityOracle
 from quantroute.sim.text import FillerText, split_pieces
-
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)

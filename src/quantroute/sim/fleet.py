@@ -12,16 +12,18 @@ import contextlib
 import importlib
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import uvicorn
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from quantroute.sim.backend import BackendIdentity, Clock, SimBackend
+from quantroute.base import Clock, FrozenModel
+from quantroute.serving import EmbeddedServer, uvicorn_config
+from quantroute.sim.backend import BackendIdentity, SimBackend
 from quantroute.sim.engine import Engine, EngineConfig
 from quantroute.sim.metrics import SimMetrics, cache_config_labels
 from quantroute.sim.oracle import AnswerKey, QualityOracle
@@ -32,10 +34,8 @@ DEFAULT_FLEET_FILE = "default_fleet.yaml"
 START_TIMEOUT_S = 10.0
 
 
-class SimBackendSpec(BaseModel):
+class SimBackendSpec(FrozenModel):
     """One simulated backend: a profile and the vLLM arguments it is served with."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1)
     profile: str
@@ -50,10 +50,8 @@ class SimBackendSpec(BaseModel):
     legacy_metric_names: bool = False
 
 
-class SimFleetConfig(BaseModel):
+class SimFleetConfig(FrozenModel):
     """A fleet: simulated seconds per wall second, the seed, and the backends."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     time_scale: float = Field(default=1.0, gt=0)
     seed: int = 0
@@ -149,14 +147,6 @@ def build_backend(
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
 
-class _NoSignalServer(uvicorn.Server):
-    """A uvicorn server that leaves the process's signal handlers alone."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for sockets
     # created with it; without, the first chunk after the headers waits for a delayed ACK (~40 ms).
@@ -229,10 +219,7 @@ class SimFleet:
     async def _start(self, spec: SimBackendSpec) -> None:
         sock = _bind(spec.host, spec.port)
         app = create_app(self.backends[spec.id])
-        config = uvicorn.Config(
-            app, log_level="warning", access_log=False, timeout_graceful_shutdown=2
-        )
-        server = _NoSignalServer(config)
+        server = EmbeddedServer(uvicorn_config(app, spec.host, log_level="warning", drain_s=2))
         task = asyncio.create_task(server.serve(sockets=[sock]), name=f"sim-http-{spec.id}")
         self._servers.append((server, task, sock))
         async with asyncio.timeout(START_TIMEOUT_S):

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from quantroute.base import FrozenModel
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
 TASK_TYPES: tuple[TaskType, ...] = ("coding", "reasoning", "extraction", "chat")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GpuProfile(_Frozen):
+class GpuProfile(FrozenModel):
     """Peak numbers of one GPU model and how much of them serving achieves."""
 
     name: str
@@ -35,7 +33,7 @@ class GpuProfile(_Frozen):
     default_max_num_batched_tokens: int = Field(gt=0)
 
 
-class EngineDefaults(_Frozen):
+class EngineDefaults(FrozenModel):
     """Host-side step costs and natural answer lengths shared by every variant."""
 
     block_size: int = Field(gt=0)
@@ -45,7 +43,7 @@ class EngineDefaults(_Frozen):
     output_len_sigma: float = Field(ge=0)
 
 
-class Quality(_Frozen):
+class Quality(FrozenModel):
     """Probability of a correct answer per task type."""
 
     coding: float = Field(ge=0, le=1)
@@ -59,7 +57,7 @@ class Quality(_Frozen):
         return value
 
 
-class VariantProfile(_Frozen):
+class VariantProfile(FrozenModel):
     """One served model variant: architecture, weights, deployment defaults, quality."""
 
     model: str
@@ -90,7 +88,7 @@ class VariantProfile(_Frozen):
         return self.num_attention_heads * self.head_dim
 
 
-class ProfileBook(_Frozen):
+class ProfileBook(FrozenModel):
     """Every GPU and variant profile, cross-checked."""
 
     gpus: dict[str, GpuProfile]

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quantroute.errors import openai_error_body
+
 SYSTEM_FINGERPRINT = "vllm-0.32.0-5a1b0c0d"
 # The character bound vLLM checks before tokenizing: 4608 characters for 512 tokens in
 # the capture (overlen_body.json), i.e. 9 characters per token.
@@ -100,7 +102,8 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 def error_body(message: str, err_type: str, code: int, param: str | None = None) -> JsonObject:
-    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    """vLLM's error body: OpenAI's format with the HTTP status as ``code``."""
+    return openai_error_body(message, err_type, param=param, code=code)
 
 
 def not_found(model: str) -> JsonObject:

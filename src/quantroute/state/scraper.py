@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
+from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
 from quantroute.state.promtext import parse_metrics
 from quantroute.state.store import StateStore
@@ -27,7 +28,7 @@ class Scraper:
         policy: PolicyConfig,
         client: httpx.AsyncClient,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         on_result: ScrapeHook | None = None,
     ) -> None:
         self._store = store

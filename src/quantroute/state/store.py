@@ -1,23 +1,22 @@
-"""Latest scraped state per backend plus the gateway's own optimistic account of what it sent.
+"""Latest scraped state per backend, folded with the gateway's own in-flight account.
 
-Between two scrapes the store remembers every request dispatched to a backend after that
-backend's last successful scrape *started*, with its estimated KV tokens, until either the
-request ends or a newer scrape (which then reflects it) succeeds. ``snapshot()`` folds that
-account into an immutable :class:`Snapshot`, so a burst does not herd onto the backend that looked
-emptiest at the last scrape. The clock is injected; nothing here does I/O.
+The in-flight account (:mod:`quantroute.state.inflight`) holds every request dispatched and not
+ended. ``snapshot()`` counts, per backend, those dispatched after its last successful scrape
+*started* (with their estimated KV tokens: the scrape cannot have seen them) and the prompts still
+waiting for a first byte, into an immutable :class:`Snapshot`, so a burst does not herd onto the
+backend that looked emptiest at the last scrape. The clock is injected; nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
 from quantroute.core.model import BackendMetrics, BackendState, Health, Snapshot
-
-Clock = Callable[[], float]
+from quantroute.state.inflight import BackendLoad, InFlight
 
 
 @dataclass(eq=False)
@@ -28,18 +27,7 @@ class _Record:
     last_scrape_started: float | None = None
     failures: int = 0
     last_error: str | None = None
-    pending: dict[int, tuple[float, int]] = field(default_factory=dict)
-    prefilling: dict[int, int] = field(default_factory=dict)
-    """Ticket -> prompt tokens, from dispatch until the first byte of the response."""
-    in_flight: int = 0
-    chosen: int = 0
     steered_away: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    backend_id: str
-    number: int
 
 
 class StateStore:
@@ -49,7 +37,7 @@ class StateStore:
         self._policy = policy
         self._clock = clock
         self._records: dict[str, _Record] = {}
-        self._tickets = itertools.count(1)
+        self.inflight = InFlight(clock)
         self.set_backends(backends)
 
     # -- membership (static config or discovery) ---------------------------------------------
@@ -74,7 +62,6 @@ class StateStore:
         record.last_scrape_started = started_at
         record.failures = 0
         record.last_error = None
-        record.pending = {k: v for k, v in record.pending.items() if v[0] >= started_at}
 
     def record_failure(self, backend_id: str, error: str) -> None:
         record = self._records.get(backend_id)
@@ -82,34 +69,11 @@ class StateStore:
             record.failures += 1
             record.last_error = error
 
-    # -- the gateway's own account -------------------------------------------------------------
-    def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Ticket:
-        ticket = Ticket(backend_id, next(self._tickets))
+    # -- decision statistics ------------------------------------------------------------------
+    def note_steered_away(self, backend_id: str, filter_name: str) -> None:
         record = self._records.get(backend_id)
         if record is not None:
-            record.pending[ticket.number] = (self._clock(), kv_tokens)
-            record.prefilling[ticket.number] = prompt_tokens
-            record.in_flight += 1
-            record.chosen += 1
-        return ticket
-
-    def first_byte(self, ticket: Ticket) -> None:
-        """The response has started: its prompt is no longer prefill backlog."""
-        record = self._records.get(ticket.backend_id)
-        if record is not None:
-            record.prefilling.pop(ticket.number, None)
-
-    def end(self, ticket: Ticket) -> None:
-        record = self._records.get(ticket.backend_id)
-        if record is not None:
-            record.pending.pop(ticket.number, None)
-            record.prefilling.pop(ticket.number, None)
-            record.in_flight -= 1
-
-    def note_steered_away(self, backend_id: str, reason: str) -> None:
-        record = self._records.get(backend_id)
-        if record is not None:
-            record.steered_away[reason.split(":", 1)[0]] += 1
+            record.steered_away[filter_name] += 1
 
     # -- reading ----------------------------------------------------------------------------
     def health(self, backend_id: str) -> Health:
@@ -124,31 +88,39 @@ class StateStore:
             return Health.STALE
         return Health.FRESH
 
+    def _loads(self) -> dict[str, BackendLoad]:
+        since = {k: r.last_scrape_started for k, r in self._records.items()}
+        return self.inflight.loads(since)
+
     def snapshot(self) -> Snapshot:
         now = self._clock()
-        states = tuple(
-            BackendState(
-                config=r.config,
-                health=self._health(r, now),
-                metrics=r.metrics,
-                age_s=None if r.last_success is None else now - r.last_success,
-                pending_requests=len(r.pending),
-                pending_kv_tokens=sum(tokens for _, tokens in r.pending.values()),
-                prefill_backlog_tokens=sum(r.prefilling.values()),
+        loads = self._loads()
+        idle = BackendLoad()
+        states = []
+        for r in self._records.values():
+            load = loads.get(r.config.id, idle)
+            states.append(
+                BackendState(
+                    config=r.config,
+                    health=self._health(r, now),
+                    metrics=r.metrics,
+                    age_s=None if r.last_success is None else now - r.last_success,
+                    pending_requests=load.unseen_requests,
+                    pending_kv_tokens=load.unseen_kv_tokens,
+                    prefill_backlog_tokens=load.prefill_backlog_tokens,
+                )
             )
-            for r in self._records.values()
-        )
-        return Snapshot(taken_at=now, backends=states)
-
-    def in_flight(self, backend_id: str) -> int:
-        record = self._records.get(backend_id)
-        return 0 if record is None else record.in_flight
+        return Snapshot(taken_at=now, backends=tuple(states))
 
     def admin_view(self) -> list[dict[str, object]]:
         now = self._clock()
-        return [self._admin_row(r, now) for r in self._records.values()]
+        loads = self._loads()
+        return [
+            self._admin_row(r, now, loads.get(r.config.id, BackendLoad()))
+            for r in self._records.values()
+        ]
 
-    def _admin_row(self, r: _Record, now: float) -> dict[str, object]:
+    def _admin_row(self, r: _Record, now: float, load: BackendLoad) -> dict[str, object]:
         m = r.metrics
         return {
             "id": r.config.id,
@@ -171,9 +143,12 @@ class StateStore:
                 "model_names": list(m.model_names),
             },
             "in_flight": {
-                "requests": r.in_flight,
-                "since_last_scrape": len(r.pending),
-                "estimated_kv_tokens": sum(t for _, t in r.pending.values()),
+                "requests": load.requests,
+                "since_last_scrape": load.unseen_requests,
+                "estimated_kv_tokens": load.unseen_kv_tokens,
             },
-            "decisions": {"chosen": r.chosen, "steered_away": dict(r.steered_away)},
+            "decisions": {
+                "chosen": self.inflight.dispatched[r.config.id],
+                "steered_away": dict(r.steered_away),
+            },
         }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from quantroute.errors import openai_error_body
+from quantroute.testing.procs import free_port
 
 _CREATED = 1795474388
 
@@ -39,6 +41,12 @@ class FakeState:
     chunk_delay_s: float = 0.0
     default_tokens: int = 16
     die_after_chunks: int | None = None
+    gate: threading.Event | None = None
+    """Hold every answer until this is set (bounded by GATE_LIMIT_S): lets a test put a whole
+    burst in flight at once, so which backend each request got does not depend on timing."""
+    drop_requests: bool = False
+    """Close the connection on every API request without answering (a backend whose /metrics
+    still answers but whose engine is gone): the gateway sees a connect-class error."""
     received: list[dict[str, Any]] = field(default_factory=list)
     aborted: int = 0
     completed: int = 0
@@ -95,6 +103,14 @@ def _chunk(model: str, kind: str, content: str | None, finish: str | None) -> by
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
+GATE_LIMIT_S = 30.0
+
+
+async def _wait_gate(gate: threading.Event) -> None:
+    if not gate.is_set():
+        await asyncio.to_thread(gate.wait, GATE_LIMIT_S)
+
+
 class FakeBackend:
     def __init__(self, state: FakeState | None = None) -> None:
         self.state = state or FakeState()
@@ -128,23 +144,19 @@ class FakeBackend:
         s = self.state
         body = await request.json()
         s.received.append(body)
+        if s.drop_requests and request.transport is not None:
+            request.transport.abort()
+            raise ConnectionResetError("dropped by the fake backend")
         if s.fail_status is not None and s.fail_times != 0:
             s.fail_times -= 1
-            error = {
-                "message": "injected failure",
-                "type": "InternalServerError",
-                "param": None,
-                "code": s.fail_status,
-            }
-            return web.json_response({"error": error}, status=s.fail_status)
+            error = openai_error_body("injected failure", "InternalServerError", code=s.fail_status)
+            return web.json_response(error, status=s.fail_status)
         if body.get("model") != s.served_model_name:
-            error = {
-                "message": f"The model `{body.get('model')}` does not exist.",
-                "type": "NotFoundError",
-                "param": "model",
-                "code": 404,
-            }
-            return web.json_response({"error": error}, status=404)
+            message = f"The model `{body.get('model')}` does not exist."
+            error = openai_error_body(message, "NotFoundError", param="model", code=404)
+            return web.json_response(error, status=404)
+        if s.gate is not None:
+            await _wait_gate(s.gate)
         if s.header_delay_s:
             try:
                 await asyncio.sleep(s.header_delay_s)
@@ -250,13 +262,6 @@ class FakeBackend:
             raise
         self.state.completed += 1
         return response
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ThreadedServer:

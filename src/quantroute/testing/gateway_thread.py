@@ -1,17 +1,17 @@
-"""Run the real gateway under uvicorn on 127.0.0.1 in a background thread (tests, benchmarks)."""
+"""Run the real gateway under uvicorn on 127.0.0.1 in a background thread (tests, benchmarks),
+with the production server settings (uvloop, httptools) of :mod:`quantroute.serving`."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
-import uvicorn
 from fastapi import FastAPI
 
 from quantroute.config import GatewayConfig
 from quantroute.server.app import create_app
-from quantroute.testing.fake_backend import free_port
+from quantroute.serving import EmbeddedServer, uvicorn_config
+from quantroute.testing.procs import free_port
 
 
 class GatewayThread:
@@ -21,21 +21,9 @@ class GatewayThread:
         self.app = app or create_app(config)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            loop="asyncio",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self.server.serve()), daemon=True
-        )
+        cfg = uvicorn_config(self.app, "127.0.0.1", self.port, "warning", drain_s=2)
+        self.server = EmbeddedServer(cfg)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> GatewayThread:
         self._thread.start()

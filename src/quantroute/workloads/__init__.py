@@ -5,12 +5,12 @@ Public API: :func:`answer_key`, :func:`builtin_suites`, :func:`load_suite`, :fun
 :class:`Sample`, :class:`Suite`.
 """
 
+from quantroute.errors import SuiteError
 from quantroute.workloads.grader import Grade, grade
 from quantroute.workloads.near_miss import near_miss, wrong_answers
 from quantroute.workloads.schema import Sample
 from quantroute.workloads.suites import (
     Suite,
-    SuiteError,
     answer_key,
     builtin_suite,
     builtin_suites,

@@ -26,84 +26,81 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from quantroute.base import FrozenModel
 from quantroute.config import TaskType
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class NumberCheck(_Frozen):
+class NumberCheck(FrozenModel):
     type: Literal["number"]
     value: float
     tolerance: float = Field(default=0.0, ge=0.0)
 
 
-class JsonCheck(_Frozen):
+class JsonCheck(FrozenModel):
     type: Literal["json"]
     fields: dict[str, Any]
     exact_keys: bool = True
 
 
-class PythonFunctionCheck(_Frozen):
+class PythonFunctionCheck(FrozenModel):
     type: Literal["python_function"]
     name: str = Field(min_length=1)
     args: tuple[str, ...] = ()
 
 
-class RegexCheck(_Frozen):
+class RegexCheck(FrozenModel):
     type: Literal["regex"]
     pattern: str
 
 
-class ExactCheck(_Frozen):
+class ExactCheck(FrozenModel):
     type: Literal["exact"]
     value: str
     case_sensitive: bool = False
 
 
-class BulletsRule(_Frozen):
+class BulletsRule(FrozenModel):
     """Every non-empty line is a ``-``/``*``/``•`` bullet, and there are ``count`` of them."""
 
     rule: Literal["bullets"]
     count: int = Field(gt=0)
 
 
-class NumberedRule(_Frozen):
+class NumberedRule(FrozenModel):
     """Every non-empty line is a numbered item (``1.`` or ``1)``), and there are ``count``."""
 
     rule: Literal["numbered"]
     count: int = Field(gt=0)
 
 
-class MaxWordsRule(_Frozen):
+class MaxWordsRule(FrozenModel):
     """Fewer than ``value`` words."""
 
     rule: Literal["max_words"]
     value: int = Field(gt=0)
 
 
-class IncludesRule(_Frozen):
+class IncludesRule(FrozenModel):
     """Each word or phrase appears (case-insensitive)."""
 
     rule: Literal["includes"]
     words: tuple[str, ...] = Field(min_length=1)
 
 
-class LowercaseRule(_Frozen):
+class LowercaseRule(FrozenModel):
     """No uppercase letter anywhere."""
 
     rule: Literal["lowercase"]
 
 
-class StartsWithRule(_Frozen):
+class StartsWithRule(FrozenModel):
     rule: Literal["starts_with"]
     text: str = Field(min_length=1)
 
 
-class EndsWithRule(_Frozen):
+class EndsWithRule(FrozenModel):
     rule: Literal["ends_with"]
     text: str = Field(min_length=1)
 
@@ -120,7 +117,7 @@ FormatRule = Annotated[
 ]
 
 
-class FormatCheck(_Frozen):
+class FormatCheck(FrozenModel):
     type: Literal["format"]
     rules: tuple[FormatRule, ...] = Field(min_length=1)
 
@@ -131,12 +128,12 @@ Check = Annotated[
 ]
 
 
-class Message(_Frozen):
+class Message(FrozenModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class Sample(_Frozen):
+class Sample(FrozenModel):
     """One graded prompt."""
 
     id: str = Field(min_length=1)

@@ -12,12 +12,8 @@ from pydantic import ValidationError
 
 from quantroute.config import TASK_TYPES, TaskType
 from quantroute.core.matrix import SuiteInfo
-from quantroute.errors import ConfigError
+from quantroute.errors import SuiteError
 from quantroute.workloads.schema import Sample
-
-
-class SuiteError(ConfigError):
-    """A workload suite file is unreadable or holds an invalid sample (names file and line)."""
 
 
 @dataclass(frozen=True, slots=True)

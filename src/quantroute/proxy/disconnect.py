@@ -13,18 +13,16 @@ per response: measured, both cost a visible share of the gateway's CPU per reque
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from quantroute.errors import ClientDisconnected
+
 T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the response started."""
 
 
 class DisconnectGuard:
@@ -69,14 +67,30 @@ async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 
 
 class RelayResponse(StreamingResponse):
-    """A ``StreamingResponse`` sent from the handler's task; a disconnect cancels the relay."""
+    """A ``StreamingResponse`` sent from the handler's task; a disconnect cancels the relay.
+    ``on_close`` runs when sending ends, however it ends (also if the body never started)."""
+
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        status_code: int,
+        *,
+        headers: Mapping[str, str],
+        media_type: str,
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__(content, status_code, headers=headers, media_type=media_type)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with DisconnectGuard(receive) as guard:
-            try:
-                await self.stream_response(send)
-            except asyncio.CancelledError as exc:
-                if not guard.caused(exc):
-                    raise
+        try:
+            with DisconnectGuard(receive) as guard:
+                try:
+                    await self.stream_response(send)
+                except asyncio.CancelledError as exc:
+                    if not guard.caused(exc):
+                        raise
+        finally:
+            self._on_close()
         if self.background is not None:
             await self.background()

@@ -102,10 +102,18 @@ def _latency_class(headers: Mapping[str, str]) -> LatencyClass:
     return LatencyClass.BATCH if value == "batch" else LatencyClass.INTERACTIVE
 
 
+def kind_of(body: Mapping[str, Any]) -> Kind:
+    """The API a body is for, when the route does not say: ``prompt`` and no ``messages`` is a
+    completions body; anything else is read as chat (and validated as such)."""
+    return "completion" if "prompt" in body and "messages" not in body else "chat"
+
+
 def parse_request(
-    kind: Kind, raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
+    kind: Kind | None, raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
 ) -> ParsedRequest:
+    """Validate ``raw`` as a ``kind`` body (None: whichever :func:`kind_of` says) into features."""
     body = _load(raw)
+    kind = kind or kind_of(body)
     model, stream, wants_usage = _check_common(body)
     max_tokens = _max_tokens(body)
     if kind == "chat":

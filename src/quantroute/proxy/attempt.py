@@ -1,0 +1,64 @@
+"""One try at one backend, and its accounting: in-flight lease, time to first byte, outcome.
+
+An attempt holds a :class:`~quantroute.state.inflight.Lease` from dispatch until it ends, and
+ends exactly once: :meth:`Attempt.finish` (answered: status and token usage counted) or
+:meth:`Attempt.give_up` (failed before the first byte; another backend may be tried).
+:meth:`Attempt.release` is the idempotent safety net the forwarder calls in ``finally``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from quantroute.config import BackendConfig
+from quantroute.proxy.sse import Usage
+from quantroute.state.inflight import Lease
+from quantroute.telemetry import Telemetry
+
+CLIENT_CLOSED = 499
+"""The status recorded for a request whose client went away (nginx's convention)."""
+
+
+@dataclass(eq=False)
+class Attempt:
+    backend: BackendConfig
+    lease: Lease
+    strip_usage: bool
+    group: str
+    telemetry: Telemetry
+    started: float = field(default_factory=time.perf_counter)
+    status: int | None = None
+    """How it ended: the HTTP status relayed, 499 for a client that left; None while running
+    or when given up."""
+    failure: str | None = None
+
+    @property
+    def backend_id(self) -> str:
+        return self.backend.id
+
+    def first_byte(self) -> None:
+        """The backend started answering: time to first byte, and no more prefill backlog."""
+        if self.lease.prefilling:
+            elapsed = time.perf_counter() - self.started
+            self.telemetry.ttfb.labels(self.backend_id).observe(elapsed)
+            self.lease.first_byte()
+
+    def finish(self, status: int, usage: Usage | None = None) -> None:
+        """The attempt answered the client (or the client left): count it and end it."""
+        self.status = status
+        t = self.telemetry
+        t.requests.labels(self.backend_id, self.group, str(status)).inc()
+        if usage is not None:
+            t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
+            t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
+        self.release()
+
+    def give_up(self, reason: str) -> None:
+        """Failed before the first byte (connect error, 5xx): counted as a retry, ended."""
+        self.failure = reason
+        self.telemetry.retries.labels(self.backend_id).inc()
+        self.release()
+
+    def release(self) -> None:
+        self.lease.release()

@@ -1,0 +1,110 @@
+"""The forwarding step: try the decision's ranked backends in turn until one answers.
+
+Retry rule: before the first byte, a connect error or a 5xx moves on to the next ranked backend
+(at most ``policy.retries`` more); the last backend's 5xx passes through as it is. When every
+attempt fails to connect, the client gets 502 ``upstream_unavailable``. After the first byte
+nothing is retried (the relay ends a broken stream with an error event).
+
+A client that disconnects before the first byte cancels the upstream request (the attempt is
+counted as 499); the attempt's in-flight lease is released in ``finally`` whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import Response
+
+from quantroute.config import BackendConfig, PolicyConfig
+from quantroute.core.filters import request_kv_tokens
+from quantroute.errors import ClientDisconnected, UpstreamConnectError, UpstreamUnavailable
+from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
+from quantroute.proxy.context import RequestContext
+from quantroute.proxy.disconnect import race_disconnect
+from quantroute.proxy.parse import Kind, upstream_body
+from quantroute.proxy.relay import relay_body, relay_stream
+from quantroute.proxy.upstream import Upstream
+from quantroute.state.inflight import InFlight
+from quantroute.telemetry import Telemetry
+
+PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+
+
+class Forwarder:
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        upstream: Upstream,
+        inflight: InFlight,
+        telemetry: Telemetry,
+        backends: Mapping[str, BackendConfig],
+    ) -> None:
+        self.policy = policy
+        self.upstream = upstream
+        self.inflight = inflight
+        self.telemetry = telemetry
+        self.backends = dict(backends)
+
+    async def forward(self, ctx: RequestContext) -> Response:
+        ranked = [b for b in ctx.routed.ranked if b in self.backends]
+        plan = ranked[: 1 + self.policy.retries]
+        for number, backend_id in enumerate(plan):
+            backend = self.backends[backend_id]
+            body, strip_usage = upstream_body(ctx.parsed, backend.served_model_name)
+            attempt = self._begin(ctx, backend, strip_usage)
+            response = await self._try(ctx, attempt, body, last=number == len(plan) - 1)
+            if response is not None:
+                return response
+        raise UpstreamUnavailable("Could not reach a backend: " + "; ".join(ctx.failures))
+
+    def _begin(self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool) -> Attempt:
+        features = ctx.features
+        kv_tokens = request_kv_tokens(features, self.policy)
+        lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
+        attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
+        ctx.attempts.append(attempt)
+        return attempt
+
+    def _give_up(self, ctx: RequestContext, attempt: Attempt, reason: str) -> None:
+        ctx.failures.append(f"{attempt.backend_id}: {reason}")
+        attempt.give_up(reason)
+
+    async def _try(
+        self, ctx: RequestContext, attempt: Attempt, body: bytes, *, last: bool
+    ) -> Response | None:
+        """The response for the client, or None when the next backend should be tried."""
+        url = attempt.backend.url.rstrip("/") + PATHS[ctx.parsed.kind]
+        handed_over = False
+        try:
+            if ctx.features.stream:
+                response = await race_disconnect(
+                    ctx.receive, self.upstream.post(url, body, ctx.forward_headers)
+                )
+                if response.status >= 500 and not last:
+                    response.close()
+                    self._give_up(ctx, attempt, f"HTTP {response.status}")
+                    return None
+                handed_over = True  # the relay owns the response and the attempt from here
+                return relay_stream(ctx, attempt, response)
+            status, ctype, data = await race_disconnect(ctx.receive, self._exchange(url, body, ctx))
+            if status >= 500 and not last:
+                self._give_up(ctx, attempt, f"HTTP {status}")
+                return None
+            return relay_body(ctx, attempt, status, ctype, data)
+        except UpstreamConnectError as exc:
+            self._give_up(ctx, attempt, str(exc))
+            return None
+        except ClientDisconnected:
+            attempt.finish(CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
+        finally:
+            if not handed_over:
+                attempt.release()
+
+    async def _exchange(self, url: str, body: bytes, ctx: RequestContext) -> tuple[int, str, bytes]:
+        response = await self.upstream.post(url, body, ctx.forward_headers)
+        try:
+            return response.status, response.content_type, await response.read()
+        except BaseException:
+            response.close()
+            raise

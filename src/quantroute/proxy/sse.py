@@ -1,0 +1,102 @@
+"""Streaming relay: SSE bytes from the backend to the client, as they arrive.
+
+When the client did not ask for usage, the gateway asked the backend for it and strips that final
+usage event here; otherwise bytes pass through untouched. Usage is read from the tail of the stream
+either way, for token accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
+"""The end of an SSE event: an empty line (vLLM frames with LF; CRLF framing is valid SSE too)."""
+_USAGE_MARK = b'"usage":{'
+_TAIL_KEEP = 8192
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def usage_from_event(event: bytes) -> Usage | None:
+    """``data: {...}`` with a ``usage`` object -> Usage; anything else -> None."""
+    if _USAGE_MARK not in event.replace(b'": {', b'":{'):
+        return None
+    payload = event.strip()
+    if payload.startswith(b"data:"):
+        payload = payload[5:].strip()
+    try:
+        usage = json.loads(payload).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    try:
+        usage = json.loads(body).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+class SSEUsageTap:
+    """Feed raw stream bytes; get back what the client should see; ``usage`` when known."""
+
+    def __init__(self, strip_usage: bool) -> None:
+        self._strip = strip_usage
+        self._pending = b""
+        self._tail = b""
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._strip:
+            self._tail = (self._tail + chunk)[-_TAIL_KEEP:]
+            return chunk
+        data = self._pending + chunk
+        cut = _last_boundary_end(data)
+        if cut < 0:
+            self._pending = data
+            return b""
+        complete, self._pending = data[:cut], data[cut:]
+        if b'"usage"' not in complete:
+            return complete
+        kept = []
+        start = 0
+        for boundary in _BOUNDARY.finditer(complete):
+            event, start = complete[start : boundary.end()], boundary.end()
+            usage = usage_from_event(event)
+            if usage is not None and b'"choices":[]' in event.replace(b" ", b""):
+                self.usage = usage
+                continue
+            kept.append(event)
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def finish(self) -> Usage | None:
+        if self.usage is None and self._tail:
+            for event in reversed(_BOUNDARY.split(self._tail)):
+                usage = usage_from_event(event)
+                if usage is not None:
+                    self.usage = usage
+                    break
+        return self.usage
+
+
+def _last_boundary_end(data: bytes) -> int:
+    """Where the last complete event in ``data`` ends, or -1 if none has ended yet."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)

@@ -1,0 +1,90 @@
+"""The decision step: the pure core's ``decide`` over a fresh snapshot, plus its telemetry.
+
+:meth:`Router.decide` is the one way a request gets a decision, for real traffic and for
+``POST /v1/route/explain`` alike; ``dry_run=True`` (explain) records nothing: no metric, no
+admin statistic, no request number used up. :meth:`Router.route` turns a decision that routes
+nowhere into the error the client gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from quantroute.config import GatewayConfig
+from quantroute.core.model import Decision, Outcome, RequestFeatures
+from quantroute.core.scheduler import Policy, decide
+from quantroute.errors import ContextLengthExceeded, ModelNotFound, NoBackendAvailable
+from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.store import StateStore
+from quantroute.telemetry import Telemetry
+
+log = logging.getLogger("quantroute.decisions")
+
+
+class Router:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: StateStore,
+        matrix: MatrixSource,
+        telemetry: Telemetry,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.matrix = matrix
+        self.telemetry = telemetry
+        self.policy = Policy(config.policy, config.groups)
+        self._sequence = 0
+
+    def next_sequence(self, *, dry_run: bool = False) -> int:
+        """The request number (round robin, tie-break seeding); a dry run does not use one up."""
+        number = self._sequence
+        if not dry_run:
+            self._sequence += 1
+        return number
+
+    def decide(self, features: RequestFeatures, *, dry_run: bool = False) -> Decision:
+        started = time.perf_counter()
+        decision = decide(features, self.store.snapshot(), self.matrix.current, self.policy)
+        if not dry_run:
+            self._record(features, decision, time.perf_counter() - started)
+        return decision
+
+    def route(self, features: RequestFeatures) -> Decision:
+        """A decision that names a backend, or the error the client is answered with."""
+        decision = self.decide(features)
+        if decision.outcome is Outcome.ROUTED:
+            return decision
+        if decision.outcome is Outcome.UNKNOWN_MODEL:
+            raise ModelNotFound(
+                f"The model '{features.model}' does not exist: not a group and no backend serves it.",
+                param="model",
+            )
+        if decision.outcome is Outcome.TOO_LONG:
+            raise ContextLengthExceeded(
+                f"This request needs about {features.prompt_tokens} prompt tokens plus "
+                f"max_tokens={features.max_tokens}, more than any backend of "
+                f"'{features.model}' accepts.",
+                param="messages",
+            )
+        group = decision.group or features.model
+        self.telemetry.no_backend.labels(group).inc()
+        self.telemetry.requests.labels("none", group, "503").inc()
+        raise NoBackendAvailable(
+            f"No backend can take this request now for '{features.model}'.",
+            reasons={k: tuple(map(str, v)) for k, v in decision.rejected.items()},
+            retry_after_s=self.config.policy.retry_after_s,
+        )
+
+    def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
+        t = self.telemetry
+        t.route_duration.labels(decision.chosen or "none").observe(elapsed_s)
+        for backend_id, rejections in decision.rejected.items():
+            for rejection in rejections:
+                t.rejections.labels(backend_id, rejection.filter).inc()
+                self.store.note_steered_away(backend_id, rejection.filter)
+        for backend_id in decision.kv_pressure:
+            t.cache_pressure.labels(backend_id).inc()
+        if log.isEnabledFor(logging.DEBUG) or self.config.log_decisions:
+            log.info("decision task=%s %s", features.task, decision.explain())

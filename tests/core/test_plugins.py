@@ -1,0 +1,155 @@
+"""The plugin registry: policies name filters, scorers and pickers; names and parameters are checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from quantroute.base import FrozenModel
+from quantroute.config import PolicyConfig, ScorerRef, parse_config
+from quantroute.core import plugins
+from quantroute.core.filters import Filter, FilterContext
+from quantroute.core.model import BackendState, Outcome, Rejection
+from quantroute.core.scheduler import Policy, decide
+from quantroute.core.scorers import Scorer
+from quantroute.errors import ConfigError
+
+from .helpers import backend, features, policy, snapshot
+
+
+def config_error(policy: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"policy": policy}, "gw.yaml")
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "needles"),
+    [
+        (
+            {"filters": ["context", "kv_celing"]},
+            ["gw.yaml", "policy.filters.1.name", "unknown filter 'kv_celing'", "kv_ceiling"],
+        ),
+        (
+            {"scorers": {"interactive": [{"name": "latencyy", "weight": 1}]}},
+            ["policy.scorers.interactive.0.name", "unknown scorer 'latencyy'"],
+        ),
+        ({"picker": "fastest"}, ["policy.picker.name", "unknown picker 'fastest'", "round_robin"]),
+        (
+            {"filters": [{"name": "context", "parameters": {"slack": 3}}]},
+            ["policy.filters.0.parameters.slack", "Extra inputs are not permitted", "got 3"],
+        ),
+        (
+            {"scorers": {"batch": [{"name": "cost", "weight": 0}]}},
+            ["policy.scorers.batch", "at least one scorer needs a positive weight"],
+        ),
+        (
+            {"scorers": {"batch": [{"name": "cost", "weight": -1}]}},
+            ["policy.scorers.batch.0.weight", "greater than or equal to 0", "got -1"],
+        ),
+        (
+            {"weights": {"batch": {"cost": 1}}, "scorers": {}},
+            ["give policy.scorers or its earlier form policy.weights, not both"],
+        ),
+    ],
+)
+def test_a_wrong_plugin_reference_names_the_field_and_the_value(
+    policy: dict[str, Any], needles: list[str]
+) -> None:
+    message = config_error(policy)
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_the_earlier_weights_form_becomes_the_same_scorers() -> None:
+    old = PolicyConfig.model_validate(
+        {"weights": {"interactive": {"least_loaded": 1.0}, "batch": {"cost": 1.0}}}
+    )
+    assert old.weights is None
+    assert old.scorers.interactive == (
+        ScorerRef(name="headroom", weight=0.4),
+        ScorerRef(name="latency", weight=0.4),
+        ScorerRef(name="cost", weight=0.2),
+        ScorerRef(name="least_loaded", weight=1.0),
+    )
+    assert [(s.name, s.weight) for s in old.scorers.batch] == [
+        ("headroom", 0.4),
+        ("latency", 0.4),
+        ("cost", 1.0),
+    ]
+    assert "weights" not in old.model_dump()
+    assert PolicyConfig().scorers == PolicyConfig.model_validate({"weights": {}}).scorers
+
+
+def test_plain_names_and_references_are_the_same_policy() -> None:
+    short = PolicyConfig.model_validate({"filters": ["context"], "picker": "round_robin"})
+    long = PolicyConfig.model_validate(
+        {"filters": [{"name": "context"}], "picker": {"name": "round_robin", "parameters": {}}}
+    )
+    assert short == long
+
+
+class Slack(FrozenModel):
+    max_waiting: int
+
+
+def _waiting_cap(params: Slack) -> Filter:
+    def waiting_cap(b: BackendState, _ctx: FilterContext) -> Rejection | None:
+        waiting = (b.metrics.num_waiting if b.metrics else None) or 0
+        if waiting <= params.max_waiting:
+            return None
+        return Rejection("waiting_cap", f"{waiting:.0f} waiting > {params.max_waiting}")
+
+    return waiting_cap
+
+
+class Prefer(FrozenModel):
+    backend: str
+
+
+def _prefer(params: Prefer) -> Scorer:
+    def prefer(b: BackendState, _all: Sequence[BackendState], _ctx: FilterContext) -> float:
+        return 1.0 if b.id == params.backend else 0.0
+
+    return prefer
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    plugins.register_filter("waiting_cap", _waiting_cap, Slack)
+    plugins.register_scorer("prefer", _prefer, Prefer)
+    yield
+    del plugins.FILTERS["waiting_cap"], plugins.SCORERS["prefer"]
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_registered_plugin_runs_with_its_parameters() -> None:
+    pol = policy(
+        ("a", "b", "c"),
+        filters=[{"name": "waiting_cap", "parameters": {"max_waiting": 2}}],
+        scorers={
+            "interactive": [
+                {"name": "prefer", "weight": 5, "parameters": {"backend": "c"}},
+                {"name": "least_loaded", "weight": 1},
+            ]
+        },
+    )
+    snap = snapshot(backend("a", waiting=3), backend("b"), backend("c", running=40))
+    d = decide(features(), snap, None, pol)
+    assert d.outcome is Outcome.ROUTED and d.chosen == "c"
+    assert d.rejected == {"a": (Rejection("waiting_cap", "3 waiting > 2"),)}
+    assert set(d.scores["c"].parts) == {"prefer", "least_loaded"}
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_registered_plugins_parameters_are_validated() -> None:
+    message = config_error({"filters": [{"name": "waiting_cap", "parameters": {}}]})
+    assert "policy.filters.0.parameters.max_waiting: Field required" in message
+
+
+def test_an_unknown_plugin_cannot_reach_decide() -> None:
+    bad = PolicyConfig.model_validate({"filters": ["nope"]})  # model alone: names unchecked
+    with pytest.raises(ConfigError, match="unknown filter 'nope'"):
+        Policy(bad)
