@@ -46,10 +46,17 @@ def _vllm_args(deployment: Obj) -> list[str]:
     return args
 
 
-def test_embedded_gateway_config_passes_check_config(overlay: str, tmp_path: Path) -> None:
+def test_embedded_gateway_config_passes_check_config(
+    overlay: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     objs = render_overlay(overlay)
-    _, path = _gateway_config(objs, tmp_path)
+    config, path = _gateway_config(objs, tmp_path)
     assert cli_main(["check-config", str(path)]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    # It says which backends are resolved, and which names: what an operator checks first.
+    assert summary.startswith("# strict DNS every 5 s, one backend per address: ")
+    for backend in config.backends:
+        assert f"{backend.id} (vllm-headless-{backend.variant_id})" in summary
 
 
 def test_every_backend_resolves_each_pod_of_its_variant(overlay: str, tmp_path: Path) -> None:
