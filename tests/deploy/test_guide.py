@@ -299,6 +299,7 @@ def test_the_check_rules_refuse_a_wrong_command(cluster: Cluster) -> None:
 @dataclass
 class Scene:
     gateway: GatewayThread
+    kind: str
 
     def run(self, command: Command) -> str:
         tool("curl")
@@ -315,7 +316,9 @@ class Scene:
 def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
     """Two variants behind the gateway, in the state the parameter names:
     healthy: both fresh and idle; full: `a` with a full KV cache, `b` failing its scrapes;
-    dark: both failing their scrapes."""
+    dark: both failing their scrapes; refusing: both fresh, both answering requests with 503
+    (vLLM overloaded or shutting down); unreachable: both fresh, both dropping the connection of
+    every request (an engine gone while /metrics still answers)."""
     state: str = request.param
     states = {
         "healthy": (FakeState(served_model_name="a"), FakeState(served_model_name="b")),
@@ -326,6 +329,14 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
         "dark": (
             FakeState(served_model_name="a", metrics_status=500),
             FakeState(served_model_name="b", metrics_status=500),
+        ),
+        "refusing": (
+            FakeState(served_model_name="a", fail_status=503, fail_times=1000),
+            FakeState(served_model_name="b", fail_status=503, fail_times=1000),
+        ),
+        "unreachable": (
+            FakeState(served_model_name="a", drop_requests=True),
+            FakeState(served_model_name="b", drop_requests=True),
         ),
     }[state]
     servers = [ThreadedServer(FakeBackend(s).app).start() for s in states]
@@ -347,7 +358,7 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
     )
     try:
         with GatewayThread(config) as gateway:
-            expected = {"healthy": {"fresh"}, "full": {"fresh", "down"}, "dark": {"down"}}[state]
+            expected = {"full": {"fresh", "down"}, "dark": {"down"}}.get(state, {"fresh"})
             assert wait_until(
                 lambda: (
                     {
@@ -358,7 +369,7 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
                 ),
                 10.0,
             )
-            yield Scene(gateway)
+            yield Scene(gateway, state)
     finally:
         for server in servers:
             server.stop()
@@ -444,3 +455,21 @@ def test_the_reason_table_covers_every_filter() -> None:
     ):
         assert _documented(reason), reason
     assert not _documented("frobnicated: yes")
+
+
+@pytest.mark.parametrize("scene", ["refusing", "unreachable"], indirect=True)
+def test_the_first_step_tells_a_backends_answer_from_the_gateways(scene: Scene) -> None:
+    """Rows 2 and 3 of step 1: a 502 the gateway made, and a vLLM server's own 503 relayed."""
+    (first,) = [scene.run(c) for c in curls("Why did this request get a 503 or a 502", "1")]
+    head, _, body = first.partition("\n\n")
+    headers = head.lower()
+    if "x-quantroute-backend" in headers:  # refusing: vLLM's answer, relayed after one retry
+        assert head.startswith("HTTP/1.1 503")
+        assert "x-quantroute-decision:" in headers
+        assert "no_backend_available" not in body
+    else:  # unreachable: the gateway's 502, naming each attempt
+        assert head.startswith("HTTP/1.1 502")
+        error = json.loads(body)["error"]
+        assert error["code"] == "upstream_unavailable"
+        assert "a:" in error["message"] and "b:" in error["message"]
+    assert ("x-quantroute-backend" in headers) == (scene.kind == "refusing")
