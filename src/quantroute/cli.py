@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from quantroute import __version__
 from quantroute.errors import ConfigError
 
 
@@ -38,13 +39,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _check_vllm_args(args: argparse.Namespace) -> int:
     from quantroute.preflight import check_vllm_args_main
 
-    return check_vllm_args_main(list(args.vllm_args), args.gateway_config)
+    return check_vllm_args_main(list(args.vllm_args), args.gateway_config, args.fail_on)
 
 
 def _parser(command: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantroute", description="Route OpenAI-compatible traffic across a vLLM fleet."
     )
+    parser.add_argument("--version", action="version", version=f"quantroute {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
@@ -75,6 +77,12 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-vllm-args", help="pre-flight check of `vllm serve` arguments")
     p.add_argument("--gateway-config", default=None)
+    p.add_argument(
+        "--fail-on",
+        choices=("warning", "error"),
+        default="warning",
+        help="exit non-zero on warnings (default) or only on errors (init containers)",
+    )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check_vllm_args)
 

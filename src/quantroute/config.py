@@ -178,7 +178,9 @@ class ListenConfig(FrozenModel):
 class KubernetesDiscoveryConfig(FrozenModel):
     """Backends from pods selected by a label, their settings from labels and annotations."""
 
-    namespace: str = "default"
+    namespace: str | None = None
+    """Where the vLLM pods run; default: the gateway pod's own namespace (``POD_NAMESPACE``, else
+    the service account's namespace file), outside a cluster ``default``."""
     label_selector: str = "quantroute.io/role=backend"
     port: int | None = Field(default=None, ge=1, le=65535)
     """Container port of vLLM; default: the annotation ``quantroute.io/port``, else 8000."""
@@ -190,8 +192,24 @@ class KubernetesDiscoveryConfig(FrozenModel):
     resync_s: PositiveFloat = 300.0
 
 
+class DnsDiscoveryConfig(FrozenModel):
+    """Strict DNS: each static backend's URL host is resolved again and again; every address it
+    resolves to (a headless Service's Ready pods) is one backend with that backend's settings."""
+
+    backends: tuple[str, ...] | None = None
+    """Ids of the static backends to resolve; default: every one whose URL host is a name."""
+    interval_s: PositiveFloat = 5.0
+    timeout_s: PositiveFloat = 2.0
+    nameservers: tuple[str, ...] = ()
+    """Resolver IP addresses; default: the system's (/etc/resolv.conf, with its search list)."""
+    port: int = Field(default=53, ge=1, le=65535)
+    """Port of ``nameservers`` (ignored with the system's resolver)."""
+    record_type: Literal["A", "AAAA"] = "A"
+
+
 class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
+    dns: DnsDiscoveryConfig | None = None
 
 
 class GatewayConfig(FrozenModel):
@@ -220,6 +238,15 @@ class GatewayConfig(FrozenModel):
                 raise ValueError(
                     f"group {group.name!r} names unknown variant(s) {missing}; known: {sorted(known)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _dns_backends_known(self) -> GatewayConfig:
+        dns = self.discovery.dns if self.discovery is not None else None
+        if dns is not None and dns.backends is not None:
+            unknown = sorted(set(dns.backends) - {b.id for b in self.backends})
+            if unknown:
+                raise ValueError(f"discovery.dns.backends names unknown backend id(s): {unknown}")
         return self
 
     def backend(self, backend_id: str) -> BackendConfig:

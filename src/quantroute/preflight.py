@@ -14,7 +14,8 @@ It catches the failures our users met in production (see ``deploy/README.md``):
 
 Exit codes of :func:`check_vllm_args_main`: 0 nothing found; 1 warnings only; 2 at least one
 error, or the check could not run (no arguments, unreadable gateway config, a value vLLM would not
-parse). Notes (hints such as a faster kernel) never change the exit code.
+parse). Notes (hints such as a faster kernel) never change the exit code. With
+``--fail-on error`` (how the vLLM pods' init container runs it) warnings exit 0 as well.
 """
 
 from __future__ import annotations
@@ -321,8 +322,14 @@ def _summary(args: VllmArgs, findings: Sequence[Finding]) -> str:
     return f"{subject}: {errors} error(s), {warnings} warning(s): {verdict}"
 
 
-def check_vllm_args_main(argv: list[str], gateway_config: str | None) -> int:
-    """``quantroute check-vllm-args [--gateway-config FILE] -- <vllm serve args>``."""
+def check_vllm_args_main(
+    argv: list[str], gateway_config: str | None, fail_on: str = "warning"
+) -> int:
+    """``quantroute check-vllm-args [--gateway-config FILE] [--fail-on error] -- <vllm args>``.
+
+    ``fail_on="error"`` (the init container's setting) exits 0 on warnings: they are printed, but
+    only what makes vLLM fail to start keeps a GPU server from starting.
+    """
     if not argv:
         print("error: no vLLM arguments given; usage: check-vllm-args -- <vllm serve args>")
         return 2
@@ -338,4 +345,5 @@ def check_vllm_args_main(argv: list[str], gateway_config: str | None) -> int:
     if config is None:
         print("note: no gateway config given, so --max-model-len was not compared with it")
     print(_summary(args, findings))
-    return exit_code(findings)
+    code = exit_code(findings)
+    return 0 if fail_on == "error" and code == 1 else code

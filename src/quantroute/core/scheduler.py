@@ -115,9 +115,11 @@ def decide(
 ) -> Decision:
     cfg, plan = policy.config, policy.plan
     pool, group = candidates_for(features.model, snapshot, policy)
-    if not pool:
-        return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
     floor = group.quality_floor if group else 0.0
+    if not pool and group is None:
+        return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
+    if not pool:  # a group none of whose variants has a backend now: there, but unservable
+        return _reject_all({}, group, floor)
     ctx = FilterContext(features, cfg, matrix, floor)
     hard, soft = plan.hard, plan.soft
     admitted, rejected = _filter(pool, ctx, hard)

@@ -28,6 +28,7 @@ from quantroute.config import KubernetesDiscoveryConfig
 from quantroute.errors import ConfigError, KubeApiError, ResourceExpired
 
 JsonObject = Mapping[str, object]
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 LIST_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 READ_GRACE_S = 30.0
@@ -62,6 +63,21 @@ def _translated_errors() -> Iterator[None]:
         raise _api_error(cast(int | None, exc.status), str(cast(object, exc.reason))) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise KubeApiError(None, f"{type(exc).__name__}: {exc}") from exc
+
+
+def own_namespace(
+    env: Mapping[str, str] = os.environ, namespace_file: str = SERVICE_ACCOUNT_NAMESPACE
+) -> str:
+    """The gateway pod's namespace: ``POD_NAMESPACE`` (the downward API), else the mounted service
+    account's namespace file, else ``default`` (outside a cluster)."""
+    if env.get("POD_NAMESPACE"):
+        return env["POD_NAMESPACE"]
+    with contextlib.suppress(OSError):
+        with open(namespace_file, encoding="utf-8") as file:
+            namespace = file.read().strip()
+        if namespace:
+            return namespace
+    return "default"
 
 
 async def load_configuration(
@@ -107,7 +123,7 @@ class KubeClient:
     def __init__(self, configuration: client.Configuration, cfg: KubernetesDiscoveryConfig) -> None:
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
-        self._namespace = cfg.namespace
+        self._namespace = cfg.namespace or own_namespace()
         self._selector = cfg.label_selector
         self._refresher: asyncio.Task[None] | None = None
 

@@ -42,20 +42,25 @@ class _Closable(Protocol):
 async def _start_discovery(
     config: GatewayConfig, gateway: Gateway, telemetry: Telemetry
 ) -> _Closable | None:
-    """Kubernetes discovery, when configured: backends join and leave routing without a restart."""
-    if config.discovery is None or config.discovery.kubernetes is None:
+    """Discovery (strict DNS, Kubernetes), when configured: backends join and leave routing
+    without a restart; the series of a backend that left are dropped from the metrics."""
+    if config.discovery is None:
         return None
-    from quantroute.discovery import start_kubernetes_discovery
+    from quantroute.discovery import start_discovery
 
-    def on_change(discovered: list[BackendConfig]) -> None:
-        static_ids = {b.id for b in config.backends}
-        backends = [*config.backends, *(b for b in discovered if b.id not in static_ids)]
+    current = {b.id for b in config.backends}
+
+    def apply(backends: list[BackendConfig]) -> None:
         gateway.set_backends(backends)
         for backend in backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
+        for gone in current - {b.id for b in backends}:
+            telemetry.forget_backend(gone)
+        current.clear()
+        current.update(b.id for b in backends)
         log.info("discovery: %d backend(s): %s", len(backends), ", ".join(b.id for b in backends))
 
-    return await start_kubernetes_discovery(config.discovery.kubernetes, on_change)
+    return await start_discovery(config, apply)
 
 
 def create_app(
@@ -95,12 +100,12 @@ def create_app(
             telemetry.declare_group(group.name)
         scraper = Scraper(store, config.policy, client, clock=clock, on_result=on_scrape)
         holder["scraper"] = scraper
+        discovery = await _start_discovery(config, gateway, telemetry)
         await scraper.scrape_once()
         scraper.start()
         watcher = asyncio.create_task(
             _watch_matrix(source, matrix_poll_s), name="quantroute-matrix"
         )
-        discovery = await _start_discovery(config, gateway, telemetry)
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
         try:

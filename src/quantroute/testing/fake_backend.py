@@ -265,16 +265,21 @@ class FakeBackend:
 
 
 class ThreadedServer:
-    """Run an aiohttp application on 127.0.0.1 in a background thread with its own loop."""
+    """Run an aiohttp application on 127.0.0.1 (or another loopback address such as 127.0.0.2)
+    in a background thread with its own loop."""
 
-    def __init__(self, app: web.Application, port: int | None = None) -> None:
+    def __init__(
+        self, app: web.Application, port: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.app = app
+        self.host = host
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._runner: web.AppRunner | None = None
+        self._error: OSError | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -286,8 +291,15 @@ class ThreadedServer:
             handler_cancellation=True,
         )
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        self._loop.run_until_complete(site.start())
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            self._loop.run_until_complete(site.start())
+        except OSError as exc:
+            self._error = exc
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+            self._ready.set()
+            return
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
@@ -297,6 +309,9 @@ class ThreadedServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("fake backend did not start")
+        if self._error is not None:
+            self._thread.join(10)
+            raise self._error
         return self
 
     def stop(self) -> None:
