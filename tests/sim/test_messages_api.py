@@ -114,7 +114,10 @@ async def test_errors_come_in_anthropics_envelope(
         )
     assert caught.value.body == {
         "type": "error",
-        "error": {"type": "NotFoundError", "message": "The model `nope` does not exist."},
+        "error": {
+            "type": "NotFoundError",
+            "message": "The model `nope` does not exist. Valid aliases: llama3-8b-awq.",
+        },
     }
     # a body that fails validation gets vLLM's OpenAI-format 400, as vLLM 0.32 answers it
     reply = await http.post(fleet.urls["awq"] + "/v1/messages", json={"model": "llama3-8b-awq"})

@@ -167,7 +167,7 @@ async def test_prompt_over_max_model_len_is_refused(
         await openai_for(fleet.urls["small"]).responses.create(
             model="tiny-llama", input="word " * 600
         )
-    assert caught.value.body["param"] == "input"  # type: ignore[index]
+    assert caught.value.body["param"] == "input_tokens"  # type: ignore[index]
 
 
 async def test_disconnect_mid_stream_aborts_the_response(http: httpx.AsyncClient) -> None:

@@ -25,7 +25,9 @@ def _check(backend: SimBackend, body: mw.MessagesRequest) -> int:
     check_prompt(backend, sum(map(len, texts)), prompt_tokens)
     limit = backend.identity.max_model_len
     if body.max_tokens > limit:
-        raise Rejected(400, wire.max_tokens_too_large(body.max_tokens, limit, prompt_tokens))
+        raise Rejected(
+            400, wire.max_tokens_too_large(body.max_tokens, limit, "max_completion_tokens")
+        )
     return prompt_tokens
 
 
@@ -71,7 +73,9 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
         mid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         if body.stream:
             stream = _stream(backend, body, prompt_tokens, mid)
-            return StreamingResponse(stream, media_type="text/event-stream")
+            return StreamingResponse(
+                stream, media_type="text/event-stream", headers=wire.STREAM_HEADERS
+            )
         job = _submit(backend, body, prompt_tokens)
         text = await collect(backend, job, request)
         if text is None or job.finish_reason is None:

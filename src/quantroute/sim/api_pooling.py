@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from quantroute.sim import wire
 from quantroute.sim import wire_pooling as pw
 from quantroute.sim.backend import SimBackend
-from quantroute.sim.exchange import Rejected, aborted, check_model, finish_all, parse
+from quantroute.sim.exchange import Rejected, aborted, finish_all, parse
 from quantroute.sim.text import completion_prompt_tokens
 
 
@@ -41,6 +41,11 @@ async def _encode(
     return [pw.embed(text, backend.identity.embedding_dim) for text, _ in inputs]
 
 
+def _check_model(backend: SimBackend, model: str | None) -> None:
+    if model is not None and model != backend.identity.served_model_name:
+        raise Rejected(404, pw.model_not_found(model))
+
+
 def _texts(texts: list[str]) -> list[tuple[str, int]]:
     return [(t, completion_prompt_tokens(t)) for t in texts]
 
@@ -52,7 +57,7 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
     async def embeddings(request: Request) -> Response:
         try:
             body = await parse(request, backend, pw.EmbeddingRequest)
-            check_model(backend, body.model)
+            _check_model(backend, body.model)
             if body.dimensions is not None:
                 raise Rejected(400, pw.no_matryoshka(name, body.dimensions))
             inputs = pw.embedding_inputs(body.input)
@@ -63,13 +68,13 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
         if vectors is None:
             return aborted()
         data = [pw.encode(v, body.encoding_format) for v in vectors]
-        rid = f"embd-{uuid.uuid4().hex}"
+        rid = f"embd-{uuid.uuid4().hex[:16]}"
         return JSONResponse(pw.embedding_response(rid, int(time.time()), name, data, tokens))
 
     async def score(request: Request) -> Response:
         try:
             body = await parse(request, backend, pw.ScoreRequest)
-            check_model(backend, body.model)
+            _check_model(backend, body.model)
             try:
                 pairs = pw.pairs(*body.sides())
             except ValueError as exc:
@@ -82,13 +87,13 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
         if vectors is None:
             return aborted()
         scores = [pw.cosine(vectors[2 * i], vectors[2 * i + 1]) for i in range(len(pairs))]
-        rid = f"score-{uuid.uuid4().hex}"
+        rid = f"score-{uuid.uuid4().hex[:16]}"
         return JSONResponse(pw.score_response(rid, int(time.time()), name, scores, tokens))
 
     async def rerank(request: Request) -> Response:
         try:
             body = await parse(request, backend, pw.RerankRequest)
-            check_model(backend, body.model)
+            _check_model(backend, body.model)
             documents = pw.as_texts(body.documents)
             inputs = _texts([pw.input_text(body.query), *documents])
             tokens = _check_lengths(backend, inputs)
@@ -98,7 +103,7 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
         if vectors is None:
             return aborted()
         scores = [pw.cosine(vectors[0], v) for v in vectors[1:]]
-        rid = f"score-{uuid.uuid4().hex}"
+        rid = f"score-{uuid.uuid4().hex[:16]}"
         return JSONResponse(pw.rerank_response(rid, name, documents, scores, body.top_n, tokens))
 
     for path in ("/score", "/v1/score"):

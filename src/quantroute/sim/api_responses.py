@@ -109,13 +109,16 @@ def _accept(backend: SimBackend, store: _Store, body: rw.ResponsesRequest) -> _C
     if chars > limit * wire.MAX_CHARS_PER_TOKEN:
         raise Rejected(400, wire.prompt_too_many_chars(chars, limit))
     if prompt_tokens >= limit:
-        raise Rejected(400, rw.prompt_too_long(prompt_tokens, limit))
+        raise Rejected(400, wire.prompt_too_long(prompt_tokens, limit))
+    wanted = body.max_output_tokens
+    if wanted is not None and wanted > limit:
+        raise Rejected(400, wire.max_tokens_too_large(wanted, limit, "max_output_tokens"))
     room = limit - prompt_tokens
-    max_tokens = min(body.max_output_tokens or room, room)
+    max_tokens = min(wanted or room, room)
     rid = body.model_extra.get("request_id") if body.model_extra else None
     return _Call(
         body,
-        rid if isinstance(rid, str) else f"resp_{uuid.uuid4().hex}",
+        rid if isinstance(rid, str) else f"resp_{uuid.uuid4().hex[:16]}",
         int(time.time()),
         backend.identity.served_model_name,
         turns,
@@ -126,7 +129,7 @@ def _accept(backend: SimBackend, store: _Store, body: rw.ResponsesRequest) -> _C
 
 async def _stream(backend: SimBackend, store: _Store, call: _Call) -> AsyncIterator[str]:
     job = call.submit(backend)
-    events = rw.EventWriter(f"msg_{uuid.uuid4().hex}")
+    events = rw.EventWriter(f"msg_{uuid.uuid4().hex[:16]}")
     initial = call.response([], "in_progress", None)
     try:
         yield events.envelope("response.created", initial)
@@ -153,7 +156,7 @@ async def _respond(backend: SimBackend, store: _Store, call: _Call, request: Req
     text = await collect(backend, job, request)
     if text is None or job.finish_reason is None:
         return aborted()
-    item = rw.output_message(f"msg_{uuid.uuid4().hex}", text, "completed")
+    item = rw.output_message(f"msg_{uuid.uuid4().hex[:16]}", text, "completed")
     final = call.response([item], _status(job), job)
     store.keep(call.body, call.turns, final)
     return JSONResponse(final)
@@ -170,7 +173,9 @@ def add_routes(app: FastAPI, backend: SimBackend) -> None:
             return rejected.response
         if call.body.stream:
             frames = _stream(backend, store, call)
-            return StreamingResponse(frames, media_type="text/event-stream")
+            return StreamingResponse(
+                frames, media_type="text/event-stream", headers=wire.STREAM_HEADERS
+            )
         return await _respond(backend, store, call, request)
 
     @app.get("/v1/responses/{response_id}")

@@ -53,7 +53,7 @@ async def parse(request: Request, backend: SimBackend, model: type[ModelT]) -> M
 def check_model(backend: SimBackend, model: str | None) -> None:
     """vLLM answers a model name it does not serve with 404 (no name means the served one)."""
     if model is not None and model != backend.identity.served_model_name:
-        raise Rejected(404, wire.not_found(model))
+        raise Rejected(404, wire.not_found(model, backend.identity.served_model_name))
 
 
 def check_prompt(backend: SimBackend, chars: int, prompt_tokens: int) -> None:

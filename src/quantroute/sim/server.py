@@ -26,8 +26,6 @@ from quantroute.sim.exchange import Rejected, aborted, check_model, check_prompt
 from quantroute.sim.metrics import CONTENT_TYPE
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
 
-STREAM_HEADERS = {"vary": "Origin"}
-
 
 def _check(
     backend: SimBackend,
@@ -39,7 +37,7 @@ def _check(
     check_model(backend, body.model)
     check_prompt(backend, chars, prompt_tokens)
     if body.output_limit is not None and body.output_limit > limit:
-        raise Rejected(400, wire.max_tokens_too_large(body.output_limit, limit, prompt_tokens))
+        raise Rejected(400, wire.max_tokens_too_large(body.output_limit, limit))
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,9 @@ async def _respond(backend: SimBackend, call: _Call, request: Request) -> Respon
 async def _generate(backend: SimBackend, call: _Call, request: Request, stream: bool) -> Response:
     if stream:
         chunks = _stream(backend, call)
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(
+            chunks, media_type="text/event-stream", headers=wire.STREAM_HEADERS
+        )
     return await _respond(backend, call, request)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from quantroute.sim.text import completion_prompt_tokens
-from quantroute.sim.wire import JsonObject, _Lenient, bad_request
+from quantroute.sim.wire import JsonObject, _Lenient, bad_request, error_body
 
 _WORD = re.compile(r"\w+")
 ScoreInput = str | dict[str, Any]
@@ -123,7 +123,8 @@ def encode(vector: list[float], encoding_format: str) -> list[float] | str:
 
 def usage(prompt_tokens: int) -> JsonObject:
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens,
-            "completion_tokens": 0, "prompt_tokens_details": None}  # fmt: skip
+            "completion_tokens": 0, "prompt_tokens_details": None,
+            "completion_tokens_details": None}  # fmt: skip
 
 
 def embedding_response(
@@ -170,3 +171,8 @@ def no_matryoshka(model: str, dimensions: int) -> JsonObject:
         f"Model {model!r} does not support Matryoshka embeddings; dimensions must be unset "
         f"(received dimensions={dimensions})."
     )
+
+
+def model_not_found(model: str) -> JsonObject:
+    """The pooling routes' 404: no aliases listed and no ``param`` (unlike generation's)."""
+    return error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)

@@ -90,12 +90,10 @@ def usage(input_tokens: int, output_tokens: int) -> JsonObject:
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0,
-                                 "input_tokens_per_turn": [input_tokens],
-                                 "cached_tokens_per_turn": [0]},
+                                 "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
-                                  "output_tokens_per_turn": [output_tokens],
-                                  "tool_output_tokens_per_turn": [0]},
+                                  "output_tokens_per_turn": [], "tool_output_tokens_per_turn": []},
         "total_tokens": input_tokens + output_tokens,
     }  # fmt: skip
 
@@ -139,7 +137,8 @@ class EventWriter:
         self._text: list[str] = []
 
     def _frame(self, kind: str, fields: JsonObject) -> str:
-        event = {**fields, "sequence_number": self._sequence, "type": kind}
+        # the openai types vLLM serialises declare an event's fields in alphabetical order
+        event = dict(sorted({**fields, "sequence_number": self._sequence, "type": kind}.items()))
         self._sequence += 1
         return f"event: {kind}\ndata: {dumps(event)}\n\n"
 
@@ -173,7 +172,7 @@ class EventWriter:
         return [
             self._frame(
                 "response.output_text.done",
-                {"content_index": 0, **where, "logprobs": [], "text": text},
+                {**where, "content_index": 0, "logprobs": [], "text": text},
             ),
             self._frame(
                 "response.content_part.done",
@@ -190,14 +189,6 @@ class EventWriter:
 def not_found(response_id: str) -> JsonObject:
     message = f"Response with id '{response_id}' not found."
     return error_body(message, "invalid_request_error", 404, "response_id")
-
-
-def prompt_too_long(prompt_tokens: int, max_model_len: int) -> JsonObject:
-    message = (
-        f"The engine prompt length {prompt_tokens} exceeds the max_model_len "
-        f"{max_model_len}. Please reduce prompt."
-    )
-    return error_body(message, "invalid_request_error", 400, "input")
 
 
 def background_unsupported() -> JsonObject:
