@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quantroute.apis.taps import MessagesTap, ResponsesTap, frame_data, frame_event
-from quantroute.proxy.relay import Usage
+from quantroute.proxy.sse import Usage
 from quantroute.sim import wire_messages as mw
 from quantroute.sim import wire_responses as rw
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from quantroute.proxy.relay import Usage
+from quantroute.proxy.sse import Usage
 
 _FRAME_END = re.compile(rb"\r?\n\r?\n")
 _RESPONSE_ENVELOPES = (b"response.created", b"response.in_progress", b"response.completed",
