@@ -119,7 +119,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
         SimBackendSpec(id="gen-b", profile="qwen25-7b-gptq"),
         SimBackendSpec(id=EMBED, profile="e5-mistral-7b"),
     ]
-    config = SimFleetConfig(time_scale=20, seed=5, backends=specs)
+    config = SimFleetConfig(time_scale=2, seed=5, backends=specs)  # a long answer outlives a client
     matrix = tmp_path_factory.mktemp("matrix") / "capability_matrix.json"
     matrix.write_text(json.dumps(capability_matrix()))
     with run_fleet_in_thread(config, answer_key=ANSWER_KEY) as fleet:

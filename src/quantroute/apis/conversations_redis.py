@@ -9,12 +9,35 @@ evicted turn makes its conversation answer "not found" rather than continue with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from quantroute.apis.conversations import StoredResponse
+from quantroute.errors import ConversationStoreUnavailable
 
 DEFAULT_PREFIX = "quantroute:response:"
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _unavailable(
+    call: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Redis errors and timeouts become one error the client gets as a 503 (no hanging)."""
+
+    @functools.wraps(call)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        from redis.exceptions import RedisError
+
+        try:
+            return await call(*args, **kwargs)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise ConversationStoreUnavailable(
+                f"The conversation store (Redis) cannot answer: {type(exc).__name__}"
+            ) from exc
+
+    return wrapped
 
 
 class RedisConversations:
@@ -36,13 +59,16 @@ class RedisConversations:
     def _key(self, response_id: str) -> str:
         return self._prefix + response_id
 
+    @_unavailable
     async def put(self, record: StoredResponse) -> None:
         await self._redis.set(self._key(record.id), record.to_json(), px=self._ttl_ms)
 
+    @_unavailable
     async def get(self, response_id: str) -> StoredResponse | None:
         raw = await self._redis.getex(self._key(response_id), px=self._ttl_ms)
         return None if raw is None else StoredResponse.from_json(raw)
 
+    @_unavailable
     async def get_many(self, response_ids: Sequence[str]) -> list[StoredResponse | None]:
         if not response_ids:
             return []
@@ -52,6 +78,7 @@ class RedisConversations:
             raws = await pipe.execute()
         return [None if raw is None else StoredResponse.from_json(raw) for raw in raws]
 
+    @_unavailable
     async def delete(self, response_id: str) -> bool:
         return bool(await self._redis.delete(self._key(response_id)))
 

@@ -105,6 +105,8 @@ class Plan:
     soft: tuple[tuple[str, Filter], ...]
     scorers: Mapping[LatencyClass, tuple[WeightedScorer, ...]]
     picker: Picker
+    pooling: tuple[WeightedScorer, ...] = ()
+    """The scorers of embeddings, score and rerank requests (load alone by default)."""
 
 
 def _build(registry: Mapping[str, Plugin[F]], kind: str, ref: PluginRef, where: str) -> F:
@@ -137,7 +139,7 @@ def _scorers(refs: Sequence[ScorerRef], where: str) -> tuple[WeightedScorer, ...
 
 def compile_plan(policy: PolicyConfig) -> Plan:
     """Look every plugin of ``policy`` up and build it; ConfigError names the offending field."""
-    hard: list[tuple[str, Filter]] = [("health", filters.health)]
+    hard: list[tuple[str, Filter]] = [("health", filters.health), ("api", filters.api)]
     soft: list[tuple[str, Filter]] = []
     for i, ref in enumerate(policy.filters):
         built = _build(FILTERS, "filter", ref, f"policy.filters.{i}")
@@ -149,4 +151,5 @@ def compile_plan(policy: PolicyConfig) -> Plan:
         LatencyClass.BATCH: _scorers(policy.scorers.batch, "policy.scorers.batch"),
     }
     picker = _build(PICKERS, "picker", policy.picker, "policy.picker")
-    return Plan(tuple(hard), tuple(soft), profiles, picker)
+    pooling = _scorers(policy.scorers.pooling, "policy.scorers.pooling")
+    return Plan(tuple(hard), tuple(soft), profiles, picker, pooling)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from quantroute.config import GroupConfig, PolicyConfig
+from quantroute.config import POOLING_APIS, GroupConfig, PolicyConfig
 from quantroute.core import pickers, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.matrix import CapabilityMatrix
@@ -82,10 +82,18 @@ def _score(
 def _reject_all(
     rejected: dict[str, tuple[Rejection, ...]], group: GroupConfig | None, floor: float
 ) -> Decision:
-    too_long = bool(rejected) and all(
-        any(r.filter == "context" for r in reasons) for reasons in rejected.values()
+    def every(name: str) -> bool:
+        return bool(rejected) and all(
+            any(r.filter == name for r in reasons) for reasons in rejected.values()
+        )
+
+    outcome = (
+        Outcome.UNSUPPORTED_API
+        if every("api")
+        else Outcome.TOO_LONG
+        if every("context")
+        else Outcome.NO_BACKEND
     )
-    outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
     name = group.name if group else None
     return Decision(outcome, None, (), {}, rejected, group=name, quality_floor=floor)
 
@@ -120,6 +128,9 @@ def decide(
         return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
     if not pool:  # a group none of whose variants has a backend now: there, but unservable
         return _reject_all({}, group, floor)
+    pooling = features.api in POOLING_APIS
+    if pooling:  # the matrix measures generation: embeddings and scores go on load alone
+        matrix = None
     ctx = FilterContext(features, cfg, matrix, floor)
     hard, soft = plan.hard, plan.soft
     admitted, rejected = _filter(pool, ctx, hard)
@@ -135,7 +146,8 @@ def decide(
     elif soft_rejected:
         relaxed = (*relaxed, *(name for name, _ in soft))
     pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
-    scores = _score(admitted, ctx, plan.scorers[features.latency_class])
+    profile = plan.pooling if pooling else plan.scorers[features.latency_class]
+    scores = _score(admitted, ctx, profile)
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
     ranked = plan.picker(totals, features, cfg.tie_tolerance, entropy)
