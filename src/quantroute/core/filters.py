@@ -48,14 +48,6 @@ def health(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     return Rejection("health", f"backend is {backend.health.value}")
 
 
-def api(backend: BackendState, ctx: FilterContext) -> Rejection | None:
-    """The backend serves the request's API (an embedding model takes no chat, and back)."""
-    wanted = ctx.features.api
-    if wanted in backend.config.apis:
-        return None
-    return Rejection("api", f"serves {', '.join(backend.config.apis)}, not {wanted}")
-
-
 def context(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     needed = ctx.features.prompt_tokens + (ctx.features.max_tokens or 1)
     limit = backend.config.max_seq_len

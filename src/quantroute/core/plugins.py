@@ -139,7 +139,7 @@ def _scorers(refs: Sequence[ScorerRef], where: str) -> tuple[WeightedScorer, ...
 
 def compile_plan(policy: PolicyConfig) -> Plan:
     """Look every plugin of ``policy`` up and build it; ConfigError names the offending field."""
-    hard: list[tuple[str, Filter]] = [("health", filters.health), ("api", filters.api)]
+    hard: list[tuple[str, Filter]] = [("health", filters.health)]
     soft: list[tuple[str, Filter]] = []
     for i, ref in enumerate(policy.filters):
         built = _build(FILTERS, "filter", ref, f"policy.filters.{i}")

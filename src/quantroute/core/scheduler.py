@@ -38,7 +38,8 @@ class Policy:
 def candidates_for(
     model: str, snapshot: Snapshot, policy: Policy
 ) -> tuple[list[BackendState], GroupConfig | None]:
-    """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant."""
+    """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant
+    (whatever APIs they serve: ``decide`` keeps those of the request's API)."""
     group = policy.group(model)
     if group is not None:
         return [b for b in snapshot.backends if b.config.variant_id in group.variants], group
@@ -82,18 +83,10 @@ def _score(
 def _reject_all(
     rejected: dict[str, tuple[Rejection, ...]], group: GroupConfig | None, floor: float
 ) -> Decision:
-    def every(name: str) -> bool:
-        return bool(rejected) and all(
-            any(r.filter == name for r in reasons) for reasons in rejected.values()
-        )
-
-    outcome = (
-        Outcome.UNSUPPORTED_API
-        if every("api")
-        else Outcome.TOO_LONG
-        if every("context")
-        else Outcome.NO_BACKEND
+    too_long = bool(rejected) and all(
+        any(r.filter == "context" for r in reasons) for reasons in rejected.values()
     )
+    outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
     name = group.name if group else None
     return Decision(outcome, None, (), {}, rejected, group=name, quality_floor=floor)
 
@@ -128,6 +121,12 @@ def decide(
         return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
     if not pool:  # a group none of whose variants has a backend now: there, but unservable
         return _reject_all({}, group, floor)
+    # Only the backends that serve the request's API are candidates at all (an embedding model
+    # in a group is not "rejected" by every chat request; it is simply not one of its kind).
+    pool = [b for b in pool if features.api in b.config.apis]
+    if not pool:
+        name = group.name if group else None
+        return Decision(Outcome.UNSUPPORTED_API, None, (), {}, {}, group=name)
     pooling = features.api in POOLING_APIS
     if pooling:  # the matrix measures generation: embeddings and scores go on load alone
         matrix = None
