@@ -15,7 +15,7 @@ import pytest
 from quantroute.testing.fake_backend import wait_until
 from quantroute.testing.procs import free_port
 
-SIM_PORTS = (8101, 8102, 8103, 8104)
+SIM_PORTS = (8101, 8102, 8103, 8104, 8105)
 
 
 def _listening(port: int) -> bool:
@@ -32,7 +32,7 @@ def _ready(url: str) -> bool:
 
 def test_demo_serves_and_stops_cleanly() -> None:
     if any(_listening(p) for p in SIM_PORTS):
-        pytest.skip("the demo's simulator ports 8101-8104 are taken on this machine")
+        pytest.skip("the demo's simulator ports 8101-8105 are taken on this machine")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -48,6 +48,9 @@ def test_demo_serves_and_stops_cleanly() -> None:
             model="auto", messages=[{"role": "user", "content": "Hello"}], max_tokens=16
         )
         assert reply.choices[0].message.content and reply.usage is not None
+        assert client.responses.create(model="auto", input="Hello").output_text
+        embedded = client.embeddings.create(model="auto", input="Hello")
+        assert len(embedded.data[0].embedding) == 4096
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:

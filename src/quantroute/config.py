@@ -20,6 +20,11 @@ TaskType = Literal["coding", "reasoning", "extraction", "chat"]
 TASK_TYPES: tuple[TaskType, ...] = ("coding", "reasoning", "extraction", "chat")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+ApiName = Literal["chat", "completions", "responses", "messages", "embeddings", "score", "rerank"]
+"""The client APIs a backend can serve: vLLM's generative runner serves the first four, its
+pooling runner (an embedding or reranker model) the last three."""
+GENERATIVE_APIS: tuple[ApiName, ...] = ("chat", "completions", "responses", "messages")
+POOLING_APIS: tuple[ApiName, ...] = ("embeddings", "score", "rerank")
 
 
 class Quantization(StrEnum):
@@ -43,6 +48,9 @@ class BackendConfig(FrozenModel):
     capacity: int = Field(gt=0, description="vLLM --max-num-seqs")
     gpu: str = "unknown"
     gpu_cost_per_hour: float = Field(default=0.0, ge=0.0)
+    apis: tuple[ApiName, ...] = Field(default=GENERATIVE_APIS, min_length=1)
+    """What it serves: a generative model the default, an embedding model
+    ``[embeddings, score, rerank]`` (vLLM ``--runner pooling``)."""
 
     @property
     def variant_id(self) -> str:
@@ -84,6 +92,8 @@ class ScorerProfiles(FrozenModel):
 
     interactive: tuple[ScorerRef, ...] = _scorers(headroom=0.4, latency=0.45, cost=0.15)
     batch: tuple[ScorerRef, ...] = _scorers(headroom=0.35, latency=0.1, cost=0.55)
+    pooling: tuple[ScorerRef, ...] = _scorers(headroom=0.5, least_loaded=0.5)
+    """Embeddings, score and rerank: load alone (the matrix describes generation, not them)."""
 
 
 class ScoreWeights(FrozenModel):
@@ -212,6 +222,19 @@ class DiscoveryConfig(FrozenModel):
     dns: DnsDiscoveryConfig | None = None
 
 
+class ConversationsConfig(FrozenModel):
+    """The Responses API's stored responses (``previous_response_id``, retrieve, delete)."""
+
+    ttl_s: PositiveFloat = 3600.0
+    """A stored response is forgotten this long after it was last written or continued."""
+    max_entries: int = Field(default=10_000, gt=0)
+    """In memory: least recently used responses beyond this are forgotten."""
+    redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    """Share them between gateway replicas in this Redis (``pip install quantroute[redis]``)."""
+    redis_prefix: str = "quantroute:response:"
+    redis_timeout_s: PositiveFloat = 1.0
+
+
 class GatewayConfig(FrozenModel):
     listen: ListenConfig = ListenConfig()
     matrix_path: Path | None = None
@@ -219,6 +242,7 @@ class GatewayConfig(FrozenModel):
     groups: tuple[GroupConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     discovery: DiscoveryConfig | None = None
+    conversations: ConversationsConfig = ConversationsConfig()
     log_decisions: bool = False
 
     @model_validator(mode="after")

@@ -10,7 +10,9 @@ QuantrouteError
 │   ├── ContextLengthExceeded 400 context_length_exceeded: no backend fits prompt + max_tokens
 │   ├── ModelNotFound        404 model_not_found
 │   ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
-│   └── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
+│   ├── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
+│   ├── ResponseNotFound     404 a stored Responses API response is unknown, expired or deleted
+│   └── ConversationStoreUnavailable 503 the store of Responses API conversations cannot answer
 ├── UpstreamConnectError     a backend could not be reached or broke off (before: retried;
 │                            mid-stream: ends the stream with an error event)
 ├── ClientDisconnected       the client went away before the response started
@@ -118,6 +120,23 @@ class UpstreamUnavailable(RequestError):
     status = 502
     error_type = "upstream_error"
     code = "upstream_unavailable"
+
+
+class ResponseNotFound(RequestError):
+    status = 404
+
+    def __init__(self, response_id: str, *, param: str, code: str) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+        self.code = code
+
+
+class ConversationStoreUnavailable(RequestError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "conversation_store_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class UpstreamConnectError(QuantrouteError):

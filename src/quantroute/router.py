@@ -20,6 +20,9 @@ from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 log = logging.getLogger("quantroute.decisions")
+PROMPT_PARAM = {"completions": "prompt", "responses": "input", "embeddings": "input",
+                "score": "text_1", "rerank": "documents"}  # fmt: skip
+"""The parameter that holds the prompt, per API (chat and messages: ``messages``)."""
 
 
 class Router:
@@ -61,12 +64,17 @@ class Router:
                 f"The model '{features.model}' does not exist: not a group and no backend serves it.",
                 param="model",
             )
+        if decision.outcome is Outcome.UNSUPPORTED_API:
+            raise ModelNotFound(
+                f"The model '{features.model}' has no backend that serves the {features.api} API.",
+                param="model",
+            )
         if decision.outcome is Outcome.TOO_LONG:
             raise ContextLengthExceeded(
                 f"This request needs about {features.prompt_tokens} prompt tokens plus "
                 f"max_tokens={features.max_tokens}, more than any backend of "
                 f"'{features.model}' accepts.",
-                param="messages",
+                param=PROMPT_PARAM.get(features.api, "messages"),
             )
         group = decision.group or features.model
         self.telemetry.no_backend.labels(group).inc()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantroute.config import BackendConfig, GroupConfig, PolicyConfig
+from quantroute.config import GENERATIVE_APIS, ApiName, BackendConfig, GroupConfig, PolicyConfig
 from quantroute.core.matrix import CapabilityMatrix, Percentiles, TaskProfile, VariantProfile
 from quantroute.core.model import BackendMetrics, BackendState, Health, RequestFeatures, Snapshot
 from quantroute.core.scheduler import Policy
@@ -21,6 +21,7 @@ def backend(
     cost: float = 1.0,
     pending: int = 0,
     pending_kv: int = 0,
+    apis: tuple[ApiName, ...] = GENERATIVE_APIS,
 ) -> BackendState:
     cfg = BackendConfig(
         id=id,
@@ -28,6 +29,7 @@ def backend(
         served_model_name=f"served-{id}",
         max_seq_len=max_seq_len,
         capacity=capacity,
+        apis=apis,
         gpu_cost_per_hour=cost,
     )
     metrics = BackendMetrics(

@@ -41,6 +41,11 @@ def test_backend_from_labels_and_annotations() -> None:
     assert (backend.gpu, backend.gpu_cost_per_hour) == ("L40S", 1.2)
 
 
+def test_an_embedding_pod_declares_the_apis_it_serves() -> None:
+    pod = vllm_pod("emb", port=8000, annotations={"quantroute.io/apis": "embeddings, score,rerank"})
+    assert backend_of("emb", pod, CFG).apis == ("embeddings", "score", "rerank")
+
+
 def test_defaults_for_optional_annotations_and_config_port_and_scheme() -> None:
     optional = (
         "quantroute.io/quantization",
@@ -55,6 +60,7 @@ def test_defaults_for_optional_annotations_and_config_port_and_scheme() -> None:
         "unknown",
         0.0,
     )
+    assert backend.apis == ("chat", "completions", "responses", "messages")
     fixed = KubernetesDiscoveryConfig(port=7000, scheme="https")
     assert backend_of("p", vllm_pod("p", port=9999), fixed).url == "https://127.0.0.1:7000"
 
@@ -78,6 +84,7 @@ def test_defaults_for_optional_annotations_and_config_port_and_scheme() -> None:
         ),
         ({"annotations": {"quantroute.io/gpu-cost-per-hour": "-1"}}, "gpu-cost-per-hour='-1'"),
         ({"annotations": {"quantroute.io/port": "http"}}, "quantroute.io/port='http'"),
+        ({"annotations": {"quantroute.io/apis": "embeddings,chit-chat"}}, "quantroute.io/apis="),
         ({"annotations": {"quantroute.io/port": "70000"}}, "quantroute.io/port='70000'"),
     ],
 )

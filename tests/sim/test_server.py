@@ -143,7 +143,7 @@ async def test_unknown_model_is_404_not_found(
     assert response.status_code == 404  # validation errors are JSON even when streaming
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("NotFoundError", 404)
-    assert error["message"] == "The model `gpt-4` does not exist."
+    assert error["message"] == "The model `gpt-4` does not exist. Valid aliases: llama3-8b-awq."
 
 
 def _shape(message: str) -> str:

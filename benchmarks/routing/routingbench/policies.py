@@ -116,9 +116,10 @@ def extras() -> tuple[PolicySpec, ...]:
 
 
 def demo_backends() -> list[dict[str, Any]]:
+    """The demo's generative backends (its embedding backend takes no part in chat routing)."""
     text = resources.files("quantroute.demo").joinpath("gateway.yaml").read_text("utf-8")
     rows: list[dict[str, Any]] = yaml.safe_load(text)["backends"]
-    return rows
+    return [r for r in rows if "chat" in r.get("apis", ["chat"])]
 
 
 def timing(time_scale: float) -> dict[str, Any]:

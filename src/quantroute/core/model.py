@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from quantroute.config import BackendConfig, TaskType
+from quantroute.config import ApiName, BackendConfig, TaskType
 
 
 class Health(StrEnum):
@@ -75,6 +75,8 @@ class RequestFeatures:
     latency_class: LatencyClass = LatencyClass.INTERACTIVE
     sequence: int = 0
     """A monotonically increasing request number (round robin, tie-break seeding)."""
+    api: ApiName = "chat"
+    """The client API of the request: only backends that serve it are candidates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,8 @@ class Rejection:
 class Outcome(StrEnum):
     ROUTED = "routed"
     UNKNOWN_MODEL = "unknown_model"
+    UNSUPPORTED_API = "unsupported_api"
+    """The model or group exists, but none of its backends serves the request's API."""
     TOO_LONG = "too_long"
     NO_BACKEND = "no_backend"
 

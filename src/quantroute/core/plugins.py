@@ -105,6 +105,8 @@ class Plan:
     soft: tuple[tuple[str, Filter], ...]
     scorers: Mapping[LatencyClass, tuple[WeightedScorer, ...]]
     picker: Picker
+    pooling: tuple[WeightedScorer, ...] = ()
+    """The scorers of embeddings, score and rerank requests (load alone by default)."""
 
 
 def _build(registry: Mapping[str, Plugin[F]], kind: str, ref: PluginRef, where: str) -> F:
@@ -149,4 +151,5 @@ def compile_plan(policy: PolicyConfig) -> Plan:
         LatencyClass.BATCH: _scorers(policy.scorers.batch, "policy.scorers.batch"),
     }
     picker = _build(PICKERS, "picker", policy.picker, "policy.picker")
-    return Plan(tuple(hard), tuple(soft), profiles, picker)
+    pooling = _scorers(policy.scorers.pooling, "policy.scorers.pooling")
+    return Plan(tuple(hard), tuple(soft), profiles, picker, pooling)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from quantroute.config import GroupConfig, PolicyConfig
+from quantroute.config import POOLING_APIS, GroupConfig, PolicyConfig
 from quantroute.core import pickers, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.matrix import CapabilityMatrix
@@ -38,7 +38,8 @@ class Policy:
 def candidates_for(
     model: str, snapshot: Snapshot, policy: Policy
 ) -> tuple[list[BackendState], GroupConfig | None]:
-    """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant."""
+    """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant
+    (whatever APIs they serve: ``decide`` keeps those of the request's API)."""
     group = policy.group(model)
     if group is not None:
         return [b for b in snapshot.backends if b.config.variant_id in group.variants], group
@@ -120,6 +121,15 @@ def decide(
         return Decision(Outcome.UNKNOWN_MODEL, None, (), {}, {})
     if not pool:  # a group none of whose variants has a backend now: there, but unservable
         return _reject_all({}, group, floor)
+    # Only the backends that serve the request's API are candidates at all (an embedding model
+    # in a group is not "rejected" by every chat request; it is simply not one of its kind).
+    pool = [b for b in pool if features.api in b.config.apis]
+    if not pool:
+        name = group.name if group else None
+        return Decision(Outcome.UNSUPPORTED_API, None, (), {}, {}, group=name)
+    pooling = features.api in POOLING_APIS
+    if pooling:  # the matrix measures generation: embeddings and scores go on load alone
+        matrix = None
     ctx = FilterContext(features, cfg, matrix, floor)
     hard, soft = plan.hard, plan.soft
     admitted, rejected = _filter(pool, ctx, hard)
@@ -135,7 +145,8 @@ def decide(
     elif soft_rejected:
         relaxed = (*relaxed, *(name for name, _ in soft))
     pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
-    scores = _score(admitted, ctx, plan.scorers[features.latency_class])
+    profile = plan.pooling if pooling else plan.scorers[features.latency_class]
+    scores = _score(admitted, ctx, profile)
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
     ranked = plan.picker(totals, features, cfg.tie_tolerance, entropy)

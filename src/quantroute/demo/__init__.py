@@ -1,6 +1,6 @@
 """`quantroute demo`: the simulated fleet and the gateway in front of it, in one process.
 
-Everything runs in one event loop: the simulated vLLM servers (loopback ports 8101-8104), the
+Everything runs in one event loop: the simulated vLLM servers (loopback ports 8101-8105), the
 gateway on 127.0.0.1:8080 and, with ``--traffic``, a mixed workload and a live terminal view.
 Ctrl-C (or ``--duration``) stops all of it; nothing is left running.
 """
@@ -18,9 +18,17 @@ from rich.console import Console
 from quantroute.config import GatewayConfig, load_config
 from quantroute.server.app import create_app
 from quantroute.serving import EmbeddedServer, uvicorn_config
-from quantroute.sim.fleet import SimFleet, load_fleet_config
+from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig, load_fleet_config
 
 GATEWAY_FILE = "gateway.yaml"
+EMBEDDING_BACKEND = SimBackendSpec(id="e5-mistral-7b", profile="e5-mistral-7b", port=8105)
+"""Beside the packaged fleet: an embedding model, so the demo serves every API."""
+
+
+def demo_fleet_config(time_scale: float) -> SimFleetConfig:
+    fleet = load_fleet_config(None)
+    backends = [*fleet.backends, EMBEDDING_BACKEND]
+    return fleet.model_copy(update={"time_scale": time_scale, "backends": backends})
 
 
 def demo_gateway_config(port: int) -> GatewayConfig:
@@ -35,13 +43,16 @@ def demo_gateway_config(port: int) -> GatewayConfig:
 
 def _banner(console: Console, url: str, with_matrix: bool) -> None:
     console.print(
-        f"[bold green]quantroute demo[/] gateway on [bold]{url}[/] in front of 4 simulated vLLM backends"
+        f"[bold green]quantroute demo[/] gateway on [bold]{url}[/] in front of 5 simulated vLLM "
+        "backends (4 chat models, 1 embedding model)"
     )
     console.print(
         f"""
   from openai import OpenAI
   client = OpenAI(base_url="{url}/v1", api_key="demo")
   client.chat.completions.create(model="auto", messages=[{{"role": "user", "content": "Hello"}}])
+  client.responses.create(model="auto", input="Hello")
+  client.embeddings.create(model="auto", input="Hello")
 
   curl {url}/admin/backends        # what the router sees
   curl {url}/metrics               # its Prometheus metrics
@@ -52,7 +63,7 @@ Ctrl-C stops everything."""
 
 async def run_demo(port: int, traffic: bool, time_scale: float, duration_s: float | None) -> None:
     console = Console()
-    fleet_config = load_fleet_config(None).model_copy(update={"time_scale": time_scale})
+    fleet_config = demo_fleet_config(time_scale)
     config = demo_gateway_config(port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,8 @@ key                                    kind        required  default / meaning
 ``quantroute.io/gpu``                  annotation  no        ``unknown``
 ``quantroute.io/gpu-cost-per-hour``    annotation  no        ``0``
 ``quantroute.io/port``                 annotation  no        ``discovery.kubernetes.port``, 8000
+``quantroute.io/apis``                 annotation  no        the generative APIs; an embedding
+                                                             model: ``embeddings,score,rerank``
 =====================================  ==========  ========  =================================
 """
 
@@ -34,6 +36,7 @@ QUANTIZATION = PREFIX + "quantization"
 GPU = PREFIX + "gpu"
 GPU_COST_PER_HOUR = PREFIX + "gpu-cost-per-hour"
 PORT = PREFIX + "port"
+APIS = PREFIX + "apis"
 DEFAULT_PORT = 8000
 
 REQUIRED_ANNOTATIONS = (SERVED_MODEL_NAME, MAX_MODEL_LEN, MAX_NUM_SEQS)
@@ -111,7 +114,7 @@ def _port(annotations: Mapping[str, str], cfg: KubernetesDiscoveryConfig) -> int
 def _describe(exc: ValidationError, annotations: Mapping[str, str]) -> str:
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else ""
-    key = _FIELDS.get(field)
+    key = APIS if field == "apis" else _FIELDS.get(field)
     if key is None:
         return f"{field}: {err['msg']}"
     return f"annotation {key}={annotations.get(key)!r}: {err['msg']}"
@@ -134,6 +137,8 @@ def backend_of(
     if "quantization" in fields:
         quantization = str(fields["quantization"]).lower()
         fields["quantization"] = _QUANTIZATION_ALIASES.get(quantization, quantization)
+    if APIS in annotations:
+        fields["apis"] = [a.strip() for a in annotations[APIS].split(",") if a.strip()]
     ip = str(_mapping(pod.get("status")).get("podIP") or "0.0.0.0")
     fields.update(
         id=name, variant=labels[VARIANT_LABEL], url=_url(cfg.scheme, ip, _port(annotations, cfg))

@@ -20,6 +20,7 @@ from quantroute.proxy.parse import ParsedRequest
 
 if TYPE_CHECKING:
     from quantroute.proxy.attempt import Attempt
+    from quantroute.proxy.exchange import Exchange
 
 
 @dataclass(eq=False, slots=True)
@@ -29,6 +30,8 @@ class RequestContext:
     """Client headers passed on to the backend (``Authorization``)."""
     receive: Receive
     """The ASGI ``receive`` of the client connection: how a disconnect is noticed."""
+    exchange: Exchange
+    """What this request's API changes on the path: upstream path and body, tap, usage."""
     decision: Decision | None = None
     attempts: list[Attempt] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)

@@ -21,13 +21,10 @@ from quantroute.errors import ClientDisconnected, UpstreamConnectError, Upstream
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import race_disconnect
-from quantroute.proxy.parse import Kind, upstream_body
 from quantroute.proxy.relay import relay_body, relay_stream
-from quantroute.proxy.upstream import Upstream
+from quantroute.proxy.upstream import Upstream, UpstreamResponse
 from quantroute.state.inflight import InFlight
 from quantroute.telemetry import Telemetry
-
-PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
 
 class Forwarder:
@@ -50,7 +47,7 @@ class Forwarder:
         plan = ranked[: 1 + self.policy.retries]
         for number, backend_id in enumerate(plan):
             backend = self.backends[backend_id]
-            body, strip_usage = upstream_body(ctx.parsed, backend.served_model_name)
+            body, strip_usage = ctx.exchange.body_for(backend.served_model_name)
             attempt = self._begin(ctx, backend, strip_usage)
             response = await self._try(ctx, attempt, body, last=number == len(plan) - 1)
             if response is not None:
@@ -73,7 +70,7 @@ class Forwarder:
         self, ctx: RequestContext, attempt: Attempt, body: bytes, *, last: bool
     ) -> Response | None:
         """The response for the client, or None when the next backend should be tried."""
-        url = attempt.backend.url.rstrip("/") + PATHS[ctx.parsed.kind]
+        url = attempt.backend.url.rstrip("/") + ctx.exchange.path
         handed_over = False
         try:
             if ctx.features.stream:
@@ -84,13 +81,20 @@ class Forwarder:
                     response.close()
                     self._give_up(ctx, attempt, f"HTTP {response.status}")
                     return None
-                handed_over = True  # the relay owns the response and the attempt from here
-                return relay_stream(ctx, attempt, response)
-            status, ctype, data = await race_disconnect(ctx.receive, self._exchange(url, body, ctx))
+                if response.status < 400:
+                    handed_over = True  # the relay owns the response and the attempt from here
+                    return relay_stream(ctx, attempt, response)
+                # an error answer to a stream request is a JSON body, not a stream: whole
+                status, ctype, data = await race_disconnect(ctx.receive, _read(response))
+            else:
+                exchange = self._exchange(url, body, ctx)
+                status, ctype, data = await race_disconnect(ctx.receive, exchange)
             if status >= 500 and not last:
                 self._give_up(ctx, attempt, f"HTTP {status}")
                 return None
-            return relay_body(ctx, attempt, status, ctype, data)
+            reply = relay_body(ctx, attempt, status, ctype, data)
+            await ctx.exchange.completed(status)
+            return reply
         except UpstreamConnectError as exc:
             self._give_up(ctx, attempt, str(exc))
             return None
@@ -102,9 +106,13 @@ class Forwarder:
                 attempt.release()
 
     async def _exchange(self, url: str, body: bytes, ctx: RequestContext) -> tuple[int, str, bytes]:
-        response = await self.upstream.post(url, body, ctx.forward_headers)
-        try:
-            return response.status, response.content_type, await response.read()
-        except BaseException:
-            response.close()
-            raise
+        return await _read(await self.upstream.post(url, body, ctx.forward_headers))
+
+
+async def _read(response: UpstreamResponse) -> tuple[int, str, bytes]:
+    """Status, content type and the whole body; the response is closed if reading fails."""
+    try:
+        return response.status, response.content_type, await response.read()
+    except BaseException:
+        response.close()
+        raise

@@ -16,7 +16,9 @@ from quantroute.core import features as feat
 from quantroute.core.model import LatencyClass, RequestFeatures
 from quantroute.errors import InvalidRequest
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "responses", "messages", "embeddings", "score", "rerank"]
+"""The request kinds; chat and completions are parsed here, the others in
+:mod:`quantroute.apis.parsing`."""
 TASK_HEADER = "x-quantroute-task"
 PRIORITY_HEADER = "x-quantroute-priority"
 
@@ -30,7 +32,7 @@ class ParsedRequest:
     wants_usage: bool
 
 
-def _load(raw: bytes) -> dict[str, Any]:
+def load_body(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:
@@ -97,7 +99,7 @@ def _check_common(body: Mapping[str, Any]) -> tuple[str, bool, bool]:
     return model, bool(stream), wants_usage
 
 
-def _latency_class(headers: Mapping[str, str]) -> LatencyClass:
+def latency_class(headers: Mapping[str, str]) -> LatencyClass:
     value = headers.get(PRIORITY_HEADER, "").strip().lower()
     return LatencyClass.BATCH if value == "batch" else LatencyClass.INTERACTIVE
 
@@ -112,7 +114,7 @@ def parse_request(
     kind: Kind | None, raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
 ) -> ParsedRequest:
     """Validate ``raw`` as a ``kind`` body (None: whichever :func:`kind_of` says) into features."""
-    body = _load(raw)
+    body = load_body(raw)
     kind = kind or kind_of(body)
     model, stream, wants_usage = _check_common(body)
     max_tokens = _max_tokens(body)
@@ -135,8 +137,9 @@ def parse_request(
         max_tokens=max_tokens,
         stream=stream,
         task=task,
-        latency_class=_latency_class(headers),
+        latency_class=latency_class(headers),
         sequence=sequence,
+        api="chat" if kind == "chat" else "completions",
     )
     return ParsedRequest(kind, body, raw, features, wants_usage)
 

@@ -17,7 +17,6 @@ from quantroute.errors import UpstreamConnectError, openai_error_body
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
-from quantroute.proxy.sse import SSEUsageTap, usage_from_body
 from quantroute.proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("quantroute.proxy")
@@ -39,17 +38,18 @@ def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
 def relay_body(
     ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
 ) -> Response:
-    """A whole (non-stream) answer: account it and pass it on unchanged."""
+    """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
     attempt.first_byte()
-    attempt.finish(status, usage_from_body(data) if status == 200 else None)
+    attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
     headers = response_headers(ctx, attempt)
+    data = ctx.exchange.client_body(status, data)
     return Response(data, status, headers=headers, media_type=content_type)
 
 
 def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> Response:
     """A stream: SSE bytes pass through as they arrive (the usage event the gateway asked for
     is stripped); the attempt is accounted when the stream ends, however it ends."""
-    stream = _Stream(attempt, upstream)
+    stream = _Stream(ctx, attempt, upstream)
     return RelayResponse(
         stream,
         upstream.status,
@@ -63,10 +63,11 @@ class _Stream:
     """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
     is never sent (a generator that never started would never run its ``finally``)."""
 
-    def __init__(self, attempt: Attempt, upstream: UpstreamResponse) -> None:
+    def __init__(self, ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> None:
+        self._exchange = ctx.exchange
         self._attempt = attempt
         self._upstream = upstream
-        self._tap = SSEUsageTap(attempt.strip_usage)
+        self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._outcome = CLIENT_CLOSED
         self._closed = False
 
@@ -82,10 +83,14 @@ class _Stream:
             if rest:
                 yield rest
             self._outcome = self._upstream.status
+            self.close()
+            await self._exchange.completed(self._outcome)
         except UpstreamConnectError as exc:
             self._outcome = 502
             log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
-            yield sse_error_event(f"upstream {attempt.backend_id} failed mid-stream: {exc}")
+            yield self._exchange.stream_error(
+                f"upstream {attempt.backend_id} failed mid-stream: {exc}"
+            )
         finally:
             self.close()
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx
 from fastapi import FastAPI
 
+from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
@@ -109,7 +110,8 @@ def create_app(
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
         try:
-            yield
+            async with api_routes.conversations(app, config.conversations, clock):
+                yield
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,4 +133,5 @@ def create_app(
     app.state.config = config
     errors.install(app)
     routes.install(app)
+    api_routes.install(app)
     return app

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision
 from quantroute.proxy.context import RequestContext
+from quantroute.proxy.exchange import Exchange, OpenAIExchange
 from quantroute.proxy.forward import Forwarder
 from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
@@ -60,10 +61,16 @@ class Gateway:
 
     async def handle(self, kind: Kind, request: Request) -> Response:
         parsed = self.parse(kind, await request.body(), request)
+        return await self.dispatch(parsed, OpenAIExchange(parsed), request)
+
+    async def dispatch(
+        self, parsed: ParsedRequest, exchange: Exchange, request: Request
+    ) -> Response:
+        """Decide and forward a parsed request of any API (``exchange`` says how)."""
         forward = {"Content-Type": "application/json"}
         if "authorization" in request.headers:
             forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(parsed, forward, request.receive)
+        ctx = RequestContext(parsed, forward, request.receive, exchange)
         ctx.decision = self.router.route(ctx.features)
         return await self.forwarder.forward(ctx)
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from quantroute.base import Clock
 from quantroute.sim.engine import Engine, EngineRequest, PromptTooLongError, TokenEvent
 from quantroute.sim.metrics import SimMetrics
 from quantroute.sim.oracle import QualityOracle
 from quantroute.sim.text import FillerText, split_pieces
+
+RECEIVED_KEEP = 256
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class BackendIdentity:
     served_model_name: str
     model_root: str
     max_model_len: int
+    runner: Literal["generate", "pooling"] = "generate"
+    embedding_dim: int = 0
+    responses_store: bool = False
 
 
 class Job:
@@ -102,6 +109,7 @@ class SimBackend:
         self._jobs: dict[str, Job] = {}
         self._wake = asyncio.Event()
         self._seq = 0
+        self.received: deque[tuple[str, Any]] = deque(maxlen=RECEIVED_KEEP)
 
     # -- time ---------------------------------------------------------------------
 
@@ -124,6 +132,10 @@ class SimBackend:
         return min(now, self._cursor) if self._busy else now
 
     # -- requests -----------------------------------------------------------------
+
+    def record(self, path: str, body: Any) -> None:
+        """Keep the last RECEIVED_KEEP request bodies (path, parsed JSON), for tests to read."""
+        self.received.append((path, body))
 
     def submit(
         self,

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 import yaml
@@ -48,6 +48,11 @@ class SimBackendSpec(FrozenModel):
     gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
     legacy_metric_names: bool = False
+    # --runner: "auto" is the profile's own kind; "pooling" on a generative profile is
+    # vLLM's `--runner pooling --convert embed` (embeddings of its hidden state).
+    runner: Literal["auto", "generate", "pooling"] = "auto"
+    # VLLM_ENABLE_RESPONSES_API_STORE=1: keep /v1/responses in this server's memory.
+    responses_store: bool = False
 
 
 class SimFleetConfig(FrozenModel):
@@ -143,7 +148,16 @@ def build_backend(
         legacy_names=spec.legacy_metric_names,
     )
     oracle = QualityOracle(spec.profile, variant.quality, answer_key, seed, wrong_answers)
-    identity = BackendIdentity(spec.id, name, variant.model, config.max_model_len)
+    runner = variant.runner if spec.runner == "auto" else spec.runner
+    identity = BackendIdentity(
+        spec.id,
+        name,
+        variant.model,
+        config.max_model_len,
+        runner=runner,
+        embedding_dim=variant.embedding_dim or variant.attention_width,
+        responses_store=spec.responses_store,
+    )
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
 
@@ -193,6 +207,10 @@ class SimFleet:
         }
         self.urls: dict[str, str] = {}
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
+
+    def received(self, backend_id: str) -> list[tuple[str, Any]]:
+        """The request bodies ``backend_id`` received, oldest first (path, parsed JSON)."""
+        return list(self.backends[backend_id].received)
 
     @property
     def engines(self) -> Mapping[str, Engine]:
@@ -264,6 +282,7 @@ class FleetHandle:
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._fleet: SimFleet | None = None
         self._thread = threading.Thread(target=self._main, name="sim-fleet", daemon=True)
 
     def _main(self) -> None:
@@ -282,8 +301,15 @@ class FleetHandle:
         )
         async with fleet:
             self.urls = dict(fleet.urls)
+            self._fleet = fleet
             self._ready.set()
             await self._stop.wait()
+
+    def received(self, backend_id: str) -> list[tuple[str, Any]]:
+        """The request bodies ``backend_id`` received, oldest first (path, parsed JSON)."""
+        if self._fleet is None:
+            raise RuntimeError("the fleet is not running")
+        return self._fleet.received(backend_id)
 
     def start(self, timeout: float = START_TIMEOUT_S * 2) -> None:
         self._thread.start()

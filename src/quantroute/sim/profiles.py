@@ -76,6 +76,8 @@ class VariantProfile(FrozenModel):
     max_model_len: int = Field(gt=0)
     max_num_seqs: int = Field(gt=0)
     quality: Quality
+    runner: Literal["generate", "pooling"] = "generate"
+    embedding_dim: int | None = Field(default=None, gt=0)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -109,6 +111,10 @@ class ProfileBook(FrozenModel):
         except KeyError:
             known = ", ".join(sorted(self.variants))
             raise KeyError(f"unknown simulator profile {name!r} (known: {known})") from None
+
+    def generative(self) -> list[str]:
+        """Names of the variants that generate text (not embedding models), sorted."""
+        return sorted(n for n, v in self.variants.items() if v.runner == "generate")
 
     def gpu_of(self, variant: VariantProfile) -> GpuProfile:
         """The GPU profile the variant runs on."""

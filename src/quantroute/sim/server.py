@@ -1,86 +1,43 @@
 """The OpenAI-compatible HTTP app of one simulated vLLM backend.
 
-Routes: POST /v1/chat/completions and /v1/completions (stream and non-stream),
-GET /v1/models, /health and /metrics. Requests are checked in vLLM's order (body,
-model name, prompt length, max_tokens) and rejected with vLLM's error bodies. A
-client that goes away aborts its request in the engine, streaming or not.
+Routes of a generative backend (vLLM's default runner): POST /v1/chat/completions and
+/v1/completions (stream and non-stream), /v1/responses (:mod:`api_responses`) and
+/v1/messages (:mod:`api_messages`); of a pooling backend (``--runner pooling``, an
+embedding model): /v1/embeddings, /v1/score and /v1/rerank (:mod:`api_pooling`). Both:
+GET /v1/models, /health and /metrics. Requests are checked in vLLM's order (body, model
+name, prompt length, max_tokens) and rejected with vLLM's error bodies. A client that goes
+away aborts its request in the engine, streaming or not.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 
-from quantroute.sim import wire
+from quantroute.sim import api_messages, api_pooling, api_responses, wire
 from quantroute.sim.backend import Job, SimBackend
+from quantroute.sim.exchange import Rejected, aborted, check_model, check_prompt, collect, parse
 from quantroute.sim.metrics import CONTENT_TYPE
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
 
-RequestT = TypeVar("RequestT", wire.ChatRequest, wire.CompletionRequest)
-STREAM_HEADERS = {"vary": "Origin"}
 
-
-class _Rejected(Exception):
-    def __init__(self, status: int, body: wire.JsonObject) -> None:
-        super().__init__(status)
-        self.response = JSONResponse(body, status_code=status)
-
-
-async def _parse(request: Request, model: type[RequestT]) -> RequestT:
-    try:
-        return model.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
-        raise _Rejected(400, wire.bad_request(f"JSON decode error: {exc}")) from exc
-    except ClientDisconnect as exc:  # the client gave up while sending its body
-        raise _Rejected(400, wire.bad_request("client disconnected")) from exc
-    except ValidationError as exc:
-        raise _Rejected(400, wire.bad_request(str(exc))) from exc
-
-
-def _check(backend: SimBackend, body: RequestT, chars: int, prompt_tokens: int) -> None:
-    identity = backend.identity
-    limit = identity.max_model_len
-    if body.model != identity.served_model_name:
-        raise _Rejected(404, wire.not_found(body.model))
-    if chars > limit * wire.MAX_CHARS_PER_TOKEN:
-        raise _Rejected(400, wire.prompt_too_many_chars(chars, limit))
-    if prompt_tokens >= limit:
-        raise _Rejected(400, wire.prompt_too_long(prompt_tokens, limit))
+def _check(
+    backend: SimBackend,
+    body: wire.ChatRequest | wire.CompletionRequest,
+    chars: int,
+    prompt_tokens: int,
+) -> None:
+    limit = backend.identity.max_model_len
+    check_model(backend, body.model)
+    check_prompt(backend, chars, prompt_tokens)
     if body.output_limit is not None and body.output_limit > limit:
-        raise _Rejected(400, wire.max_tokens_too_large(body.output_limit, limit, prompt_tokens))
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _collect(backend: SimBackend, job: Job, request: Request) -> str | None:
-    """The whole answer, or None when the client disconnected first (request aborted)."""
-
-    async def drain() -> str:
-        return "".join([job.piece(event.index) async for event in job.events()])
-
-    collect = asyncio.ensure_future(drain())
-    disconnect = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-        return collect.result() if collect.done() else None
-    finally:
-        for task in (collect, disconnect):
-            task.cancel()
-        backend.abort(job.request_id)
+        raise Rejected(400, wire.max_tokens_too_large(body.output_limit, limit))
 
 
 @dataclass(frozen=True)
@@ -151,10 +108,9 @@ async def _stream(backend: SimBackend, call: _Call) -> AsyncIterator[str]:
 
 async def _respond(backend: SimBackend, call: _Call, request: Request) -> Response:
     job = call.submit(backend)
-    text = await _collect(backend, job, request)
+    text = await collect(backend, job, request)
     if text is None or job.finish_reason is None:
-        body = wire.error_body("Request aborted", "ServiceUnavailableError", 503)
-        return JSONResponse(body, status_code=503)
+        return aborted()
     use = wire.usage(job.prompt_tokens, job.output_tokens)
     return JSONResponse(
         call.kind.full(call.rid, call.created, call.model, text, job.finish_reason, use)
@@ -164,7 +120,9 @@ async def _respond(backend: SimBackend, call: _Call, request: Request) -> Respon
 async def _generate(backend: SimBackend, call: _Call, request: Request, stream: bool) -> Response:
     if stream:
         chunks = _stream(backend, call)
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(
+            chunks, media_type="text/event-stream", headers=wire.STREAM_HEADERS
+        )
     return await _respond(backend, call, request)
 
 
@@ -178,7 +136,12 @@ def create_app(backend: SimBackend) -> FastAPI:
 
     app = FastAPI(title=f"simulated vLLM {backend.identity.backend_id}", lifespan=lifespan)
     _add_info_routes(app, backend)
-    _add_generation_routes(app, backend)
+    if backend.identity.runner == "pooling":
+        api_pooling.add_routes(app, backend)
+    else:
+        _add_generation_routes(app, backend)
+        api_responses.add_routes(app, backend)
+        api_messages.add_routes(app, backend)
     return app
 
 
@@ -211,11 +174,11 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         try:
-            body = await _parse(request, wire.ChatRequest)
+            body = await parse(request, backend, wire.ChatRequest)
             texts = [m.text() for m in body.messages]
             prompt_tokens = chat_prompt_tokens(texts)
             _check(backend, body, sum(map(len, texts)), prompt_tokens)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
         call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text())
         return await _generate(backend, call, request, bool(body.stream))
@@ -223,11 +186,11 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         try:
-            body = await _parse(request, wire.CompletionRequest)
+            body = await parse(request, backend, wire.CompletionRequest)
             prompt = body.prompt_text()
             prompt_tokens = completion_prompt_tokens(prompt)
             _check(backend, body, len(prompt), prompt_tokens)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
         call = _accept(backend, COMPLETION, body, prompt_tokens, prompt)
         return await _generate(backend, call, request, bool(body.stream))

@@ -96,6 +96,7 @@ def sse(value: object) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+STREAM_HEADERS = {"vary": "Origin"}  # vLLM's CORS middleware on a streamed answer
 
 
 # -- errors --------------------------------------------------------------------------
@@ -106,8 +107,9 @@ def error_body(message: str, err_type: str, code: int, param: str | None = None)
     return openai_error_body(message, err_type, param=param, code=code)
 
 
-def not_found(model: str) -> JsonObject:
-    return error_body(f"The model `{model}` does not exist.", "NotFoundError", 404, "model")
+def not_found(model: str, served: str) -> JsonObject:
+    message = f"The model `{model}` does not exist. Valid aliases: {served}."
+    return error_body(message, "NotFoundError", 404, "model")
 
 
 def bad_request(message: str, param: str | None = None) -> JsonObject:
@@ -138,14 +140,16 @@ def prompt_too_many_chars(chars: int, max_model_len: int) -> JsonObject:
     )
 
 
-def max_tokens_too_large(max_tokens: int, max_model_len: int, prompt_tokens: int) -> JsonObject:
-    """The body for `max_tokens` over `max_model_len` (message as older vLLMs word it)."""
+def max_tokens_too_large(
+    max_tokens: int, max_model_len: int, param: str = "max_tokens"
+) -> JsonObject:
+    """vLLM 0.32's body for an output limit over ``max_model_len`` (``param`` names the field:
+    ``max_tokens``, the Responses API's ``max_output_tokens``, or ``max_completion_tokens`` for
+    the Messages API, which vLLM serves as a chat completion)."""
     return bad_request(
-        f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
-        f"maximum context length is {max_model_len} tokens and your request has "
-        f"{prompt_tokens} input tokens ({max_tokens} > {max_model_len} - {prompt_tokens}). "
-        f"(parameter=max_tokens, value={max_tokens})",
-        "max_tokens",
+        f"{param}={max_tokens} cannot be greater than max_model_len={max_model_len}. Please "
+        f"request fewer output tokens. (parameter={param}, value={max_tokens})",
+        param,
     )
 
 

@@ -1,0 +1,169 @@
+"""HTTP routes of the Responses, Messages and pooling APIs; thin, like ``server/routes.py``.
+
+``POST /v1/responses`` resolves ``previous_response_id`` from the gateway's conversation store
+and forwards the whole conversation; ``GET`` / ``DELETE /v1/responses/{id}`` answer from the
+store; ``POST /v1/responses/{id}/cancel`` refuses (there are no background responses to
+cancel). ``POST /v1/messages`` answers every error in Anthropic's format. Embeddings, score and
+rerank keep vLLM's paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from quantroute.apis import anthropic_errors, parsing
+from quantroute.apis.conversations import (
+    ConversationGone,
+    ConversationStore,
+    Item,
+    MemoryConversations,
+    continuation,
+)
+from quantroute.apis.exchanges import MessagesExchange, PoolingExchange, ResponsesExchange
+from quantroute.config import ConversationsConfig
+from quantroute.errors import RequestError, ResponseNotFound
+from quantroute.proxy.parse import Kind
+from quantroute.server.gateway import ROUTING_HEADERS, Gateway
+
+POOLING_PATHS: dict[str, Kind] = {
+    "/v1/embeddings": "embeddings",
+    "/v1/score": "score",
+    "/score": "score",
+    "/v1/rerank": "rerank",
+    "/rerank": "rerank",
+    "/v2/rerank": "rerank",
+}
+
+
+def open_store(config: ConversationsConfig, clock: Callable[[], float]) -> ConversationStore:
+    if config.redis_url:
+        from quantroute.apis.conversations_redis import RedisConversations
+
+        return RedisConversations(
+            config.redis_url,
+            ttl_s=config.ttl_s,
+            prefix=config.redis_prefix,
+            timeout_s=config.redis_timeout_s,
+        )
+    return MemoryConversations(max_entries=config.max_entries, ttl_s=config.ttl_s, clock=clock)
+
+
+@contextlib.asynccontextmanager
+async def conversations(
+    app: FastAPI, config: ConversationsConfig, clock: Callable[[], float]
+) -> AsyncIterator[ConversationStore]:
+    """The app's conversation store for the duration of its lifespan."""
+    store = open_store(config, clock)
+    app.state.conversations = store
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def _gateway(request: Request) -> Gateway:
+    return cast(Gateway, request.app.state.gateway)
+
+
+def _store(request: Request) -> ConversationStore:
+    return cast(ConversationStore, request.app.state.conversations)
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
+
+
+async def create_response(request: Request) -> Response:
+    gateway, store = _gateway(request), _store(request)
+    body = parsing.responses_body(await request.body())
+    history: list[Item] = []
+    ancestors: tuple[str, ...] = ()
+    previous = body.get("previous_response_id")
+    if previous:
+        try:
+            found = await continuation(store, previous)
+        except ConversationGone:
+            found = None
+        if found is None:
+            raise ResponseNotFound(
+                previous, param="previous_response_id", code="previous_response_not_found"
+            )
+        history, ancestors = found.items, found.ancestors
+    sequence = gateway.router.next_sequence()
+    parsed, own = parsing.responses(
+        body, history, _headers(request), gateway.config.policy, sequence
+    )
+    exchange = ResponsesExchange(
+        parsed, client_body=body, own_items=own, ancestors=ancestors, conversations=store
+    )
+    return await gateway.dispatch(parsed, exchange, request)
+
+
+def _response_id(request: Request) -> str:
+    return str(request.path_params["response_id"])
+
+
+async def retrieve_response(request: Request) -> Response:
+    rid = _response_id(request)
+    record = await _store(request).get(rid)
+    if record is None:
+        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    return JSONResponse(dict(record.response))
+
+
+async def delete_response(request: Request) -> Response:
+    rid = _response_id(request)
+    if not await _store(request).delete(rid):
+        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    return JSONResponse({"id": rid, "object": "response", "deleted": True})
+
+
+async def cancel_response(request: Request) -> Response:
+    rid = _response_id(request)
+    if await _store(request).get(rid) is None:
+        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    return JSONResponse(
+        {"error": {"message": "Only background responses can be cancelled, and this gateway "
+                   "runs none: this response is already complete.",
+                   "type": "invalid_request_error", "param": "response_id",
+                   "code": "not_cancellable"}},
+        status_code=400,
+    )  # fmt: skip
+
+
+async def messages(request: Request) -> Response:
+    gateway = _gateway(request)
+    try:
+        sequence = gateway.router.next_sequence()
+        raw = await request.body()
+        parsed = parsing.messages(raw, _headers(request), gateway.config.policy, sequence)
+        return await gateway.dispatch(parsed, MessagesExchange(parsed), request)
+    except RequestError as exc:
+        body = anthropic_errors.body(exc.status, exc.message)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers())
+
+
+async def pooling(request: Request) -> Response:
+    gateway = _gateway(request)
+    path = request.url.path
+    sequence = gateway.router.next_sequence()
+    raw = await request.body()
+    kind = POOLING_PATHS[path]
+    parsed = parsing.pooling(kind, raw, _headers(request), gateway.config.policy, sequence)
+    return await gateway.dispatch(parsed, PoolingExchange(parsed, path), request)
+
+
+def install(app: FastAPI) -> None:
+    app.add_route("/v1/responses", create_response, methods=["POST"])
+    app.add_route("/v1/responses/{response_id}", retrieve_response, methods=["GET"])
+    app.add_route("/v1/responses/{response_id}", delete_response, methods=["DELETE"])
+    app.add_route("/v1/responses/{response_id}/cancel", cancel_response, methods=["POST"])
+    app.add_route("/v1/messages", messages, methods=["POST"])
+    for path in POOLING_PATHS:
+        app.add_route(path, pooling, methods=["POST"])
