@@ -63,6 +63,10 @@ class GroupConfig(FrozenModel):
     name: str = Field(min_length=1)
     variants: tuple[str, ...] = Field(min_length=1)
     quality_floor: Fraction = 0.0
+    continue_across_variants: bool = False
+    """A stream that breaks may be continued on another variant of the group (different weights
+    or quantization: the continuation is coherent, not the same model's). Default: the same
+    variant's replicas only."""
 
 
 class PluginRef(FrozenModel):
@@ -217,6 +221,17 @@ class DnsDiscoveryConfig(FrozenModel):
     record_type: Literal["A", "AAAA"] = "A"
 
 
+class ContinuationConfig(FrozenModel):
+    """Streams that survive a backend failure: the generation continues on another backend."""
+
+    enabled: bool = True
+    max_per_request: int = Field(default=1, ge=0, le=3)
+    """Continuations one stream may use (0 disables them like ``enabled: false``)."""
+    max_prefix_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """A stream that relayed more than this is not continued (the relayed events are kept in
+    memory to rebuild the prefix)."""
+
+
 class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
     dns: DnsDiscoveryConfig | None = None
@@ -240,6 +255,7 @@ class GatewayConfig(FrozenModel):
     matrix_path: Path | None = None
     backends: tuple[BackendConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
+    continuation: ContinuationConfig = ContinuationConfig()
     policy: PolicyConfig = PolicyConfig()
     discovery: DiscoveryConfig | None = None
     conversations: ConversationsConfig = ConversationsConfig()

@@ -99,6 +99,13 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self.continuations = Counter(
+            "quantroute_continuations",
+            "Streams that broke mid-generation, by the backend that broke, the one that continued "
+            "(none: not continued) and the outcome.",
+            ["from", "to", "outcome"],
+            registry=r,
+        )
         self.gpu_cost = Gauge(
             "quantroute_backend_gpu_cost_per_hour",
             "GPU price per hour of a backend (from config).",

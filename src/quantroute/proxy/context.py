@@ -20,6 +20,7 @@ from quantroute.proxy.parse import ParsedRequest
 
 if TYPE_CHECKING:
     from quantroute.proxy.attempt import Attempt
+    from quantroute.proxy.continuation import StreamContinuation
     from quantroute.proxy.exchange import Exchange
 
 
@@ -36,6 +37,8 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     """``backend: what went wrong`` for each attempt that was given up before the first byte."""
+    continuation: StreamContinuation | None = None
+    """A stream's continuation guard (None: not a stream, or continuation is off)."""
 
     @property
     def features(self) -> RequestFeatures:

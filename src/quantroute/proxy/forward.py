@@ -54,6 +54,14 @@ class Forwarder:
                 return response
         raise UpstreamUnavailable("Could not reach a backend: " + "; ".join(ctx.failures))
 
+    def url_for(self, backend: BackendConfig, ctx: RequestContext) -> str:
+        return backend.url.rstrip("/") + ctx.exchange.path
+
+    def begin_attempt(
+        self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool
+    ) -> Attempt:
+        return self._begin(ctx, backend, strip_usage)
+
     def _begin(self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
@@ -17,7 +18,12 @@ from quantroute.errors import UpstreamConnectError, openai_error_body
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
+from quantroute.proxy.sse import Usage
+from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("quantroute.proxy")
 
@@ -48,7 +54,8 @@ def relay_body(
 
 def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> Response:
     """A stream: SSE bytes pass through as they arrive (the usage event the gateway asked for
-    is stripped); the attempt is accounted when the stream ends, however it ends."""
+    is stripped); the attempt is accounted when the stream ends, however it ends. A stream that
+    breaks is continued on another backend where ``ctx.continuation`` allows it."""
     stream = _Stream(ctx, attempt, upstream)
     return RelayResponse(
         stream,
@@ -68,29 +75,43 @@ class _Stream:
         self._attempt = attempt
         self._upstream = upstream
         self._tap = ctx.exchange.tap(attempt.strip_usage)
+        self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        attempt, tap = self._attempt, self._tap
+        attempt, tap, cont = self._attempt, self._tap, self._cont
         try:
             async for chunk in self._upstream.chunks():
                 attempt.first_byte()
                 out = tap.feed(chunk)
+                if cont is not None:
+                    out = cont.take(out)
                 if out:
                     yield out
+                if cont is not None and cont.recorder is not None and cont.recorder.error:
+                    break
             rest = tap.flush()
+            if cont is not None:
+                rest = cont.take(rest)
+                cont.check_ended()
             if rest:
                 yield rest
             self._outcome = self._upstream.status
             self.close()
             await self._exchange.completed(self._outcome)
-        except UpstreamConnectError as exc:
+        except (UpstreamConnectError, StreamBroke) as exc:
             self._outcome = 502
             log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
-            yield self._exchange.stream_error(
+            error = self._exchange.stream_error(
                 f"upstream {attempt.backend_id} failed mid-stream: {exc}"
             )
+            if cont is None:
+                yield error
+                return
+            self.close()  # the broken backend's account ends before the continuation starts
+            async for out in cont.resume(attempt.backend_id, str(exc), error):
+                yield out
         finally:
             self.close()
 
@@ -100,4 +121,6 @@ class _Stream:
         self._closed = True
         self._upstream.close()
         usage = self._tap.finish() if self._outcome == 200 else None
+        if usage is None and self._outcome == 502 and self._cont is not None:
+            usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
         self._attempt.finish(self._outcome, usage)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision
 from quantroute.proxy.context import RequestContext
+from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
 from quantroute.proxy.forward import Forwarder
 from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
@@ -46,6 +47,7 @@ class Gateway:
         self.forwarder = Forwarder(
             config.policy, upstream, store.inflight, telemetry, {b.id: b for b in config.backends}
         )
+        self.continuer = Continuer(config, self.forwarder, self.router.decide)
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
@@ -72,6 +74,7 @@ class Gateway:
             forward["Authorization"] = request.headers["authorization"]
         ctx = RequestContext(parsed, forward, request.receive, exchange)
         ctx.decision = self.router.route(ctx.features)
+        ctx.continuation = self.continuer.watch(ctx)
         return await self.forwarder.forward(ctx)
 
     async def explain(self, request: Request) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from quantroute.base import Clock
 from quantroute.sim.engine import Engine, EngineRequest, PromptTooLongError, TokenEvent
+from quantroute.sim.faults import FaultSwitch
 from quantroute.sim.metrics import SimMetrics
 from quantroute.sim.oracle import QualityOracle
 from quantroute.sim.text import FillerText, split_pieces
@@ -110,6 +111,7 @@ class SimBackend:
         self._wake = asyncio.Event()
         self._seq = 0
         self.received: deque[tuple[str, Any]] = deque(maxlen=RECEIVED_KEEP)
+        self.faults = FaultSwitch()
 
     # -- time ---------------------------------------------------------------------
 
@@ -145,12 +147,17 @@ class SimBackend:
         *,
         ignore_eos: bool = False,
         min_tokens: int = 0,
+        prefix: str = "",
     ) -> Job:
-        """Queue a request; PromptTooLongError when it cannot fit the context."""
+        """Queue a request; PromptTooLongError when it cannot fit the context. ``prefix`` is
+        answer text already given (a continued final message): only what follows it is made."""
         self._seq += 1
         request_id = uuid.uuid4().hex[:16]
         seed = f"{self.oracle.seed}:{self.identity.backend_id}:{self._seq}"
-        job = Job(request_id, prompt_tokens, self.oracle.answer(prompt_text), seed)
+        answer = self.oracle.answer(prompt_text)
+        if prefix:
+            answer = answer[len(prefix) :] if answer and answer.startswith(prefix) else None
+        job = Job(request_id, prompt_tokens, answer, seed)
         request = EngineRequest(
             request_id,
             prompt_tokens,

@@ -23,8 +23,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from quantroute.sim import api_messages, api_pooling, api_responses, wire
 from quantroute.sim.backend import Job, SimBackend
 from quantroute.sim.exchange import Rejected, aborted, check_model, check_prompt, collect, parse
+from quantroute.sim.faults import StreamFault, strike
 from quantroute.sim.metrics import CONTENT_TYPE
-from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
+from quantroute.sim.text import (
+    chat_prompt_tokens,
+    completion_prompt_tokens,
+    continued_chat_prompt_tokens,
+)
 
 
 def _check(
@@ -71,6 +76,7 @@ class _Call:
     include_usage: bool
     ignore_eos: bool
     min_tokens: int
+    prefix: str = ""
 
     def submit(self, backend: SimBackend) -> Job:
         return backend.submit(
@@ -79,6 +85,7 @@ class _Call:
             self.prompt_text,
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
+            prefix=self.prefix,
         )
 
     def usage_chunk(self, job: Job) -> wire.JsonObject:
@@ -88,13 +95,19 @@ class _Call:
 
 async def _stream(backend: SimBackend, call: _Call) -> AsyncIterator[str]:
     """SSE framing as vLLM's: [role chunk], content chunks (the last with its finish
-    reason), [usage chunk], [DONE]. Closing the generator aborts the request."""
+    reason), [usage chunk], [DONE]. Closing the generator aborts the request. An armed
+    fault (:mod:`quantroute.sim.faults`) breaks the stream after that many content chunks."""
     job = call.submit(backend)
     head = (call.rid, call.created, call.model)
+    fault = backend.faults.take()
     try:
         async for event in job.events():
             if call.kind.role_chunk and event.index == 0:
                 yield wire.sse(wire.chat_role_chunk(*head))
+            if fault is not None and event.index == fault.after_content_chunks:
+                for rest in await strike(fault):
+                    yield rest
+                return
             piece = job.piece(event.index)
             yield wire.sse(call.kind.content_chunk(*head, piece, event.finish_reason))
         if not job.finished:
@@ -169,18 +182,38 @@ def _add_info_routes(app: FastAPI, backend: SimBackend) -> None:
     async def metrics() -> Response:
         return Response(backend.metrics_text(), media_type=CONTENT_TYPE)
 
+    @app.put("/sim/fault")
+    async def arm_fault(fault: StreamFault) -> Response:
+        backend.faults.arm(fault)
+        return Response(status_code=204)
+
+    @app.delete("/sim/fault")
+    async def clear_fault() -> Response:
+        backend.faults.arm(None)
+        return Response(status_code=204)
+
+    @app.get("/sim/requests")
+    async def received() -> JSONResponse:
+        return JSONResponse([body for _, body in backend.received])
+
 
 def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         try:
             body = await parse(request, backend, wire.ChatRequest)
+            problem = body.template_error()
+            if problem is not None:
+                raise Rejected(400, wire.bad_request(problem))
             texts = [m.text() for m in body.messages]
-            prompt_tokens = chat_prompt_tokens(texts)
+            count = (
+                continued_chat_prompt_tokens if body.continue_final_message else chat_prompt_tokens
+            )
+            prompt_tokens = count(texts)
             _check(backend, body, sum(map(len, texts)), prompt_tokens)
         except Rejected as rejected:
             return rejected.response
-        call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text())
+        call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text(), body.prefix())
         return await _generate(backend, call, request, bool(body.stream))
 
     @app.post("/v1/completions")
@@ -202,6 +235,7 @@ def _accept(
     body: wire.ChatRequest | wire.CompletionRequest,
     prompt_tokens: int,
     prompt_text: str,
+    prefix: str = "",
 ) -> _Call:
     return _Call(
         kind=kind,
@@ -214,4 +248,5 @@ def _accept(
         include_usage=body.include_usage,
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
+        prefix=prefix,
     )

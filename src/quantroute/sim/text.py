@@ -39,6 +39,14 @@ def chat_prompt_tokens(contents: Sequence[str]) -> int:
     return body + CHAT_TOKENS_PRIMING
 
 
+def continued_chat_prompt_tokens(contents: Sequence[str]) -> int:
+    """Prompt tokens of a chat whose final (assistant) message is continued: no end-of-turn
+    after it and no new assistant header, and its text counted in output-token pieces, so that
+    a continuation's prompt is the original prompt plus exactly the tokens generated so far."""
+    *earlier, prefix = contents
+    return chat_prompt_tokens(earlier) + len(split_pieces(prefix))
+
+
 def completion_prompt_tokens(prompt: str) -> int:
     """Estimated prompt tokens of a completion prompt (BOS + text)."""
     return text_tokens(prompt) + COMPLETION_TOKENS_PRIMING

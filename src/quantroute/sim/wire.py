@@ -61,6 +61,25 @@ class _Generation(_Lenient):
 class ChatRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # vLLM's chat template switches: a final assistant message is continued, not answered
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    def template_error(self) -> str | None:
+        """vLLM's 400 for an inconsistent pair (request validator; the final-message rule is
+        the one vLLM's Mistral renderer states, and what a HF template needs to continue)."""
+        if self.continue_final_message and self.add_generation_prompt:
+            return "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            return (
+                "Cannot set `continue_final_message` to True when the last message is not "
+                "from the assistant."
+            )
+        return None
+
+    def prefix(self) -> str:
+        """The text the model continues ('' unless ``continue_final_message``)."""
+        return self.messages[-1].text() if self.continue_final_message else ""
 
     @property
     def output_limit(self) -> int | None:
