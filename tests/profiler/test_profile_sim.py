@@ -45,6 +45,9 @@ async def test_recovers_each_variants_quality_per_task() -> None:
             concurrency_levels=(1,),
             min_requests_per_level=1,
             rounds_per_level=1,
+            # Only answers matter here: 60 s of wall time per request, so a loaded host's
+            # scheduling (which stretched 2.4 s past its limit) never turns into a timeout.
+            request_timeout_s=60.0 * FAST,
         )
         session = ProfileSession(fleet.gateway_config(), builtin_suites(), settings)
         await session.run()
