@@ -1,0 +1,58 @@
+"""What one upstream attempt says about the backend, as a typed value.
+
+A client's mistake is not a backend failure: 4xx answers and clients that go away say nothing
+about the backend. 429 and 503 are backpressure (the backend is alive and asks for less), not
+breakage. Connect errors, resets, other 5xx and timeouts are failures.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    CONNECT_ERROR = "connect_error"
+    """Refused or unreachable before the request was sent: the backend did no work."""
+    RESET = "reset"
+    """The connection broke after the request was sent (mid-answer or before the first byte)."""
+    SERVER_ERROR = "server_error"
+    """5xx other than 503."""
+    TIMEOUT = "timeout"
+    BACKPRESSURE = "backpressure"
+    """429 or 503: alive, asking for less."""
+    CLIENT_ERROR = "client_error"
+    """4xx other than 429: the request was wrong."""
+    CLIENT_GONE = "client_gone"
+    """The client disconnected: nothing learnt about the backend."""
+
+    @property
+    def is_failure(self) -> bool:
+        return self in FAILURES
+
+
+FAILURES = frozenset(
+    {Outcome.CONNECT_ERROR, Outcome.RESET, Outcome.SERVER_ERROR, Outcome.TIMEOUT}
+)
+
+
+def classify_status(status: int) -> Outcome:
+    """The outcome an HTTP status from the backend stands for."""
+    if status in (429, 503):
+        return Outcome.BACKPRESSURE
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    if status >= 400:
+        return Outcome.CLIENT_ERROR
+    return Outcome.OK
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` in delta-seconds form (the form vLLM and proxies send); else None."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
