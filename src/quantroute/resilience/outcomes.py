@@ -31,9 +31,7 @@ class Outcome(StrEnum):
         return self in FAILURES
 
 
-FAILURES = frozenset(
-    {Outcome.CONNECT_ERROR, Outcome.RESET, Outcome.SERVER_ERROR, Outcome.TIMEOUT}
-)
+FAILURES = frozenset({Outcome.CONNECT_ERROR, Outcome.RESET, Outcome.SERVER_ERROR, Outcome.TIMEOUT})
 
 
 def classify_status(status: int) -> Outcome:

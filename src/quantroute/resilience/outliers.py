@@ -119,7 +119,9 @@ class PassiveHealth:
         kept = {}
         for backend_id, variant in variants.items():
             old = self._backends.get(backend_id)
-            kept[backend_id] = old if old is not None and old.variant == variant else _Backend(variant)
+            kept[backend_id] = (
+                old if old is not None and old.variant == variant else _Backend(variant)
+            )
         self._backends = kept
         self._groups = {
             name: frozenset(b for b in members if b in kept) for name, members in groups.items()
