@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from quantroute.resilience.outcomes import Outcome, classify_status, retry_after_seconds
+from quantroute.resilience.outcomes import AttemptOutcome, classify_status, retry_after_seconds
 from quantroute.resilience.outliers import EjectionReason, PassiveHealth
 from quantroute.resilience.settings import OutlierDetection
 
-F = Outcome.SERVER_ERROR
-OK = Outcome.OK
+F = AttemptOutcome.SERVER_ERROR
+OK = AttemptOutcome.OK
 
 
 def machine(
@@ -27,18 +27,18 @@ def machine(
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [
-        (200, Outcome.OK),
-        (400, Outcome.CLIENT_ERROR),
-        (404, Outcome.CLIENT_ERROR),
-        (413, Outcome.CLIENT_ERROR),
-        (429, Outcome.BACKPRESSURE),
-        (500, Outcome.SERVER_ERROR),
-        (502, Outcome.SERVER_ERROR),
-        (503, Outcome.BACKPRESSURE),
-        (504, Outcome.SERVER_ERROR),
+        (200, AttemptOutcome.OK),
+        (400, AttemptOutcome.CLIENT_ERROR),
+        (404, AttemptOutcome.CLIENT_ERROR),
+        (413, AttemptOutcome.CLIENT_ERROR),
+        (429, AttemptOutcome.BACKPRESSURE),
+        (500, AttemptOutcome.SERVER_ERROR),
+        (502, AttemptOutcome.SERVER_ERROR),
+        (503, AttemptOutcome.BACKPRESSURE),
+        (504, AttemptOutcome.SERVER_ERROR),
     ],
 )
-def test_status_classification(status: int, outcome: Outcome) -> None:
+def test_status_classification(status: int, outcome: AttemptOutcome) -> None:
     assert classify_status(status) is outcome
 
 
@@ -55,15 +55,24 @@ def test_retry_after(header: str | None, seconds: float | None) -> None:
         ([F] * 4, False),
         ([F] * 5, True),
         ([F] * 4 + [OK] + [F] * 4, False),  # a success clears the streak
-        ([F, Outcome.CLIENT_ERROR] * 5, True),  # 4xx neither counts nor clears
-        ([Outcome.CLIENT_ERROR] * 100, False),  # a burst of bad requests never ejects
-        ([Outcome.CLIENT_GONE] * 100, False),
-        ([Outcome.BACKPRESSURE] * 100, False),  # 429/503 are backpressure, not breakage
-        ([F, Outcome.BACKPRESSURE] * 5, True),
-        ([Outcome.CONNECT_ERROR, Outcome.RESET, Outcome.TIMEOUT, F, Outcome.CONNECT_ERROR], True),
+        ([F, AttemptOutcome.CLIENT_ERROR] * 5, True),  # 4xx neither counts nor clears
+        ([AttemptOutcome.CLIENT_ERROR] * 100, False),  # a burst of bad requests never ejects
+        ([AttemptOutcome.CLIENT_GONE] * 100, False),
+        ([AttemptOutcome.BACKPRESSURE] * 100, False),  # 429/503 are backpressure, not breakage
+        ([F, AttemptOutcome.BACKPRESSURE] * 5, True),
+        (
+            [
+                AttemptOutcome.CONNECT_ERROR,
+                AttemptOutcome.RESET,
+                AttemptOutcome.TIMEOUT,
+                F,
+                AttemptOutcome.CONNECT_ERROR,
+            ],
+            True,
+        ),
     ],
 )
-def test_consecutive_failures_eject(outcomes: list[Outcome], ejected: bool) -> None:
+def test_consecutive_failures_eject(outcomes: list[AttemptOutcome], ejected: bool) -> None:
     health = machine()
     events = [health.record("a", o, now=float(i)) for i, o in enumerate(outcomes)]
     view = health.view("a", now=float(len(outcomes)))
@@ -150,7 +159,7 @@ def test_probation_ramps_weight_and_one_failure_ejects_again() -> None:
     ramp = [round(health.view("a", t).weight, 3) for t in (10.0, 15.0, 20.0, 30.0, 31.0)]
     assert ramp == [0.2, 0.4, 0.6, 1.0, 1.0]
     assert health.view("a", 12.0).on_probation and not health.view("a", 31.0).on_probation
-    event = health.record("a", Outcome.TIMEOUT, 12.0)
+    event = health.record("a", AttemptOutcome.TIMEOUT, 12.0)
     assert event is not None and event.reason is EjectionReason.PROBATION_FAILURE
     assert event.until == 12.0 + 20  # second ejection: base x 2
 
@@ -167,7 +176,7 @@ def test_recovered_backend_ramps_up_without_an_ejection() -> None:
 )
 def test_backpressure_window(retry_after: float | None, expected: float) -> None:
     health = machine()
-    health.record("a", Outcome.BACKPRESSURE, 10.0, retry_after_s=retry_after)
+    health.record("a", AttemptOutcome.BACKPRESSURE, 10.0, retry_after_s=retry_after)
     view = health.view("a", 10.0)
     assert view.backpressure_for_s == expected and not view.ejected
     assert not health.view("a", 10.0 + expected).backpressure

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Outcome(StrEnum):
+class AttemptOutcome(StrEnum):
     OK = "ok"
     CONNECT_ERROR = "connect_error"
     """Refused or unreachable before the request was sent: the backend did no work."""
@@ -31,18 +31,25 @@ class Outcome(StrEnum):
         return self in FAILURES
 
 
-FAILURES = frozenset({Outcome.CONNECT_ERROR, Outcome.RESET, Outcome.SERVER_ERROR, Outcome.TIMEOUT})
+FAILURES = frozenset(
+    {
+        AttemptOutcome.CONNECT_ERROR,
+        AttemptOutcome.RESET,
+        AttemptOutcome.SERVER_ERROR,
+        AttemptOutcome.TIMEOUT,
+    }
+)
 
 
-def classify_status(status: int) -> Outcome:
+def classify_status(status: int) -> AttemptOutcome:
     """The outcome an HTTP status from the backend stands for."""
     if status in (429, 503):
-        return Outcome.BACKPRESSURE
+        return AttemptOutcome.BACKPRESSURE
     if status >= 500:
-        return Outcome.SERVER_ERROR
+        return AttemptOutcome.SERVER_ERROR
     if status >= 400:
-        return Outcome.CLIENT_ERROR
-    return Outcome.OK
+        return AttemptOutcome.CLIENT_ERROR
+    return AttemptOutcome.OK
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -1,6 +1,6 @@
 """Passive health: the outlier-ejection state machine, pure and driven by an injected time.
 
-The request path reports each attempt's :class:`~quantroute.resilience.outcomes.Outcome` and the
+The request path reports each attempt's :class:`~quantroute.resilience.outcomes.AttemptOutcome` and the
 latencies it measured; routing reads :meth:`PassiveHealth.view`. Nothing here does I/O or reads a
 clock: every method takes ``now``. The rules follow Envoy's outlier detection:
 
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from quantroute.resilience.outcomes import Outcome
+from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.settings import OutlierDetection
 
 
@@ -132,15 +132,19 @@ class PassiveHealth:
 
     # -- events --------------------------------------------------------------------------------
     def record(
-        self, backend_id: str, outcome: Outcome, now: float, retry_after_s: float | None = None
+        self,
+        backend_id: str,
+        outcome: AttemptOutcome,
+        now: float,
+        retry_after_s: float | None = None,
     ) -> Ejection | None:
         b = self._backends.get(backend_id)
         if b is None or not self.settings.enabled:
             return None
-        if outcome is Outcome.OK:
+        if outcome is AttemptOutcome.OK:
             b.consecutive = 0
             return None
-        if outcome is Outcome.BACKPRESSURE:
+        if outcome is AttemptOutcome.BACKPRESSURE:
             self._backpressure(b, now, retry_after_s)
             return None
         if not outcome.is_failure:

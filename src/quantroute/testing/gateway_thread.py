@@ -3,8 +3,11 @@ with the production server settings (uvloop, httptools) of :mod:`quantroute.serv
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from fastapi import FastAPI
 
@@ -12,6 +15,8 @@ from quantroute.config import GatewayConfig
 from quantroute.server.app import create_app
 from quantroute.serving import EmbeddedServer, uvicorn_config
 from quantroute.testing.procs import free_port
+
+T = TypeVar("T")
 
 
 class GatewayThread:
@@ -23,7 +28,29 @@ class GatewayThread:
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn_config(self.app, "127.0.0.1", self.port, "warning", drain_s=2)
         self.server = EmbeddedServer(cfg)
-        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+            runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    def call(self, fn: Callable[[], T], timeout_s: float = 5.0) -> T:
+        """Run ``fn`` inside the gateway's event loop (its state is not thread-safe)."""
+        assert self.loop is not None
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout_s)
+
+    def task_names(self) -> list[str]:
+        """Names of the tasks alive in the gateway's loop (for leak checks)."""
+        return sorted(self.call(lambda: [t.get_name() for t in asyncio.all_tasks()]))
 
     def start(self) -> GatewayThread:
         self._thread.start()
