@@ -118,6 +118,26 @@ def stream_then_reset(chunks: int, delay_s: float = 0.0) -> Behaviour:
     return behaviour
 
 
+class Firehose:
+    """A stream of valid chunks sent as fast as the connection takes them; counts bytes sent."""
+
+    def __init__(self, limit: int = 1024 * 1024 * 1024) -> None:
+        self.sent = 0
+        self.limit = limit
+
+    async def __call__(
+        self, req: Request, _: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        model = str(req.json().get("model", "m"))
+        w.write(SSE_HEAD)
+        chunk = chat_chunk(model, " tok" * 16)
+        batch = chunk * 64
+        while self.sent < self.limit:
+            w.write(batch)
+            await w.drain()  # honours TCP backpressure from the gateway
+            self.sent += len(batch)
+
+
 def raw_bytes(data: bytes) -> Behaviour:
     """Write exactly ``data`` (a malformed head, a bad header...) and close."""
 

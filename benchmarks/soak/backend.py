@@ -1,0 +1,108 @@
+"""One simulated vLLM backend for the soak, in its own process (so it can be killed).
+
+    python backend.py --id b1 --port 8201 --time-scale 0.03
+
+Serves :mod:`quantroute.sim` (profile ``llama3-8b-fp16`` unless ``--profile``) behind a fault
+switch: ``POST /_soak/fault?mode=500`` makes every generation request answer HTTP 500 at once
+while ``/metrics`` stays healthy (the backend that looks idle because it fails fast);
+``mode=ok`` undoes it. The gateway never calls ``/_soak/``. Prints ``READY`` when listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from quantroute.sim.fleet import SimBackendSpec, build_backend, default_answer_key
+from quantroute.sim.server import create_app
+
+ERROR = json.dumps(
+    {
+        "error": {
+            "message": "injected failure",
+            "type": "InternalServerError",
+            "param": None,
+            "code": 500,
+        }
+    }
+).encode()
+
+
+class FaultSwitch:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.mode = "ok"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == "/_soak/fault":
+            query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if p)
+            self.mode = query.get("mode", self.mode)
+            await _answer(send, 200, json.dumps({"mode": self.mode}).encode())
+            return
+        if (
+            scope["type"] == "http"
+            and self.mode == "500"
+            and path.startswith("/v1/")
+            and (scope["method"] == "POST")
+        ):
+            await _answer(send, 500, ERROR)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--profile", default="llama3-8b-fp16")
+    parser.add_argument("--served-model-name", default="soak-model")
+    parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--time-scale", type=float, default=0.03)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    spec = SimBackendSpec(
+        id=args.id,
+        profile=args.profile,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        max_num_seqs=args.max_num_seqs,
+    )
+    backend = build_backend(
+        spec, time_scale=args.time_scale, seed=args.seed, answer_key=default_answer_key()
+    )
+    app = FaultSwitch(create_app(backend))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=1,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    original = server.startup
+
+    async def startup(sockets: object = None) -> None:
+        await original(sockets)  # type: ignore[arg-type]
+        print("READY", flush=True)
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
