@@ -50,7 +50,7 @@ async def slow_headers(host: str, port: int, stop_at: float, tally: Tally) -> No
         tally.opened["slow_headers"] += 1
         try:
             for byte in HEADERS:
-                if reader.at_eof() or time.monotonic() >= stop_at:
+                if reader.at_eof() or writer.is_closing() or time.monotonic() >= stop_at:
                     break
                 writer.write(bytes([byte]))
                 await writer.drain()
@@ -59,7 +59,7 @@ async def slow_headers(host: str, port: int, stop_at: float, tally: Tally) -> No
                     break  # the gateway answered (408): start over
                 except TimeoutError:
                     continue
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):
             pass
         tally.answers[f"slow_headers:{await _status(reader)}"] += 1
         writer.close()
@@ -77,12 +77,12 @@ async def endless_upload(host: str, port: int, stop_at: float, rate: int, tally:
         tally.opened["upload"] += 1
         try:
             writer.write(HEADERS + b"transfer-encoding: chunked\r\n\r\n")
-            while time.monotonic() < stop_at and not reader.at_eof():
+            while time.monotonic() < stop_at and not reader.at_eof() and not writer.is_closing():
                 writer.write(frame)
                 await writer.drain()
                 tally.uploaded += len(piece)
                 await asyncio.sleep(0.1)
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # the gateway closed it (413) under our write
             pass
         tally.answers[f"upload:{await _status(reader)}"] += 1
         writer.close()

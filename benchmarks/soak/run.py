@@ -12,7 +12,8 @@ phase, ``hostile.py``. Phases:
 - ``hostile``: the same streams beside 50 slow-header connections and 10 never-ending uploads;
   its p99 is compared with the clean phase of the same run.
 - ``faults``: the same streams; at +5 s backend b3 starts answering HTTP 500 to every generation
-  (its /metrics stay healthy), at +10 s b2 is killed (SIGKILL), at +35 s b2 is started again.
+  (its /metrics stay healthy), at +10 s b2 is killed (SIGKILL), at +35 s b2 is started again
+  (times for a 60 s phase; scaled with ``--duration``).
 
 Measured: errors before the first byte, malformed SSE frames, streams cut by an error event, the
 failing backend's share of first attempts after its ejection (from the gateway's
@@ -84,7 +85,7 @@ def stop(proc: Proc, sig: int = signal.SIGTERM, wait_s: float = 15) -> int | Non
 
 
 def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
 
@@ -100,15 +101,20 @@ def rss_mb(pid: int) -> float:
 
 
 def first_attempts(gateway: str) -> dict[str, float]:
+    """First attempts per backend, and ``<backend>:failed`` for its failed attempts."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(gateway + "/metrics", timeout=5) as r:
+    with urllib.request.urlopen(gateway + "/metrics", timeout=30) as r:
         text = r.read().decode()
     found: dict[str, float] = {}
+    failures = {"server_error", "connect_error", "connect_timeout", "reset", "timeout"}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "quantroute_upstream_attempts_total" and s.labels["attempt"] == "first":
                 found[s.labels["backend"]] = found.get(s.labels["backend"], 0) + s.value
+            if s.name == "quantroute_upstream_outcomes_total" and s.labels["outcome"] in failures:
+                key = s.labels["backend"] + ":failed"
+                found[key] = found.get(key, 0) + s.value
     return found
 
 
@@ -140,6 +146,19 @@ class Monitor:
             self._stop.wait(0.25)
         self.attempts.append((time.monotonic() - self.started, first_attempts(self.gateway)))
 
+    def value_at(self, key: str, when: float | None) -> float | None:
+        """A sampled counter at the first sample at or after ``when``."""
+        if when is None:
+            return None
+        return next((a.get(key, 0.0) for t, a in self.attempts if t >= when), None)
+
+    def first_above(self, key: str, since: float) -> float | None:
+        """The time of the first sample after ``since`` where counter ``key`` grew."""
+        base = self.value_at(key, since)
+        return next(
+            (t for t, a in self.attempts if t >= since and a.get(key, 0.0) > (base or 0.0)), None
+        )
+
     def attempts_share_after(self, backend: str, since: float | None) -> float | None:
         """``backend``'s share of first attempts from ``since`` to the end of the phase."""
         if since is None or not self.attempts:
@@ -148,7 +167,7 @@ class Monitor:
         end = self.attempts[-1][1]
         if start is None:
             return None
-        delta = {b: end.get(b, 0.0) - start.get(b, 0.0) for b in end}
+        delta = {b: end.get(b, 0.0) - start.get(b, 0.0) for b in end if ":" not in b}
         total = sum(delta.values())
         return None if total <= 0 else delta.get(backend, 0.0) / total
 
@@ -203,6 +222,10 @@ class Soak:
             str(self.ports[name]),
             "--time-scale",
             str(self.args.time_scale),
+            "--kind",
+            self.args.backend,
+            "--token-interval",
+            str(self.args.token_interval),
         ]
         return start(name, cmd, self.logs, ready="READY")
 
@@ -309,13 +332,14 @@ class Soak:
         def at(offset: float) -> None:
             time.sleep(max(0.0, t0 + offset - time.monotonic()))
 
-        at(5)
+        d = self.args.duration / 60.0  # the schedule below is for a 60 s phase
+        at(5 * d)
         post(f"http://127.0.0.1:{self.ports['b3']}/_soak/fault?mode=500")
         events["b3_500_at"] = time.monotonic() - t0
-        at(10)
+        at(10 * d)
         stop(self.procs["b2"], signal.SIGKILL)
         events["b2_killed_at"] = time.monotonic() - t0
-        at(35)
+        at(35 * d)
         self.procs["b2"] = self.backend("b2")
         events["b2_restarted_at"] = time.monotonic() - t0
         return events
@@ -346,6 +370,8 @@ class Soak:
             if b2_first is None
             else b2_first - events["b2_restarted_at"],
             "b3_first_attempt_share_after_ejection": monitor.attempts_share_after("b3", b3_out),
+            "b3_failed_attempts_until_ejected": monitor.value_at("b3:failed", b3_out),
+            "b3_first_failure_at": monitor.first_above("b3:failed", events["b3_500_at"]),
             "b3_first_attempt_share_before_ejection": monitor.attempts_share_after("b3", 0.0),
             "b3_admin_at_end": (monitor.admin[-1][1].get("b3") or {}).get("passive_health"),
         }
@@ -358,7 +384,14 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=60)
-    parser.add_argument("--time-scale", type=float, default=0.03)
+    parser.add_argument("--time-scale", type=float, default=0.03, help="--backend sim")
+    parser.add_argument(
+        "--backend",
+        choices=("sim", "fake"),
+        default="sim",
+        help="sim: quantroute.sim engines; fake: FakeBackend (no engine, much cheaper)",
+    )
+    parser.add_argument("--token-interval", type=float, default=0.5, help="--backend fake")
     parser.add_argument("--phases", nargs="+", default=["clean", "hostile", "faults"])
     parser.add_argument("--output-dir", default=str(HERE))
     args = parser.parse_args()

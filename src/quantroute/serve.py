@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-import uvicorn
-
 from quantroute.config import load_config
+from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
+from quantroute.resilience.memory import tune_allocator
 from quantroute.server.app import create_app
 from quantroute.serving import uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
@@ -38,13 +38,21 @@ def check_config(path: str) -> int:
 
 
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:
+    """Run the gateway until SIGTERM (drain, exit 0) or Ctrl-C; SIGHUP reloads ``path``."""
     config = load_config(path)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(config)
-    drain_s = config.policy.upstream_timeouts.total_s
+    tune_allocator()
+    lifecycle = Lifecycle()
+    app = create_app(config, config_path=path, lifecycle=lifecycle, trim_memory=True)
+    drain = config.resilience.drain
     listen_host, listen_port = host or config.listen.host, port or config.listen.port
-    server = uvicorn.Server(uvicorn_config(app, listen_host, listen_port, log_level, drain_s))
+    settings = uvicorn_config(
+        app, listen_host, listen_port, log_level, drain.deadline_s, app.state.http_protocol
+    )
+    server = GatewayServer(
+        settings, lifecycle, announce_s=drain.announce_s, on_reload=lambda: app.state.reload()
+    )
     server.run()
     return 0

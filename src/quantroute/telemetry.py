@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from quantroute import __version__
 from quantroute.core.model import Health
+from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -121,6 +122,7 @@ class Telemetry:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.resilience = ResilienceMetrics(r)
 
     def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
         """Serve the in-flight gauges from the one in-flight account, read at each scrape;
@@ -134,14 +136,14 @@ class Telemetry:
         self.scrape_errors.labels(backend)
         self.retries.labels(backend)
         self.gpu_cost.labels(backend).set(gpu_cost_per_hour)
+        self.resilience.declare_backend(backend)
 
     def forget_backend(self, backend: str) -> None:
         """Drop a departed backend's gauges: a last "stale" or a price must not linger in alerts
         and cost sums. Its counters stay (rates need them); in-flight returns to 0 by itself."""
-        for option in Health:
-            self.backend_up.remove(backend, option.value)
-        self.backend_kv.remove(backend)
-        self.gpu_cost.remove(backend)
+        for metric in (self.backend_up, self.backend_kv, self.gpu_cost):
+            metric.remove_by_labels({"backend": backend})
+        self.resilience.forget_backend(backend)
 
     def declare_group(self, group: str) -> None:
         self.no_backend.labels(group)

@@ -10,6 +10,7 @@ running, and no task left in the gateway's loop beyond those it had when it star
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,18 +90,35 @@ class Fleet:
             "raw_upstream_sockets": held_connections({s.port for s in self.raws.values()}),
             "raw_server_connections": sum(s.stats.open for s in self.raws.values()),
             "fake_backend_active": sum(f.state.active for f in self.fakes.values()),
-            "extra_tasks": len(self.gateway.task_names()) - self.baseline_tasks,
+            "extra_tasks": request_task_count(self.gateway) - self.baseline_tasks,
         }
 
     def assert_no_leaks(self, timeout_s: float = 10.0) -> None:
         clean = dict.fromkeys(self.leaks(), 0)
-        assert wait_until(lambda: self.leaks() == clean, timeout_s, 0.1), (
-            self.leaks(),
-            self.gateway.task_names(),
-        )
+        ok = wait_until(lambda: self.leaks() == clean, timeout_s, 0.1)
+        assert ok, f"leaks: {self.leaks()}; tasks now: {self.gateway.task_names()}"
 
 
 FleetFactory = Callable[..., Fleet]
+
+
+PERIODIC = ("quantroute-scrape-", "anyio.")
+"""Tasks of a scrape round (and the connect attempts of its HTTP client): they come and go
+every scrape interval whatever the requests do, so they are not counted."""
+
+
+def request_task_count(gateway: GatewayThread) -> int:
+    return sum(1 for name in gateway.task_names() if not name.startswith(PERIODIC))
+
+
+def settled_task_count(gateway: GatewayThread, timeout_s: float = 5.0) -> int:
+    """The gateway loop's task count once it holds still (requests of the set-up finished)."""
+    counts = [request_task_count(gateway)]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (len(counts) < 3 or len(set(counts[-3:])) > 1):
+        time.sleep(0.1)
+        counts.append(request_task_count(gateway))
+    return min(counts[-3:])
 
 
 def backend_row(backend_id: str, url: str, served: str, **extra: Any) -> dict[str, Any]:
@@ -159,7 +177,7 @@ def make_fleet() -> Iterator[FleetFactory]:
         started.append(fleet)
         if wait_fresh:
             assert wait_until(lambda: all(r["state"] == "fresh" for r in fleet.admin().values()))
-        fleet.baseline_tasks = len(gateway.task_names())
+        fleet.baseline_tasks = settled_task_count(gateway)
         return fleet
 
     yield factory

@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from quantroute.testing.fake_backend import FakeState, wait_until
+from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.faults import (
     RawServer,
     endless_event,
@@ -180,19 +180,28 @@ def test_huge_non_stream_answer_is_a_502(make_fleet: FleetFactory) -> None:
     fleet.assert_no_leaks()
 
 
-def test_garbage_metrics_mark_the_backend_down_and_others_serve(
-    make_fleet: FleetFactory,
+@pytest.mark.parametrize(
+    ("metrics", "state"),
+    [
+        (b"\x00\xff{{{ not prometheus", "fresh"),  # nothing it reads: known to be unknown
+        (b'vllm:num_requests_running{engine="0" 1 garbage\n', "down"),  # malformed: fails
+        (b'vllm:kv_cache_usage_perc{engine="0"} notanumber\n', "down"),
+    ],
+)
+def test_garbage_metrics_never_route_traffic_there(
+    make_fleet: FleetFactory, metrics: bytes, state: str
 ) -> None:
     fleet = make_fleet(
         {
-            "a": RawServer(server_error(), metrics_body=b"\x00\xff{{{ not prometheus"),
+            "a": RawServer(server_error(), metrics_body=metrics),
             "b": FakeState(served_model_name="fake-model"),
         },
         policy={"down_after_failures": 2},
+        overrides={"b": {"gpu_cost_per_hour": 5.0}},
         wait_fresh=False,
     )
-    assert wait_until(lambda: fleet.admin()["a"]["state"] == "down")
-    assert fleet.admin()["a"]["last_error"]
+    assert wait_until(lambda: fleet.admin()["a"]["state"] == state)
+    assert wait_until(lambda: fleet.admin()["b"]["state"] == "fresh")
     assert all(fleet.post({}).status_code == 200 for _ in range(5))
     assert fleet.upstream_calls("a") == 0
     fleet.assert_no_leaks()
@@ -276,9 +285,31 @@ async def test_killed_backend_mid_burst_loses_nothing_before_the_first_byte(
     assert all(c.endswith(b"data: [DONE]\n\n") for c in [c for _, c in results[20:]])
     assert wait_until(lambda: fleet.admin()["a"]["state"] == "down")
     # Back on the same port: re-admitted, ramping up from its slow-start weight.
-    from quantroute.testing.fake_backend import ThreadedServer
-
-    fleet.servers["a"] = ThreadedServer(fleet.fakes["a"].app, port=port).start()
+    revived = FakeBackend(fleet.fakes["a"].state)  # an aiohttp app runs on one loop only
+    fleet.servers["a"] = ThreadedServer(revived.app, port=port).start()
     assert wait_until(lambda: fleet.admin()["a"]["state"] == "fresh", 10)
     assert wait_until(lambda: fleet.admin()["a"]["passive_health"]["weight"] == 1.0, 10)
+    fleet.assert_no_leaks()
+
+
+def test_a_backend_far_slower_than_its_peers_is_ejected(make_fleet: FleetFactory) -> None:
+    """It answers every request, just slowly (a throttled GPU): a latency outlier."""
+    fleet = make_fleet(
+        {
+            "fast": FakeState(served_model_name="fake-model", chunk_delay_s=0.002),
+            "slow": FakeState(served_model_name="fake-model", chunk_delay_s=0.06),
+        },
+        policy={"tie_tolerance": 1.0},  # spread evenly, whatever the scores
+        resilience={"outlier_detection": {"latency_min_samples": 4, "per_token_floor_s": 0.02}},
+    )
+    for _ in range(30):
+        r = fleet.post({"stream": True, "max_tokens": 10})
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        if fleet.admin()["slow"]["passive_health"]["ejected"]:
+            break
+    health = fleet.admin()["slow"]["passive_health"]
+    assert health["ejected"] and health["reason"] == "latency_outlier", health
+    assert "time per token" in health["detail"]
+    assert not fleet.admin()["fast"]["passive_health"]["ejected"]
+    assert fleet.metric("quantroute_ejections_total", backend="slow", reason="latency_outlier") == 1
     fleet.assert_no_leaks()

@@ -39,3 +39,10 @@ def test_window_slides() -> None:
     for _ in range(4):
         budget.request(11.0)
     assert sum(budget.try_retry(11.0) for _ in range(10)) == 2
+
+
+def test_long_streams_in_flight_count_as_requests_seen() -> None:
+    """1,000 streams opened a minute ago: the window saw none arrive, yet they are the load."""
+    budget = RetryBudget(Settings(ratio=0.2, min_retries=3, window_s=10))
+    assert sum(budget.try_retry(60.0, in_flight=1000) for _ in range(500)) == 200
+    assert sum(budget.try_retry(61.0, in_flight=0) for _ in range(10)) == 0  # spent

@@ -273,3 +273,24 @@ def test_bounded_loads_turns_recursion_into_too_deep() -> None:
     assert loads_bounded("[" * 64 + "]" * 64, 64) is not None
     with pytest.raises(ValueError, match="Expecting"):
         loads_bounded("{", 64)
+
+
+def test_bodies_read_at_once_share_one_buffer_cap(serve: Any) -> None:
+    served = serve(max_body_bytes=64 * 1024, max_buffered_body_bytes=100 * 1024, retry_after_s=2)
+    first = served.connect()
+    first.sendall(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 60000\r\n\r\n"
+        + b"a" * 59000
+    )
+    time.sleep(0.2)  # 59 KB held by the first upload, still going
+    second = served.connect()
+    second.sendall(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 60000\r\n\r\n" + b"b" * 60000
+    )
+    status, headers, body = read_response(second)
+    assert status == 503 and headers["retry-after"] == "2"
+    assert openai_error(body)["code"] == "gateway_overloaded"
+    first.sendall(b"a" * 1000)  # the first one completes within its own limit
+    status, _, body = read_response(first)
+    assert status == 200 and json.loads(body) == {"length": 60000}
+    assert served.rejections == [Rejection.BODY_BUFFERS_FULL]

@@ -245,3 +245,71 @@ def test_topology_change_keeps_known_state_and_drops_removed() -> None:
     assert set(health.views(1.0)) == {"a", "d"}
     health.set_topology({"a": "other-variant"}, {})
     assert not health.view("a", 1.0).ejected  # a different backend under the same id
+
+
+def test_refusing_backend_is_ejected_past_the_group_share() -> None:
+    health = machine(max_ejection_share=0.5)  # three backends: one may be ejected
+    for _ in range(5):
+        health.record("a", F, 0.0)
+    events = [health.record("b", AttemptOutcome.CONNECT_ERROR, 0.0) for _ in range(5)]
+    assert events[-1] is not None and not events[-1].suppressed
+    assert health.view("a", 0.0).ejected and health.view("b", 0.0).ejected
+    events = [health.record("c", F, 0.0) for _ in range(5)]
+    assert events[-1] is not None and events[-1].suppressed  # 5xx: the share holds
+
+
+def test_a_down_backend_does_not_hold_the_groups_ejection_slot() -> None:
+    health = machine(max_ejection_share=0.5)  # three backends: one may be ejected
+    for _ in range(5):
+        health.record("b", AttemptOutcome.RESET, 0.0)  # b died: its streams broke off
+    assert health.view("b", 0.0).ejected
+    events = [health.record("c", F, 0.0) for _ in range(5)]
+    assert events[-1] is not None and events[-1].suppressed  # b holds the slot
+    health.set_down("b", True)  # its scrapes fail too: it holds no capacity
+    event = health.record("c", F, 0.0)
+    assert event is not None and not event.suppressed and health.view("c", 0.0).ejected
+    assert not health.view("a", 0.0).ejected  # the last one serving is never ejected
+    for _ in range(10):
+        health.record("a", F, 0.0)
+    assert not health.view("a", 0.0).ejected
+
+
+def test_back_from_unreachable_ends_the_ejection_early() -> None:
+    health = machine(base_ejection_s=30, slow_start_s=10)
+    for _ in range(5):
+        health.record("a", AttemptOutcome.CONNECT_ERROR, 0.0)
+    health.set_down("a", True)  # its scrapes fail too
+    for _ in range(5):
+        health.record("b", F, 0.0)
+    assert health.view("a", 5.0).ejected and health.view("b", 5.0).ejected
+    health.recovered("a", 5.0)  # its scrapes succeed again: the process is back
+    health.recovered("b", 5.0)  # b's 5xx are not refuted by a scrape
+    assert not health.view("a", 5.0).ejected and health.view("a", 5.0).on_probation
+    assert health.view("b", 5.0).ejected
+
+
+@pytest.mark.parametrize(("gap", "suspect"), [(0.0, True), (0.2, True), (0.3, False)])
+def test_a_failure_makes_a_backend_suspect_for_a_moment(gap: float, suspect: bool) -> None:
+    health = machine(suspect_s=0.25)
+    health.record("a", F, 10.0)
+    assert health.view("a", 10.0 + gap).suspect is suspect
+    health.record("a", OK, 10.1)
+    assert not health.view("a", 10.1).suspect  # a success clears the streak
+
+
+def test_a_backend_slower_because_busier_is_no_outlier() -> None:
+    health = machine(latency_min_samples=5)
+    events = []
+    for i in range(20):
+        events.append(health.record_latency("a", float(i), per_token_s=0.02, load=10))
+        events.append(health.record_latency("b", float(i), per_token_s=0.02, load=10))
+        events.append(health.record_latency("c", float(i), per_token_s=0.09, load=40))
+    assert [e for e in events if e] == []  # 4x the load: slower is expected
+    health = machine(latency_min_samples=5)
+    for i in range(20):
+        health.record_latency("a", float(i), per_token_s=0.02, load=10)
+        health.record_latency("b", float(i), per_token_s=0.02, load=10)
+        event = health.record_latency("c", float(i), per_token_s=0.09, load=12)
+        if event:
+            break
+    assert event is not None and event.reason is EjectionReason.LATENCY_OUTLIER

@@ -4,6 +4,10 @@ An attempt holds a :class:`~quantroute.state.inflight.Lease` from dispatch until
 ends exactly once: :meth:`Attempt.finish` (answered: status and token usage counted) or
 :meth:`Attempt.give_up` (failed before the first byte; another backend may be tried).
 :meth:`Attempt.release` is the idempotent safety net the forwarder calls in ``finally``.
+
+Every ending also tells passive health what the attempt showed about the backend (an
+:class:`~quantroute.resilience.outcomes.AttemptOutcome`) and, for a good answer, its latencies:
+time to first token and time per output token.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass, field
 
 from quantroute.config import BackendConfig
 from quantroute.proxy.sse import Usage
+from quantroute.resilience.outcomes import AttemptOutcome, classify_status, retry_after_seconds
+from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.state.inflight import Lease
 from quantroute.telemetry import Telemetry
 
@@ -27,11 +33,22 @@ class Attempt:
     strip_usage: bool
     group: str
     telemetry: Telemetry
+    health: PassiveHealthMonitor | None = None
+    number: int = 0
+    """0 for the decision's choice, 1.. for retries."""
+    stream: bool = False
     started: float = field(default_factory=time.perf_counter)
+    first_at: float | None = None
     status: int | None = None
     """How it ended: the HTTP status relayed, 499 for a client that left; None while running
     or when given up."""
     failure: str | None = None
+    failure_outcome: AttemptOutcome | None = None
+    """What a given-up attempt showed (a refused connection does not count as a retry)."""
+
+    def __post_init__(self) -> None:
+        kind = "first" if self.number == 0 else "retry"
+        self.telemetry.resilience.attempts.labels(self.backend_id, kind).inc()
 
     @property
     def backend_id(self) -> str:
@@ -40,25 +57,64 @@ class Attempt:
     def first_byte(self) -> None:
         """The backend started answering: time to first byte, and no more prefill backlog."""
         if self.lease.prefilling:
-            elapsed = time.perf_counter() - self.started
-            self.telemetry.ttfb.labels(self.backend_id).observe(elapsed)
+            self.first_at = time.perf_counter()
+            self.telemetry.ttfb.labels(self.backend_id).observe(self.first_at - self.started)
             self.lease.first_byte()
 
-    def finish(self, status: int, usage: Usage | None = None) -> None:
-        """The attempt answered the client (or the client left): count it and end it."""
+    def finish(
+        self,
+        status: int,
+        usage: Usage | None = None,
+        *,
+        outcome: AttemptOutcome | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """The attempt answered the client (or the client left): count it and end it.
+
+        ``outcome`` defaults to what ``status`` says (499: the client left, which says nothing
+        about the backend)."""
+        if self.lease.released:
+            return
         self.status = status
         t = self.telemetry
         t.requests.labels(self.backend_id, self.group, str(status)).inc()
         if usage is not None:
             t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
             t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
+        if outcome is None:
+            outcome = (
+                AttemptOutcome.CLIENT_GONE if status == CLIENT_CLOSED else classify_status(status)
+            )
+        self._report(outcome, retry_after)
+        if outcome is AttemptOutcome.OK and usage is not None:
+            self._latencies(usage.completion_tokens)
         self.release()
 
-    def give_up(self, reason: str) -> None:
-        """Failed before the first byte (connect error, 5xx): counted as a retry, ended."""
+    def give_up(self, reason: str, outcome: AttemptOutcome, retry_after: str | None = None) -> None:
+        """Failed before the first byte (connect error, 5xx, 429): counted as a retry, ended."""
         self.failure = reason
+        self.failure_outcome = outcome
         self.telemetry.retries.labels(self.backend_id).inc()
+        self._report(outcome, retry_after)
         self.release()
 
     def release(self) -> None:
         self.lease.release()
+
+    def _report(self, outcome: AttemptOutcome, retry_after: str | None) -> None:
+        if self.health is not None:
+            self.health.outcome(self.backend_id, outcome, retry_after_seconds(retry_after))
+
+    def _latencies(self, tokens: int) -> None:
+        if self.health is None or tokens <= 0:
+            return
+        ended = time.perf_counter()
+        load = self.lease.owner.count(self.backend_id)
+        if self.stream and self.first_at is not None:
+            per_token = (ended - self.first_at) / (tokens - 1) if tokens > 1 else None
+            ttft = self.first_at - self.started
+            self.health.latency(self.backend_id, ttft_s=ttft, per_token_s=per_token, load=load)
+        elif not self.stream:
+            # The whole answer arrives at the end: time per token includes the prefill.
+            per_token = (ended - self.started) / tokens
+            self.health.latency(self.backend_id, per_token_s=per_token, load=load)

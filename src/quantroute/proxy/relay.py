@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from quantroute.errors import UpstreamConnectError, openai_error_body
+from quantroute.errors import UpstreamFailure, UpstreamTooLarge, openai_error_body
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
-from quantroute.proxy.sse import Usage
+from quantroute.proxy.sse import EventCap, Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
+from quantroute.resilience.outcomes import AttemptOutcome
 
 if TYPE_CHECKING:
     pass
@@ -34,55 +35,95 @@ def sse_error_event(message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
-    return {
+def response_headers(
+    ctx: RequestContext, attempt: Attempt, retry_after: str | None = None
+) -> dict[str, str]:
+    headers = {
         "x-quantroute-backend": attempt.backend_id,
         "x-quantroute-decision": ctx.routed.explain()[:1024],
     }
+    if retry_after is not None and retry_after.isascii():
+        headers["retry-after"] = retry_after
+    return headers
 
 
 def relay_body(
-    ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
+    ctx: RequestContext,
+    attempt: Attempt,
+    status: int,
+    content_type: str,
+    data: bytes,
+    retry_after: str | None = None,
 ) -> Response:
     """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
     attempt.first_byte()
-    attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
-    headers = response_headers(ctx, attempt)
+    usage = ctx.exchange.usage(data) if status == 200 else None
+    attempt.finish(status, usage, retry_after=retry_after)
+    headers = response_headers(ctx, attempt, retry_after)
     data = ctx.exchange.client_body(status, data)
     return Response(data, status, headers=headers, media_type=content_type)
 
 
-def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> Response:
+def relay_stream(
+    ctx: RequestContext,
+    attempt: Attempt,
+    upstream: UpstreamResponse,
+    first: bytes | None = None,
+    max_event_bytes: int = 4 * 1024 * 1024,
+) -> Response:
     """A stream: SSE bytes pass through as they arrive (the usage event the gateway asked for
     is stripped); the attempt is accounted when the stream ends, however it ends. A stream that
-    breaks is continued on another backend where ``ctx.continuation`` allows it."""
-    stream = _Stream(ctx, attempt, upstream)
-    return RelayResponse(
-        stream,
-        upstream.status,
-        headers=response_headers(ctx, attempt),
-        media_type=upstream.content_type,
-        on_close=stream.close,
-    )
+    breaks is continued on another backend where ``ctx.continuation`` allows it. ``first`` is
+    the chunk the forwarder already read (a stream counts as answered from its first chunk); no
+    event may grow past ``max_event_bytes``."""
+    stream = _Stream(ctx, attempt, upstream, first, max_event_bytes)
+    try:
+        return RelayResponse(
+            stream,
+            upstream.status,
+            headers=response_headers(ctx, attempt, upstream.retry_after),
+            media_type=upstream.content_type,
+            on_close=stream.close,
+        )
+    except Exception:
+        stream.close()
+        raise
 
 
 class _Stream:
     """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
     is never sent (a generator that never started would never run its ``finally``)."""
 
-    def __init__(self, ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> None:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        upstream: UpstreamResponse,
+        first: bytes | None = None,
+        max_event_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._exchange = ctx.exchange
         self._attempt = attempt
         self._upstream = upstream
+        self._first = first
+        self._cap = EventCap(max_event_bytes)
         self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
+        self._failure: AttemptOutcome | None = None
         self._closed = False
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self._first is not None:
+            yield self._first
+        async for chunk in self._upstream.chunks():
+            yield chunk
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, tap, cont = self._attempt, self._tap, self._cont
         try:
-            async for chunk in self._upstream.chunks():
+            async for chunk in self._chunks():
+                self._cap.check(chunk)
                 attempt.first_byte()
                 out = tap.feed(chunk)
                 if cont is not None:
@@ -100,18 +141,24 @@ class _Stream:
             self._outcome = self._upstream.status
             self.close()
             await self._exchange.completed(self._outcome)
-        except (UpstreamConnectError, StreamBroke) as exc:
+        except (UpstreamFailure, StreamBroke) as exc:
             self._outcome = 502
+            failed = exc.outcome if isinstance(exc, UpstreamFailure) else "reset"
+            self._failure = AttemptOutcome(failed)
             log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
             error = self._exchange.stream_error(
                 f"upstream {attempt.backend_id} failed mid-stream: {exc}"
             )
-            if cont is None:
+            if cont is None or isinstance(exc, UpstreamTooLarge):
                 yield error
                 return
             self.close()  # the broken backend's account ends before the continuation starts
             async for out in cont.resume(attempt.backend_id, str(exc), error):
                 yield out
+        except Exception:
+            self._outcome = 500
+            self._failure = AttemptOutcome.GATEWAY_ERROR
+            raise
         finally:
             self.close()
 
@@ -123,4 +170,6 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
-        self._attempt.finish(self._outcome, usage)
+        self._attempt.finish(
+            self._outcome, usage, outcome=self._failure, retry_after=self._upstream.retry_after
+        )

@@ -1,9 +1,12 @@
 """The retry budget: retries at most a share of the requests seen over a sliding window.
 
-Envoy's retry budget: when a whole fleet fails, retrying every request would double the load
-on it exactly when it can least take it. ``ratio`` of the requests that arrived over the last
+After Envoy's retry budget: when a whole fleet fails, retrying every request would double the
+load on it exactly when it can least take it. ``ratio`` of the requests seen over the last
 ``window_s`` may be retried, and at least ``min_retries`` in that window, so a lone failure is
-still retried on a quiet gateway. Pure: time is passed in. Counts live in one-second buckets.
+still retried on a quiet gateway. "Requests seen" is the larger of those that arrived in the
+window and those in flight now: LLM streams last long, so a burst of 1,000 open streams that
+arrived a minute ago still counts (Envoy counts active requests for the same reason).
+Pure: time is passed in. Counts live in one-second buckets.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ class RetryBudget:
         """A request arrived (count each client request once, not each attempt)."""
         self._bucket(now)[1] += 1
 
-    def try_retry(self, now: float) -> bool:
+    def try_retry(self, now: float, in_flight: int = 0) -> bool:
         """True (and the retry is counted) when the budget has room for one more retry."""
         current = self._bucket(now)
-        requests = sum(b[1] for b in self._buckets)
+        requests = max(in_flight, sum(b[1] for b in self._buckets))
         retries = sum(b[2] for b in self._buckets)
         allowed = max(self.settings.min_retries, math.floor(self.settings.ratio * requests))
         if retries >= allowed:

@@ -4,7 +4,8 @@
 - The body is read here, before the application sees it, counting bytes as they arrive (chunked
   bodies included): over ``max_body_bytes`` is 413 at once (a declared Content-Length over the
   limit is refused before reading); a gap over ``body_idle_s`` or a body that takes longer than
-  ``body_timeout_s`` is 408. Both close the connection, so a never-ending upload stops.
+  ``body_timeout_s`` is 408. Both close the connection, so a never-ending upload stops. All
+  bodies being read together stay under ``max_buffered_body_bytes`` (else 503, Retry-After).
 - A client that disconnects during its upload ends the request quietly (nothing to answer).
 
 The application then receives the body in one message and, after it, the real ``receive`` (so it
@@ -32,15 +33,19 @@ class Rejection(StrEnum):
     """Why the middleware answered instead of the application (the ``reason`` metric label)."""
 
     OVERLOADED = "overloaded"
+    BODY_BUFFERS_FULL = "body_buffers_full"
     BODY_TOO_LARGE = "body_too_large"
     BODY_TIMEOUT = "body_timeout"
     CLIENT_GONE = "client_gone_during_upload"
 
 
 class _Refused(Exception):
-    def __init__(self, reason: Rejection, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, reason: Rejection, status: int, code: str, message: str, retry_after: int = 0
+    ) -> None:
         super().__init__(message)
         self.reason, self.status, self.code, self.message = reason, status, code, message
+        self.retry_after = retry_after
 
 
 def _error_body(message: str, error_type: str, code: str) -> bytes:
@@ -60,6 +65,16 @@ async def _answer(
     await send({"type": "http.response.body", "body": body})
 
 
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 class ClientLimitsMiddleware:
     def __init__(
         self,
@@ -74,6 +89,8 @@ class ClientLimitsMiddleware:
         self._on_reject = on_reject
         self._exempt = exempt
         self.active = 0
+        self.buffered = 0
+        """Bytes of request bodies being read now, all requests together."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exempt:
@@ -103,11 +120,15 @@ class ClientLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(scope, receive, limits)
+            body = await self._read_body(scope, receive, limits)
         except _Refused as refused:
             self._count(refused.reason)
-            payload = _error_body(refused.message, "invalid_request_error", refused.code)
-            await _answer(send, refused.status, payload, [(b"connection", b"close")])
+            kind = "service_unavailable" if refused.status == 503 else "invalid_request_error"
+            payload = _error_body(refused.message, kind, refused.code)
+            extra = [(b"connection", b"close")]
+            if refused.retry_after:
+                extra.append((b"retry-after", str(refused.retry_after).encode()))
+            await _answer(send, refused.status, payload, extra)
             return
         if body is None:
             self._count(Rejection.CLIENT_GONE)
@@ -118,56 +139,62 @@ class ClientLimitsMiddleware:
         if self._on_reject is not None:
             self._on_reject(reason)
 
-
-def _declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def read_body(scope: Scope, receive: Receive, limits: ClientLimits) -> bytes | None:
-    """The whole body within the limits; None if the client went away; raises ``_Refused``."""
-    too_large = _Refused(
-        Rejection.BODY_TOO_LARGE,
-        413,
-        "request_too_large",
-        f"Request body is larger than the limit of {limits.max_body_bytes} bytes.",
-    )
-    declared = _declared_length(scope)
-    if declared is not None and declared > limits.max_body_bytes:
-        raise too_large
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.body_timeout_s
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        wait = min(limits.body_idle_s, deadline - loop.time())
-        try:
-            if wait <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(wait):
-                message = await receive()
-        except TimeoutError:
-            raise _Refused(
-                Rejection.BODY_TIMEOUT,
-                408,
-                "request_timeout",
-                "The request body was not received in time.",
-            ) from None
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limits.max_body_bytes:
+    async def _read_body(
+        self, scope: Scope, receive: Receive, limits: ClientLimits
+    ) -> bytes | None:
+        """The whole body within the limits; None if the client went away; raises ``_Refused``."""
+        too_large = _Refused(
+            Rejection.BODY_TOO_LARGE,
+            413,
+            "request_too_large",
+            f"Request body is larger than the limit of {limits.max_body_bytes} bytes.",
+        )
+        declared = _declared_length(scope)
+        if declared is not None and declared > limits.max_body_bytes:
             raise too_large
-        if chunk:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout_s
+        body = bytearray()
+        try:
+            while True:
+                message = await _next_piece(receive, loop, deadline, limits.body_idle_s)
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                if len(body) + len(chunk) > limits.max_body_bytes:
+                    raise too_large
+                if self.buffered + len(chunk) > limits.max_buffered_body_bytes:
+                    raise _Refused(
+                        Rejection.BODY_BUFFERS_FULL,
+                        503,
+                        "gateway_overloaded",
+                        "The gateway is reading too many request bodies at once; retry shortly.",
+                        limits.retry_after_s,
+                    )
+                body += chunk
+                self.buffered += len(chunk)
+                if not message.get("more_body", False):
+                    return bytes(body)
+        finally:
+            self.buffered -= len(body)
+
+
+async def _next_piece(
+    receive: Receive, loop: asyncio.AbstractEventLoop, deadline: float, idle_s: float
+) -> Message:
+    wait = min(idle_s, deadline - loop.time())
+    try:
+        if wait <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(wait):
+            return await receive()
+    except TimeoutError:
+        raise _Refused(
+            Rejection.BODY_TIMEOUT,
+            408,
+            "request_timeout",
+            "The request body was not received in time.",
+        ) from None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -10,6 +10,7 @@ keep-alive timeout applies.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,6 +31,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = 10.0
     timeouts: ClassVar[list[int]] = [0]
     """How many connections were cut (shared by the class made by :func:`protocol_class`)."""
+    hooks: ClassVar[list[Callable[[], None]]] = []
+    """Called on every cut connection (a metric counter)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -49,6 +52,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self.timeouts[0] += 1
+        for hook in self.hooks:
+            hook()
         self.transport.write(RESPONSE_408)
         self.transport.close()
 
@@ -74,5 +79,5 @@ def protocol_class(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
     return type(
         "HeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout_s": header_timeout_s, "timeouts": [0]},
+        {"header_timeout_s": header_timeout_s, "timeouts": [0], "hooks": []},
     )

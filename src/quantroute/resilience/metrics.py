@@ -88,12 +88,6 @@ class ResilienceMetrics:
             self.attempts.labels(backend, attempt)
 
     def forget_backend(self, backend: str) -> None:
-        for metric in (
-            self.ejections,
-            self.ejections_suppressed,
-            self.ejected,
-            self.outcomes,
-            self.attempts,
-            self.schema_ok,
-        ):
+        """Its gauges go; its counters stay (rates need them), as for the other metrics."""
+        for metric in (self.ejected, self.schema_ok):
             metric.remove_by_labels({"backend": backend})

@@ -14,6 +14,9 @@ class AttemptOutcome(StrEnum):
     OK = "ok"
     CONNECT_ERROR = "connect_error"
     """Refused or unreachable before the request was sent: the backend did no work."""
+    CONNECT_TIMEOUT = "connect_timeout"
+    """The connection was not made in time: nothing sent, but unlike a refusal it may be the
+    gateway's own lag under load, so it does not count as proof the backend is gone."""
     RESET = "reset"
     """The connection broke after the request was sent (mid-answer or before the first byte)."""
     SERVER_ERROR = "server_error"
@@ -25,6 +28,12 @@ class AttemptOutcome(StrEnum):
     """4xx other than 429: the request was wrong."""
     CLIENT_GONE = "client_gone"
     """The client disconnected: nothing learnt about the backend."""
+    TOO_LARGE = "too_large"
+    """An SSE event or a body over its cap: may be what the request asked for; not counted."""
+    BAD_RESPONSE = "bad_response"
+    """An answer that cannot be relayed (a malformed header): a failure."""
+    GATEWAY_ERROR = "gateway_error"
+    """The gateway itself failed: nothing learnt about the backend."""
 
     @property
     def is_failure(self) -> bool:
@@ -34,9 +43,11 @@ class AttemptOutcome(StrEnum):
 FAILURES = frozenset(
     {
         AttemptOutcome.CONNECT_ERROR,
+        AttemptOutcome.CONNECT_TIMEOUT,
         AttemptOutcome.RESET,
         AttemptOutcome.SERVER_ERROR,
         AttemptOutcome.TIMEOUT,
+        AttemptOutcome.BAD_RESPONSE,
     }
 )
 

@@ -8,12 +8,19 @@ clock: every method takes ``now``. The rules follow Envoy's outlier detection:
   ejection count, capped at ``max_ejection_s``; the count falls by one for every
   ``base_ejection_s`` the backend then stays in service.
 - An ejection never takes a group past ``max_ejection_share`` of its backends (at least one may
-  go, never the last); a suppressed ejection is reported as such.
+  go, never the last); a suppressed ejection is reported as such. Backends known to be down
+  (their scrapes fail) count neither way, and a backend whose last failure was a refused
+  connection is ejected regardless: neither serves anything.
 - Back from an ejection a backend is on probation for ``slow_start_s``: its weight ramps from
   ``slow_start_min_weight`` to 1, and a single failure ejects it again.
 - 429/503 mark backpressure for a moment (the answer's Retry-After, bounded); they never eject.
+- Each failure makes a backend *suspect* for ``suspect_s``: routing prefers others meanwhile
+  (soft), so a backend that fails fast (and so looks idle) does not draw a herd of first
+  attempts while its failure streak builds up to an ejection.
 - A backend whose moving-average TTFT or time per output token is ``latency_factor`` times its
-  variant peers' median (and at least a floor slower) is ejected for ``latency_ejection_s``.
+  variant peers' median (and at least a floor slower) is ejected for ``latency_ejection_s`` -
+  unless it was busier than they were (in-flight requests over ``latency_load_slack`` times
+  theirs): a GPU is slower with more requests in its batch; that is load, not a fault.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from enum import StrEnum
 
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.settings import OutlierDetection
+
+UNREACHABLE = frozenset(
+    {AttemptOutcome.CONNECT_ERROR, AttemptOutcome.CONNECT_TIMEOUT, AttemptOutcome.RESET}
+)
+"""Failures a recovered scrape refutes (the process is back), ending their ejection early."""
 
 
 class EjectionReason(StrEnum):
@@ -57,6 +69,8 @@ class HealthView:
     weight: float = 1.0
     """Slow-start weight in (0, 1]; 1 outside probation."""
     backpressure_for_s: float = 0.0
+    suspect: bool = False
+    """It failed within the last ``suspect_s``: prefer others."""
     consecutive_failures: int = 0
     ejections: int = 0
     ttft_s: float | None = None
@@ -95,8 +109,16 @@ class _Backend:
     probation_until: float | None = None
     slow_start_from: float | None = None
     backpressure_until: float | None = None
+    suspect_until: float | None = None
+    last_failure: AttemptOutcome | None = None
     ttft: _Average = field(default_factory=_Average)
     per_token: _Average = field(default_factory=_Average)
+    load: _Average = field(default_factory=_Average)
+    """Requests in flight at the backend when its latency samples were taken."""
+    down: bool = False
+    """Known down by other means (its scrapes fail): it holds no capacity either way."""
+    unreachable: bool = False
+    """Its current ejection came from refused or broken connections."""
 
 
 class PassiveHealth:
@@ -152,11 +174,16 @@ class PassiveHealth:
         if self._ejected(b, now):
             return None  # answers to requests sent before the ejection
         b.consecutive += 1
+        b.last_failure = outcome
+        b.suspect_until = now + self.settings.suspect_s
         if self._probation(b, now):
             return self._eject(backend_id, b, now, EjectionReason.PROBATION_FAILURE, outcome.value)
         if b.consecutive >= self.settings.consecutive_failures:
             detail = f"{b.consecutive} consecutive failures, last {outcome.value}"
-            return self._eject(backend_id, b, now, EjectionReason.CONSECUTIVE_FAILURES, detail)
+            unreachable = outcome is AttemptOutcome.CONNECT_ERROR
+            return self._eject(
+                backend_id, b, now, EjectionReason.CONSECUTIVE_FAILURES, detail, unreachable
+            )
         return None
 
     def record_latency(
@@ -166,11 +193,14 @@ class PassiveHealth:
         *,
         ttft_s: float | None = None,
         per_token_s: float | None = None,
+        load: float = 0.0,
     ) -> Ejection | None:
+        """A latency sample; ``load``: requests in flight at the backend as it was taken."""
         b = self._backends.get(backend_id)
         s = self.settings
         if b is None or not s.enabled or not s.latency_outliers or self._ejected(b, now):
             return None
+        b.load.add(load, s.latency_decay)
         if ttft_s is not None:
             b.ttft.add(ttft_s, s.latency_decay)
         if per_token_s is not None:
@@ -184,12 +214,27 @@ class PassiveHealth:
                 return self._eject(backend_id, b, now, EjectionReason.LATENCY_OUTLIER, detail)
         return None
 
-    def recovered(self, backend_id: str, now: float) -> None:
-        """The backend came back (e.g. its scrapes succeed again): ramp it up, do not flood it."""
+    def set_down(self, backend_id: str, down: bool) -> None:
+        """Whether the backend is known down (e.g. its /metrics cannot be reached). A down
+        backend counts neither for a group's size nor for its ejected share: ejecting a live
+        backend while a dead one holds the group's ejection slot would leave it serving 5xx."""
         b = self._backends.get(backend_id)
-        if b is not None and self.settings.slow_start_s > 0 and not self._ejected(b, now):
-            b.slow_start_from = now
-            b.probation_until = now + self.settings.slow_start_s
+        if b is not None:
+            b.down = down
+
+    def recovered(self, backend_id: str, now: float) -> None:
+        """The backend came back (its scrapes succeed again after it was down): ramp it up, do
+        not flood it. An ejection for being unreachable (refused, reset) ends here, since the
+        evidence it rested on is gone; it goes on probation as after any ejection."""
+        b = self._backends.get(backend_id)
+        if b is None:
+            return
+        if self._ejected(b, now):
+            if not b.unreachable:
+                return
+            b.ejected_until = now
+        b.slow_start_from = now
+        b.probation_until = now + self.settings.slow_start_s
 
     # -- reading -------------------------------------------------------------------------------
     def view(self, backend_id: str, now: float) -> HealthView:
@@ -204,6 +249,7 @@ class PassiveHealth:
             ejected_for_s=(b.ejected_until or now) - now if ejected else 0.0,
             weight=0.0 if ejected else self._weight(b, now),
             backpressure_for_s=max(0.0, (b.backpressure_until or now) - now),
+            suspect=b.consecutive > 0 and now < (b.suspect_until or now),
             consecutive_failures=b.consecutive,
             ejections=b.ejections,
             ttft_s=b.ttft.value,
@@ -240,16 +286,25 @@ class PassiveHealth:
         for members in self._groups.values():
             if backend_id not in members:
                 continue
-            size = len(members)
+            alive = [self._backends[m] for m in members if not self._backends[m].down]
+            size = len(alive)
             allowed = min(size - 1, max(1, int(share * size)))
-            ejected = sum(1 for m in members if self._ejected(self._backends[m], now))
+            ejected = sum(1 for b in alive if self._ejected(b, now))
             if ejected + 1 > allowed:
                 return False
         return True
 
     def _eject(
-        self, backend_id: str, b: _Backend, now: float, reason: EjectionReason, detail: str
+        self,
+        backend_id: str,
+        b: _Backend,
+        now: float,
+        reason: EjectionReason,
+        detail: str,
+        unreachable: bool = False,
     ) -> Ejection:
+        """Eject, unless the group share forbids it. A backend that refuses connections is
+        ejected regardless: it serves nothing either way, so its ejection costs no capacity."""
         s = self.settings
         count = self._decayed_count(b, now) + (reason is not EjectionReason.LATENCY_OUTLIER)
         if reason is EjectionReason.LATENCY_OUTLIER:
@@ -257,13 +312,14 @@ class PassiveHealth:
         else:
             duration = min(s.base_ejection_s * max(count, 1), s.max_ejection_s)
         until = now + duration
-        if not self._room_to_eject(backend_id, now):
+        if not unreachable and not self._room_to_eject(backend_id, now):
             return Ejection(backend_id, reason, detail, until, count, suppressed=True)
         b.ejections, b.ejected_until, b.reason, b.detail = count, until, reason, detail
+        b.unreachable = b.last_failure in UNREACHABLE
         b.consecutive = 0
         b.slow_start_from = until
         b.probation_until = until + s.slow_start_s
-        b.ttft, b.per_token = _Average(), _Average()
+        b.ttft, b.per_token, b.load = _Average(), _Average(), _Average()
         return Ejection(backend_id, reason, detail, until, count)
 
     def _decayed_count(self, b: _Backend, now: float) -> int:
@@ -279,16 +335,20 @@ class PassiveHealth:
         s = self.settings
         if mine.value is None or mine.samples < s.latency_min_samples:
             return None
-        peers = []
+        peers, loads = [], []
         for other_id, other in self._backends.items():
             if other_id == backend_id or other.variant != b.variant or self._ejected(other, now):
                 continue
             average = other.ttft if name == "ttft" else other.per_token
             if average.value is not None and average.samples >= s.latency_min_samples:
                 peers.append(average.value)
+                loads.append(other.load.value or 0.0)
         if not peers:
             return None
         median = statistics.median(peers)
-        if mine.value > s.latency_factor * median and mine.value - median > floor:
-            return f"{name} {mine.value:.3f}s vs peers' median {median:.3f}s"
-        return None
+        if mine.value <= s.latency_factor * median or mine.value - median <= floor:
+            return None
+        peer_load = statistics.median(loads)
+        if (b.load.value or 0.0) > s.latency_load_slack * peer_load + 1.0:
+            return None  # slower because busier than its peers: routing evens that out
+        return f"{name} {mine.value:.3f}s vs peers' median {median:.3f}s"

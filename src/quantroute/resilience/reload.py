@@ -65,7 +65,9 @@ class ConfigReloader:
             self._metrics.reloads.labels("error").inc()
             self._metrics.reload_ok.set(0)
             detail = str(exc).replace("\n", " | ")
-            log.error("config reload (%s) rejected; keeping the running config: %s", trigger, detail)
+            log.error(
+                "config reload (%s) rejected; keeping the running config: %s", trigger, detail
+            )
             return False
         notes = self._apply(config)
         self._metrics.reloads.labels("ok").inc()
@@ -73,8 +75,13 @@ class ConfigReloader:
         log.warning("config reloaded (%s)%s", trigger, "".join(f"; {n}" for n in notes))
         return True
 
-    async def watch(self, poll_s: Callable[[], float]) -> None:
+    async def watch(self, poll_s: Callable[[], float], enabled: Callable[[], bool]) -> None:
+        """Poll the file every ``poll_s()`` seconds and reload it when it changed."""
         while True:
             await asyncio.sleep(poll_s())
-            if self.changed():
+            if not enabled() or not self.changed():
+                continue
+            try:
                 self.reload("file changed")
+            except Exception:  # a bug applying it must not end the watcher
+                log.exception("config reload failed")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from quantroute.base import FrozenModel
 
 Seconds = Annotated[float, Field(gt=0.0)]
 Share = Annotated[float, Field(gt=0.0, le=1.0)]
 MiB = 1024 * 1024
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Settings(FrozenModel):
+    pass
 
 
 class OutlierDetection(_Settings):
@@ -35,6 +37,9 @@ class OutlierDetection(_Settings):
     """429 and 503 steer traffic away for this long (or the answer's Retry-After, up to
     ``max_backpressure_s``); they are backpressure, not breakage, and never eject."""
     max_backpressure_s: Seconds = 30.0
+    suspect_s: Annotated[float, Field(ge=0.0)] = 0.25
+    """After a failure, routing prefers other backends for this long (soft): a backend failing
+    fast looks idle, and would otherwise draw a herd of first attempts before it is ejected."""
     slow_start_s: Annotated[float, Field(ge=0.0)] = 30.0
     """After an ejection the backend is on probation for this long: its share of traffic ramps
     from ``slow_start_min_weight`` up to its full share, and one failure ejects it again."""
@@ -48,6 +53,9 @@ class OutlierDetection(_Settings):
     per_token_floor_s: Annotated[float, Field(ge=0.0)] = 0.02
     latency_min_samples: int = Field(default=20, ge=1)
     latency_ejection_s: Seconds = 60.0
+    latency_load_slack: Annotated[float, Field(ge=1.0)] = 1.5
+    """A backend is judged a latency outlier only at comparable load: its average in-flight
+    requests at most this multiple of its peers' (plus one)."""
     latency_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     """Weight of a new sample in the backend's moving average (exponential)."""
 
@@ -66,7 +74,7 @@ class RetryBudget(_Settings):
 
     ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     window_s: Seconds = 10.0
-    min_retries: int = Field(default=3, ge=0)
+    min_retries: int = Field(default=10, ge=0)
 
 
 class ClientLimits(_Settings):
@@ -80,6 +88,9 @@ class ClientLimits(_Settings):
     """Whole request body, from the end of the headers."""
     max_body_bytes: int = Field(default=16 * MiB, ge=1024)
     """Counted while reading, chunked bodies included; over it: 413."""
+    max_buffered_body_bytes: int = Field(default=64 * MiB, ge=1024)
+    """All bodies being read at once, together; a body that would pass it: 503 with
+    Retry-After (ten slow 16 MiB uploads must not hold 160 MiB)."""
     max_concurrent_requests: int = Field(default=2048, ge=1)
     """Per process; over it: 503 with Retry-After. Probes and /metrics are not counted."""
     retry_after_s: int = Field(default=1, ge=1)
@@ -123,7 +134,3 @@ class ResilienceSettings(_Settings):
     upstream: UpstreamLimits = UpstreamLimits()
     drain: DrainSettings = DrainSettings()
     reload: ReloadSettings = ReloadSettings()
-    metrics_outage: MetricsOutage = "fail_open"
-    """When no backend a request could go to has fresh metrics: ``fail_open`` serves on the
-    matrix and the gateway's own account with an even spread (passive health still ejects dead
-    backends); ``fail_closed`` answers 503 with Retry-After."""

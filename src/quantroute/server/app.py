@@ -1,7 +1,9 @@
 """``create_app(config, ...)``: the FastAPI application with its I/O injected.
 
 Nothing starts at import time. The lifespan opens the upstream session and the scrape client,
-starts the scrape loop and the matrix watcher, and closes all of them on shutdown.
+starts the scrape loop, the matrix watcher and (with a config file) the config watcher, and
+closes all of them on shutdown. Client limits wrap the app as ASGI middleware; the running
+config and gateway live in a :class:`~quantroute.server.runtime.Runtime`, swapped on reload.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -18,9 +21,17 @@ from fastapi import FastAPI
 
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
+from quantroute.core.model import Health
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
+from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejection
+from quantroute.resilience.header_timeout import protocol_class
+from quantroute.resilience.lifecycle import Lifecycle
+from quantroute.resilience.passive import PassiveHealthMonitor
+from quantroute.resilience.reload import ConfigReloader
+from quantroute.resilience.settings import ReloadSettings
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
+from quantroute.server.runtime import Runtime
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
@@ -30,38 +41,61 @@ log = logging.getLogger("quantroute.server")
 MATRIX_POLL_S = 2.0
 
 
-async def _watch_matrix(source: MatrixSource, interval_s: float) -> None:
+async def _watch_matrix(runtime: Runtime, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        source.maybe_reload()
+        runtime.matrix.maybe_reload()
 
 
 class _Closable(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def _start_discovery(
-    config: GatewayConfig, gateway: Gateway, telemetry: Telemetry
-) -> _Closable | None:
+async def _start_discovery(config: GatewayConfig, runtime: Runtime) -> _Closable | None:
     """Discovery (strict DNS, Kubernetes), when configured: backends join and leave routing
     without a restart; the series of a backend that left are dropped from the metrics."""
     if config.discovery is None:
         return None
     from quantroute.discovery import start_discovery
 
-    current = {b.id for b in config.backends}
+    return await start_discovery(config, runtime.on_discovery)
 
-    def apply(backends: list[BackendConfig]) -> None:
-        gateway.set_backends(backends)
-        for backend in backends:
-            telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
-        for gone in current - {b.id for b in backends}:
-            telemetry.forget_backend(gone)
-        current.clear()
-        current.update(b.id for b in backends)
-        log.info("discovery: %d backend(s): %s", len(backends), ", ".join(b.id for b in backends))
 
-    return await start_discovery(config, apply)
+def _validate_matrix(config: GatewayConfig) -> None:
+    if config.matrix_path is not None:
+        MatrixSource(config.matrix_path)  # raises MatrixError (a ConfigError) when unusable
+
+
+class _ScrapeReport:
+    """After each scrape: state metrics, the schema self-test once, slow start after recovery."""
+
+    def __init__(self, store: StateStore, telemetry: Telemetry) -> None:
+        self.store = store
+        self.telemetry = telemetry
+        self.last: dict[str, Health] = {}
+        self.after: Callable[[], None] = lambda: None
+
+    def __call__(self, backend: BackendConfig, ok: bool) -> None:
+        t = self.telemetry
+        if not ok:
+            t.scrape_errors.labels(backend.id).inc()
+        report = self.store.take_schema_report(backend.id) if ok else None
+        if report is not None:
+            t.resilience.schema_ok.labels(backend.id).set(1 if report.ok else 0)
+            if not report.ok:
+                log.warning("backend %r metric schema self-test: %s", backend.id, report.describe())
+        for state in self.store.snapshot().backends:
+            kv = state.metrics.kv_cache_usage if state.metrics else None
+            t.set_backend_state(state.id, state.health, kv)
+            before = self.last.get(state.id)
+            self.last[state.id] = state.health
+            passive = self.store.passive
+            if passive is None or before is state.health:
+                continue
+            passive.set_down(state.id, state.health is Health.DOWN)
+            if before in (Health.DOWN, Health.STALE) and state.health is Health.FRESH:
+                passive.recovered(state.id)
+        self.after()
 
 
 def create_app(
@@ -73,49 +107,69 @@ def create_app(
     matrix: MatrixSource | None = None,
     telemetry: Telemetry | None = None,
     matrix_poll_s: float = MATRIX_POLL_S,
+    config_path: str | Path | None = None,
+    lifecycle: Lifecycle | None = None,
+    trim_memory: bool = False,
 ) -> FastAPI:
-    """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
+    """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes,
+    ``config_path`` the file to hot-reload (watched, and on SIGHUP through ``serve``);
+    ``trim_memory`` returns freed heap memory to the system every few seconds (``serve``)."""
     telemetry = telemetry or Telemetry()
-    store = StateStore(config.backends, config.policy, clock)
+    lifecycle = lifecycle or Lifecycle()
+    lifecycle.on_drain(lambda: telemetry.resilience.draining.set(1))
+    passive = PassiveHealthMonitor(config.resilience.outlier_detection, clock, telemetry.resilience)
+    store = StateStore(config.backends, config.policy, clock, passive)
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
     holder: dict[str, Any] = {}
+    http_protocol = protocol_class(config.resilience.client.header_timeout_s)
+    http_protocol.hooks.append(telemetry.resilience.client_rejections.labels("header_timeout").inc)
 
-    def on_scrape(backend: BackendConfig, ok: bool) -> None:
-        if not ok:
-            telemetry.scrape_errors.labels(backend.id).inc()
-        row = store.snapshot()
-        for state in row.backends:
-            kv = state.metrics.kv_cache_usage if state.metrics else None
-            telemetry.set_backend_state(state.id, state.health, kv)
+    def swapped(gateway: Gateway) -> None:
+        app.state.gateway = gateway
+        app.state.config = gateway.config
+        app.state.matrix = gateway.matrix
+        http_protocol.header_timeout_s = gateway.config.resilience.client.header_timeout_s
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
+        limit = config.resilience.upstream.connections_per_backend
+        up = upstream or AiohttpUpstream(connections_per_backend=limit)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        gateway = Gateway(config, store, up, source, telemetry)
-        app.state.gateway = gateway
-        for backend in config.backends:
-            telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
-        for group in config.groups:
-            telemetry.declare_group(group.name)
-        scraper = Scraper(store, config.policy, client, clock=clock, on_result=on_scrape)
+        runtime = Runtime(config, store, up, source, telemetry, clock, on_swap=swapped)
+        app.state.runtime = runtime
+        report = _ScrapeReport(store, telemetry)
+        report.after = runtime.sweep
+        scraper = Scraper(store, config.policy, client, clock=clock, on_result=report)
+        runtime.scraper = scraper
         holder["scraper"] = scraper
-        discovery = await _start_discovery(config, gateway, telemetry)
+        discovery = await _start_discovery(config, runtime)
         await scraper.scrape_once()
         scraper.start()
-        watcher = asyncio.create_task(
-            _watch_matrix(source, matrix_poll_s), name="quantroute-matrix"
-        )
+        tasks = [
+            asyncio.create_task(_watch_matrix(runtime, matrix_poll_s), name="quantroute-matrix")
+        ]
+        if config_path is not None:
+            reloader = ConfigReloader(
+                config_path, runtime.apply, telemetry.resilience, validate=_validate_matrix
+            )
+            app.state.reload = lambda: reloader.reload("SIGHUP")
+
+            def settings() -> ReloadSettings:
+                return runtime.config.resilience.reload
+
+            watch = reloader.watch(lambda: settings().poll_s, lambda: settings().watch)
+            tasks.append(asyncio.create_task(watch, name="quantroute-config"))
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
         try:
             async with api_routes.conversations(app, config.conversations, clock):
                 yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if discovery is not None:
                 await discovery.aclose()
             await scraper.stop()
@@ -131,6 +185,17 @@ def create_app(
     app.state.telemetry = telemetry
     app.state.matrix = source
     app.state.config = config
+    app.state.lifecycle = lifecycle
+    app.state.http_protocol = http_protocol
+    app.state.reload = lambda: log.warning("SIGHUP: no config file to reload")
+
+    def limits() -> Any:
+        return app.state.config.resilience.client
+
+    def rejected(reason: Rejection) -> None:
+        telemetry.resilience.client_rejections.labels(reason.value).inc()
+
+    app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected)
     errors.install(app)
     routes.install(app)
     api_routes.install(app)

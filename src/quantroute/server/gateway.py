@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision
 from quantroute.proxy.context import RequestContext
@@ -23,6 +24,7 @@ from quantroute.proxy.exchange import Exchange, OpenAIExchange
 from quantroute.proxy.forward import Forwarder
 from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
+from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.store import StateStore
@@ -39,19 +41,37 @@ class Gateway:
         upstream: Upstream,
         matrix: MatrixSource,
         telemetry: Telemetry,
+        *,
+        budget: RetryBudget | None = None,
+        clock: Clock | None = None,
+        backends: Iterable[BackendConfig] | None = None,
     ) -> None:
+        """One gateway per config: a reload builds a new one (requests in progress keep theirs);
+        the store, in-flight account, passive health, budget and upstream are shared."""
         self.config = config
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
+        known = list(config.backends if backends is None else backends)
         self.forwarder = Forwarder(
-            config.policy, upstream, store.inflight, telemetry, {b.id: b for b in config.backends}
+            config,
+            upstream,
+            store.inflight,
+            telemetry,
+            {b.id: b for b in known},
+            health=store.passive,
+            budget=budget,
+            clock=clock,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
         self.store.set_backends(backends)
+        if self.store.passive is not None:
+            self.store.passive.configure(
+                self.config.resilience.outlier_detection, backends, self.config.groups
+            )
         self.forwarder.backends = {b.id: b for b in backends}
 
     def parse(
@@ -59,7 +79,8 @@ class Gateway:
     ) -> ParsedRequest:
         headers = {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
         sequence = self.router.next_sequence(dry_run=dry_run)
-        return parse_request(kind, raw, headers, self.config.policy, sequence)
+        limits = self.config.resilience.client
+        return parse_request(kind, raw, headers, self.config.policy, sequence, limits)
 
     async def handle(self, kind: Kind, request: Request) -> Response:
         parsed = self.parse(kind, await request.body(), request)

@@ -54,10 +54,23 @@ async def health(_: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    snapshot = _gateway(request).store.snapshot()
+    """Whether this replica can serve: 503 once it drains (SIGTERM), not when metrics are stale.
+
+    A metrics outage on the backends would otherwise take every replica out of its Service at
+    once, turning 503-with-Retry-After into connection refused; how requests are routed then is
+    ``policy.metrics_outage``'s business."""
+    gateway = _gateway(request)
+    snapshot = gateway.store.snapshot()
     fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
-    status = 200 if fresh else 503
-    return JSONResponse({"ready": bool(fresh), "fresh_backends": fresh}, status_code=status)
+    draining = request.app.state.lifecycle.draining
+    body = {
+        "ready": not draining,
+        "draining": draining,
+        "fresh_backends": fresh,
+        "metrics_outage": not fresh,
+        "metrics_outage_mode": gateway.config.policy.metrics_outage,
+    }
+    return JSONResponse(body, status_code=503 if draining else 200)
 
 
 async def metrics(request: Request) -> Response:

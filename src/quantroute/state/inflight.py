@@ -46,6 +46,7 @@ class Lease:
         if not self.released:
             self.released = True
             self.owner._leases.pop(self.number, None)
+            self.owner._per_backend[self.backend_id] -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +67,19 @@ class InFlight:
         self._leases: dict[int, Lease] = {}
         self.dispatched: Counter[str] = Counter()
         """Requests ever dispatched per backend (every attempt, retries included)."""
+        self._per_backend: Counter[str] = Counter()
 
     def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Lease:
         number = next(self._numbers)
         lease = Lease(backend_id, number, self._clock(), kv_tokens, prompt_tokens, self)
         self._leases[number] = lease
         self.dispatched[backend_id] += 1
+        self._per_backend[backend_id] += 1
         return lease
+
+    def count(self, backend_id: str) -> int:
+        """Requests in flight at one backend now (kept as a counter: read per request)."""
+        return self._per_backend[backend_id]
 
     def total(self) -> int:
         return len(self._leases)

@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from quantroute.testing.fake_backend import FakeState, free_port, metrics_text
+from quantroute.testing.fake_backend import FakeState, metrics_text
+from quantroute.testing.procs import free_port
 
 
 @dataclass
@@ -77,8 +78,18 @@ def chat_chunk(model: str, content: str, finish: str | None = None) -> bytes:
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-    b"connection: close\r\n\r\n"
+    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
 )
+"""Streams are chunked, as vLLM (uvicorn) sends them: a connection that breaks mid-body is then
+visibly incomplete to the client, not a normal end."""
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 # -- behaviours ----------------------------------------------------------------------------------
@@ -109,7 +120,7 @@ def stream_then_reset(chunks: int, delay_s: float = 0.0) -> Behaviour:
         model = str(req.json().get("model", "m"))
         w.write(SSE_HEAD)
         for _i in range(chunks):
-            w.write(chat_chunk(model, " tok"))
+            w.write(chunk(chat_chunk(model, " tok")))
             await w.drain()
             if delay_s:
                 await asyncio.sleep(delay_s)
@@ -130,8 +141,7 @@ class Firehose:
     ) -> None:
         model = str(req.json().get("model", "m"))
         w.write(SSE_HEAD)
-        chunk = chat_chunk(model, " tok" * 16)
-        batch = chunk * 64
+        batch = chunk(chat_chunk(model, " tok" * 16) * 64)
         while self.sent < self.limit:
             w.write(batch)
             await w.drain()  # honours TCP backpressure from the gateway
@@ -152,10 +162,10 @@ def endless_event(piece: int = 65536, limit: int = 64 * 1024 * 1024) -> Behaviou
     """A stream whose first SSE event never ends: ``data: xxxx...`` with no separator."""
 
     async def behaviour(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(SSE_HEAD + b"data: ")
+        w.write(SSE_HEAD + chunk(b"data: "))
         sent = 0
         while sent < limit:
-            w.write(b"x" * piece)
+            w.write(chunk(b"x" * piece))
             await w.drain()
             sent += piece
 

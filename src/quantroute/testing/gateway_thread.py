@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
@@ -26,7 +26,8 @@ class GatewayThread:
         self.app = app or create_app(config)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn_config(self.app, "127.0.0.1", self.port, "warning", drain_s=2)
+        http = self.app.state.http_protocol
+        cfg = uvicorn_config(self.app, "127.0.0.1", self.port, "warning", drain_s=2, http=http)
         self.server = EmbeddedServer(cfg)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -47,6 +48,11 @@ class GatewayThread:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout_s)
+
+    def submit(self, work: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+        """Await ``work`` inside the gateway's event loop and return its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout_s)
 
     def task_names(self) -> list[str]:
         """Names of the tasks alive in the gateway's loop (for leak checks)."""
