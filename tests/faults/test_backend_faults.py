@@ -88,6 +88,7 @@ def test_never_answering_backend_times_out_without_a_retry(make_fleet: FleetFact
             },
         },
         overrides={"b": {"gpu_cost_per_hour": 5.0}},
+        resilience={"outlier_detection": {"suspect_s": 0}},  # a stays first choice
     )
     for stream in (False, True):
         r = fleet.post({"stream": stream, "max_tokens": 10})
