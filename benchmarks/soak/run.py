@@ -19,7 +19,7 @@ Measured: errors before the first byte, malformed SSE frames, streams cut by an 
 failing backend's share of first attempts after its ejection (from the gateway's
 ``quantroute_upstream_attempts_total``), time to eject b3 and b2 and to re-admit b2 (from polling
 ``/admin/backends`` every 0.25 s), and the gateway's RSS at start, peak and end of each phase.
-Writes ``results.json`` and ``RESULTS.md`` beside this file (or ``--output-dir``).
+Writes ``results.json`` beside this file (or in ``--output-dir``), logs under ``logs/``.
 """
 
 from __future__ import annotations
