@@ -148,9 +148,11 @@ def test_profile_arguments_become_settings_and_suites(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command", required=True))
     argv = ["profile", "--config", "gw.yaml", "--suite", str(suite), "--no-builtin"]
     argv += ["--task", "chat", "--concurrency", "2,16", "--time-scale", "0.5"]
+    argv += ["--prefill-tokens", "256,8000", "--prefill-repeats", "5"]
     args = parser.parse_args([*argv, "--ttft-slo-ms", "800"])
     settings = settings_of(args)
     assert settings.tasks == ("chat",) and settings.concurrency_levels == (2, 16)
+    assert settings.prefill_prompt_tokens == (256, 8000) and settings.prefill_repeats == 5
     assert settings.time_scale == 0.5 and settings.ttft_slo_ms == 800
     assert [s.name for s in suites_of(args)] == ["mine"]
     with pytest.raises(SystemExit):
