@@ -26,8 +26,11 @@ from quantroute.sim.exchange import Rejected, aborted, check_model, check_prompt
 from quantroute.sim.faults import StreamFault, strike
 from quantroute.sim.metrics import CONTENT_TYPE
 from quantroute.sim.text import (
+    chat_prompt_pieces,
     chat_prompt_tokens,
+    completion_prompt_pieces,
     completion_prompt_tokens,
+    continued_chat_prompt_pieces,
     continued_chat_prompt_tokens,
 )
 
@@ -76,6 +79,7 @@ class _Call:
     include_usage: bool
     ignore_eos: bool
     min_tokens: int
+    prompt_pieces: list[str]
     prefix: str = ""
 
     def submit(self, backend: SimBackend) -> Job:
@@ -86,6 +90,7 @@ class _Call:
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
             prefix=self.prefix,
+            prompt_pieces=self.prompt_pieces,
         )
 
     def usage_chunk(self, job: Job) -> wire.JsonObject:
@@ -213,7 +218,13 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, sum(map(len, texts)), prompt_tokens)
         except Rejected as rejected:
             return rejected.response
-        call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text(), body.prefix())
+        turns = [(m.role, m.text()) for m in body.messages]
+        pieces = (
+            continued_chat_prompt_pieces(turns)
+            if body.continue_final_message
+            else chat_prompt_pieces(turns)
+        )
+        call = _accept(backend, CHAT, body, pieces, body.last_user_text(), body.prefix())
         return await _generate(backend, call, request, bool(body.stream))
 
     @app.post("/v1/completions")
@@ -225,7 +236,7 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, len(prompt), prompt_tokens)
         except Rejected as rejected:
             return rejected.response
-        call = _accept(backend, COMPLETION, body, prompt_tokens, prompt)
+        call = _accept(backend, COMPLETION, body, completion_prompt_pieces(prompt), prompt)
         return await _generate(backend, call, request, bool(body.stream))
 
 
@@ -233,7 +244,7 @@ def _accept(
     backend: SimBackend,
     kind: _Kind,
     body: wire.ChatRequest | wire.CompletionRequest,
-    prompt_tokens: int,
+    prompt_pieces: list[str],
     prompt_text: str,
     prefix: str = "",
 ) -> _Call:
@@ -242,11 +253,12 @@ def _accept(
         rid=f"{kind.id_prefix}-{uuid.uuid4().hex[:16]}",
         created=int(time.time()),
         model=backend.identity.served_model_name,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=len(prompt_pieces),
         max_tokens=body.output_limit,
         prompt_text=prompt_text,
         include_usage=body.include_usage,
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
         prefix=prefix,
+        prompt_pieces=prompt_pieces,
     )
