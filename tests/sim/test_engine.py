@@ -227,10 +227,10 @@ def prompt(shared: int, own: int, tag: str) -> list[str]:
 def test_a_repeated_prefix_is_reused_and_only_the_rest_is_prefilled() -> None:
     engine = make_engine()
     engine.add_request(hashed("a", prompt(3000, 40, "a"), max_tokens=1), now=0.0)
-    first = [f for o in run(engine) for f in o.finished][0]
+    first = next(f for o in run(engine) for f in o.finished)
     engine.add_request(hashed("b", prompt(3000, 40, "b"), max_tokens=1), now=100.0)
     outputs = run(engine, 100.0)
-    second = [f for o in outputs for f in o.finished][0]
+    second = next(f for o in outputs for f in o.finished)
     assert second.cached_tokens == 3000 // 16 * 16  # whole blocks of the shared prefix
     assert first.cached_tokens == 0
     assert second.ttft is not None and first.ttft is not None

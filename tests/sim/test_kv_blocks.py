@@ -27,7 +27,7 @@ def test_only_full_blocks_are_hashed(tokens: list[str], block_size: int, blocks:
 def test_hashes_are_chained_over_the_prefix() -> None:
     base = block_hashes(TOKENS, 4)
     changed_first = block_hashes(["x", *TOKENS[1:]], 4)
-    changed_fifth_block = TOKENS[:17] + ["x"] + TOKENS[18:]
+    changed_fifth_block = [*TOKENS[:17], "x", *TOKENS[18:]]
     later = block_hashes(changed_fifth_block, 4)
     assert all(a != b for a, b in zip(base, changed_first, strict=True))  # every block differs
     assert later[:4] == base[:4]
@@ -74,7 +74,7 @@ def test_longest_hit_stops_at_the_first_missing_block_and_at_the_cap() -> None:
 
 
 def test_freed_cached_blocks_count_as_free_and_are_reused_when_touched() -> None:
-    pool, held, keys = pool_with(8, 4)
+    pool, held, _keys = pool_with(8, 4)
     assert pool.num_free == 8
     assert pool.num_cached == 4
     assert pool.free_after_touch(held[:3]) == 5

@@ -39,6 +39,8 @@ class BackendIdentity:
     runner: Literal["generate", "pooling"] = "generate"
     embedding_dim: int = 0
     responses_store: bool = False
+    prompt_tokens_details: bool = False
+    """vLLM's --enable-prompt-tokens-details: usage reports `cached_tokens` when non-zero."""
 
 
 class Job:
@@ -50,6 +52,7 @@ class Job:
         self.finished = False
         self.finish_reason: str | None = None
         self.output_tokens = 0
+        self.cached_tokens = 0
         self._pieces = split_pieces(answer) if answer is not None else None
         self._filler = FillerText(seed)
         self._queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
@@ -73,6 +76,7 @@ class Job:
             if event is None:
                 return
             self.output_tokens = event.index + 1
+            self.cached_tokens = event.cached_tokens
             if event.finish_reason is not None:
                 self.finished = True
                 self.finish_reason = event.finish_reason

@@ -268,7 +268,8 @@ class Engine:
             seq.output += 1
             is_last = seq.output >= seq.target_output
             reason = seq.finish_reason if is_last else None
-            tokens.append(TokenEvent(seq.request_id, seq.output - 1, end, reason))
+            cached = seq.cached_tokens or 0
+            tokens.append(TokenEvent(seq.request_id, seq.output - 1, end, reason, cached))
             if is_last:
                 finished.append(self._finish(seq, seq.finish_reason, end))
         if finished:

@@ -105,6 +105,8 @@ class TokenEvent:
     index: int
     time: float
     finish_reason: str | None = None
+    cached_tokens: int = 0
+    """Prompt tokens the request found in the prefix cache when first admitted."""
 
 
 @dataclass(frozen=True)

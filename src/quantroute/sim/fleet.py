@@ -48,6 +48,7 @@ class SimBackendSpec(FrozenModel):
     gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
     legacy_metric_names: bool = False
     # --runner: "auto" is the profile's own kind; "pooling" on a generative profile is
     # vLLM's `--runner pooling --convert embed` (embeddings of its hidden state).
@@ -160,6 +161,7 @@ def build_backend(
         runner=runner,
         embedding_dim=variant.embedding_dim or variant.attention_width,
         responses_store=spec.responses_store,
+        prompt_tokens_details=spec.enable_prompt_tokens_details,
     )
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 

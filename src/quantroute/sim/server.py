@@ -80,6 +80,7 @@ class _Call:
     ignore_eos: bool
     min_tokens: int
     prompt_pieces: list[str]
+    prompt_tokens_details: bool
     prefix: str = ""
 
     def submit(self, backend: SimBackend) -> Job:
@@ -93,8 +94,11 @@ class _Call:
             prompt_pieces=self.prompt_pieces,
         )
 
+    def cached_tokens(self, job: Job) -> int:
+        return job.cached_tokens if self.prompt_tokens_details else 0
+
     def usage_chunk(self, job: Job) -> wire.JsonObject:
-        use = wire.usage(job.prompt_tokens, job.output_tokens)
+        use = wire.usage(job.prompt_tokens, job.output_tokens, self.cached_tokens(job))
         return wire.usage_chunk(self.rid, self.created, self.model, self.kind.chunk_object, use)
 
 
@@ -129,7 +133,7 @@ async def _respond(backend: SimBackend, call: _Call, request: Request) -> Respon
     text = await collect(backend, job, request)
     if text is None or job.finish_reason is None:
         return aborted()
-    use = wire.usage(job.prompt_tokens, job.output_tokens)
+    use = wire.usage(job.prompt_tokens, job.output_tokens, call.cached_tokens(job))
     return JSONResponse(
         call.kind.full(call.rid, call.created, call.model, text, job.finish_reason, use)
     )
@@ -261,4 +265,5 @@ def _accept(
         min_tokens=body.min_tokens,
         prefix=prefix,
         prompt_pieces=prompt_pieces,
+        prompt_tokens_details=backend.identity.prompt_tokens_details,
     )
