@@ -36,6 +36,8 @@ BACKEND_SERIES = (
     "vllm:time_to_first_token_seconds_count",
     "vllm:request_queue_time_seconds_sum",
     "vllm:request_success_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
 )
 
 
@@ -77,6 +79,9 @@ class RunSettings:
     monitor: bool = True
     kv_blocks: Mapping[str, int] = field(default_factory=dict)
     """KV blocks per backend id (vLLM's --num-gpu-blocks-override), for tests that need pressure."""
+    fleet_file: Path | None = None
+    """A simulated fleet YAML instead of the packaged default (its backends are the gateway's
+    when the policy names none)."""
 
 
 def backend_series(text: str) -> dict[str, float]:
@@ -126,6 +131,7 @@ async def _replay_and_watch(
             time_scale=s.time_scale,
             timeout_s=timeout,
             task_header=s.task_header,
+            session_header=spec.session_header,
         )
     finally:
         if watcher is not None:
@@ -139,7 +145,9 @@ def run_policy(
     spec: PolicySpec, answer_key: Path, rows: list[TraceRequest], s: RunSettings
 ) -> PolicyRun:
     stats = s.work_dir / f"{spec.key}.fleet.json"
-    cmd = procs.fleet_command(s.time_scale, s.fleet_seed, answer_key, stats, s.kv_blocks)
+    cmd = procs.fleet_command(
+        s.time_scale, s.fleet_seed, answer_key, stats, s.kv_blocks, s.fleet_file
+    )
     fleet = procs.start(f"{spec.key}.fleet", cmd, s.work_dir, stdout_pipe=True)
     with procs.running(fleet):
         urls: dict[str, str] = procs.read_json_line(fleet, START_TIMEOUT_S)["urls"]
