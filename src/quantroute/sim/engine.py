@@ -137,14 +137,17 @@ class Engine:
         scheduled, budget = self._schedule_running(preempted)
         if not preempted:
             scheduled += self._schedule_waiting(now, budget)
-        chunks = [ScheduledChunk(seq.num_computed, n) for seq, n in scheduled]
-        duration = self.config.cost.duration(chunks)
-        decodes = [c for (seq, n), c in zip(scheduled, chunks, strict=True) if _is_decode(seq, n)]
-        prefill_s = (
-            duration - self.config.cost.duration(decodes) if len(decodes) < len(chunks) else 0.0
-        )
+        decodes: list[ScheduledChunk] = []
+        prefills: list[ScheduledChunk] = []
+        for seq, n in scheduled:
+            is_decode = n == 1 and seq.first_token_at is not None
+            (decodes if is_decode else prefills).append(ScheduledChunk(seq.num_computed, n))
+        duration, decode_only = self.config.cost.durations(decodes, prefills)
+        prefill_s = duration - decode_only
         self._prefill_seconds += prefill_s
         out = self._complete(now, now + duration, scheduled, len(preempted))
+        if prefill_s == 0.0 and self.prefix_cache.queries == queries[0]:
+            return out
         return dataclasses.replace(
             out,
             prefix_cache_queries=self.prefix_cache.queries - queries[0],
@@ -215,13 +218,13 @@ class Engine:
         return num_new
 
     def _allocate(self, seq: _Seq, num_new: int) -> bool:
-        needed = math.ceil((seq.num_computed + num_new) / self.config.block_size)
-        needed -= len(seq.block_ids)
-        if needed > self._pool.num_free:
-            return False
+        needed = -(-(seq.num_computed + num_new) // self.config.block_size) - len(seq.block_ids)
         if needed > 0:
+            if needed > self._pool.num_free:
+                return False
             seq.block_ids += self._pool.allocate(needed)
-        self._cache_full_blocks(seq, seq.num_computed + num_new)
+        if seq.num_cached_blocks < len(seq.block_hashes):
+            self._cache_full_blocks(seq, seq.num_computed + num_new)
         return True
 
     def _cache_full_blocks(self, seq: _Seq, num_tokens: int) -> None:
@@ -311,11 +314,6 @@ class Engine:
     def _sample_output_len(self) -> int:
         median, sigma = self.config.output_len_median, self.config.output_len_sigma
         return max(1, round(self._rng.lognormvariate(math.log(median), sigma)))
-
-
-def _is_decode(seq: _Seq, num_new: int) -> bool:
-    """One new token for a request that has produced output: a decode, not a prefill chunk."""
-    return num_new == 1 and seq.first_token_at is not None
 
 
 __all__ = [
