@@ -195,6 +195,21 @@ class SessionTable:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixView:
+    """What the index expects for one request, looked up just before the decision."""
+
+    shares: Mapping[str, float]
+    """Backend id -> expected share of this prompt already cached there (0-1)."""
+    entries: Mapping[str, int]
+    """Backend id -> entries the index holds for it (the Rust routers' "tree size")."""
+    session_backend: str | None = None
+    """The backend that served this request's session last, while the session is remembered."""
+
+    def share(self, backend_id: str) -> float:
+        return self.shares.get(backend_id, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class BalanceGuard:
     """When a prefix's backend is too far ahead in load, its cache bonus is withdrawn.
 
@@ -231,6 +246,7 @@ __all__ = [
     "BlockKey",
     "PrefixIndex",
     "PrefixSettings",
+    "PrefixView",
     "PromptBlocks",
     "SessionTable",
     "chat_prefix_text",
