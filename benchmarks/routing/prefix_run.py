@@ -27,9 +27,33 @@ REPO = HERE.parent.parent
 FLEET = HERE / "prefix" / "fleet.yaml"
 DEFAULT_TIME_SCALE = 2.0
 
-PREFIX_POLICY: dict[str, Any] = {}
-"""quantroute's default policy plus the prefix scorer (set where the scorer is registered)."""
-CACHE_AWARE_POLICY: dict[str, Any] = {"filters": ["context"], "picker": "cache_aware"}
+PREFIX_POLICY: dict[str, Any] = {
+    "scorers": {
+        "interactive": [
+            {"name": "headroom", "weight": 0.4},
+            {"name": "latency", "weight": 0.45},
+            {"name": "cost", "weight": 0.15},
+            {"name": "prefix", "weight": 0.3},
+        ],
+        "batch": [
+            {"name": "headroom", "weight": 0.35},
+            {"name": "latency", "weight": 0.1},
+            {"name": "cost", "weight": 0.55},
+            {"name": "prefix", "weight": 0.2},
+        ],
+    }
+}
+"""quantroute's default scorers plus the prefix scorer (balance guard at its defaults: 8
+requests and 1.5x ahead of the least loaded candidate)."""
+CACHE_AWARE_POLICY: dict[str, Any] = {
+    "filters": ["context"],
+    "scorers": {
+        "interactive": [{"name": "cache_aware", "weight": 1.0}],
+        "batch": [{"name": "cache_aware", "weight": 1.0}],
+    },
+    "tie_tolerance": 0.0,
+}
+"""vllm-router's cache_aware defaults (threshold 0.3, balance 64 / 1.5) over the same index."""
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -66,6 +66,8 @@ class PolicyRun:
     """The gateway's /admin/backends ``decisions`` per backend at the end."""
     cpu_s: dict[str, float | None] = field(default_factory=dict)
     """CPU seconds the fleet and the gateway processes used."""
+    gateway_metrics: dict[str, float] = field(default_factory=dict)
+    """The gateway's own counters at the end (``GATEWAY_SERIES``, summed over backends)."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,15 @@ class RunSettings:
     when the policy names none)."""
 
 
-def backend_series(text: str) -> dict[str, float]:
-    totals = dict.fromkeys(BACKEND_SERIES, 0.0)
+GATEWAY_SERIES = (
+    "quantroute_prefix_prompt_tokens_total",
+    "quantroute_prefix_expected_hit_tokens_total",
+    "quantroute_prefix_affinity_withdrawn_total",
+)
+
+
+def backend_series(text: str, names: tuple[str, ...] = BACKEND_SERIES) -> dict[str, float]:
+    totals = dict.fromkeys(names, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals:
@@ -171,6 +180,7 @@ def run_policy(
             procs.wait_fresh(gateway, url, len(urls), 30.0)
             outcomes, wall, samples = uvloop.run(_replay_and_watch(url, spec, rows, s))
             admin = httpx.get(url + "/admin/backends", timeout=5.0).json()["backends"]
+            own = backend_series(httpx.get(url + "/metrics", timeout=5.0).text, GATEWAY_SERIES)
             cpu = {"gateway": procs.cpu_seconds(gateway)}
         cpu["fleet"] = procs.cpu_seconds(fleet)
         metrics = {
@@ -178,4 +188,4 @@ def run_policy(
         }
     lag = json.loads(stats.read_text()) if stats.exists() else {}
     decisions = {r["id"]: r["decisions"] for r in admin}
-    return PolicyRun(spec, s.time_scale, outcomes, wall, metrics, lag, samples, decisions, cpu)
+    return PolicyRun(spec, s.time_scale, outcomes, wall, metrics, lag, samples, decisions, cpu, own)

@@ -95,6 +95,8 @@ class PrefixStats:
     dispatch_lag_p99_s: float
     wall_s: float
     expected_hit_rate: float | None = None
+    withdrawn: int = 0
+    """Decisions in which the balance guard withdrew a backend's prefix bonus."""
     traffic: dict[str, int] | None = None
 
 
@@ -112,6 +114,8 @@ def summarise(run: PolicyRun, rows: Sequence[TraceRequest]) -> PrefixStats:
     s_cached = sum(o.cached_tokens for _, o in sessions)
     traffic = Counter(o.backend or "-" for _, o in served)
     lag = [v.get("max_lag_s", 0.0) for v in run.fleet_lag.values()]
+    sent = run.gateway_metrics.get("quantroute_prefix_prompt_tokens_total", 0.0)
+    expected = run.gateway_metrics.get("quantroute_prefix_expected_hit_tokens_total", 0.0)
     return PrefixStats(
         key=run.spec.key,
         label=run.spec.label,
@@ -131,6 +135,8 @@ def summarise(run: PolicyRun, rows: Sequence[TraceRequest]) -> PrefixStats:
         max_lag_s=max(lag, default=0.0),
         dispatch_lag_p99_s=percentile([(o.sent - o.due) * scale for o in run.outcomes], 99) or 0.0,
         wall_s=run.wall_s,
+        expected_hit_rate=expected / sent if sent else None,
+        withdrawn=round(run.gateway_metrics.get("quantroute_prefix_affinity_withdrawn_total", 0)),
         traffic=dict(sorted(traffic.items())),
     )
 
