@@ -54,6 +54,23 @@ def _weights(**w: float) -> dict[str, dict[str, float]]:
     return {"interactive": full, "batch": full}
 
 
+DEFAULT_SCORERS: dict[str, Any] = {
+    "scorers": {
+        "interactive": [
+            {"name": "headroom", "weight": 0.4},
+            {"name": "latency", "weight": 0.45},
+            {"name": "cost", "weight": 0.15},
+        ],
+        "batch": [
+            {"name": "headroom", "weight": 0.35},
+            {"name": "latency", "weight": 0.1},
+            {"name": "cost", "weight": 0.55},
+        ],
+    }
+}
+"""quantroute's scorers without any prefix scorer (spelt out: independent of the defaults)."""
+
+
 def specs(prefix_policy: dict[str, Any], cache_aware_policy: dict[str, Any]) -> list[PolicySpec]:
     """The five compared policies; the two prefix-aware ones' policy sections are given."""
     context_only = {"filters": ["context"]}
@@ -68,7 +85,7 @@ def specs(prefix_policy: dict[str, Any], cache_aware_policy: dict[str, Any]) -> 
             "least loaded",
             {**context_only, "weights": _weights(least_loaded=1.0), "tie_tolerance": 0.0},
         ),
-        spec("quantroute", "quantroute w/o prefix scorer", {}, "default filters and weights"),
+        spec("quantroute", "quantroute w/o prefix scorer", DEFAULT_SCORERS, "filters and scorers"),
         spec("quantroute_prefix", "quantroute + prefix scorer", prefix_policy),
         spec("cache_aware", "cache-aware (Rust routers' policy)", cache_aware_policy),
     ]
