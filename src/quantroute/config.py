@@ -140,7 +140,7 @@ class PrefixConfig(FrozenModel):
     session_header: str = "x-session-id"
     session_from_body: bool = True
     """Without the header, take the session from the body's ``prompt_cache_key``, else ``user``."""
-    max_sessions: int = Field(default=100_000, ge=1)
+    max_sessions: int = Field(default=20_000, ge=1)
     session_ttl_s: PositiveFloat = 600.0
 
 
