@@ -1,6 +1,6 @@
 """Where should the prefix index live with several gateway replicas? Both costs, measured.
 
-    pip install redis            # redis-py; the server is Debian's redis-server
+    pip install -r benchmarks/routing/prefix/requirements.txt  # redis-py; apt's redis-server
     python benchmarks/routing/prefix/index_cost.py
 
 1. **Per-request cost.** The in-process index (``quantroute.core.prefix.PrefixIndex``) against
