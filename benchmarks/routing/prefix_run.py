@@ -25,7 +25,7 @@ from routingbench import bench, capability, fleet_proc, prefix_bench, sessions  
 
 REPO = HERE.parent.parent
 FLEET = HERE / "prefix" / "fleet.yaml"
-DEFAULT_TIME_SCALE = 2.0
+DEFAULT_TIME_SCALE = 1.0
 
 PREFIX_POLICY: dict[str, Any] = {
     "scorers": {
