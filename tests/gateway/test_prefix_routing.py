@@ -189,3 +189,25 @@ def test_expected_and_reported_hit_rates_side_by_side(stack: Stack) -> None:
     assert explain["prefix"]["session_id"] == "u-42"
     assert explain["prefix"]["session_backend"] == backend
     assert explain["prefix"]["expected_hit_share"][backend] > 0.8
+
+
+def test_a_responses_api_conversation_follows_its_prefix_too(stack: Stack) -> None:
+    client = stack.client()
+    first = client.responses.with_raw_response.create(
+        model="auto", instructions=SYSTEM["content"], input="Can I bring a bicycle?",
+        max_output_tokens=6,
+    )  # fmt: skip
+    backend = first.headers["x-quantroute-backend"]
+    previous = first.parse().id
+    for question in ("And a surfboard?", "What does it cost?"):
+        turn = client.responses.with_raw_response.create(  # instructions do not carry over
+            model="auto", instructions=SYSTEM["content"], previous_response_id=previous,
+            input=question, max_output_tokens=6,
+        )  # fmt: skip
+        assert turn.headers["x-quantroute-backend"] == backend
+        previous = turn.parse().id
+    assert stack.admin()[backend]["prefix"]["expected_hit_rate"] > 0.3
+    # and the simulated backend found the conversation in its own prefix cache
+    assert wait_until(
+        lambda: ((stack.admin()[backend]["metrics"] or {}).get("prefix_cache_hit_rate") or 0) > 0.3
+    )

@@ -126,7 +126,7 @@ def _prefix_text(kind: Kind, body: Mapping[str, Any]) -> str:
     return "\x1e".join(p if isinstance(p, str) else ",".join(map(str, p)) for p in prompt)
 
 
-def _session_id(
+def session_id(
     body: Mapping[str, Any], headers: Mapping[str, str], policy: PolicyConfig
 ) -> str | None:
     """``x-session-id`` (or the configured header), else ``prompt_cache_key``, else ``user``."""
@@ -179,7 +179,7 @@ def parse_request(
         sequence=sequence,
         api="chat" if kind == "chat" else "completions",
         prompt=None if prefix is None else PromptBlocks.of(_prefix_text(kind, body), prefix),
-        session_id=None if prefix is None else _session_id(body, headers, policy),
+        session_id=None if prefix is None else session_id(body, headers, policy),
     )
     return ParsedRequest(kind, body, raw, features, wants_usage)
 

@@ -69,13 +69,16 @@ class Gateway:
     def parse(
         self, kind: Kind | None, raw: bytes, request: Request, *, dry_run: bool = False
     ) -> ParsedRequest:
-        """Parse and validate; with a prefix index, the request also gets what the index
-        expects on each backend (looked up now, just before the decision)."""
+        """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
         headers = {k: request.headers[k] for k in self._headers if k in request.headers}
         sequence = self.router.next_sequence(dry_run=dry_run)
         settings = self.prefix.settings if self.prefix is not None else None
-        parsed = parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
-        if self.prefix is None:
+        return parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
+
+    def with_prefix(self, parsed: ParsedRequest) -> ParsedRequest:
+        """``parsed`` with what the prefix index expects on each backend, looked up now, just
+        before the decision (unchanged without an index or prompt blocks)."""
+        if self.prefix is None or parsed.features.prompt is None:
             return parsed
         ids = [b.id for b in self.store.configs()]
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
@@ -91,14 +94,14 @@ class Gateway:
         forward = {"Content-Type": "application/json"}
         if "authorization" in request.headers:
             forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(parsed, forward, request.receive, exchange)
+        ctx = RequestContext(self.with_prefix(parsed), forward, request.receive, exchange)
         ctx.decision = self.router.route(ctx.features)
         ctx.continuation = self.continuer.watch(ctx)
         return await self.forwarder.forward(ctx)
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
-        parsed = self.parse(None, await request.body(), request, dry_run=True)
+        parsed = self.with_prefix(self.parse(None, await request.body(), request, dry_run=True))
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
 
