@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from quantroute.config import BackendConfig, PolicyConfig
 from quantroute.core.filters import request_kv_tokens
+from quantroute.core.prefix import uncached_tokens
 from quantroute.errors import ClientDisconnected, UpstreamConnectError, UpstreamUnavailable
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
@@ -24,6 +25,7 @@ from quantroute.proxy.disconnect import race_disconnect
 from quantroute.proxy.relay import relay_body, relay_stream
 from quantroute.proxy.upstream import Upstream, UpstreamResponse
 from quantroute.state.inflight import InFlight
+from quantroute.state.prefix import PrefixTracker
 from quantroute.telemetry import Telemetry
 
 
@@ -35,12 +37,14 @@ class Forwarder:
         inflight: InFlight,
         telemetry: Telemetry,
         backends: Mapping[str, BackendConfig],
+        prefix: PrefixTracker | None = None,
     ) -> None:
         self.policy = policy
         self.upstream = upstream
         self.inflight = inflight
         self.telemetry = telemetry
         self.backends = dict(backends)
+        self.prefix = prefix
 
     async def forward(self, ctx: RequestContext) -> Response:
         ranked = [b for b in ctx.routed.ranked if b in self.backends]
@@ -65,7 +69,19 @@ class Forwarder:
     def _begin(self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
-        lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
+        prefill = features.prompt_tokens
+        if self.prefix is not None and features.prompt is not None:
+            share = self.prefix.sent(backend.id, features)
+            self.telemetry.prefix_prompt_tokens.labels(backend.id).inc(features.prompt_tokens)
+            self.telemetry.prefix_expected_tokens.labels(backend.id).inc(
+                round(share * features.prompt_tokens)
+            )
+            self.telemetry.prefix_entries.labels(backend.id).set(
+                self.prefix.index.entries(backend.id)
+            )
+            if share > 0.0:  # prefill backlog: only what the backend probably has to compute
+                prefill = uncached_tokens(features.prompt_tokens, share)
+        lease = self.inflight.begin(backend.id, kv_tokens, prefill)
         attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
         ctx.attempts.append(attempt)
         return attempt

@@ -18,10 +18,12 @@ from fastapi import FastAPI
 
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
+from quantroute.core.plugins import compile_plan
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
@@ -64,6 +66,13 @@ async def _start_discovery(
     return await start_discovery(config, apply)
 
 
+def _prefix_tracker(config: GatewayConfig, clock: Callable[[], float]) -> PrefixTracker | None:
+    """The prefix index, when the policy has a scorer that reads it (else nothing is kept)."""
+    if not compile_plan(config.policy).tracks_prefix:
+        return None
+    return PrefixTracker(config.policy.prefix, config.policy.chars_per_token, clock)
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -81,22 +90,29 @@ def create_app(
     source = matrix or MatrixSource(config.matrix_path)
     holder: dict[str, Any] = {}
 
+    prefix = _prefix_tracker(config, clock)
+
     def on_scrape(backend: BackendConfig, ok: bool) -> None:
         if not ok:
             telemetry.scrape_errors.labels(backend.id).inc()
         row = store.snapshot()
         for state in row.backends:
-            kv = state.metrics.kv_cache_usage if state.metrics else None
-            telemetry.set_backend_state(state.id, state.health, kv)
+            m = state.metrics
+            telemetry.set_backend_state(state.id, state.health, m.kv_cache_usage if m else None)
+            telemetry.set_backend_prefix_hit(state.id, m.prefix_hit_rate if m else None)
+            if prefix is not None and m is not None:
+                prefix.set_capacity(state.id, m.kv_capacity_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        gateway = Gateway(config, store, up, source, telemetry)
+        gateway = Gateway(config, store, up, source, telemetry, prefix)
         app.state.gateway = gateway
         for backend in config.backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
+            if prefix is not None:
+                telemetry.declare_prefix(backend.id)
         for group in config.groups:
             telemetry.declare_group(group.name)
         scraper = Scraper(store, config.policy, client, clock=clock, on_result=on_scrape)

@@ -10,13 +10,14 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from quantroute.config import BackendConfig, GatewayConfig
-from quantroute.core.model import Decision
+from quantroute.core.model import Decision, RequestFeatures
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
@@ -25,6 +26,7 @@ from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
 from quantroute.router import Router
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
@@ -39,27 +41,47 @@ class Gateway:
         upstream: Upstream,
         matrix: MatrixSource,
         telemetry: Telemetry,
+        prefix: PrefixTracker | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
+        self.prefix = prefix
         self.forwarder = Forwarder(
-            config.policy, upstream, store.inflight, telemetry, {b.id: b for b in config.backends}
+            config.policy,
+            upstream,
+            store.inflight,
+            telemetry,
+            {b.id: b for b in config.backends},
+            prefix,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
+        self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
         self.store.set_backends(backends)
         self.forwarder.backends = {b.id: b for b in backends}
+        if self.prefix is not None:
+            self.prefix.retain(b.id for b in backends)
 
     def parse(
         self, kind: Kind | None, raw: bytes, request: Request, *, dry_run: bool = False
     ) -> ParsedRequest:
-        headers = {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
+        """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
+        headers = {k: request.headers[k] for k in self._headers if k in request.headers}
         sequence = self.router.next_sequence(dry_run=dry_run)
-        return parse_request(kind, raw, headers, self.config.policy, sequence)
+        settings = self.prefix.settings if self.prefix is not None else None
+        return parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
+
+    def with_prefix(self, parsed: ParsedRequest) -> ParsedRequest:
+        """``parsed`` with what the prefix index expects on each backend, looked up now, just
+        before the decision (unchanged without an index or prompt blocks)."""
+        if self.prefix is None or parsed.features.prompt is None:
+            return parsed
+        ids = [b.id for b in self.store.configs()]
+        return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
         parsed = self.parse(kind, await request.body(), request)
@@ -72,14 +94,14 @@ class Gateway:
         forward = {"Content-Type": "application/json"}
         if "authorization" in request.headers:
             forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(parsed, forward, request.receive, exchange)
+        ctx = RequestContext(self.with_prefix(parsed), forward, request.receive, exchange)
         ctx.decision = self.router.route(ctx.features)
         ctx.continuation = self.continuer.watch(ctx)
         return await self.forwarder.forward(ctx)
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
-        parsed = self.parse(None, await request.body(), request, dry_run=True)
+        parsed = self.with_prefix(self.parse(None, await request.body(), request, dry_run=True))
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
 
@@ -126,4 +148,16 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
             "task": f.task,
             "latency_class": f.latency_class.value,
         },
+        "prefix": None if f.prefix is None else prefix_explain(f),
+    }
+
+
+def prefix_explain(f: RequestFeatures) -> dict[str, Any]:
+    """What the prefix index expects for this request on each backend."""
+    assert f.prefix is not None
+    return {
+        "expected_hit_share": {b: round(s, 4) for b, s in f.prefix.shares.items()},
+        "session_id": f.session_id,
+        "session_backend": f.prefix.session_backend,
+        "prompt_blocks": len(f.prompt.keys) if f.prompt is not None else 0,
     }

@@ -69,9 +69,13 @@ async def metrics(request: Request) -> Response:
 async def admin_backends(request: Request) -> Response:
     gateway = _gateway(request)
     matrix = gateway.matrix
+    rows = gateway.store.admin_view()
+    if gateway.prefix is not None:
+        for row in rows:
+            row["prefix"] = gateway.prefix.admin(str(row["id"]))
     return JSONResponse(
         {
-            "backends": gateway.store.admin_view(),
+            "backends": rows,
             "matrix": None if matrix.current is None else str(matrix.path or "(in memory)"),
         }
     )

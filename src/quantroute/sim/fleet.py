@@ -47,6 +47,8 @@ class SimBackendSpec(FrozenModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
     legacy_metric_names: bool = False
     # --runner: "auto" is the profile's own kind; "pooling" on a generative profile is
     # vLLM's `--runner pooling --convert embed` (embeddings of its hidden state).
@@ -131,6 +133,7 @@ def build_backend(
         gpu_memory_utilization=spec.gpu_memory_utilization,
         num_gpu_blocks_override=spec.num_gpu_blocks_override,
         seed=seed,
+        enable_prefix_caching=spec.enable_prefix_caching,
     )
     name = spec.served_model_name or spec.profile
     cache = cache_config_labels(
@@ -140,6 +143,7 @@ def build_backend(
         gpu_memory_utilization=spec.gpu_memory_utilization,
         kv_bytes_per_token=variant.kv_bytes_per_token,
         max_model_len=config.max_model_len,
+        enable_prefix_caching=spec.enable_prefix_caching,
     )
     metrics = SimMetrics(
         name,
@@ -157,6 +161,7 @@ def build_backend(
         runner=runner,
         embedding_dim=variant.embedding_dim or variant.attention_width,
         responses_store=spec.responses_store,
+        prompt_tokens_details=spec.enable_prompt_tokens_details,
     )
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
