@@ -30,19 +30,20 @@ RUN python -m venv /opt/pip \
     && python -m venv --without-pip /opt/quantroute
 WORKDIR /src
 COPY deploy/docker/venv.sh ./
-# The dependencies first, in their own layer: a change to the source alone rebuilds in seconds.
+# The dependencies first, in their own stages: a change to the source alone rebuilds in seconds.
 COPY pyproject.toml ./
 RUN sh venv.sh deps
 
-# The gateway's virtualenv: no extras.
+FROM deps AS deps-profiler
+RUN sh venv.sh deps profiler
+
+# quantroute itself, no extras.
 FROM deps AS build
 COPY README.md ./
 COPY src ./src
 RUN sh venv.sh package
 
-# The profiler's: the gateway's plus the profiler extra.
-FROM deps AS build-profiler
-RUN sh venv.sh deps profiler
+FROM deps-profiler AS build-profiler
 COPY README.md ./
 COPY src ./src
 RUN sh venv.sh package
@@ -67,7 +68,8 @@ ENV PATH=/opt/quantroute/bin:$PATH \
 USER 10001:10001
 
 FROM runtime AS profiler
-COPY --from=build-profiler /opt/quantroute /opt/quantroute
+COPY --from=deps-profiler /opt/quantroute /opt/quantroute
+COPY --from=build-profiler /opt/quantroute-package/ /
 ENV MPLCONFIGDIR=/tmp/matplotlib
 WORKDIR /tmp
 ENTRYPOINT ["quantroute"]
@@ -75,7 +77,10 @@ CMD ["profile", "--help"]
 
 # The gateway, the default target (last).
 FROM runtime AS gateway
-COPY --from=build /opt/quantroute /opt/quantroute
+# The dependencies, then quantroute's own files (about 2 MB): a new release that changes only
+# quantroute rebuilds and ships that small layer alone.
+COPY --from=deps /opt/quantroute /opt/quantroute
+COPY --from=build /opt/quantroute-package/ /
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2).status != 200)"]
