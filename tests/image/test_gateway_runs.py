@@ -156,7 +156,7 @@ def test_sigterm_lets_an_open_stream_finish_and_exits_0(
     instances: list[Instance],
 ) -> None:
     server, state = backend
-    state.chunk_delay_s = 0.25  # 16 tokens: about 4 s of stream
+    state.chunk_delay_s = 0.4  # 16 tokens: about 6 s of stream, time to see the listener close
     instance, url, port = _start_on_loopback(tier, _mounted_config(server, tmp_path), instances)
     texts: list[str] = []
     finish = None
