@@ -31,11 +31,15 @@ RUN python -m venv /opt/pip \
 WORKDIR /src
 COPY deploy/docker/venv.sh ./
 # The dependencies first, in their own stages: a change to the source alone rebuilds in seconds.
+# EXTRAS adds extras to both images, e.g. --build-arg EXTRAS=redis for Responses API
+# conversations shared by several replicas (conversations.redis_url).
 COPY pyproject.toml ./
-RUN sh venv.sh deps
+ARG EXTRAS=""
+RUN sh venv.sh deps "$EXTRAS"
 
 FROM deps AS deps-profiler
-RUN sh venv.sh deps profiler
+ARG EXTRAS=""
+RUN sh venv.sh deps "profiler $EXTRAS"
 
 # quantroute itself, no extras.
 FROM deps AS build

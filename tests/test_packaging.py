@@ -18,8 +18,13 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "quantroute"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-# Subpackages whose imports may come from an extra (besides the core dependencies).
-EXTRA_OF = {"profiler": "profiler", "demo": "demo"}
+# Modules (paths under src/quantroute) whose imports may come from an extra, besides the core
+# dependencies; each is imported only by a command or a setting that needs the extra.
+EXTRA_OF = {
+    "profiler/": "profiler",
+    "demo/": "demo",
+    "apis/conversations_redis.py": "redis",  # conversations.redis_url
+}
 EXTRA_MODULES = ("openai", "httpx2", "matplotlib")
 
 
@@ -43,8 +48,9 @@ def test_every_import_is_declared_in_the_dependencies_or_the_extra_that_uses_it(
     distributions = packages_distributions()
     undeclared = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        area = path.relative_to(PACKAGE).parts[0]
-        allowed = core | extras.get(EXTRA_OF.get(area, ""), set())
+        where = path.relative_to(PACKAGE).as_posix()
+        extra = next((e for prefix, e in EXTRA_OF.items() if where.startswith(prefix)), "")
+        allowed = core | extras.get(extra, set())
         for module in sorted(_third_party_imports(path)):
             dists = {canonicalize_name(d) for d in distributions.get(module, [module])}
             if not dists & allowed:

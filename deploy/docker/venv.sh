@@ -2,7 +2,8 @@
 # Builds the image's virtualenv /opt/quantroute in the Dockerfile's build stages. pip runs from
 # its own virtualenv (/opt/pip); /opt/quantroute gets no pip, setuptools or wheel.
 #
-#   venv.sh deps [EXTRA]  the dependencies pyproject.toml lists (the project's, or an extra's),
+#   venv.sh deps [EXTRAS] the dependencies pyproject.toml lists: the project's and those of the
+#                         extras named (comma- or space-separated, may be empty),
 #                         then: debug symbols out of the compiled extensions (not auditwheel's
 #                         vendored *.libs, which strip breaks), every shared object must still
 #                         load, and bytecode compiled in (the image's user cannot write it, and
@@ -22,8 +23,10 @@ case "${1:-}" in
 import sys, tomllib
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
-extra = sys.argv[1]
-print(*(project["optional-dependencies"][extra] if extra else project["dependencies"]), sep="\n")
+requirements = list(project["dependencies"])
+for extra in sys.argv[1].replace(",", " ").split():
+    requirements += project["optional-dependencies"][extra]
+print(*requirements, sep="\n")
 EOF
     pip install --no-compile -r /tmp/requirements.txt
     find "$venv" -name '*.so' ! -path '*.libs/*' -exec strip --strip-unneeded {} +

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from quantroute.errors import QuantrouteError
+from quantroute.errors import MissingExtra
 
-
-class MissingExtra(QuantrouteError):
-    """A command needs a package of an optional extra that is not installed."""
+__all__ = ["MissingExtra", "require"]
 
 
 def require(extra: str, command: str, *modules: str) -> None:

@@ -174,9 +174,10 @@ def test_profiler_target_is_the_runtime_with_the_profiler_virtualenv() -> None:
         stage: [c.value[0] for c in chain(stage) if c.cmd == "RUN" and "venv.sh" in c.value[0]]
         for stage in ("build", "build-profiler")
     }
+    deps = 'sh venv.sh deps "$EXTRAS"'
     assert package_steps == {
-        "build": ["sh venv.sh deps", "sh venv.sh package"],
-        "build-profiler": ["sh venv.sh deps", "sh venv.sh deps profiler", "sh venv.sh package"],
+        "build": [deps, "sh venv.sh package"],
+        "build-profiler": [deps, 'sh venv.sh deps "profiler $EXTRAS"', "sh venv.sh package"],
     }
 
 
