@@ -30,7 +30,8 @@ RUN python -m venv /opt/pip \
     && python -m venv --without-pip /opt/quantroute
 WORKDIR /src
 COPY deploy/docker/venv.sh ./
-# The dependencies first, in their own stages: a change to the source alone rebuilds in seconds.
+# The dependencies first, in their own stages: a change to the source alone rebuilds only the
+# stages below and the image's last layer (quantroute's own files).
 # EXTRAS adds extras to both images, e.g. --build-arg EXTRAS=redis for Responses API
 # conversations shared by several replicas (conversations.redis_url).
 COPY pyproject.toml ./
