@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from quantroute import __version__
 from quantroute.errors import ConfigError
+from quantroute.extras import MissingExtra, require
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +30,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.traffic:
+        require("demo", "demo --traffic", "openai")
     from quantroute.demo import demo_main
 
     return demo_main(
@@ -91,8 +94,9 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
 
 
 def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str) -> None:
-    """`profile` and `matrix` register their own arguments; their imports (the OpenAI client,
-    matplotlib) cost a second and ~30 MB, so the gateway's commands do not load them."""
+    """`profile` and `matrix` register their own arguments. Their heavy imports (the OpenAI client,
+    matplotlib) belong to the optional `profiler` extra and load only when a command runs, so the
+    gateway's commands and every `--help` work without it."""
     if command in ("profile", "matrix"):
         from quantroute.profiler.command import register
 
@@ -112,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return result

@@ -16,8 +16,10 @@ QuantrouteError
 ├── UpstreamConnectError     a backend could not be reached or broke off (before: retried;
 │                            mid-stream: ends the stream with an error event)
 ├── ClientDisconnected       the client went away before the response started
-└── KubeApiError             the Kubernetes API answered with an error (or garbage)
-    └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
+├── KubeApiError             the Kubernetes API answered with an error (or garbage)
+│   └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
+└── MissingExtra             a command needs an optional extra that is not installed
+                             (``quantroute.extras.require``; the CLI prints it, exit 1)
 """
 
 from __future__ import annotations
@@ -157,3 +159,7 @@ class KubeApiError(QuantrouteError):
 
 class ResourceExpired(KubeApiError):
     """410 Gone: the resourceVersion we watch from is too old; list again."""
+
+
+class MissingExtra(QuantrouteError):
+    """A command needs a package of an optional extra (``pyproject.toml``) that is not installed."""
