@@ -1,0 +1,123 @@
+"""``AccessControl``: the one object the server asks who a request is and what it may do."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from quantroute.access.config import AccessConfig, RequestCaps
+from quantroute.access.errors import (
+    InvalidApiKey,
+    MissingApiKey,
+    PermissionDenied,
+    RevokedApiKey,
+)
+from quantroute.access.hygiene import caps_for, check_caps
+from quantroute.access.keys import KeyStore, Principal
+from quantroute.access.metrics import AccessMetrics
+from quantroute.access.quotas import Admission, Clock, Quotas
+from quantroute.access.upstream_auth import BackendCredentials
+from quantroute.config import BackendConfig, GroupConfig
+
+
+def may_use(
+    principal: Principal,
+    model: str,
+    groups: Iterable[GroupConfig],
+    backends: Iterable[BackendConfig],
+) -> bool:
+    """A key may use a model it names (or ``*``), and pin any backend of a group it names."""
+    if principal.any_model or model in principal.models:
+        return True
+    variants = {v for g in groups if g.name in principal.models for v in g.variants}
+    return any(model in (b.served_model_name, b.id) and b.variant_id in variants for b in backends)
+
+
+class AccessControl:
+    def __init__(
+        self,
+        config: AccessConfig,
+        registry: CollectorRegistry,
+        *,
+        lease_ttl_s: float,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.metrics = AccessMetrics(registry)
+        self.keys = KeyStore(config, environ)
+        self.quotas = Quotas(config.quotas, self.metrics, lease_ttl_s=lease_ttl_s, clock=clock)
+        self.credentials = BackendCredentials(config.upstream_auth, environ)
+        self._caps: dict[str, RequestCaps] = {c.group: c for c in config.request_caps}
+
+    @property
+    def enabled(self) -> bool:
+        return self.keys.enabled
+
+    async def aclose(self) -> None:
+        await self.quotas.aclose()
+
+    # -- who -----------------------------------------------------------------------------------
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        try:
+            return self.keys.authenticate(headers)
+        except RevokedApiKey:
+            self.metrics.auth_failures.labels("revoked_key").inc()
+            raise
+        except InvalidApiKey:
+            self.metrics.auth_failures.labels("invalid_key").inc()
+            raise
+        except MissingApiKey:
+            self.metrics.auth_failures.labels("missing_key").inc()
+            raise
+
+    def require_admin(self, principal: Principal) -> None:
+        if not principal.admin:
+            self.metrics.auth_failures.labels("forbidden").inc()
+            raise PermissionDenied(
+                "This route needs an admin key.", code="insufficient_permissions"
+            )
+
+    def authorize_model(
+        self,
+        principal: Principal,
+        model: str,
+        groups: Iterable[GroupConfig],
+        backends: Iterable[BackendConfig],
+    ) -> None:
+        if not may_use(principal, model, groups, backends):
+            self.metrics.auth_failures.labels("forbidden").inc()
+            raise PermissionDenied(
+                f"This API key may not use the model '{model}'.",
+                code="model_not_allowed",
+                param="model",
+            )
+
+    def sees_decision(self, principal: Principal) -> bool:
+        mode = self.config.decision_header
+        return mode == "all" or (mode == "admin" and principal.admin)
+
+    # -- what ----------------------------------------------------------------------------------
+    def check_caps(self, group: str, body: Mapping[str, Any]) -> None:
+        caps = caps_for(self._caps, group)
+        if caps is not None:
+            check_caps(caps, body)
+
+    async def admit(self, principal: Principal, prompt_tokens: int) -> Admission | None:
+        return await self.quotas.admit(principal, prompt_tokens)
+
+    async def finish(self, admission: Admission | None, used_tokens: int | None) -> None:
+        await self.quotas.finish(admission, used_tokens)
+
+    def status(self) -> dict[str, Any]:
+        """For /admin: whether keys are on, the keys' names and rights, where quotas count."""
+        return {
+            "keys_enabled": self.enabled,
+            "open": not self.enabled,
+            "keys": self.keys.names(),
+            "quota_store": "redis" if self.quotas.shared else "memory",
+            "decision_header": self.config.decision_header,
+        }

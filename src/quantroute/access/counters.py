@@ -1,0 +1,160 @@
+"""Where quota counts live: this process's memory, or a Redis that replicas share.
+
+Both sides count with the ``limits`` library's storage: an atomic increment with an expiry set
+when the window's first unit is counted (a Lua script on Redis), i.e. ``limits``' fixed-window
+strategy. The strategy class itself (``FixedWindowRateLimiter.hit``) is not used because it
+returns only a bool, while the response headers need the count it computed, and the end-of-
+response token correction must be recorded unconditionally.
+
+Concurrent requests are leases: in memory a set per key; on Redis a sorted set per key whose
+members expire (server time) after ``lease_ttl_s``, so a replica that dies holding leases frees
+them after that bound. Acquire is one server-side script (prune, count, add).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Protocol
+
+from limits.aio.storage import MemoryStorage, RedisStorage
+
+
+class Counters(Protocol):
+    async def incr(self, key: str, window_s: int, amount: int) -> int: ...
+
+    async def get(self, key: str) -> int: ...
+
+    async def window_end(self, key: str) -> float:
+        """Unix time at which the key's window ends (now when there is no window)."""
+        ...
+
+    async def acquire(self, key: str, lease: str, limit: int, ttl_s: float) -> tuple[bool, int]:
+        """Take a lease if fewer than ``limit`` are held: (taken, held after the call)."""
+        ...
+
+    async def release(self, key: str, lease: str) -> None: ...
+
+    async def held(self, key: str) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryCounters:
+    """Counts in this process (the default, and the fallback when Redis is down)."""
+
+    def __init__(self) -> None:
+        self._storage = MemoryStorage()
+        self._leases: defaultdict[str, set[str]] = defaultdict(set)
+
+    async def incr(self, key: str, window_s: int, amount: int) -> int:
+        return await self._storage.incr(key, window_s, amount)
+
+    async def get(self, key: str) -> int:
+        return await self._storage.get(key)
+
+    async def window_end(self, key: str) -> float:
+        return await self._storage.get_expiry(key)
+
+    async def acquire(self, key: str, lease: str, limit: int, ttl_s: float) -> tuple[bool, int]:
+        held = self._leases[key]
+        if len(held) >= limit:
+            return False, len(held)
+        held.add(lease)
+        return True, len(held)
+
+    async def release(self, key: str, lease: str) -> None:
+        held = self._leases.get(key)
+        if held is not None:
+            held.discard(lease)
+            if not held:
+                del self._leases[key]
+
+    async def held(self, key: str) -> int:
+        return len(self._leases.get(key, ()))
+
+    async def aclose(self) -> None:
+        await self._storage.reset()
+        timer = self._storage.timer
+        if timer is not None and not timer.done():
+            timer.cancel()
+
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[2]) then
+  return {0, held}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return {1, held + 1}
+"""
+
+_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class RedisCounters:
+    """Counts in a Redis shared by every replica; every call bounded by ``timeout_s``."""
+
+    def __init__(self, url: str, *, timeout_s: float, prefix: str) -> None:
+        import redis.asyncio as aioredis
+
+        self._prefix = prefix
+        self._pool = aioredis.ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            health_check_interval=0,
+            max_connections=256,
+        )
+        self.client = aioredis.Redis(connection_pool=self._pool)
+        self._storage = RedisStorage(
+            "async+" + url if not url.startswith("unix") else "async+redis+unix" + url[4:],
+            implementation="redispy",
+            key_prefix=prefix,
+            connection_pool=self._pool,  # type: ignore[arg-type]
+        )
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._held = self.client.register_script(_HELD)
+
+    def _lease_key(self, key: str) -> str:
+        return f"{self._prefix}:{key}"
+
+    async def incr(self, key: str, window_s: int, amount: int) -> int:
+        return await self._storage.incr(key, window_s, amount)
+
+    async def get(self, key: str) -> int:
+        return await self._storage.get(key)
+
+    async def window_end(self, key: str) -> float:
+        return await self._storage.get_expiry(key)
+
+    async def acquire(self, key: str, lease: str, limit: int, ttl_s: float) -> tuple[bool, int]:
+        taken, held = await self._acquire(keys=[self._lease_key(key)], args=[lease, limit, ttl_s])
+        return bool(taken), int(held)
+
+    async def release(self, key: str, lease: str) -> None:
+        await self.client.zrem(self._lease_key(key), lease)
+
+    async def held(self, key: str) -> int:
+        return int(await self._held(keys=[self._lease_key(key)]))
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self._pool.disconnect()
+
+
+def now() -> float:
+    return time.time()
