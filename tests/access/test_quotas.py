@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from quantroute.access.metrics import AccessMetrics
 from quantroute.access.quotas import Quotas, duration
 from quantroute.testing.redis_server import RedisServer
 
-Make = Callable[..., Quotas]
+Make = Callable[..., Awaitable[Quotas]]
 
 
 def key(name: str = "team", **limits: int) -> Principal:
@@ -30,9 +30,10 @@ def key(name: str = "team", **limits: int) -> Principal:
 async def make() -> AsyncIterator[Make]:
     made: list[Quotas] = []
 
-    def factory(**config: Any) -> Quotas:
+    async def factory(**config: Any) -> Quotas:
         quotas = Quotas(QuotaConfig(**config), AccessMetrics(CollectorRegistry()), lease_ttl_s=30.0)
         made.append(quotas)
+        await quotas.start()
         return quotas
 
     yield factory
@@ -45,7 +46,9 @@ def store(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Config of the counters' store: this process's memory, or the module's real Redis."""
     if request.param == "memory":
         return {}
-    return {"redis_url": request.getfixturevalue("redis_url")}
+    # Tests of what is counted get a generous bound on Redis calls (this machine is shared and
+    # loaded); the tests of the bound itself set their own.
+    return {"redis_url": request.getfixturevalue("redis_url"), "redis_timeout_s": 2.0}
 
 
 async def admitted(quotas: Quotas, principal: Principal, n: int, tokens: int = 1) -> int:
@@ -69,7 +72,7 @@ def test_reset_durations_in_openai_format(seconds: float, text: str) -> None:
 async def test_requests_per_window_admit_exactly_the_limit(
     make: Make, store: dict[str, Any]
 ) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(requests_per_minute=7)
     assert await admitted(quotas, principal, 20) == 7
     with pytest.raises(RateLimited) as refused:
@@ -83,7 +86,7 @@ async def test_requests_per_window_admit_exactly_the_limit(
 
 
 async def test_headers_count_down(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(requests_per_minute=5, tokens_per_minute=1000)
     first = await quotas.admit(principal, 100)
     second = await quotas.admit(principal, 50)
@@ -98,13 +101,13 @@ async def test_headers_count_down(make: Make, store: dict[str, Any]) -> None:
 
 
 async def test_a_key_without_limits_is_not_counted(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     assert await quotas.admit(key(), 10**9) is None
     assert await quotas.peek(key()) == {}
 
 
 async def test_tokens_are_corrected_with_the_real_usage(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(tokens_per_minute=1000)
     admission = await quotas.admit(principal, 100)
     await quotas.finish(admission, 400)  # 100 prompt estimated, 400 used in the end
@@ -122,7 +125,7 @@ async def test_tokens_are_corrected_with_the_real_usage(make: Make, store: dict[
 async def test_an_overestimate_is_given_back_and_no_usage_keeps_the_estimate(
     make: Make, store: dict[str, Any]
 ) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(tokens_per_minute=1000)
     await quotas.finish(await quotas.admit(principal, 300), 120)
     assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "880"
@@ -131,7 +134,7 @@ async def test_an_overestimate_is_given_back_and_no_usage_keeps_the_estimate(
 
 
 async def test_a_refused_request_costs_nothing(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(requests_per_minute=10, tokens_per_minute=100)
     await quotas.admit(principal, 90)
     with pytest.raises(RateLimited) as refused:
@@ -146,13 +149,13 @@ async def test_a_refused_request_costs_nothing(make: Make, store: dict[str, Any]
 async def test_a_prompt_larger_than_the_limit_is_refused_as_too_large(
     make: Make, store: dict[str, Any]
 ) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     with pytest.raises(RateLimited, match="Request too large"):
         await quotas.admit(key(tokens_per_minute=100), 101)
 
 
 async def test_concurrent_requests_are_leases(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(**store)
+    quotas = await make(**store)
     principal = key(concurrent_requests=2, requests_per_minute=100)
     a = await quotas.admit(principal, 1)
     b = await quotas.admit(principal, 1)
@@ -171,7 +174,7 @@ async def test_concurrent_requests_are_leases(make: Make, store: dict[str, Any])
 
 
 async def test_the_window_resets(make: Make, store: dict[str, Any]) -> None:
-    quotas = make(window_s=1, **store)
+    quotas = await make(window_s=1, **store)
     principal = key(requests_per_minute=3)
     assert await admitted(quotas, principal, 5) == 3
     deadline = time.monotonic() + 5
@@ -182,7 +185,8 @@ async def test_the_window_resets(make: Make, store: dict[str, Any]) -> None:
 
 
 async def test_two_replicas_share_one_redis(make: Make, redis_url: str) -> None:
-    one, two = make(redis_url=redis_url), make(redis_url=redis_url)
+    one = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    two = await make(redis_url=redis_url, redis_timeout_s=2.0)
     principal = key(requests_per_minute=10, tokens_per_minute=10_000, concurrent_requests=3)
     results = await asyncio.gather(
         *(admitted(q, principal, 1) for q in (one, two) * 10), return_exceptions=True
@@ -192,7 +196,8 @@ async def test_two_replicas_share_one_redis(make: Make, redis_url: str) -> None:
 
 
 async def test_two_replicas_share_requests_and_tokens(make: Make, redis_url: str) -> None:
-    one, two = make(redis_url=redis_url), make(redis_url=redis_url)
+    one = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    two = await make(redis_url=redis_url, redis_timeout_s=2.0)
     principal = key(requests_per_minute=12, tokens_per_minute=10_000)
     counts = await asyncio.gather(admitted(one, principal, 10), admitted(two, principal, 10))
     assert sum(counts) == 12 and min(counts) > 0
@@ -208,7 +213,7 @@ def degraded(quotas: Quotas) -> float:
 async def test_redis_down_counts_locally_with_a_metric_and_a_log_line(
     make: Make, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    quotas = make(redis_url=own_redis.url, redis_retry_s=60)
+    quotas = await make(redis_url=own_redis.url, redis_retry_s=60)
     principal = key(requests_per_minute=4)
     assert await admitted(quotas, principal, 2) == 2
     own_redis.stop()
@@ -222,7 +227,7 @@ async def test_redis_down_counts_locally_with_a_metric_and_a_log_line(
 
 
 async def test_redis_down_with_refuse_answers_503(make: Make, own_redis: RedisServer) -> None:
-    quotas = make(redis_url=own_redis.url, on_redis_error="refuse", redis_retry_s=3)
+    quotas = await make(redis_url=own_redis.url, on_redis_error="refuse", redis_retry_s=3)
     own_redis.stop()
     with pytest.raises(QuotaUnavailable) as refused:
         await quotas.admit(key(requests_per_minute=4), 1)
@@ -235,7 +240,7 @@ async def test_redis_down_with_refuse_answers_503(make: Make, own_redis: RedisSe
 async def test_a_hanging_redis_costs_at_most_the_timeout(
     make: Make, own_redis: RedisServer
 ) -> None:
-    quotas = make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=60)
+    quotas = await make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=60)
     principal = key(requests_per_minute=100, concurrent_requests=5)
     first = await quotas.admit(principal, 1)
     own_redis.pause()
@@ -252,7 +257,7 @@ async def test_a_hanging_redis_costs_at_most_the_timeout(
 
 
 async def test_redis_coming_back_is_used_again(make: Make, own_redis: RedisServer) -> None:
-    quotas = make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=0.3)
+    quotas = await make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=0.3)
     principal = key(requests_per_minute=100)
     own_redis.pause()
     try:

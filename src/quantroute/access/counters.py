@@ -148,8 +148,12 @@ class RedisCounters:
     async def held(self, key: str) -> int:
         return int(await self._held(keys=[self._lease_key(key)]))
 
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
+    async def warm_up(self) -> None:
+        """Connect and load the scripts once, so the first requests pay one round trip each."""
+        await self.client.ping()
+        await self.client.script_load(_ACQUIRE)
+        await self.client.script_load(_HELD)
+        await self._storage.incr("warm-up", 1, 1)
 
     async def aclose(self) -> None:
         await self.client.aclose()

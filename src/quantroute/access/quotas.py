@@ -113,6 +113,16 @@ class Quotas:
     def shared(self) -> bool:
         return self._redis is not None
 
+    async def start(self) -> None:
+        """Warm the Redis connection up (a failure only logs: requests then fall back)."""
+        if self._redis is None:
+            return
+        try:
+            async with asyncio.timeout(max(2.0, self.config.redis_timeout_s)):
+                await self._redis.warm_up()
+        except (TimeoutError, OSError, ConnectionError, RedisError) as exc:
+            self._failed(exc)
+
     async def aclose(self) -> None:
         await self._local.aclose()
         if self._redis is not None:
