@@ -284,6 +284,8 @@ class FleetHandle:
     ) -> None:
         self.config = config
         self.urls: dict[str, str] = {}
+        self.backends: dict[str, SimBackend] = {}
+        """Each backend (e.g. its ``authorizations``: read them from the test's thread)."""
         self._answer_key = answer_key
         self._wrong_answers = wrong_answers
         self._ready = threading.Event()
@@ -310,6 +312,7 @@ class FleetHandle:
         async with fleet:
             self.urls = dict(fleet.urls)
             self._fleet = fleet
+            self.backends = dict(fleet.backends)
             self._ready.set()
             await self._stop.wait()
 
