@@ -10,6 +10,8 @@ import redis
 
 from quantroute.testing.redis_server import RedisServer
 
+from .fake_stack import make_gate  # noqa: F401  (the fixture, for every module here)
+
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

@@ -67,8 +67,15 @@ class Stack:
 def access_stack(
     access: dict[str, Any] | None = None, *, backend_key: str | None = BACKEND_KEY
 ) -> Iterator[Stack]:
+    names = {"a": "llama3-8b-awq", "b": "llama3-8b-awq", "c": "premium-model"}
     specs = [
-        SimBackendSpec(id=i, profile="llama3-8b-awq", max_num_seqs=32, api_key=backend_key)
+        SimBackendSpec(
+            id=i,
+            profile="llama3-8b-awq",
+            served_model_name=names[i],
+            max_num_seqs=32,
+            api_key=backend_key,
+        )
         for i in ("a", "b", "c")
     ]
     config = SimFleetConfig(time_scale=20.0, seed=5, backends=specs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,6 +37,17 @@ def may_use(
     return any(model in (b.served_model_name, b.id) and b.variant_id in variants for b in backends)
 
 
+def groups_of(
+    model: str, groups: Iterable[GroupConfig], backends: Iterable[BackendConfig]
+) -> list[str]:
+    """The group a request names, or the groups of the backend(s) it pins."""
+    groups = list(groups)
+    if any(g.name == model for g in groups):
+        return [model]
+    variants = {b.variant_id for b in backends if model in (b.served_model_name, b.id)}
+    return [g.name for g in groups if variants.intersection(g.variants)]
+
+
 class AccessControl:
     def __init__(
         self,
@@ -52,12 +64,19 @@ class AccessControl:
         self.quotas = Quotas(config.quotas, self.metrics, lease_ttl_s=lease_ttl_s, clock=clock)
         self.credentials = BackendCredentials(config.upstream_auth, environ)
         self._caps: dict[str, RequestCaps] = {c.group: c for c in config.request_caps}
+        self._pending: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
         return self.keys.enabled
 
-    async def aclose(self) -> None:
+    async def start(self) -> None:
+        await self.quotas.start()
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Let pending settlements finish (bounded), then close the quota store."""
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=timeout_s)
         await self.quotas.aclose()
 
     # -- who -----------------------------------------------------------------------------------
@@ -101,16 +120,34 @@ class AccessControl:
         return mode == "all" or (mode == "admin" and principal.admin)
 
     # -- what ----------------------------------------------------------------------------------
-    def check_caps(self, group: str, body: Mapping[str, Any]) -> None:
-        caps = caps_for(self._caps, group)
-        if caps is not None:
-            check_caps(caps, body)
+    def check_caps(
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        groups: Iterable[GroupConfig],
+        backends: Iterable[BackendConfig],
+    ) -> None:
+        """The caps of the group named, or of every group holding a pinned backend (so pinning
+        never escapes a group's caps); ``*`` for the rest."""
+        if not self._caps:
+            return
+        for group in groups_of(model, groups, backends) or ["*"]:
+            caps = caps_for(self._caps, group)
+            if caps is not None:
+                check_caps(caps, body)
 
     async def admit(self, principal: Principal, prompt_tokens: int) -> Admission | None:
         return await self.quotas.admit(principal, prompt_tokens)
 
     async def finish(self, admission: Admission | None, used_tokens: int | None) -> None:
         await self.quotas.finish(admission, used_tokens)
+
+    def settle(self, admission: Admission, used_tokens: int | None) -> None:
+        """Settle an admission from synchronous code (a response's end), in the background:
+        the client's response never waits on the quota store."""
+        task = asyncio.get_running_loop().create_task(self.quotas.finish(admission, used_tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def status(self) -> dict[str, Any]:
         """For /admin: whether keys are on, the keys' names and rights, where quotas count."""
@@ -119,5 +156,7 @@ class AccessControl:
             "open": not self.enabled,
             "keys": self.keys.names(),
             "quota_store": "redis" if self.quotas.shared else "memory",
+            "quota_store_degraded": self.quotas.degraded,
             "decision_header": self.config.decision_header,
+            "metrics_port": self.config.metrics_port,
         }

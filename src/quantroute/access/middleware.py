@@ -89,6 +89,16 @@ class AccessMiddleware:
         try:
             principal = self._admit(scope, path, headers)
         except RequestError as exc:
+            client = scope.get("client") or ("?", 0)
+            log.info(
+                "request %s: %s %s from %s refused: %d %s",
+                rid,
+                scope["method"],
+                path,
+                client[0],
+                exc.status,
+                exc.code,
+            )
             await send_error(send, exc, rid)
             return
         state["principal"] = principal

@@ -113,6 +113,11 @@ class Quotas:
     def shared(self) -> bool:
         return self._redis is not None
 
+    @property
+    def degraded(self) -> bool:
+        """Redis is configured but being skipped after an error."""
+        return self._degraded
+
     async def start(self) -> None:
         """Warm the Redis connection up (a failure only logs: requests then fall back)."""
         if self._redis is None:

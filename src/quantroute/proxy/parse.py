@@ -40,6 +40,8 @@ def load_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from quantroute.testing.fake_backend import free_port
+from quantroute.testing.procs import free_port
 
 INSTALL = "apt-get update && apt-get install -y --no-install-recommends redis-server"
 
