@@ -86,13 +86,20 @@ def test_no_reachable_backend_is_a_502_whose_log_line_names_each_attempt(
     assert fleet.admin()["b"]["in_flight"]["requests"] == 0
 
 
-def test_the_last_backends_5xx_passes_through_unchanged(make_fleet: FleetFactory) -> None:
-    """Every attempt answered 5xx: the client gets the last backend's own answer, not a 502."""
+def test_the_last_backends_5xx_status_passes_through_its_body_is_logged(
+    make_fleet: FleetFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every attempt answered 5xx: the client gets the last backend's status, not a 502, with
+    the gateway's body (a backend's 5xx body can carry exception text); the log has the body."""
     fleet = make_fleet(
         {k: FakeState(served_model_name=k, fail_status=503, fail_times=-1) for k in ("a", "b")}
     )
-    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
-    assert r.status_code == 503 and r.json()["error"]["message"] == "injected failure"
+    with caplog.at_level(logging.WARNING, logger="quantroute.proxy"):
+        r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_error"
+    assert "injected failure" not in r.text
+    rid = r.headers["x-request-id"]
+    assert any(rid in m and "injected failure" in m for m in caplog.messages)
     assert [len(fleet.backends[k].state.received) for k in ("a", "b")] == [1, 1]
     assert fleet.metric("quantroute_retries_total") == 1
 

@@ -21,6 +21,7 @@ from quantroute.proxy.disconnect import RelayResponse
 from quantroute.proxy.sse import Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
+from quantroute.proxy.upstream_errors import client_error
 
 if TYPE_CHECKING:
     pass
@@ -44,11 +45,15 @@ def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
 def relay_body(
     ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
 ) -> Response:
-    """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
+    """A whole (non-stream) answer: account it and pass it on (errors: :mod:`.upstream_errors`)."""
     attempt.first_byte()
     attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
     headers = response_headers(ctx, attempt)
-    data = ctx.exchange.client_body(status, data)
+    if status >= 400:
+        status, content_type, data = client_error(
+            status, content_type, data, backend_id=attempt.backend_id, request_id=ctx.request_id
+        )
+    data = ctx.exchange.client_body(status, data)  # then in the API's own format
     return Response(data, status, headers=headers, media_type=content_type)
 
 

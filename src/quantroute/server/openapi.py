@@ -151,7 +151,18 @@ def _proxy(summary: str, request: str) -> Json:
                     "headers": _RATE_HEADERS,
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Completion"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {
+                            "schema": {
+                                "description": "one server-sent event; data: a chunk as JSON, "
+                                "then [DONE]",
+                                "type": "object",
+                                "required": ["data"],
+                                "properties": {
+                                    "data": {"type": "string"},
+                                    "event": {"type": "string"},
+                                },
+                            }
+                        },
                     },
                 },
                 **_ERRORS,
@@ -160,7 +171,14 @@ def _proxy(summary: str, request: str) -> Json:
     }
 
 
-def openapi_document(version: str) -> Json:
+def openapi_document(version: str, models: list[str] | None = None) -> Json:
+    """The document; ``models``: the groups and served models to list for ``model``."""
+    schemas: Json = {
+        "Error": _ERROR,
+        "ChatCompletionRequest": _with_models(_CHAT_REQUEST, models),
+        "CompletionRequest": _with_models(_COMPLETION_REQUEST, models),
+        "Completion": _COMPLETION_RESPONSE,
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -206,11 +224,13 @@ def openapi_document(version: str) -> Json:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": _ERROR,
-                "ChatCompletionRequest": _CHAT_REQUEST,
-                "CompletionRequest": _COMPLETION_REQUEST,
-                "Completion": _COMPLETION_RESPONSE,
-            },
+            "schemas": schemas,
         },
     }
+
+
+def _with_models(request: Json, models: list[str] | None) -> Json:
+    if not models:
+        return request
+    model = {**request["properties"]["model"], "enum": sorted(set(models))}
+    return {**request, "properties": {**request["properties"], "model": model}}

@@ -108,7 +108,10 @@ async def admin_access(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(request.app.version))
+    gateway = _gateway(request)
+    names = [g.name for g in gateway.config.groups]
+    names += [b.served_model_name for b in gateway.store.configs()]
+    return JSONResponse(openapi_document(request.app.version, names))
 
 
 def install(app: FastAPI) -> None:
