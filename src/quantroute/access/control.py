@@ -143,8 +143,10 @@ class AccessControl:
         await self.quotas.finish(admission, used_tokens)
 
     def settle(self, admission: Admission, used_tokens: int | None) -> None:
-        """Settle an admission from synchronous code (a response's end), in the background:
-        the client's response never waits on the quota store."""
+        """Settle an admission from synchronous code (a response's end): at once when it was
+        counted in memory, else in the background (the client never waits on Redis)."""
+        if self.quotas.finish_now(admission, used_tokens):
+            return
         task = asyncio.get_running_loop().create_task(self.quotas.finish(admission, used_tokens))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -41,6 +43,17 @@ class AccessMetrics:
             "1 while quotas are counted per replica (or refused) because Redis is unreachable.",
             registry=registry,
         )
+        self._per_key: dict[str, tuple[Any, Any]] = {}
         for reason in ("missing_key", "invalid_key", "revoked_key", "forbidden"):
             self.auth_failures.labels(reason)
         self.store_errors.inc(0)
+
+    def of_key(self, name: str) -> tuple[Any, Any]:
+        """(requests, tokens) counters of a key, looked up once (``labels`` is not free)."""
+        found = self._per_key.get(name)
+        if found is None:
+            found = self._per_key[name] = (
+                self.key_requests.labels(name),
+                self.key_tokens.labels(name),
+            )
+        return found

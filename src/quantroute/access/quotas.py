@@ -38,12 +38,14 @@ Clock = Callable[[], float]
 
 
 def duration(seconds: float) -> str:
-    """OpenAI's x-ratelimit-reset-* format: ``20ms``, ``1.5s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{int(minutes)}m{text}" if minutes else text
+    """OpenAI's x-ratelimit-reset-* format: ``20ms``, ``1.5s``, ``6m0s`` (to the millisecond)."""
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return f"{max(0, ms)}ms"
+    minutes, rest_ms = divmod(ms, 60_000)
+    whole, frac = divmod(rest_ms, 1000)
+    text = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") + "s" if frac else f"{whole}s"
+    return f"{minutes}m{text}" if minutes else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,7 @@ class Quotas:
         (counts, now), store = await self._run(
             lambda store: self._charge(store, principal, estimate, lease)
         )
-        self.metrics.key_requests.labels(principal.name).inc()
+        self.metrics.of_key(principal.name)[0].inc()
         return Admission(
             principal,
             store,
@@ -325,7 +327,7 @@ class Quotas:
         admission.settled = True
         principal = admission.principal
         charged = admission.estimate if used_tokens is None else used_tokens
-        self.metrics.key_tokens.labels(principal.name).inc(max(0, charged))
+        self.metrics.of_key(principal.name)[1].inc(max(0, charged))
         store = admission.counters
         if store is self._redis and self._clock() < self._skip_until:
             return  # Redis is being skipped: the lease expires on its own, the estimate stands
@@ -334,14 +336,42 @@ class Quotas:
         except (TimeoutError, OSError, ConnectionError, RedisError) as exc:
             self._failed(exc)
 
+    def finish_now(self, admission: Admission, used_tokens: int | None) -> bool:
+        """:meth:`finish` without awaiting when the admission was counted in memory (no I/O);
+        False when it was counted in Redis and must go through :meth:`finish`."""
+        store = admission.counters
+        if store is not self._local:
+            return False
+        if admission.settled:
+            return True
+        admission.settled = True
+        principal = admission.principal
+        charged = admission.estimate if used_tokens is None else used_tokens
+        self.metrics.of_key(principal.name)[1].inc(max(0, charged))
+        _, tk, ck = self._keys(principal)
+        if admission.lease is not None:
+            self._local.release_now(ck, admission.lease)
+        delta = self._delta(admission, used_tokens)
+        if delta:
+            self._local.incr_now(tk, self.config.window_s, delta)
+        return True
+
+    def _delta(self, admission: Admission, used: int | None) -> int:
+        """The token correction to record: more used than estimated always; less only while the
+        window the estimate went into lasts."""
+        if used is None or admission.principal.limits.tokens_per_minute is None:
+            return 0
+        delta = used - admission.estimate
+        if delta > 0 or (delta < 0 and self._clock() < admission.tokens_end):
+            return delta
+        return 0
+
     async def _settle(self, store: Counters, admission: Admission, used: int | None) -> None:
         _, tk, ck = self._keys(admission.principal)
         if admission.lease is not None:
             await store.release(ck, admission.lease)
-        if used is None or admission.principal.limits.tokens_per_minute is None:
-            return
-        delta = used - admission.estimate
-        if delta > 0 or (delta < 0 and self._clock() < admission.tokens_end):
+        delta = self._delta(admission, used)
+        if delta:
             await store.incr(tk, self.config.window_s, delta)
 
     # -- looking without counting --------------------------------------------------------------
