@@ -66,24 +66,33 @@ def test_every_response_of_a_limited_key_carries_the_headers(make_gate: GateFact
         assert response.headers["x-ratelimit-remaining-requests"] == "50"
 
 
-def test_tokens_are_charged_from_the_real_usage(make_gate: GateFactory) -> None:
-    gate = make_gate({"keys": keys(tokens_per_minute=1000)})
+@pytest.mark.parametrize("reserve", [True, False], ids=["reserve-completion", "prompt-only"])
+def test_tokens_are_charged_from_the_real_usage(make_gate: GateFactory, reserve: bool) -> None:
+    quotas = {"reserve_completion": reserve}
+    gate = make_gate({"keys": keys(tokens_per_minute=1000), "quotas": quotas})
     # the fake backend reports 10 prompt tokens and max_tokens completion tokens
     first = gate.post(KEY, {"model": "auto", "messages": MSG, "max_tokens": 300})
     assert first.status_code == 200
-    estimate = 1000 - int(first.headers["x-ratelimit-remaining-tokens"])
-    assert 0 < estimate < 20  # a short prompt, estimated at admission
+    charged = 1000 - int(first.headers["x-ratelimit-remaining-tokens"])
+    prompt = charged - 300 if reserve else charged
+    assert 0 < prompt < 20  # a short prompt, estimated at admission (+ max_tokens reserved)
 
     def remaining() -> int:
         return int(gate.get(KEY, "/v1/models").headers["x-ratelimit-remaining-tokens"])
 
     assert wait_until(lambda: remaining() == 1000 - 310, 5), remaining()
-    gate.post(KEY, {"model": "auto", "messages": MSG, "max_tokens": 650})  # admitted: 690 left
+    gate.post(KEY, {"model": "auto", "messages": MSG, "max_tokens": 650})
     assert wait_until(lambda: remaining() == 690 - 660, 5), remaining()
-    refused = gate.post(
-        KEY, {"model": "auto", "messages": [{"role": "user", "content": "x" * 400}]}
-    )
+    long_prompt = [{"role": "user", "content": "x" * 400}]
+    refused = gate.post(KEY, {"model": "auto", "messages": long_prompt, "max_tokens": 1})
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+
+
+def test_a_reservation_above_the_limit_is_refused_and_given_back(make_gate: GateFactory) -> None:
+    gate = make_gate({"keys": keys(tokens_per_minute=1000)})
+    assert gate.post(KEY, {"model": "auto", "messages": MSG, "max_tokens": 999}).status_code == 429
+    ok = gate.post(KEY, {"model": "auto", "messages": MSG, "max_tokens": 900})
+    assert ok.status_code == 200, ok.text  # the refused reservation was not kept
 
 
 def test_concurrent_requests_per_key(make_gate: GateFactory) -> None:

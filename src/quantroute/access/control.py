@@ -21,7 +21,8 @@ from quantroute.access.keys import KeyStore, Principal
 from quantroute.access.metrics import AccessMetrics
 from quantroute.access.quotas import Admission, Clock, Quotas
 from quantroute.access.upstream_auth import BackendCredentials
-from quantroute.config import BackendConfig, GroupConfig
+from quantroute.config import BackendConfig, GroupConfig, PolicyConfig
+from quantroute.core.model import RequestFeatures
 
 
 def may_use(
@@ -136,8 +137,14 @@ class AccessControl:
             if caps is not None:
                 check_caps(caps, body)
 
-    async def admit(self, principal: Principal, prompt_tokens: int) -> Admission | None:
-        return await self.quotas.admit(principal, prompt_tokens)
+    def admission_tokens(self, features: RequestFeatures, policy: PolicyConfig) -> int:
+        """Tokens to charge when a request is admitted (corrected when it ends)."""
+        if not self.config.quotas.reserve_completion:
+            return features.prompt_tokens
+        return features.prompt_tokens + (features.max_tokens or policy.default_max_tokens)
+
+    async def admit(self, principal: Principal, tokens: int) -> Admission | None:
+        return await self.quotas.admit(principal, tokens)
 
     async def finish(self, admission: Admission | None, used_tokens: int | None) -> None:
         await self.quotas.finish(admission, used_tokens)

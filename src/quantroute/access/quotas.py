@@ -208,8 +208,9 @@ class Quotas:
         return f"rpm:{principal.name}", f"tpm:{principal.name}", f"conc:{principal.name}"
 
     # -- admission -----------------------------------------------------------------------------
-    async def admit(self, principal: Principal, prompt_tokens: int) -> Admission | None:
-        """Count a request; raise :class:`RateLimited` if it passes a limit. None: no limits."""
+    async def admit(self, principal: Principal, tokens: int) -> Admission | None:
+        """Count a request (``tokens``: the estimate charged now); raise :class:`RateLimited` if
+        it passes a limit. None: the key has no limits."""
         limits = principal.limits
         if (
             limits.requests_per_minute is None
@@ -217,7 +218,7 @@ class Quotas:
             and limits.concurrent_requests is None
         ):
             return None
-        estimate = max(1, prompt_tokens)
+        estimate = max(1, tokens)
         lease = f"{self._replica}:{next(self._seq)}" if limits.concurrent_requests else None
         (counts, now), store = await self._run(
             lambda store: self._charge(store, principal, estimate, lease)
@@ -304,8 +305,8 @@ class Quotas:
         )
         if kind == "tokens" and limit is not None and estimate > limit:
             message = (
-                f"Request too large for key '{principal.name}': about {estimate} prompt tokens, "
-                f"limit {limit} tokens per {self.config.window_s} s."
+                f"Request too large for key '{principal.name}': about {estimate} tokens (prompt "
+                f"and max_tokens), limit {limit} tokens per {self.config.window_s} s."
             )
         else:
             message = (
