@@ -3,9 +3,11 @@ correction, concurrency, two gateways sharing one real Redis, Redis down, 415/41
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -282,3 +284,20 @@ def test_no_backend_reasons_only_for_those_who_see_decisions(make_gate: GateFact
     user, admin = gate.post(KEY), gate.post(ADMIN)
     assert user.status_code == admin.status_code == 503
     assert "backends" not in user.json()["error"] and "backends" in admin.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_gets_413(make_gate: GateFactory) -> None:
+    gate = make_gate({"keys": keys(), "max_body_bytes": 2000})
+    filler = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]})
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        data = filler.encode()
+        for i in range(0, len(data), 500):
+            yield data[i : i + 500]
+
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(gate.url + "/v1/chat/completions", content=chunks(), headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    small = json.dumps({"model": "auto", "messages": MSG, "max_tokens": 2}).encode()
+    ok = httpx.post(gate.url + "/v1/chat/completions", content=iter([small]), headers=headers)
+    assert ok.status_code == 200, ok.text

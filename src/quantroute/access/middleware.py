@@ -102,6 +102,8 @@ class AccessMiddleware:
             await send_error(send, exc, rid)
             return
         state["principal"] = principal
+        if scope["method"] in _BODY_METHODS and "content-length" not in headers:
+            receive = _bounded(receive, self.access.config.max_body_bytes)
         await self.app(scope, receive, self._sender(send, state, principal, rid, path))
 
     def _admit(self, scope: Scope, path: str, headers: Mapping[str, str]) -> Principal:
@@ -150,6 +152,23 @@ class AccessMiddleware:
             await send(message)
 
         return wrapped
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """A chunked body (no Content-Length) is counted as it arrives: past ``limit`` the read
+    fails with 413 instead of filling the gateway's memory."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise RequestTooLarge(limit)
+        return message
+
+    return counted
 
 
 class _NotHere(RequestError):

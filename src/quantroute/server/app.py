@@ -122,6 +122,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
+        gateway = Gateway(config, store, up, source, telemetry, prefix, access=guard)
         app.state.gateway = gateway
         for backend in config.backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
@@ -141,6 +142,8 @@ def create_app(
         )
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
+        if not guard.enabled:
+            log.warning("no API keys configured: every caller may use every model and /admin")
         try:
             async with api_routes.conversations(app, config.conversations, clock):
                 yield
