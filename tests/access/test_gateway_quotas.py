@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.redis_server import RedisServer
@@ -301,3 +304,27 @@ def test_a_chunked_body_over_the_limit_gets_413(make_gate: GateFactory) -> None:
     small = json.dumps({"model": "auto", "messages": MSG, "max_tokens": 2}).encode()
     ok = httpx.post(gate.url + "/v1/chat/completions", content=iter([small]), headers=headers)
     assert ok.status_code == 200, ok.text
+
+
+def test_a_key_revoked_in_the_keys_file_is_refused_without_a_restart(tmp_path: Path) -> None:
+    from quantroute.config import parse_config
+    from quantroute.server.app import create_app
+    from quantroute.testing.gateway_thread import GatewayThread
+
+    keys_file = tmp_path / "keys.yaml"
+    row = key_row("team", KEY)
+    keys_file.write_text(yaml.safe_dump({"keys": [row]}))
+    config = parse_config({"access": {"keys_file": str(keys_file)}})
+    app = create_app(config, keys_poll_s=0.05)
+    with GatewayThread(config, app=app) as gateway:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.get(gateway.url + "/v1/models", headers=headers).status_code == 200
+        keys_file.write_text(yaml.safe_dump({"keys": [{**row, "revoked": True}]}))
+        stamp = time.time() + 5  # a new mtime whatever the filesystem's resolution
+        os.utime(keys_file, (stamp, stamp))
+
+        def refused() -> bool:
+            r = httpx.get(gateway.url + "/v1/models", headers=headers)
+            return r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+        assert wait_until(refused, 5)

@@ -118,13 +118,16 @@ class RedisCounters:
         import redis.asyncio as aioredis
 
         self._prefix = prefix
-        self._pool = aioredis.ConnectionPool.from_url(
+        # Blocking: past max_connections a call waits for a free connection (within the same
+        # bound) rather than failing over to local counting at once.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
             health_check_interval=0,
-            max_connections=256,
+            max_connections=128,
+            timeout=timeout_s,
         )
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._storage = RedisStorage(

@@ -37,6 +37,8 @@ _WANTED = frozenset(
     {b"authorization", b"x-api-key", b"content-type", b"content-length", b"x-request-id"}
 )
 DECISION_HEADER = b"x-quantroute-decision"
+ANONYMOUS = Principal(name="anonymous", admin=False, models=frozenset(), limits=OPEN.limits)
+"""Who calls a public route when keys are on (no key is looked at there)."""
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -109,7 +111,7 @@ class AccessMiddleware:
     def _admit(self, scope: Scope, path: str, headers: Mapping[str, str]) -> Principal:
         access = self.access
         if path in PUBLIC:
-            return OPEN if not access.enabled else _anonymous()
+            return OPEN if not access.enabled else ANONYMOUS
         if self.metrics_elsewhere and path == "/metrics":
             raise _NotHere()
         principal = access.authenticate(headers)
@@ -177,10 +179,3 @@ class _NotHere(RequestError):
 
     def __init__(self) -> None:
         super().__init__("Not Found")
-
-
-def _anonymous() -> Principal:
-    return _ANONYMOUS
-
-
-_ANONYMOUS = Principal(name="anonymous", admin=False, models=frozenset(), limits=OPEN.limits)

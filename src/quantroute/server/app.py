@@ -95,6 +95,7 @@ def create_app(
     telemetry: Telemetry | None = None,
     matrix_poll_s: float = MATRIX_POLL_S,
     access: AccessControl | None = None,
+    keys_poll_s: float = KEYS_POLL_S,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
     telemetry = telemetry or Telemetry()
@@ -136,7 +137,7 @@ def create_app(
         await scraper.scrape_once()
         scraper.start()
         await guard.start()
-        keys_watcher = asyncio.create_task(_watch_keys(guard, KEYS_POLL_S), name="quantroute-keys")
+        keys_watcher = asyncio.create_task(_watch_keys(guard, keys_poll_s), name="quantroute-keys")
         watcher = asyncio.create_task(
             _watch_matrix(source, matrix_poll_s), name="quantroute-matrix"
         )
