@@ -48,7 +48,7 @@ def _check_vllm_args(args: argparse.Namespace) -> int:
 def _gen_key(args: argparse.Namespace) -> int:
     from quantroute.access.keygen import gen_key_main
 
-    return gen_key_main(args.name, raw=args.raw)
+    return gen_key_main(args.name, raw=args.raw, admin=args.admin)
 
 
 def _hash_key(args: argparse.Namespace) -> int:
@@ -104,6 +104,7 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
     p = sub.add_parser("gen-key", help="make a new API key and print its keys.yaml entry")
     p.add_argument("--name", default="my-key", help="the key's name (metric label, logs)")
     p.add_argument("--raw", action="store_true", help="print only the key (e.g. for a Secret)")
+    p.add_argument("--admin", action="store_true", help="an admin key for every model")
     p.set_defaults(func=_gen_key)
 
     p = sub.add_parser("hash-key", help="read a key on stdin, print its SHA-256 for keys.yaml")

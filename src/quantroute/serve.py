@@ -40,7 +40,7 @@ def check_config(path: str) -> int:
     return 0
 
 
-def metrics_server(registry: CollectorRegistry, host: str, port: int) -> uvicorn.Server:
+def metrics_server(registry: CollectorRegistry, host: str, port: int) -> EmbeddedServer:
     """/metrics alone on its own port (access.metrics_port): no key, for scrapers."""
     config = uvicorn_config(make_asgi_app(registry), host, port, log_level="warning")
     config.lifespan = "off"

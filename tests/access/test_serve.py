@@ -111,6 +111,25 @@ def test_metrics_on_their_own_port_and_keys_from_the_environment(tmp_path: Path)
     assert child.popen.returncode in (0, -15)
 
 
+def test_gen_key_appends_to_a_valid_keys_file(tmp_path: Path) -> None:
+    from quantroute.access.keys import read_keys_file
+
+    keys_file = tmp_path / "keys.yaml"
+    for args in (["--name", "ops", "--admin"], ["--name", "team-a"]):
+        out = subprocess.run(
+            [*quantroute_command(), "gen-key", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        with keys_file.open("a") as fh:
+            fh.write(out.stdout)
+    ops, team = read_keys_file(keys_file)
+    assert (ops.name, ops.admin, ops.models) == ("ops", True, ("*",))
+    assert (team.name, team.admin, team.models) == ("team-a", False, ("auto",))
+
+
 def test_gen_key_and_hash_key_agree() -> None:
     out = subprocess.run(
         [*quantroute_command(), "gen-key", "--name", "team-a"],

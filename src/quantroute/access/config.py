@@ -58,7 +58,8 @@ class ApiKeySpec(_Frozen):
 
 
 class KeysFile(_Frozen):
-    """The YAML of ``access.keys_file`` (typically a mounted Secret): ``keys: [...]``."""
+    """The YAML of ``access.keys_file`` (typically a mounted Secret): ``keys: [...]``, or the list
+    alone (what ``quantroute gen-key >> keys.yaml`` builds)."""
 
     keys: tuple[ApiKeySpec, ...] = ()
 

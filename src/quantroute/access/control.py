@@ -31,11 +31,14 @@ def may_use(
     groups: Iterable[GroupConfig],
     backends: Iterable[BackendConfig],
 ) -> bool:
-    """A key may use a model it names (or ``*``), and pin any backend of a group it names."""
+    """A key may use a model it names (or ``*``); naming a group also lets it name a served
+    model, backend id or variant, as long as *every* backend that name reaches (the router picks
+    among all of them, core/scheduler.candidates_for) belongs to one of its groups."""
     if principal.any_model or model in principal.models:
         return True
-    variants = {v for g in groups if g.name in principal.models for v in g.variants}
-    return any(model in (b.served_model_name, b.id) and b.variant_id in variants for b in backends)
+    allowed = {v for g in groups if g.name in principal.models for v in g.variants}
+    reached = [b.variant_id for b in backends if model in (b.served_model_name, b.id, b.variant_id)]
+    return bool(reached) and all(v in allowed for v in reached)
 
 
 def groups_of(
@@ -45,7 +48,9 @@ def groups_of(
     groups = list(groups)
     if any(g.name == model for g in groups):
         return [model]
-    variants = {b.variant_id for b in backends if model in (b.served_model_name, b.id)}
+    variants = {
+        b.variant_id for b in backends if model in (b.served_model_name, b.id, b.variant_id)
+    }
     return [g.name for g in groups if variants.intersection(g.variants)]
 
 

@@ -18,13 +18,16 @@ def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def gen_key_main(name: str, *, raw: bool) -> int:
+def gen_key_main(name: str, *, raw: bool, admin: bool = False) -> int:
+    """Print a new key's keys.yaml entry (a list item: ``>> keys.yaml`` once per key makes a
+    valid keys file); the key itself goes to stderr, once. ``raw``: the key alone."""
     key = new_key()
     if raw:
         print(key)
         return 0
     print(f"# the key (give it to its user; it is not stored anywhere): {key}", file=sys.stderr)
-    print(f"- {{name: {name}, sha256: {sha256_hex(key)}, models: [auto]}}")
+    rights = 'models: ["*"], admin: true' if admin else "models: [auto]"
+    print(f"- {{name: {name}, sha256: {sha256_hex(key)}, {rights}}}")
     return 0
 
 

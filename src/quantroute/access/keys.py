@@ -125,6 +125,8 @@ def read_keys_file(path: Path) -> tuple[ApiKeySpec, ...]:
         raise ConfigError(f"{path}: cannot read keys file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: keys file is not valid YAML: {exc}") from None
+    if isinstance(data, list):  # `quantroute gen-key >> keys.yaml`, run once per key
+        data = {"keys": data}
     try:
         return KeysFile.model_validate(data or {}).keys
     except ValidationError as exc:

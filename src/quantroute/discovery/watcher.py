@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from quantroute.config import BackendConfig, KubernetesDiscoveryConfig
-from quantroute.discovery._kube import PodEvent, PodList
+from quantroute.discovery._kube import PodEvent, PodList, own_namespace
 from quantroute.discovery.pods import PodView, pod_name, read_pod
 from quantroute.discovery.scope import outside, parse_selector
 from quantroute.errors import KubeApiError, ResourceExpired
@@ -64,6 +64,7 @@ class KubernetesDiscovery:
         backoff: Backoff | None = None,
     ) -> None:
         self._cfg = cfg
+        self._namespace = cfg.namespace or own_namespace()  # where the source lists pods
         self._in_scope = parse_selector(cfg.label_selector)
         self._strangers: set[tuple[str, str]] = set()
         self._source = source
@@ -188,7 +189,7 @@ class KubernetesDiscovery:
         never a backend, whatever it claims (docs/discovery.md, "Trust")."""
         metadata = pod.get("metadata")
         why = outside(
-            metadata if isinstance(metadata, Mapping) else {}, self._cfg.namespace, self._in_scope
+            metadata if isinstance(metadata, Mapping) else {}, self._namespace, self._in_scope
         )
         if why is None:
             return False
