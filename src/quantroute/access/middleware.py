@@ -136,21 +136,26 @@ class AccessMiddleware:
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                raw = list(message.get("headers", ()))
+                # the response's own header list (sent once): appended to, not copied
+                raw = message.setdefault("headers", [])
+                if not isinstance(raw, list):  # any iterable is allowed by ASGI
+                    raw = message["headers"] = list(raw)
                 if hide:
-                    raw = [(k, v) for k, v in raw if k.lower() != DECISION_HEADER]
+                    raw = message["headers"] = [
+                        (k, v) for k, v in raw if k.lower() != DECISION_HEADER
+                    ]
                 raw.append((b"x-request-id", rid_bytes))
                 limits = state.get("ratelimit")
                 if limits is None and peek and path not in PUBLIC:
                     limits = await quotas.peek(principal)
                 if isinstance(limits, dict):
-                    have = {k.lower() for k, _ in raw}
+                    # a 429 carries its own (the counts before the refused request)
+                    have = {k.lower() for k, _ in raw} if message.get("status") == 429 else ()
                     raw.extend(
                         (k.encode(), v.encode())
                         for k, v in limits.items()
                         if k.encode() not in have
                     )
-                message = {**message, "headers": raw}
             await send(message)
 
         return wrapped
