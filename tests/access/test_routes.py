@@ -26,6 +26,8 @@ from .stack import (
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 COMPLETION = {"model": "auto", "prompt": "hello", "max_tokens": 4}
+RESPONSE = {"model": "auto", "input": "hello", "max_output_tokens": 4}
+MESSAGE = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
 CALLERS = {"none": None, "wrong": WRONG, "revoked": REVOKED, "no-access": OTHER, "admin": ADMIN}
 
 # route -> (method, body, expected status per caller)
@@ -40,8 +42,12 @@ ROUTES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "/admin/backends": ("GET", None, {"no-access": 403, "admin": 200}),
     "/admin/access": ("GET", None, {"no-access": 403, "admin": 200}),
     "/metrics": ("GET", None, {"no-access": 403, "admin": 200}),
+    "/v1/responses": ("POST", RESPONSE, {"no-access": 403, "admin": 200}),
+    "/v1/responses/resp_0123": ("GET", None, {"no-access": 404, "admin": 404}),
+    "/v1/messages": ("POST", MESSAGE, {"no-access": 403, "admin": 200}),
     "/no/such/route": ("GET", None, {"no-access": 404, "admin": 404}),
 }
+ANTHROPIC = {"/v1/messages"}
 PUBLIC = ("/health", "/ready", "/openapi.json")
 
 
@@ -84,11 +90,18 @@ def test_route_by_caller(stack: Stack, route: str, caller: str) -> None:
     status = expected(route, caller)
     assert response.status_code == status, response.text
     rid = response.headers["x-request-id"]
-    if status >= 400:
+    if status >= 400 and route in ANTHROPIC:  # Anthropic's clients get Anthropic's format
+        body = response.json()
+        assert body["type"] == "error" and body["error"]["message"], body
+        expected_type = {401: "authentication_error", 403: "permission_error"}[status]
+        assert body["error"]["type"] == expected_type
+    elif status >= 400:
         error = response.json()["error"]
         assert {"message", "type", "param", "code"} <= error.keys() and error["message"]
         assert error["request_id"] == rid
         code = {401: "invalid_api_key", 404: "not_found"}.get(status)
+        if route.startswith("/v1/responses/") and status == 404:
+            code = "response_not_found"
         if code:
             assert error["code"] == code
         if status == 401:

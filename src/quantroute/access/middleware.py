@@ -27,6 +27,7 @@ from quantroute.access.control import AccessControl
 from quantroute.access.errors import RequestTooLarge, UnsupportedMediaType
 from quantroute.access.hygiene import is_json, request_id
 from quantroute.access.keys import OPEN, Principal
+from quantroute.apis import anthropic_errors
 from quantroute.errors import RequestError
 
 log = logging.getLogger("quantroute.access")
@@ -53,8 +54,20 @@ def error_body(exc: RequestError, rid: str) -> bytes:
     return json.dumps(body).encode()
 
 
-async def send_error(send: Send, exc: RequestError, rid: str) -> None:
-    payload = error_body(exc, rid)
+ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+"""Routes whose clients (Anthropic's SDKs) expect Anthropic's error format."""
+
+
+async def send_error(send: Send, exc: RequestError, rid: str, *, anthropic: bool = False) -> None:
+    if anthropic:
+        payload = json.dumps({**anthropic_errors.body(exc.status, exc.message), "request_id": rid})
+        payload_bytes = payload.encode()
+    else:
+        payload_bytes = error_body(exc, rid)
+    await _send_json(send, exc, rid, payload_bytes)
+
+
+async def _send_json(send: Send, exc: RequestError, rid: str, payload: bytes) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
@@ -101,7 +114,7 @@ class AccessMiddleware:
                 exc.status,
                 exc.code,
             )
-            await send_error(send, exc, rid)
+            await send_error(send, exc, rid, anthropic=path in ANTHROPIC_PATHS)
             return
         state["principal"] = principal
         if scope["method"] in _BODY_METHODS and "content-length" not in headers:
