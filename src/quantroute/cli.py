@@ -45,6 +45,18 @@ def _check_vllm_args(args: argparse.Namespace) -> int:
     return check_vllm_args_main(list(args.vllm_args), args.gateway_config, args.fail_on)
 
 
+def _gen_key(args: argparse.Namespace) -> int:
+    from quantroute.access.keygen import gen_key_main
+
+    return gen_key_main(args.name, raw=args.raw, admin=args.admin)
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from quantroute.access.keygen import hash_key_main
+
+    return hash_key_main()
+
+
 def _parser(command: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantroute", description="Route OpenAI-compatible traffic across a vLLM fleet."
@@ -88,6 +100,15 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check_vllm_args)
+
+    p = sub.add_parser("gen-key", help="make a new API key and print its keys.yaml entry")
+    p.add_argument("--name", default="my-key", help="the key's name (metric label, logs)")
+    p.add_argument("--raw", action="store_true", help="print only the key (e.g. for a Secret)")
+    p.add_argument("--admin", action="store_true", help="an admin key for every model")
+    p.set_defaults(func=_gen_key)
+
+    p = sub.add_parser("hash-key", help="read a key on stdin, print its SHA-256 for keys.yaml")
+    p.set_defaults(func=_hash_key)
 
     _add_optional(sub, command)
     return parser

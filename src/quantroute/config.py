@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 
@@ -279,6 +280,7 @@ class GatewayConfig(FrozenModel):
     discovery: DiscoveryConfig | None = None
     conversations: ConversationsConfig = ConversationsConfig()
     log_decisions: bool = False
+    access: AccessConfig = AccessConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

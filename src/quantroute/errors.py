@@ -117,6 +117,10 @@ class NoBackendAvailable(RequestError):
             self.message, self.error_type, param=self.param, code=self.code, backends=backends
         )
 
+    def without_backends(self) -> dict[str, object]:
+        """The body for callers who may not see backend names and their state."""
+        return super().body()
+
 
 class UpstreamUnavailable(RequestError):
     status = 502

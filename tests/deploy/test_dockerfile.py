@@ -279,7 +279,7 @@ def test_entrypoint_and_healthcheck_run_the_gateway(
     # Extra `docker run` arguments come last and win: loopback and a free port for the test.
     proc = subprocess.Popen(
         [*argv, "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "QUANTROUTE_CONFIG": str(config)},
+        env={**os.environ, "QUANTROUTE_CONFIG": str(config), "QUANTROUTE_API_KEY": "k" * 32},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

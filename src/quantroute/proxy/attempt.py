@@ -32,6 +32,7 @@ class Attempt:
     """How it ended: the HTTP status relayed, 499 for a client that left; None while running
     or when given up."""
     failure: str | None = None
+    usage: Usage | None = None
 
     @property
     def backend_id(self) -> str:
@@ -47,6 +48,7 @@ class Attempt:
     def finish(self, status: int, usage: Usage | None = None) -> None:
         """The attempt answered the client (or the client left): count it and end it."""
         self.status = status
+        self.usage = usage
         t = self.telemetry
         t.requests.labels(self.backend_id, self.group, str(status)).inc()
         if usage is not None:

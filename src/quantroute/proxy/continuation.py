@@ -291,7 +291,7 @@ class _Run:
         status = CLIENT_CLOSED
         try:
             response = await fw.upstream.post(
-                fw.url_for(self._backend, ctx), self._body, ctx.forward_headers
+                fw.url_for(self._backend, ctx), self._body, ctx.upstream_headers(self._backend.id)
             )
             try:
                 if response.status != 200:

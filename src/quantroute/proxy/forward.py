@@ -11,6 +11,7 @@ counted as 499); the attempt's in-flight lease is released in ``finally`` whatev
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.responses import Response
@@ -27,6 +28,8 @@ from quantroute.proxy.upstream import Upstream, UpstreamResponse
 from quantroute.state.inflight import InFlight
 from quantroute.state.prefix import PrefixTracker
 from quantroute.telemetry import Telemetry
+
+log = logging.getLogger("quantroute.proxy")
 
 
 class Forwarder:
@@ -56,7 +59,11 @@ class Forwarder:
             response = await self._try(ctx, attempt, body, last=number == len(plan) - 1)
             if response is not None:
                 return response
-        raise UpstreamUnavailable("Could not reach a backend: " + "; ".join(ctx.failures))
+        # The details (backend ids, library errors) go to the log, never to the client.
+        log.warning("request %s: no backend reachable: %s", ctx.request_id, "; ".join(ctx.failures))
+        raise UpstreamUnavailable(
+            f"Could not reach a backend; retry shortly (request id {ctx.request_id})."
+        )
 
     def url_for(self, backend: BackendConfig, ctx: RequestContext) -> str:
         return backend.url.rstrip("/") + ctx.exchange.path
@@ -99,7 +106,8 @@ class Forwarder:
         try:
             if ctx.features.stream:
                 response = await race_disconnect(
-                    ctx.receive, self.upstream.post(url, body, ctx.forward_headers)
+                    ctx.receive,
+                    self.upstream.post(url, body, ctx.upstream_headers(attempt.backend_id)),
                 )
                 if response.status >= 500 and not last:
                     response.close()
@@ -111,7 +119,7 @@ class Forwarder:
                 # an error answer to a stream request is a JSON body, not a stream: whole
                 status, ctype, data = await race_disconnect(ctx.receive, _read(response))
             else:
-                exchange = self._exchange(url, body, ctx)
+                exchange = self._exchange(url, body, ctx.upstream_headers(attempt.backend_id))
                 status, ctype, data = await race_disconnect(ctx.receive, exchange)
             if status >= 500 and not last:
                 self._give_up(ctx, attempt, f"HTTP {status}")
@@ -129,8 +137,10 @@ class Forwarder:
             if not handed_over:
                 attempt.release()
 
-    async def _exchange(self, url: str, body: bytes, ctx: RequestContext) -> tuple[int, str, bytes]:
-        return await _read(await self.upstream.post(url, body, ctx.forward_headers))
+    async def _exchange(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes]:
+        return await _read(await self.upstream.post(url, body, headers))
 
 
 async def _read(response: UpstreamResponse) -> tuple[int, str, bytes]:

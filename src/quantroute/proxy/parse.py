@@ -40,6 +40,8 @@ def load_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body
@@ -76,14 +78,17 @@ def _check_prompt(prompt: object) -> object:
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over ``max_tokens``; both are checked when given (the
+    backend reads both: an invalid one must not pass behind a valid one)."""
+    found: int | None = None
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
-        return value
-    return None
+        found = value if found is None else found
+    return found
 
 
 def _check_common(body: Mapping[str, Any]) -> tuple[str, bool, bool]:

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import httpx
 from fastapi import FastAPI
 
+from quantroute.access.control import AccessControl
+from quantroute.access.middleware import AccessMiddleware
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.plugins import compile_plan
@@ -30,12 +32,22 @@ from quantroute.telemetry import Telemetry
 
 log = logging.getLogger("quantroute.server")
 MATRIX_POLL_S = 2.0
+KEYS_POLL_S = 2.0
+LEASE_MARGIN_S = 60.0
+"""A concurrency lease outlives the longest response the gateway allows by this much."""
 
 
 async def _watch_matrix(source: MatrixSource, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         source.maybe_reload()
+
+
+async def _watch_keys(access: AccessControl, interval_s: float) -> None:
+    """Re-read access.keys_file when it changes (a rotated Secret): revocation without a restart."""
+    while True:
+        await asyncio.sleep(interval_s)
+        access.keys.maybe_reload()
 
 
 class _Closable(Protocol):
@@ -82,9 +94,13 @@ def create_app(
     matrix: MatrixSource | None = None,
     telemetry: Telemetry | None = None,
     matrix_poll_s: float = MATRIX_POLL_S,
+    access: AccessControl | None = None,
+    keys_poll_s: float = KEYS_POLL_S,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
     telemetry = telemetry or Telemetry()
+    lease_ttl_s = config.policy.upstream_timeouts.total_s + LEASE_MARGIN_S
+    guard = access or AccessControl(config.access, telemetry.registry, lease_ttl_s=lease_ttl_s)
     store = StateStore(config.backends, config.policy, clock)
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
@@ -107,7 +123,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        gateway = Gateway(config, store, up, source, telemetry, prefix)
+        gateway = Gateway(config, store, up, source, telemetry, prefix, access=guard)
         app.state.gateway = gateway
         for backend in config.backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
@@ -120,18 +136,23 @@ def create_app(
         discovery = await _start_discovery(config, gateway, telemetry)
         await scraper.scrape_once()
         scraper.start()
+        await guard.start()
+        keys_watcher = asyncio.create_task(_watch_keys(guard, keys_poll_s), name="quantroute-keys")
         watcher = asyncio.create_task(
             _watch_matrix(source, matrix_poll_s), name="quantroute-matrix"
         )
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
+        if not guard.enabled:
+            log.warning("no API keys configured: every caller may use every model and /admin")
         try:
             async with api_routes.conversations(app, config.conversations, clock):
                 yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, keys_watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if discovery is not None:
                 await discovery.aclose()
             await scraper.stop()
@@ -139,15 +160,23 @@ def create_app(
                 await client.aclose()
             if upstream is None:
                 await up.aclose()
+            await guard.aclose()
 
     app = FastAPI(
-        title="quantroute", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="quantroute",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # the hand-written document of the public routes: server/openapi.py
     )
     app.state.store = store
     app.state.telemetry = telemetry
     app.state.matrix = source
     app.state.config = config
+    app.state.access = guard
     errors.install(app)
     routes.install(app)
     api_routes.install(app)
+    app.add_middleware(AccessMiddleware, access=guard)
     return app

@@ -16,6 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from quantroute.access.control import AccessControl
+from quantroute.access.keys import OPEN, Principal
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
 from quantroute.proxy.context import RequestContext
@@ -31,6 +33,12 @@ from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 ROUTING_HEADERS = ("x-quantroute-task", "x-quantroute-priority")
+FORWARD_HEADERS = {"Content-Type": "application/json"}
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return principal
 
 
 class Gateway:
@@ -42,8 +50,11 @@ class Gateway:
         matrix: MatrixSource,
         telemetry: Telemetry,
         prefix: PrefixTracker | None = None,
+        *,
+        access: AccessControl,
     ) -> None:
         self.config = config
+        self.access = access
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
@@ -67,10 +78,18 @@ class Gateway:
             self.prefix.retain(b.id for b in backends)
 
     def parse(
-        self, kind: Kind | None, raw: bytes, request: Request, *, dry_run: bool = False
+        self,
+        kind: Kind | None,
+        raw: bytes,
+        request: Request,
+        *,
+        dry_run: bool = False,
+        principal: Principal = OPEN,
     ) -> ParsedRequest:
         """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
         headers = {k: request.headers[k] for k in self._headers if k in request.headers}
+        if principal.latency_class is not None:  # the key's default latency class
+            headers.setdefault(ROUTING_HEADERS[1], principal.latency_class)
         sequence = self.router.next_sequence(dry_run=dry_run)
         settings = self.prefix.settings if self.prefix is not None else None
         return parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
@@ -84,24 +103,47 @@ class Gateway:
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
-        parsed = self.parse(kind, await request.body(), request)
+        parsed = self.parse(kind, await request.body(), request, principal=_principal(request))
         return await self.dispatch(parsed, OpenAIExchange(parsed), request)
 
     async def dispatch(
         self, parsed: ParsedRequest, exchange: Exchange, request: Request
     ) -> Response:
-        """Decide and forward a parsed request of any API (``exchange`` says how)."""
-        forward = {"Content-Type": "application/json"}
-        if "authorization" in request.headers:
-            forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(self.with_prefix(parsed), forward, request.receive, exchange)
-        ctx.decision = self.router.route(ctx.features)
-        ctx.continuation = self.continuer.watch(ctx)
-        return await self.forwarder.forward(ctx)
+        """Decide and forward a parsed request of any API (``exchange`` says how): the key's
+        access to the model, the group's caps and the quotas first (access/)."""
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        access, model, backends = self.access, parsed.features.model, self.store.configs()
+        access.authorize_model(principal, model, self.config.groups, backends)
+        access.check_caps(model, parsed.body, self.config.groups, backends)
+        # The client's Authorization stays here: a backend gets the gateway's own key.
+        ctx = RequestContext(
+            self.with_prefix(parsed),
+            FORWARD_HEADERS,
+            request.receive,
+            exchange,
+            request_id=state.get("request_id", ""),
+            credentials=access.credentials.headers,
+        )
+        admission = await access.admit(
+            principal, access.admission_tokens(ctx.features, self.config.policy)
+        )
+        if admission is not None:
+            state["ratelimit"] = admission.headers
+            ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
+        try:
+            ctx.decision = self.router.route(ctx.features)
+            ctx.continuation = self.continuer.watch(ctx)
+            return await self.forwarder.forward(ctx)
+        finally:
+            if not ctx.streaming:
+                ctx.done()
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
-        parsed = self.with_prefix(self.parse(None, await request.body(), request, dry_run=True))
+        raw = await request.body()
+        parsed = self.parse(None, raw, request, dry_run=True, principal=_principal(request))
+        parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
 

@@ -41,6 +41,8 @@ class BackendIdentity:
     responses_store: bool = False
     prompt_tokens_details: bool = False
     """vLLM's --enable-prompt-tokens-details: usage reports `cached_tokens` when non-zero."""
+    api_key: str | None = None
+    """vLLM's ``--api-key``: required as a Bearer token on /v1/*."""
 
 
 class Job:
@@ -117,6 +119,8 @@ class SimBackend:
         self._seq = 0
         self.received: deque[tuple[str, Any]] = deque(maxlen=RECEIVED_KEEP)
         self.faults = FaultSwitch()
+        self.authorizations: deque[str | None] = deque(maxlen=10_000)
+        """The ``Authorization`` header of every /v1 request received (None: absent)."""
 
     # -- time ---------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ class SimBackendSpec(FrozenModel):
     runner: Literal["auto", "generate", "pooling"] = "auto"
     # VLLM_ENABLE_RESPONSES_API_STORE=1: keep /v1/responses in this server's memory.
     responses_store: bool = False
+    api_key: str | None = Field(default=None, min_length=1)
+    """As vLLM's ``--api-key``: /v1/* answers 401 without ``Authorization: Bearer <key>``."""
 
 
 class SimFleetConfig(FrozenModel):
@@ -162,6 +164,7 @@ def build_backend(
         embedding_dim=variant.embedding_dim or variant.attention_width,
         responses_store=spec.responses_store,
         prompt_tokens_details=spec.enable_prompt_tokens_details,
+        api_key=spec.api_key,
     )
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
@@ -281,6 +284,8 @@ class FleetHandle:
     ) -> None:
         self.config = config
         self.urls: dict[str, str] = {}
+        self.backends: dict[str, SimBackend] = {}
+        """Each backend (e.g. its ``authorizations``: read them from the test's thread)."""
         self._answer_key = answer_key
         self._wrong_answers = wrong_answers
         self._ready = threading.Event()
@@ -307,6 +312,7 @@ class FleetHandle:
         async with fleet:
             self.urls = dict(fleet.urls)
             self._fleet = fleet
+            self.backends = dict(fleet.backends)
             self._ready.set()
             await self._stop.wait()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quantroute.sim import api_messages, api_pooling, api_responses, wire
 from quantroute.sim.backend import Job, SimBackend
@@ -157,6 +158,7 @@ def create_app(backend: SimBackend) -> FastAPI:
             yield
 
     app = FastAPI(title=f"simulated vLLM {backend.identity.backend_id}", lifespan=lifespan)
+    app.add_middleware(_ApiKeyCheck, backend=backend)
     _add_info_routes(app, backend)
     if backend.identity.runner == "pooling":
         api_pooling.add_routes(app, backend)
@@ -165,6 +167,29 @@ def create_app(backend: SimBackend) -> FastAPI:
         api_responses.add_routes(app, backend)
         api_messages.add_routes(app, backend)
     return app
+
+
+class _ApiKeyCheck:
+    """vLLM's ``--api-key``: every /v1 route needs the Bearer key (/health, /metrics do not);
+    the answer without it is vLLM's, 401 ``{"error": "Unauthorized"}``. Every /v1 request's
+    ``Authorization`` is recorded, so tests can see what a backend was sent."""
+
+    def __init__(self, app: ASGIApp, backend: SimBackend) -> None:
+        self.app = app
+        self.backend = backend
+        key = backend.identity.api_key
+        self.expected = None if key is None else f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        self.backend.authorizations.append(None if given is None else given.decode("latin-1"))
+        if self.expected is not None and scope["method"] != "OPTIONS" and given != self.expected:
+            await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _add_info_routes(app: FastAPI, backend: SimBackend) -> None:
