@@ -61,8 +61,8 @@ def _pairs(
 
 
 def _names(cells: list[Cell]) -> list[str]:
-    """Gateway targets in the run: ``gateway`` and, if present, ``candidate``."""
-    return [n for n in ("gateway", "candidate") if any(x["target"] == n for x in cells)]
+    """Gateway targets in the run: ``gateway`` and, if present, ``candidate`` and ``access``."""
+    return [n for n in ("gateway", "candidate", "access") if any(x["target"] == n for x in cells)]
 
 
 def _ratio(pairs: list[tuple[Cell, Cell]], key: str) -> float:
@@ -127,9 +127,10 @@ def main_table(cells: list[Cell]) -> list[str]:
             *(_target_row(_select(cells, mode, c, n), n) for n in ["direct", *names]),
             *(_ratio_row(_pairs(cells, mode, c, n), f"{n}/direct") for n in names),
         ]
-        if "candidate" in names:
-            pairs = _pairs(cells, mode, c, "candidate", "gateway")
-            out.append(_ratio_row(pairs, "candidate/gateway"))
+        for other in ("candidate", "access"):
+            if other in names:
+                pairs = _pairs(cells, mode, c, other, "gateway")
+                out.append(_ratio_row(pairs, f"{other}/gateway"))
         out.append("")
     return out
 

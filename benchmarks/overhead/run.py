@@ -56,6 +56,7 @@ class Settings:
     candidate: str | None
     prompt_chars: int
     ref: str | None
+    access: bool
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
@@ -90,6 +91,11 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         default=0,
         help="pad the prompt to N characters (default: short)",
     )
+    p.add_argument(
+        "--access",
+        action="store_true",
+        help="also run the gateway with API keys and quotas on (target 'access')",
+    )
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
     p.add_argument("--output-dir", type=Path, default=procs.HERE)
     a = p.parse_args(argv)
@@ -110,6 +116,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         candidate=a.candidate,
         prompt_chars=a.prompt_chars,
         ref=a.ref,
+        access=a.access,
     )
     return settings, a.output_dir
 
@@ -239,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         src, commit = procs.export_ref(s.ref, workdir / "ref")
         source, code = str(src), f"git {s.ref} = {commit}, exported to {src}"
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate)
+        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate, access=s.access)
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
     result["settings"] = asdict(s)

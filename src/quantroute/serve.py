@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
+import uvicorn
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from quantroute.access.exposure import check_exposure
 from quantroute.config import load_config
 from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
 from quantroute.resilience.memory import tune_allocator
 from quantroute.server.app import create_app
-from quantroute.serving import uvicorn_config
+from quantroute.serving import EmbeddedServer, uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
 
 
@@ -37,22 +42,52 @@ def check_config(path: str) -> int:
     return 0
 
 
+def metrics_server(registry: CollectorRegistry, host: str, port: int) -> EmbeddedServer:
+    """/metrics alone on its own port (access.metrics_port): no key, for scrapers."""
+    config = uvicorn_config(make_asgi_app(registry), host, port, log_level="warning")
+    config.lifespan = "off"
+    return EmbeddedServer(config)
+
+
+async def _serve_both(main: uvicorn.Server, metrics: uvicorn.Server | None) -> None:
+    """The API server owns the signals; the metrics server stops when it has stopped."""
+    task = asyncio.create_task(metrics.serve()) if metrics is not None else None
+    try:
+        await main.serve()
+    finally:
+        if metrics is not None and task is not None:
+            metrics.should_exit = True
+            await task
+
+
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:
     """Run the gateway until SIGTERM (drain, exit 0) or Ctrl-C; SIGHUP reloads ``path``."""
     config = load_config(path)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    listen_host, listen_port = host or config.listen.host, port or config.listen.port
+    check_exposure(config, listen_host)
     tune_allocator()
     lifecycle = Lifecycle()
     app = create_app(config, config_path=path, lifecycle=lifecycle, trim_memory=True)
     drain = config.resilience.drain
-    listen_host, listen_port = host or config.listen.host, port or config.listen.port
     settings = uvicorn_config(
         app, listen_host, listen_port, log_level, drain.deadline_s, app.state.http_protocol
     )
     server = GatewayServer(
         settings, lifecycle, announce_s=drain.announce_s, on_reload=lambda: app.state.reload()
     )
-    server.run()
+    metrics_port = config.access.metrics_port
+    metrics = (
+        metrics_server(app.state.telemetry.registry, listen_host, metrics_port)
+        if metrics_port is not None
+        else None
+    )
+    if metrics is None:
+        server.run()
+    else:
+        loop_factory = server.config.get_loop_factory()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve_both(server, metrics))
     return 0

@@ -168,8 +168,8 @@ def disruptions_allowed(objs: list[Obj], pdb: Obj) -> int:
 
 
 def test_every_pdb_allows_an_eviction_and_always_evicts_unready_pods(overlay: str) -> None:
-    """maxUnavailable: 0 blocked every node drain; a not-Ready pod (a gateway whose /ready fails
-    while backends are stale, a vLLM still loading) must never hold a drain either."""
+    """maxUnavailable: 0 blocked every node drain; a not-Ready pod (a gateway that knows no
+    backend yet, a vLLM still loading) must never hold a drain either."""
     objs = render_overlay(overlay)
     pdbs = find(objs, "PodDisruptionBudget")
     assert len(pdbs) == 1 + len(vllm_deployments(objs))
@@ -449,7 +449,8 @@ def test_the_routes_in_expose_only_the_api_and_let_streams_run(tmp_path: Path) -
     config = _config(objs, tmp_path)
     longest = config.policy.upstream_timeouts.total_s
     service = one(objs, "Service", "quantroute-gateway")
-    (port,) = service["spec"]["ports"]
+    # the API port; the metrics port (components/access) stays inside the cluster
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     ingress = one(objs, "Ingress", "quantroute-gateway")
     (rule,) = ingress["spec"]["rules"]
     (path,) = rule["http"]["paths"]

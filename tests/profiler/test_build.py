@@ -17,6 +17,7 @@ from quantroute.profiler.build import (
     throughput_point,
 )
 from quantroute.profiler.plot import Point, pareto_front
+from quantroute.profiler.prefill import PrefillPoint
 from quantroute.profiler.runner import LevelResult, Target, TaskTally, VariantRecord
 from quantroute.profiler.session import select_samples, write_matrix
 from quantroute.profiler.settings import P99_MIN_SAMPLES, ProfileSettings
@@ -114,6 +115,7 @@ def test_matrix_from_records_failed_variant_has_no_figures(tmp_path: Path) -> No
     good.tasks = {"chat": TaskTally(samples=4, passed=2), "coding": TaskTally(4, 4)}
     good.ttfts_s, good.itls_s, good.successes = [0.01, 0.02], [0.001], 8
     good.levels = [LevelResult(1, 4, 0, 0, 3600, 1.0, (0.01,))]
+    good.prefill = [PrefillPoint(1000, 0.15, 3), PrefillPoint(3000, 0.35, 3)]  # 10k tokens/s
     dead = _record("dead")
     dead.tasks = {"chat": TaskTally(samples=8, errors=8, first_error="connection failed")}
     dead.error = "the first 8 requests all failed: connection failed"
@@ -125,7 +127,10 @@ def test_matrix_from_records_failed_variant_has_no_figures(tmp_path: Path) -> No
     assert g.best_concurrency == 1 and g.cost_per_1m_output_tokens == pytest.approx(
         2 / 3600 / 3600 * 1e6
     )
+    assert g.prefill_tokens_per_s == pytest.approx(10_000)
+    assert matrix.profiler is not None and matrix.profiler.prefill_repeats == 3
     assert d.error and d.cost_per_1m_output_tokens is None and d.best_concurrency is None
+    assert d.prefill_tokens_per_s is None
     assert d.ttft_ms.p50 is None and d.itl_ms.p50 is None and d.throughput == ()
     assert set(d.tasks) == {"chat", "coding"}
     assert all(not tp.stable and tp.quality is None for tp in d.tasks.values())

@@ -24,6 +24,7 @@ from quantroute.config import TASK_TYPES, TaskType, load_config
 from quantroute.core.matrix import CapabilityMatrix, SuiteInfo
 from quantroute.profiler.build import build_matrix
 from quantroute.profiler.command import register, settings_of, suites_of
+from quantroute.profiler.prefill import PrefillPoint
 from quantroute.profiler.runner import LevelResult, Target, TaskTally, VariantRecord
 from quantroute.profiler.session import select_samples, write_matrix
 from quantroute.profiler.settings import ProfileSettings
@@ -148,9 +149,11 @@ def test_profile_arguments_become_settings_and_suites(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command", required=True))
     argv = ["profile", "--config", "gw.yaml", "--suite", str(suite), "--no-builtin"]
     argv += ["--task", "chat", "--concurrency", "2,16", "--time-scale", "0.5"]
+    argv += ["--prefill-tokens", "256,8000", "--prefill-repeats", "5"]
     args = parser.parse_args([*argv, "--ttft-slo-ms", "800"])
     settings = settings_of(args)
     assert settings.tasks == ("chat",) and settings.concurrency_levels == (2, 16)
+    assert settings.prefill_prompt_tokens == (256, 8000) and settings.prefill_repeats == 5
     assert settings.time_scale == 0.5 and settings.ttft_slo_ms == 800
     assert [s.name for s in suites_of(args)] == ["mine"]
     with pytest.raises(SystemExit):
@@ -167,6 +170,7 @@ def _sample_matrix(partial: bool = False) -> CapabilityMatrix:
         LevelResult(1, 4, 0, 0, 400, 1.0, (0.02,)),
         LevelResult(8, 8, 0, 0, 2000, 1.0, ()),
     ]
+    fast.prefill = [PrefillPoint(1000, 0.1, 3), PrefillPoint(4000, 0.35, 3)]  # 12,000 tokens/s
     big = VariantRecord(Target("big-70b", "http://b", "big-70b", "h100", 4.5))
     big.tasks = {"chat": TaskTally(samples=40, passed=38), "coding": TaskTally(40, 36)}
     big.ttfts_s, big.itls_s, big.successes = [0.05] * 30, [0.02] * 30, 80
@@ -187,7 +191,8 @@ def test_matrix_show_prints_tables(tmp_path: Path, capsys: pytest.CaptureFixture
     path = write_matrix(_sample_matrix(partial=True), tmp_path / "m.json")
     assert main(["matrix", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    for text in ("fast-8b", "big-70b", "dead", "PARTIAL", "n too small", "failed", "$1.80"):
+    texts = ("fast-8b", "big-70b", "dead", "PARTIAL", "n too small", "failed", "$1.80", "12,000")
+    for text in texts:
         assert text in out
     assert "below the floor" in out  # fast-8b coding: 12/40 = 0.30 < 0.5
     assert "connection failed" in out

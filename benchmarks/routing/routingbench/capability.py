@@ -23,7 +23,7 @@ import yaml
 
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.workloads import Sample, builtin_suites, near_miss
-from routingbench import policies, prefill_probe, procs
+from routingbench import policies, procs
 
 MATRIX_FILE = "capability_matrix.json"
 PROVENANCE_FILE = "capability_matrix.provenance.json"
@@ -122,13 +122,16 @@ def profile(out_dir: Path, work_dir: Path, seed: int = 0) -> Path:
 
 
 def ensure(out_dir: Path, work_dir: Path, *, reprofile: bool) -> Path:
-    """The cached matrix, or a freshly profiled one when missing or asked for; prefill rates are
-    probed in when the matrix lacks them (the profiler does not measure them yet)."""
+    """The cached matrix, or a freshly profiled one when missing, asked for, or made before the
+    profiler measured prefill rates (the gateway's latency estimate needs them)."""
     path = out_dir / MATRIX_FILE
-    if reprofile or not path.exists():
+    if reprofile or not path.exists() or _without_prefill_rate(load_matrix(path)):
         profile(out_dir, work_dir)
-    matrix = load_matrix(path)
-    if any(v.prefill_tokens_per_s is None for v in matrix.variants.values()):
-        prefill_probe.add_to_matrix(path, out_dir / PROVENANCE_FILE, work_dir)
-        load_matrix(path)
+    missing = _without_prefill_rate(load_matrix(path))
+    if missing:
+        raise RuntimeError(f"the profiler measured no prefill rate for {missing}; see {path}")
     return path
+
+
+def _without_prefill_rate(matrix: CapabilityMatrix) -> list[str]:
+    return sorted(n for n, v in matrix.variants.items() if v.prefill_tokens_per_s is None)

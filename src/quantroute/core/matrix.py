@@ -53,7 +53,8 @@ class VariantProfile(FrozenModel):
     best_concurrency: int | None = None
     cost_per_1m_output_tokens: float | None = None
     prefill_tokens_per_s: float | None = None
-    """Prompt tokens per second one long prompt is prefilled at on an idle backend (profiler probe)."""
+    """Prompt tokens per second an idle backend prefills at: the inverse slope of TTFT over prompt
+    tokens at concurrency 1 (the profiler's prefill probe); None when not measured."""
     tasks: dict[TaskType, TaskProfile] = Field(default_factory=dict)
     error: str | None = None
     """Why the variant could not be profiled at all (then every figure is None, never 0)."""
@@ -76,6 +77,8 @@ class ProfilerInfo(FrozenModel):
     ttft_slo_ms: float | None = None
     p99_min_samples: int | None = None
     request_timeout_s: float | None = None
+    prefill_prompt_tokens: tuple[int, ...] = ()
+    prefill_repeats: int | None = None
 
 
 class CapabilityMatrix(FrozenModel):

@@ -11,6 +11,8 @@ Rules (the README's profiler section states them too):
   highest output tokens/s, and cost per 1M output tokens = price per hour / (tokens/s x 3600) x 1e6
   there. No qualifying level, or no price: cost is None, never 0.
 - latencies are wall time x time_scale; throughput is tokens / wall time / time_scale.
+- prefill_tokens_per_s = 1 / (least-squares slope of median TTFT over prompt tokens x time_scale)
+  from the prefill probe; None when it was skipped or the slope is not positive.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from quantroute.core.matrix import (
     ThroughputPoint,
     VariantProfile,
 )
+from quantroute.profiler.prefill import prefill_rate
 from quantroute.profiler.runner import LevelResult, TaskTally, VariantRecord
 from quantroute.profiler.settings import P99_MIN_SAMPLES, ProfileSettings
 from quantroute.profiler.stats import percentiles, quantile
@@ -135,6 +138,7 @@ def variant_profile(
         ttft_ms=percentiles([settings.real_ms(t) for t in record.ttfts_s]),
         itl_ms=percentiles([settings.real_ms(t) for t in record.itls_s]),
         throughput=points,
+        prefill_tokens_per_s=prefill_rate(record.prefill, settings.time_scale),
         best_concurrency=None if best is None else best.concurrency,
         cost_per_1m_output_tokens=(
             None
@@ -181,6 +185,8 @@ def profiler_info(settings: ProfileSettings) -> ProfilerInfo:
         ttft_slo_ms=settings.ttft_slo_ms,
         p99_min_samples=P99_MIN_SAMPLES,
         request_timeout_s=settings.request_timeout_s,
+        prefill_prompt_tokens=settings.prefill_prompt_tokens,
+        prefill_repeats=settings.prefill_repeats,
     )
 
 

@@ -12,15 +12,17 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from quantroute.config import TASK_TYPES, load_config
-from quantroute.profiler.runner import Progress, no_progress
-from quantroute.profiler.session import ProfileSession, write_matrix
-from quantroute.profiler.settings import DEFAULT_LEVELS, ProfileSettings
+from quantroute.extras import require
+from quantroute.profiler.settings import DEFAULT_LEVELS, DEFAULT_PREFILL_TOKENS, ProfileSettings
 from quantroute.workloads import Suite, builtin_suites, load_suite
 
 DEFAULT_OUTPUT = "capability_matrix.json"
 INTERRUPTED = 130
 
 if TYPE_CHECKING:
+    from quantroute.profiler.runner import Progress
+    from quantroute.profiler.session import ProfileSession
+
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -32,7 +34,7 @@ def _levels(text: str) -> tuple[int, ...]:
             f"not a comma-separated list of integers: {text!r}"
         ) from None
     if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be positive")
+        raise argparse.ArgumentTypeError("every value must be a positive integer")
     return levels
 
 
@@ -78,6 +80,18 @@ def _add_profile(sub: SubParsers) -> None:
         type=_levels,
         default=DEFAULT_LEVELS,
         help="sweep levels, comma-separated (default 1,8,32,128)",
+    )
+    p.add_argument(
+        "--prefill-tokens",
+        type=_levels,
+        default=DEFAULT_PREFILL_TOKENS,
+        help="prompt lengths of the prefill probe, comma-separated (default 512,1024,2048,4096)",
+    )
+    p.add_argument(
+        "--prefill-repeats",
+        type=int,
+        default=3,
+        help="requests per prompt length in the prefill probe; 0 skips it (default 3)",
     )
     p.add_argument(
         "--rounds",
@@ -143,6 +157,8 @@ def settings_of(args: argparse.Namespace) -> ProfileSettings:
         latency_concurrency=args.latency_concurrency,
         concurrency_levels=args.concurrency,
         rounds_per_level=args.rounds,
+        prefill_prompt_tokens=args.prefill_tokens,
+        prefill_repeats=args.prefill_repeats,
         quality_floor=args.quality_floor,
         max_error_rate=args.max_error_rate,
         ttft_slo_ms=args.ttft_slo_ms,
@@ -169,6 +185,11 @@ def _run(session: ProfileSession, progress: Progress) -> bool:
 
 
 def profile_main(args: argparse.Namespace) -> int:
+    # The OpenAI client is the profiler extra's: imported only here, after the check.
+    require("profiler", "profile", "openai", "httpx2")
+    from quantroute.profiler.runner import no_progress
+    from quantroute.profiler.session import ProfileSession, write_matrix
+
     err = Console(stderr=True)
     config = load_config(args.config)
     try:
@@ -212,6 +233,7 @@ def show_main(args: argparse.Namespace) -> int:
 
 
 def plot_main(args: argparse.Namespace) -> int:
+    require("profiler", "matrix plot", "matplotlib")
     from quantroute.profiler.plot import plot_matrix
     from quantroute.state.matrix_source import load_matrix
 

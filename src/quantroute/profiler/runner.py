@@ -1,4 +1,5 @@
-"""Profile variants: the graded phase (quality, TTFT, ITL) and the concurrency sweep (throughput).
+"""Profile variants: the graded phase (quality, TTFT, ITL), the prefill probe (prompt tokens/s)
+and the concurrency sweep (throughput).
 
 Results accumulate in :class:`VariantRecord` objects owned by the caller, so whatever was measured
 before an interruption (Ctrl-C cancels the tasks) can still be written out.
@@ -17,6 +18,7 @@ from typing import TypeVar
 from openai import AsyncOpenAI
 
 from quantroute.config import BackendConfig, GatewayConfig, TaskType
+from quantroute.profiler.prefill import PrefillPoint, measure_prefill, usable_sizes
 from quantroute.profiler.requests import Observation, make_client, run_sample
 from quantroute.profiler.settings import ProfileSettings
 from quantroute.workloads import Sample, grade
@@ -42,6 +44,7 @@ class Target:
     served_model_name: str
     gpu: str
     gpu_cost_per_hour: float
+    max_seq_len: int = 8192
 
     @classmethod
     def of(cls, backend: BackendConfig) -> Target:
@@ -51,6 +54,7 @@ class Target:
             backend.served_model_name,
             backend.gpu,
             backend.gpu_cost_per_hour,
+            backend.max_seq_len,
         )
 
 
@@ -91,6 +95,8 @@ class VariantRecord:
     ttfts_s: list[float] = field(default_factory=list)
     itls_s: list[float] = field(default_factory=list)
     levels: list[LevelResult] = field(default_factory=list)
+    prefill: list[PrefillPoint] = field(default_factory=list)
+    """Median TTFT per prompt length at concurrency 1 (see :mod:`quantroute.profiler.prefill`)."""
     error: str | None = None
     successes: int = 0
 
@@ -162,6 +168,18 @@ class VariantProfiler:
         self.progress(variant, "graded", 0, total)
         await run_pool(samples, self.settings.latency_concurrency, one)
 
+    async def prefill(self) -> None:
+        """The prefill probe on the otherwise idle backend (nothing else of ours in flight)."""
+        target, settings = self.record.target, self.settings
+        sizes = usable_sizes(settings.prefill_prompt_tokens, target.max_seq_len)
+        total = len(sizes) * settings.prefill_repeats
+        self.progress(target.variant, "prefill", 0, total)
+        self.record.prefill = await measure_prefill(
+            self.client, target.served_model_name, sizes, settings.prefill_repeats,
+            self.timeout_wall_s,
+        )  # fmt: skip
+        self.progress(target.variant, "prefill", total, total)
+
     async def sweep(self, samples: Sequence[Sample]) -> None:
         settings = self.settings
         plan = [
@@ -211,6 +229,7 @@ async def profile_target(
         if record.successes == 0:
             record.error = record.error or _first_error(record) or "no request succeeded"
             return
+        await profiler.prefill()
         await profiler.sweep(samples)
     finally:
         await client.close()

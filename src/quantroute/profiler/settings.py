@@ -10,6 +10,7 @@ from quantroute.base import FrozenModel
 from quantroute.config import TASK_TYPES, TaskType
 
 DEFAULT_LEVELS: tuple[int, ...] = (1, 8, 32, 128)
+DEFAULT_PREFILL_TOKENS: tuple[int, ...] = (512, 1024, 2048, 4096)
 P99_MIN_SAMPLES = 100
 """A p99 is quoted as reliable only from this many observations on: below it no observation lies
 above the 99th percentile and the "p99" is just the largest value seen."""
@@ -29,6 +30,11 @@ class ProfileSettings(FrozenModel):
     rounds_per_level: int = Field(default=3, gt=0)
     """Each sweep level sends max(level x rounds, min_requests_per_level) requests."""
     min_requests_per_level: int = Field(default=16, gt=0)
+    prefill_prompt_tokens: tuple[int, ...] = DEFAULT_PREFILL_TOKENS
+    """Prompt lengths (tokens) of the prefill probe; those above 3/4 of a backend's context are
+    skipped for it."""
+    prefill_repeats: int = Field(default=3, ge=0)
+    """Requests per prompt length in the prefill probe (the median counts); 0 skips the probe."""
     quality_floor: float = Field(default=0.5, ge=0.0, le=1.0)
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     ttft_slo_ms: Positive | None = None
@@ -48,6 +54,8 @@ class ProfileSettings(FrozenModel):
     def _levels(self) -> ProfileSettings:
         if not self.concurrency_levels or min(self.concurrency_levels) < 1:
             raise ValueError("concurrency_levels must be positive integers")
+        if any(n < 1 for n in self.prefill_prompt_tokens):
+            raise ValueError("prefill_prompt_tokens must be positive integers")
         if not self.tasks:
             raise ValueError("at least one task type is needed")
         return self

@@ -37,7 +37,7 @@ def _status(profile: VariantProfile) -> str:
 def latency_table(matrix: CapabilityMatrix) -> Table:
     table = Table(title="Latency, ms of real time (graded requests)", title_justify="left")
     table.add_column("variant")
-    for name in ("TTFT p50", "p95", "p99", "n", "ITL p50", "p95", "p99", "n"):
+    for name in ("TTFT p50", "p95", "p99", "n", "ITL p50", "p95", "p99", "n", "prefill tok/s"):
         table.add_column(name, justify="right")
     for variant, v in matrix.variants.items():
         table.add_row(
@@ -48,6 +48,7 @@ def latency_table(matrix: CapabilityMatrix) -> Table:
             *(_ms(x) for x in (v.itl_ms.p50, v.itl_ms.p95)),
             p99_cell(v.itl_ms),
             str(v.itl_ms.n),
+            NONE if v.prefill_tokens_per_s is None else f"{v.prefill_tokens_per_s:,.0f}",
         )
     return table
 

@@ -45,6 +45,7 @@ class Attempt:
     failure: str | None = None
     failure_outcome: AttemptOutcome | None = None
     """What a given-up attempt showed (a refused connection does not count as a retry)."""
+    usage: Usage | None = None
 
     def __post_init__(self) -> None:
         kind = "first" if self.number == 0 else "retry"
@@ -76,6 +77,7 @@ class Attempt:
         if self.lease.released:
             return
         self.status = status
+        self.usage = usage
         t = self.telemetry
         t.requests.labels(self.backend_id, self.group, str(status)).inc()
         if usage is not None:

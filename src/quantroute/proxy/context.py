@@ -9,7 +9,7 @@ rather than a parameter to every function on the path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class RequestContext:
     parsed: ParsedRequest
     forward_headers: Mapping[str, str]
-    """Client headers passed on to the backend (``Authorization``)."""
+    """Headers sent to every backend (``Content-Type``; never the client's ``Authorization``)."""
     receive: Receive
     """The ASGI ``receive`` of the client connection: how a disconnect is noticed."""
     exchange: Exchange
@@ -39,6 +39,39 @@ class RequestContext:
     """``backend: what went wrong`` for each attempt that was given up before the first byte."""
     continuation: StreamContinuation | None = None
     """A stream's continuation guard (None: not a stream, or continuation is off)."""
+    request_id: str = ""
+    """The id the client gets in ``x-request-id`` and error bodies; log lines carry it."""
+    credentials: Callable[[str], Mapping[str, str]] = lambda _backend_id: {}
+    """The gateway's own headers for a backend (its ``Authorization``), by backend id."""
+    streaming: bool = False
+    """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
+    _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
+    _done: bool = False
+
+    def upstream_headers(self, backend_id: str) -> Mapping[str, str]:
+        extra = self.credentials(backend_id)
+        return {**self.forward_headers, **extra} if extra else self.forward_headers
+
+    def on_done(self, callback: Callable[[RequestContext], None]) -> None:
+        self._on_done.append(callback)
+
+    def done(self) -> None:
+        """The request is over (answered, failed or abandoned): run the callbacks, once."""
+        if self._done:
+            return
+        self._done = True
+        for callback in self._on_done:
+            callback(self)
+
+    def used_tokens(self) -> int | None:
+        """Tokens the backends reported for this request, over every attempt (a stream continued
+        on another backend: what the broken one generated plus the continuation); 0 when no
+        backend was reached; None when one was but reported no usage (the client left, an
+        error, no usage field)."""
+        used = [a.usage for a in self.attempts if a.usage is not None]
+        if used:
+            return sum(u.prompt_tokens + u.completion_tokens for u in used)
+        return 0 if all(a.failure is not None for a in self.attempts) else None
 
     @property
     def features(self) -> RequestFeatures:

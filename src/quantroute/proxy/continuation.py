@@ -293,7 +293,7 @@ class _Run:
             response = await fw.upstream.post(
                 fw.url_for(self._backend, ctx),
                 self._body,
-                ctx.forward_headers,
+                ctx.upstream_headers(self._backend.id),
                 fw.deadlines_for(self._backend, ctx),
             )
             try:

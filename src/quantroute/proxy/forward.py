@@ -6,17 +6,21 @@ request), or a 5xx/429 answer. Never after a timeout on a request that was sent 
 may still be generating it). Each retry spends the retry budget (at most a share of recent
 requests, so a fleet-wide failure does not double the load); with the budget spent, the last
 answer passes through. A refused connection is free: that attempt cost its backend nothing, so
-the next backend is tried without spending the budget or one of ``policy.retries``. A stream counts as answered once its first chunk arrived: a backend that
-dies between its headers and its first chunk is retried like one that never answered.
+the next backend is tried without spending the budget or one of ``policy.retries``. A stream
+counts as answered once its first chunk arrived: a backend that dies between its headers and its
+first chunk is retried like one that never answered.
 
 When every attempt fails to connect, the client gets 502 ``upstream_unavailable``; a timeout is
-504 ``upstream_timeout``; an answer over its size cap or one that cannot be relayed is 502.
+504 ``upstream_timeout``; an answer over its size cap or one that cannot be relayed is 502. Those
+messages name no backend and no library error (both are logged under the request id); a
+backend's own error answer is relayed as :mod:`.upstream_errors` says.
 A client that disconnects before the first byte cancels the upstream request (the attempt is
 counted as 499); the attempt's in-flight lease is released in ``finally`` whatever happens.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.responses import Response
@@ -25,9 +29,11 @@ from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.filters import request_kv_tokens
 from quantroute.core.model import RequestFeatures
+from quantroute.core.prefix import uncached_tokens
 from quantroute.errors import (
     BadUpstreamResponse,
     ClientDisconnected,
+    RequestError,
     UpstreamConnectError,
     UpstreamFailure,
     UpstreamProtocolError,
@@ -45,8 +51,10 @@ from quantroute.resilience.budget import RetryBudget
 from quantroute.resilience.outcomes import AttemptOutcome, classify_status
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.state.inflight import InFlight
+from quantroute.state.prefix import PrefixTracker
 from quantroute.telemetry import Telemetry
 
+log = logging.getLogger("quantroute.proxy")
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 
 
@@ -72,6 +80,7 @@ class Forwarder:
         inflight: InFlight,
         telemetry: Telemetry,
         backends: Mapping[str, BackendConfig],
+        prefix: PrefixTracker | None = None,
         *,
         health: PassiveHealthMonitor | None = None,
         budget: RetryBudget | None = None,
@@ -83,6 +92,7 @@ class Forwarder:
         self.inflight = inflight
         self.telemetry = telemetry
         self.backends = dict(backends)
+        self.prefix = prefix
         self.health = health
         self.budget = budget
         self._clock = clock or (lambda: 0.0)
@@ -103,7 +113,7 @@ class Forwarder:
             if response is not None:
                 return response
             paid += attempt.failure_outcome is not AttemptOutcome.CONNECT_ERROR
-        raise UpstreamUnavailable("Could not reach a backend: " + "; ".join(ctx.failures))
+        raise _unreachable(ctx)
 
     def url_for(self, backend: BackendConfig, ctx: RequestContext) -> str:
         return backend.url.rstrip("/") + ctx.exchange.path
@@ -121,7 +131,19 @@ class Forwarder:
     ) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
-        lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
+        prefill = features.prompt_tokens
+        if self.prefix is not None and features.prompt is not None:
+            share = self.prefix.sent(backend.id, features)
+            self.telemetry.prefix_prompt_tokens.labels(backend.id).inc(features.prompt_tokens)
+            self.telemetry.prefix_expected_tokens.labels(backend.id).inc(
+                round(share * features.prompt_tokens)
+            )
+            self.telemetry.prefix_entries.labels(backend.id).set(
+                self.prefix.index.entries(backend.id)
+            )
+            if share > 0.0:  # prefill backlog: only what the backend probably has to compute
+                prefill = uncached_tokens(features.prompt_tokens, share)
+        lease = self.inflight.begin(backend.id, kv_tokens, prefill)
         attempt = Attempt(
             backend,
             lease,
@@ -170,7 +192,7 @@ class Forwarder:
         try:
             if ctx.features.stream:
                 response, first = await race_disconnect(
-                    ctx.receive, self._open_stream(url, body, ctx, limits)
+                    ctx.receive, self._open_stream(url, body, ctx, attempt, limits)
                 )
                 if response.status in RETRY_STATUSES and self._may_retry(more):
                     response.close()
@@ -189,7 +211,7 @@ class Forwarder:
                 )
             else:
                 status, ctype, data, retry_after = await race_disconnect(
-                    ctx.receive, self._exchange(url, body, ctx, limits)
+                    ctx.receive, self._exchange(url, body, ctx, attempt, limits)
                 )
                 if status in RETRY_STATUSES and self._may_retry(more):
                     outcome = classify_status(status)
@@ -205,13 +227,12 @@ class Forwarder:
                 self._give_up(ctx, attempt, str(exc), outcome)
                 return None
             ctx.failures.append(f"{attempt.backend_id}: {exc}")
+            attempt.failure = str(exc)  # nothing was generated: a quota is charged nothing
             attempt.finish(502, outcome=outcome)
-            raise UpstreamUnavailable(
-                "Could not reach a backend: " + "; ".join(ctx.failures)
-            ) from None
+            raise _unreachable(ctx) from None
         except UpstreamFailure as exc:
             attempt.finish(_status_of(exc), outcome=AttemptOutcome(exc.outcome))
-            raise _client_error(attempt.backend_id, exc) from None
+            raise _client_error(ctx, attempt.backend_id, exc) from None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
@@ -220,10 +241,11 @@ class Forwarder:
                 attempt.release()
 
     async def _open_stream(
-        self, url: str, body: bytes, ctx: RequestContext, limits: Deadlines
+        self, url: str, body: bytes, ctx: RequestContext, attempt: Attempt, limits: Deadlines
     ) -> tuple[UpstreamResponse, bytes | None]:
         """The response and, for a 200, its first chunk (None: the stream ended at once)."""
-        response = await self.upstream.post(url, body, ctx.forward_headers, limits)
+        headers = ctx.upstream_headers(attempt.backend_id)
+        response = await self.upstream.post(url, body, headers, limits)
         if response.status != 200:
             return response, None
         try:
@@ -234,9 +256,10 @@ class Forwarder:
         return response, first
 
     async def _exchange(
-        self, url: str, body: bytes, ctx: RequestContext, limits: Deadlines
+        self, url: str, body: bytes, ctx: RequestContext, attempt: Attempt, limits: Deadlines
     ) -> tuple[int, str, bytes, str | None]:
-        return await _read(await self.upstream.post(url, body, ctx.forward_headers, limits))
+        headers = ctx.upstream_headers(attempt.backend_id)
+        return await _read(await self.upstream.post(url, body, headers, limits))
 
 
 async def _read(response: UpstreamResponse) -> tuple[int, str, bytes, str | None]:
@@ -253,16 +276,33 @@ def _status_of(exc: UpstreamFailure) -> int:
     return 504 if isinstance(exc, UpstreamTimeout) else 502
 
 
-def _client_error(backend_id: str, exc: UpstreamFailure) -> Exception:
+def _unreachable(ctx: RequestContext) -> UpstreamUnavailable:
+    """Every attempt failed before an answer: the details (backend ids, library errors) go to
+    the log under the request id, never to the client."""
+    log.warning("request %s: no backend reachable: %s", ctx.request_id, "; ".join(ctx.failures))
+    return UpstreamUnavailable(
+        f"Could not reach a backend; retry shortly (request id {ctx.request_id})."
+    )
+
+
+def _client_error(ctx: RequestContext, backend_id: str, exc: UpstreamFailure) -> RequestError:
+    """The client's error for an attempt that failed without an answer to relay; what went
+    wrong, and where, is logged under the request id."""
+    rid = ctx.request_id
+    log.warning("request %s: upstream %s failed: %s", rid, backend_id, exc)
     if isinstance(exc, UpstreamTimeout):
         return UpstreamTimedOut(
-            f"Backend {backend_id} did not answer in time ({exc}); not retried, since it may "
-            "still be generating."
+            f"The backend did not answer in time; not retried, since it may still be "
+            f"generating (request id {rid})."
         )
     if isinstance(exc, UpstreamTooLarge):
         return BadUpstreamResponse(
-            f"Backend {backend_id}: {exc}", code="upstream_response_too_large"
+            f"The backend's answer is larger than the gateway relays (request id {rid}).",
+            code="upstream_response_too_large",
         )
     if isinstance(exc, UpstreamProtocolError):
-        return BadUpstreamResponse(f"Backend {backend_id}: {exc}", code="upstream_bad_response")
-    return UpstreamUnavailable(f"Backend {backend_id} failed: {exc}")
+        return BadUpstreamResponse(
+            f"The backend's answer cannot be relayed (request id {rid}).",
+            code="upstream_bad_response",
+        )
+    return UpstreamUnavailable(f"The backend failed; retry shortly (request id {rid}).")

@@ -21,6 +21,7 @@ from quantroute.proxy.disconnect import RelayResponse
 from quantroute.proxy.sse import EventCap, Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
+from quantroute.proxy.upstream_errors import client_error
 from quantroute.resilience.outcomes import AttemptOutcome
 
 if TYPE_CHECKING:
@@ -55,12 +56,16 @@ def relay_body(
     data: bytes,
     retry_after: str | None = None,
 ) -> Response:
-    """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
+    """A whole (non-stream) answer: account it and pass it on (errors: :mod:`.upstream_errors`)."""
     attempt.first_byte()
     usage = ctx.exchange.usage(data) if status == 200 else None
     attempt.finish(status, usage, retry_after=retry_after)
     headers = response_headers(ctx, attempt, retry_after)
-    data = ctx.exchange.client_body(status, data)
+    if status >= 400:
+        status, content_type, data = client_error(
+            status, content_type, data, backend_id=attempt.backend_id, request_id=ctx.request_id
+        )
+    data = ctx.exchange.client_body(status, data)  # then in the API's own format
     return Response(data, status, headers=headers, media_type=content_type)
 
 
@@ -78,7 +83,7 @@ def relay_stream(
     event may grow past ``max_event_bytes``."""
     stream = _Stream(ctx, attempt, upstream, first, max_event_bytes)
     try:
-        return RelayResponse(
+        response = RelayResponse(
             stream,
             upstream.status,
             headers=response_headers(ctx, attempt, upstream.retry_after),
@@ -88,6 +93,8 @@ def relay_stream(
     except Exception:
         stream.close()
         raise
+    ctx.streaming = True
+    return response
 
 
 class _Stream:
@@ -103,6 +110,7 @@ class _Stream:
         max_event_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._exchange = ctx.exchange
+        self._ctx = ctx
         self._attempt = attempt
         self._upstream = upstream
         self._first = first
@@ -112,6 +120,7 @@ class _Stream:
         self._outcome = CLIENT_CLOSED
         self._failure: AttemptOutcome | None = None
         self._closed = False
+        self._continuing = False
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         if self._first is not None:
@@ -145,13 +154,19 @@ class _Stream:
             self._outcome = 502
             failed = exc.outcome if isinstance(exc, UpstreamFailure) else "reset"
             self._failure = AttemptOutcome(failed)
-            log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
+            log.warning(
+                "request %s: upstream %s failed mid-stream: %s",
+                self._ctx.request_id,
+                attempt.backend_id,
+                exc,
+            )
             error = self._exchange.stream_error(
-                f"upstream {attempt.backend_id} failed mid-stream: {exc}"
+                f"The backend failed mid-stream (request id {self._ctx.request_id})."
             )
             if cont is None or isinstance(exc, UpstreamTooLarge):
                 yield error
                 return
+            self._continuing = True  # the request is not over: done() waits for the end
             self.close()  # the broken backend's account ends before the continuation starts
             async for out in cont.resume(attempt.backend_id, str(exc), error):
                 yield out
@@ -161,6 +176,7 @@ class _Stream:
             raise
         finally:
             self.close()
+            self._ctx.done()
 
     def close(self) -> None:
         if self._closed:
@@ -173,3 +189,5 @@ class _Stream:
         self._attempt.finish(
             self._outcome, usage, outcome=self._failure, retry_after=self._upstream.retry_after
         )
+        if not self._continuing:
+            self._ctx.done()

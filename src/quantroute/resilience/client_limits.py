@@ -9,7 +9,10 @@
 - A client that disconnects during its upload ends the request quietly (nothing to answer).
 
 The application then receives the body in one message and, after it, the real ``receive`` (so it
-still notices a disconnect). Errors are in OpenAI's format. Probe and metrics paths are exempt.
+still notices a disconnect). Errors are in OpenAI's format (Anthropic's on ``/v1/messages``) with
+the request id the access middleware, which runs first, gave the request (it also adds the
+``x-request-id`` header). This is the gateway's one body-size limit. Probe and metrics paths are
+exempt.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from quantroute.access.middleware import ANTHROPIC_PATHS
+from quantroute.apis import anthropic_errors
 from quantroute.resilience.settings import ClientLimits
 
 log = logging.getLogger("quantroute.limits")
@@ -48,9 +54,18 @@ class _Refused(Exception):
         self.retry_after = retry_after
 
 
-def _error_body(message: str, error_type: str, code: str) -> bytes:
-    error = {"message": message, "type": error_type, "param": None, "code": code}
-    return json.dumps({"error": error}).encode()
+def _error_body(scope: Scope, status: int, message: str, error_type: str, code: str) -> bytes:
+    rid = (scope.get("state") or {}).get("request_id")
+    if scope["path"] in ANTHROPIC_PATHS:
+        body: dict[str, Any] = anthropic_errors.body(status, message)
+        if rid:
+            body["request_id"] = rid
+    else:
+        error = {"message": message, "type": error_type, "param": None, "code": code}
+        if rid:
+            error["request_id"] = rid
+        body = {"error": error}
+    return json.dumps(body).encode()
 
 
 async def _answer(
@@ -100,6 +115,8 @@ class ClientLimitsMiddleware:
         if self.active >= limits.max_concurrent_requests:
             self._count(Rejection.OVERLOADED)
             body = _error_body(
+                scope,
+                503,
                 f"The gateway is serving its limit of {limits.max_concurrent_requests} "
                 "concurrent requests; retry shortly.",
                 "service_unavailable",
@@ -124,7 +141,7 @@ class ClientLimitsMiddleware:
         except _Refused as refused:
             self._count(refused.reason)
             kind = "service_unavailable" if refused.status == 503 else "invalid_request_error"
-            payload = _error_body(refused.message, kind, refused.code)
+            payload = _error_body(scope, refused.status, refused.message, kind, refused.code)
             extra = [(b"connection", b"close")]
             if refused.retry_after:
                 extra.append((b"retry-after", str(refused.retry_after).encode()))

@@ -1,9 +1,18 @@
 """``create_app(config, ...)``: the FastAPI application with its I/O injected.
 
 Nothing starts at import time. The lifespan opens the upstream session and the scrape client,
-starts the scrape loop, the matrix watcher and (with a config file) the config watcher, and
-closes all of them on shutdown. Client limits wrap the app as ASGI middleware; the running
-config and gateway live in a :class:`~quantroute.server.runtime.Runtime`, swapped on reload.
+starts the scrape loop, the matrix and keys watchers and (with a config file) the config
+watcher, and closes all of them on shutdown. The running config and gateway live in a
+:class:`~quantroute.server.runtime.Runtime`, swapped on reload.
+
+Two ASGI middlewares wrap the app, outermost first:
+
+1. :class:`~quantroute.access.middleware.AccessMiddleware`: the request id (so every answer,
+   refusals included, carries ``x-request-id``), authentication (401/403) and the media type
+   (415), before the request costs anything;
+2. :class:`~quantroute.resilience.client_limits.ClientLimitsMiddleware`: the concurrency limit
+   (503 + ``Retry-After``), then the body, read counting its bytes (the one body-size limit,
+   ``resilience.client.max_body_bytes``: 413) within the body timeouts (408).
 """
 
 from __future__ import annotations
@@ -19,13 +28,17 @@ from typing import Any, Protocol
 import httpx
 from fastapi import FastAPI
 
+from quantroute.access.control import AccessControl
+from quantroute.access.middleware import AccessMiddleware
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Health
+from quantroute.core.plugins import compile_plan
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejection
 from quantroute.resilience.header_timeout import protocol_class
 from quantroute.resilience.lifecycle import Lifecycle
+from quantroute.resilience.memory import trim_forever
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.reload import ConfigReloader
 from quantroute.resilience.settings import ReloadSettings
@@ -33,18 +46,29 @@ from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
 from quantroute.server.runtime import Runtime
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 log = logging.getLogger("quantroute.server")
 MATRIX_POLL_S = 2.0
+KEYS_POLL_S = 2.0
+LEASE_MARGIN_S = 60.0
+"""A concurrency lease outlives the longest response the gateway allows by this much."""
 
 
 async def _watch_matrix(runtime: Runtime, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         runtime.matrix.maybe_reload()
+
+
+async def _watch_keys(access: AccessControl, interval_s: float) -> None:
+    """Re-read access.keys_file when it changes (a rotated Secret): revocation without a restart."""
+    while True:
+        await asyncio.sleep(interval_s)
+        access.keys.maybe_reload()
 
 
 class _Closable(Protocol):
@@ -67,11 +91,15 @@ def _validate_matrix(config: GatewayConfig) -> None:
 
 
 class _ScrapeReport:
-    """After each scrape: state metrics, the schema self-test once, slow start after recovery."""
+    """After each scrape: state metrics, the schema self-test once, slow start after recovery,
+    and the prefix index's view of each backend's cache (hit rate, capacity)."""
 
-    def __init__(self, store: StateStore, telemetry: Telemetry) -> None:
+    def __init__(
+        self, store: StateStore, telemetry: Telemetry, prefix: PrefixTracker | None = None
+    ) -> None:
         self.store = store
         self.telemetry = telemetry
+        self.prefix = prefix
         self.last: dict[str, Health] = {}
         self.after: Callable[[], None] = lambda: None
 
@@ -85,8 +113,11 @@ class _ScrapeReport:
             if not report.ok:
                 log.warning("backend %r metric schema self-test: %s", backend.id, report.describe())
         for state in self.store.snapshot().backends:
-            kv = state.metrics.kv_cache_usage if state.metrics else None
-            t.set_backend_state(state.id, state.health, kv)
+            m = state.metrics
+            t.set_backend_state(state.id, state.health, m.kv_cache_usage if m else None)
+            t.set_backend_prefix_hit(state.id, m.prefix_hit_rate if m else None)
+            if self.prefix is not None and m is not None:
+                self.prefix.set_capacity(state.id, m.kv_capacity_tokens)
             before = self.last.get(state.id)
             self.last[state.id] = state.health
             passive = self.store.passive
@@ -96,6 +127,13 @@ class _ScrapeReport:
             if before in (Health.DOWN, Health.STALE) and state.health is Health.FRESH:
                 passive.recovered(state.id)
         self.after()
+
+
+def _prefix_tracker(config: GatewayConfig, clock: Callable[[], float]) -> PrefixTracker | None:
+    """The prefix index, when the policy has a scorer that reads it (else nothing is kept)."""
+    if not compile_plan(config.policy).tracks_prefix:
+        return None
+    return PrefixTracker(config.policy.prefix, config.policy.chars_per_token, clock)
 
 
 def create_app(
@@ -110,6 +148,8 @@ def create_app(
     config_path: str | Path | None = None,
     lifecycle: Lifecycle | None = None,
     trim_memory: bool = False,
+    access: AccessControl | None = None,
+    keys_poll_s: float = KEYS_POLL_S,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes,
     ``config_path`` the file to hot-reload (watched, and on SIGHUP through ``serve``);
@@ -117,6 +157,8 @@ def create_app(
     telemetry = telemetry or Telemetry()
     lifecycle = lifecycle or Lifecycle()
     lifecycle.on_drain(lambda: telemetry.resilience.draining.set(1))
+    lease_ttl_s = config.policy.upstream_timeouts.total_s + LEASE_MARGIN_S
+    guard = access or AccessControl(config.access, telemetry.registry, lease_ttl_s=lease_ttl_s)
     passive = PassiveHealthMonitor(config.resilience.outlier_detection, clock, telemetry.resilience)
     store = StateStore(config.backends, config.policy, clock, passive)
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
@@ -124,6 +166,8 @@ def create_app(
     holder: dict[str, Any] = {}
     http_protocol = protocol_class(config.resilience.client.header_timeout_s)
     http_protocol.hooks.append(telemetry.resilience.client_rejections.labels("header_timeout").inc)
+
+    prefix = _prefix_tracker(config, clock)
 
     def swapped(gateway: Gateway) -> None:
         app.state.gateway = gateway
@@ -136,9 +180,11 @@ def create_app(
         limit = config.resilience.upstream.connections_per_backend
         up = upstream or AiohttpUpstream(connections_per_backend=limit)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        runtime = Runtime(config, store, up, source, telemetry, clock, on_swap=swapped)
+        runtime = Runtime(
+            config, store, up, source, telemetry, clock, guard, prefix, on_swap=swapped
+        )
         app.state.runtime = runtime
-        report = _ScrapeReport(store, telemetry)
+        report = _ScrapeReport(store, telemetry, prefix)
         report.after = runtime.sweep
         scraper = Scraper(store, config.policy, client, clock=clock, on_result=report)
         runtime.scraper = scraper
@@ -146,9 +192,13 @@ def create_app(
         discovery = await _start_discovery(config, runtime)
         await scraper.scrape_once()
         scraper.start()
+        await guard.start()
         tasks = [
-            asyncio.create_task(_watch_matrix(runtime, matrix_poll_s), name="quantroute-matrix")
+            asyncio.create_task(_watch_matrix(runtime, matrix_poll_s), name="quantroute-matrix"),
+            asyncio.create_task(_watch_keys(guard, keys_poll_s), name="quantroute-keys"),
         ]
+        if trim_memory:
+            tasks.append(asyncio.create_task(trim_forever(), name="quantroute-trim"))
         if config_path is not None:
             reloader = ConfigReloader(
                 config_path, runtime.apply, telemetry.resilience, validate=_validate_matrix
@@ -162,6 +212,8 @@ def create_app(
             tasks.append(asyncio.create_task(watch, name="quantroute-config"))
         if source.current is None:
             log.warning("no capability matrix: routing on live backend state alone")
+        if not guard.enabled:
+            log.warning("no API keys configured: every caller may use every model and /admin")
         try:
             async with api_routes.conversations(app, config.conversations, clock):
                 yield
@@ -177,9 +229,15 @@ def create_app(
                 await client.aclose()
             if upstream is None:
                 await up.aclose()
+            await guard.aclose()
 
     app = FastAPI(
-        title="quantroute", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="quantroute",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # the hand-written document of the public routes: server/openapi.py
     )
     app.state.store = store
     app.state.telemetry = telemetry
@@ -188,6 +246,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.http_protocol = http_protocol
     app.state.reload = lambda: log.warning("SIGHUP: no config file to reload")
+    app.state.access = guard
 
     def limits() -> Any:
         return app.state.config.resilience.client
@@ -195,8 +254,10 @@ def create_app(
     def rejected(reason: Rejection) -> None:
         telemetry.resilience.client_rejections.labels(reason.value).inc()
 
-    app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected)
     errors.install(app)
     routes.install(app)
     api_routes.install(app)
+    # the last added runs first: access (request id, key) outside the client limits
+    app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected)
+    app.add_middleware(AccessMiddleware, access=guard)
     return app

@@ -10,14 +10,17 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from quantroute.access.control import AccessControl
+from quantroute.access.keys import OPEN, Principal
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
-from quantroute.core.model import Decision
+from quantroute.core.model import Decision, RequestFeatures
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
@@ -27,10 +30,17 @@ from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 ROUTING_HEADERS = ("x-quantroute-task", "x-quantroute-priority")
+FORWARD_HEADERS = {"Content-Type": "application/json"}
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return principal
 
 
 class Gateway:
@@ -41,7 +51,9 @@ class Gateway:
         upstream: Upstream,
         matrix: MatrixSource,
         telemetry: Telemetry,
+        prefix: PrefixTracker | None = None,
         *,
+        access: AccessControl,
         budget: RetryBudget | None = None,
         clock: Clock | None = None,
         backends: Iterable[BackendConfig] | None = None,
@@ -49,9 +61,11 @@ class Gateway:
         """One gateway per config: a reload builds a new one (requests in progress keep theirs);
         the store, in-flight account, passive health, budget and upstream are shared."""
         self.config = config
+        self.access = access
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
+        self.prefix = prefix
         known = list(config.backends if backends is None else backends)
         self.forwarder = Forwarder(
             config,
@@ -59,11 +73,13 @@ class Gateway:
             store.inflight,
             telemetry,
             {b.id: b for b in known},
+            prefix,
             health=store.passive,
             budget=budget,
             clock=clock,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
+        self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
@@ -73,34 +89,79 @@ class Gateway:
                 self.config.resilience.outlier_detection, backends, self.config.groups
             )
         self.forwarder.backends = {b.id: b for b in backends}
+        if self.prefix is not None:
+            self.prefix.retain(b.id for b in backends)
 
     def parse(
-        self, kind: Kind | None, raw: bytes, request: Request, *, dry_run: bool = False
+        self,
+        kind: Kind | None,
+        raw: bytes,
+        request: Request,
+        *,
+        dry_run: bool = False,
+        principal: Principal = OPEN,
     ) -> ParsedRequest:
-        headers = {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
+        """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
+        headers = {k: request.headers[k] for k in self._headers if k in request.headers}
+        if principal.latency_class is not None:  # the key's default latency class
+            headers.setdefault(ROUTING_HEADERS[1], principal.latency_class)
         sequence = self.router.next_sequence(dry_run=dry_run)
+        settings = self.prefix.settings if self.prefix is not None else None
         limits = self.config.resilience.client
-        return parse_request(kind, raw, headers, self.config.policy, sequence, limits)
+        return parse_request(
+            kind, raw, headers, self.config.policy, sequence, limits, prefix=settings
+        )
+
+    def with_prefix(self, parsed: ParsedRequest) -> ParsedRequest:
+        """``parsed`` with what the prefix index expects on each backend, looked up now, just
+        before the decision (unchanged without an index or prompt blocks)."""
+        if self.prefix is None or parsed.features.prompt is None:
+            return parsed
+        ids = [b.id for b in self.store.configs()]
+        return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
-        parsed = self.parse(kind, await request.body(), request)
+        parsed = self.parse(kind, await request.body(), request, principal=_principal(request))
         return await self.dispatch(parsed, OpenAIExchange(parsed), request)
 
     async def dispatch(
         self, parsed: ParsedRequest, exchange: Exchange, request: Request
     ) -> Response:
-        """Decide and forward a parsed request of any API (``exchange`` says how)."""
-        forward = {"Content-Type": "application/json"}
-        if "authorization" in request.headers:
-            forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(parsed, forward, request.receive, exchange)
-        ctx.decision = self.router.route(ctx.features)
-        ctx.continuation = self.continuer.watch(ctx)
-        return await self.forwarder.forward(ctx)
+        """Decide and forward a parsed request of any API (``exchange`` says how): the key's
+        access to the model, the group's caps and the quotas first (access/)."""
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        access, model, backends = self.access, parsed.features.model, self.store.configs()
+        access.authorize_model(principal, model, self.config.groups, backends)
+        access.check_caps(model, parsed.body, self.config.groups, backends)
+        # The client's Authorization stays here: a backend gets the gateway's own key.
+        ctx = RequestContext(
+            self.with_prefix(parsed),
+            FORWARD_HEADERS,
+            request.receive,
+            exchange,
+            request_id=state.get("request_id", ""),
+            credentials=access.credentials.headers,
+        )
+        admission = await access.admit(
+            principal, access.admission_tokens(ctx.features, self.config.policy)
+        )
+        if admission is not None:
+            state["ratelimit"] = admission.headers
+            ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
+        try:
+            ctx.decision = self.router.route(ctx.features)
+            ctx.continuation = self.continuer.watch(ctx)
+            return await self.forwarder.forward(ctx)
+        finally:
+            if not ctx.streaming:
+                ctx.done()
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
-        parsed = self.parse(None, await request.body(), request, dry_run=True)
+        raw = await request.body()
+        parsed = self.parse(None, raw, request, dry_run=True, principal=_principal(request))
+        parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
 
@@ -147,4 +208,16 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
             "task": f.task,
             "latency_class": f.latency_class.value,
         },
+        "prefix": None if f.prefix is None else prefix_explain(f),
+    }
+
+
+def prefix_explain(f: RequestFeatures) -> dict[str, Any]:
+    """What the prefix index expects for this request on each backend."""
+    assert f.prefix is not None
+    return {
+        "expected_hit_share": {b: round(s, 4) for b, s in f.prefix.shares.items()},
+        "session_id": f.session_id,
+        "session_backend": f.prefix.session_backend,
+        "prompt_blocks": len(f.prompt.keys) if f.prompt is not None else 0,
     }

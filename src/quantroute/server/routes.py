@@ -9,13 +9,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from quantroute.access.control import AccessControl, may_use
+from quantroute.access.keys import OPEN, Principal
 from quantroute.core.model import Health
 from quantroute.server.gateway import Gateway
+from quantroute.server.openapi import openapi_document
 
 
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return principal
 
 
 async def chat_completions(request: Request) -> Response:
@@ -27,14 +35,19 @@ async def completions(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    gateway = _gateway(request)
+    """The groups and served models the caller's key may use."""
+    gateway, principal = _gateway(request), _principal(request)
+    groups, backends = gateway.config.groups, gateway.store.configs()
     data: list[dict[str, Any]] = [
         {"id": g.name, "object": "model", "owned_by": "quantroute", "variants": list(g.variants)}
-        for g in gateway.config.groups
+        for g in groups
+        if may_use(principal, g.name, groups, backends)
     ]
-    seen = {g.name for g in gateway.config.groups}
-    for backend in gateway.store.configs():
-        if backend.served_model_name in seen:
+    seen = {g.name for g in groups}
+    for backend in backends:
+        if backend.served_model_name in seen or not may_use(
+            principal, backend.served_model_name, groups, backends
+        ):
             continue
         seen.add(backend.served_model_name)
         data.append(
@@ -54,7 +67,8 @@ async def health(_: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Whether this replica can serve: 503 once it drains (SIGTERM), not when metrics are stale.
+    """Whether this replica can serve: 503 once it drains (SIGTERM) or while it knows no backend
+    at all (discovery found none yet), not when metrics are stale.
 
     A metrics outage on the backends would otherwise take every replica out of its Service at
     once, turning 503-with-Retry-After into connection refused; how requests are routed then is
@@ -63,14 +77,17 @@ async def ready(request: Request) -> Response:
     snapshot = gateway.store.snapshot()
     fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
     draining = request.app.state.lifecycle.draining
-    body = {
-        "ready": not draining,
+    ready = not draining and bool(snapshot.backends)
+    body: dict[str, Any] = {
+        "ready": ready,
         "draining": draining,
-        "fresh_backends": fresh,
+        "fresh_backends": len(fresh),
         "metrics_outage": not fresh,
         "metrics_outage_mode": gateway.config.policy.metrics_outage,
     }
-    return JSONResponse(body, status_code=503 if draining else 200)
+    if _principal(request).admin:  # names only for admin keys (or without keys at all)
+        body["fresh_backends"] = fresh
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -82,9 +99,13 @@ async def metrics(request: Request) -> Response:
 async def admin_backends(request: Request) -> Response:
     gateway = _gateway(request)
     matrix = gateway.matrix
+    rows = gateway.store.admin_view()
+    if gateway.prefix is not None:
+        for row in rows:
+            row["prefix"] = gateway.prefix.admin(str(row["id"]))
     return JSONResponse(
         {
-            "backends": gateway.store.admin_view(),
+            "backends": rows,
             "matrix": None if matrix.current is None else str(matrix.path or "(in memory)"),
         }
     )
@@ -92,6 +113,19 @@ async def admin_backends(request: Request) -> Response:
 
 async def route_explain(request: Request) -> Response:
     return JSONResponse(await _gateway(request).explain(request))
+
+
+async def admin_access(request: Request) -> Response:
+    """Whether keys are on, the keys' names and rights (never digests), where quotas count."""
+    access: AccessControl = request.app.state.access
+    return JSONResponse(access.status())
+
+
+async def openapi(request: Request) -> Response:
+    gateway = _gateway(request)
+    names = [g.name for g in gateway.config.groups]
+    names += [b.served_model_name for b in gateway.store.configs()]
+    return JSONResponse(openapi_document(request.app.version, names))
 
 
 def install(app: FastAPI) -> None:
@@ -106,3 +140,5 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/admin/backends", admin_backends, methods=["GET"])
+    app.add_api_route("/admin/access", admin_access, methods=["GET"])
+    app.add_api_route("/openapi.json", openapi, methods=["GET"])

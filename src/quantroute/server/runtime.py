@@ -3,7 +3,8 @@
 A request takes the :class:`~quantroute.server.gateway.Gateway` current when it arrives and keeps
 it to the end, so requests in progress finish on the config they started with. What outlives a
 config is shared: the state store (scraped state, in-flight account, passive health), the retry
-budget, the upstream session and the telemetry. Series of backends that leave are removed.
+budget, the upstream session, access control (keys, quotas; the keys file has its own watcher),
+the prefix index and the telemetry. Series of backends that leave are removed.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from quantroute.access.control import AccessControl
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
+from quantroute.core.plugins import compile_plan
 from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
 from quantroute.server.gateway import Gateway
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.scraper import Scraper
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
@@ -31,6 +35,9 @@ NEEDS_RESTART: tuple[tuple[str, Callable[[GatewayConfig], object]], ...] = (
         lambda c: c.resilience.upstream.connections_per_backend,
     ),
     ("resilience.drain", lambda c: c.resilience.drain),
+    ("access", lambda c: c.access),
+    ("policy.prefix", lambda c: c.policy.prefix),
+    ("the prefix index (a scorer that reads it)", lambda c: compile_plan(c.policy).tracks_prefix),
 )
 
 
@@ -43,9 +50,14 @@ class Runtime:
         matrix: MatrixSource,
         telemetry: Telemetry,
         clock: Clock,
+        access: AccessControl,
+        prefix: PrefixTracker | None = None,
+        *,
         on_swap: Callable[[Gateway], None] = lambda _: None,
     ) -> None:
         self.config = config
+        self.access = access
+        self.prefix = prefix
         self.store = store
         self.upstream = upstream
         self.matrix = matrix
@@ -75,6 +87,8 @@ class Runtime:
             self.upstream,
             self.matrix,
             self.telemetry,
+            self.prefix,
+            access=self.access,
             budget=self.budget,
             clock=self.clock,
             backends=self.backends(),
@@ -86,6 +100,8 @@ class Runtime:
         now = {b.id: b for b in self.backends()}
         for backend in now.values():
             self.telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
+            if self.prefix is not None:
+                self.telemetry.declare_prefix(backend.id)
         for group in config.groups:
             self.telemetry.declare_group(group.name)
         removed = sorted(before - set(now))
