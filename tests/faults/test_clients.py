@@ -151,7 +151,8 @@ def test_client_that_stops_reading_holds_no_unbounded_buffer(make_fleet: FleetFa
 
 def test_deep_json_and_too_many_messages_are_400(fleet, caplog) -> None:  # type: ignore[no-untyped-def]
     deep = b'{"model": "auto", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    r = httpx.post(fleet.url + "/v1/chat/completions", content=deep, timeout=30)
+    json_type = {"content-type": "application/json"}  # anything else is 415 before parsing
+    r = httpx.post(fleet.url + "/v1/chat/completions", content=deep, headers=json_type, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     many = {"model": "auto", "messages": [{"role": "user", "content": "x"}] * 5000}
     r = httpx.post(fleet.url + "/v1/chat/completions", json=many, timeout=30)

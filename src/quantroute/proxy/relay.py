@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from quantroute.errors import UpstreamFailure, UpstreamTooLarge, openai_error_body
+from quantroute.errors import (
+    UpstreamFailure,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    openai_error_body,
+)
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
@@ -97,6 +102,16 @@ def relay_stream(
     return response
 
 
+def _mid_stream(exc: Exception) -> str:
+    """What ended a stream, in the gateway's own words: the kind of failure, never the backend
+    or a library's error text (those are logged under the request id)."""
+    if isinstance(exc, UpstreamTimeout):
+        return "The backend sent nothing within the stream's idle timeout"
+    if isinstance(exc, UpstreamTooLarge):
+        return "The backend's stream was cut: an SSE event exceeds the gateway's size cap"
+    return "The backend failed mid-stream"
+
+
 class _Stream:
     """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
     is never sent (a generator that never started would never run its ``finally``)."""
@@ -161,7 +176,7 @@ class _Stream:
                 exc,
             )
             error = self._exchange.stream_error(
-                f"The backend failed mid-stream (request id {self._ctx.request_id})."
+                f"{_mid_stream(exc)} (request id {self._ctx.request_id})."
             )
             if cont is None or isinstance(exc, UpstreamTooLarge):
                 yield error
