@@ -103,7 +103,7 @@ async def one_stream(client: openai.AsyncOpenAI) -> tuple[str, str]:
             extra_body={"ignore_eos": True},
         ) as response:
             backend = response.headers.get("x-quantroute-backend", "")
-            async for _chunk in response.parse():
+            async for _chunk in await response.parse():
                 started = True
         return "ok", backend
     except openai.APIError:
