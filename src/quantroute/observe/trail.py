@@ -1,0 +1,335 @@
+"""The per-request trail: the one object the request path reports to.
+
+``Observer.begin`` returns :data:`NO_TRAIL`, a shared object whose methods do nothing, when
+neither tracing nor the access log is configured, so the hot path pays a few empty calls and no
+allocation. Otherwise a :class:`RecordingTrail` fills a :class:`RequestRecord` and, with tracing,
+keeps the request's spans:
+
+    POST /v1/chat/completions        SERVER  (continues an incoming traceparent)
+    ├── quantroute.parse             INTERNAL
+    ├── quantroute.decide            INTERNAL  event quantroute.decision (top scores, rejections)
+    ├── quantroute.upstream #1       CLIENT    HTTP 500, event retry
+    └── quantroute.upstream #2       CLIENT    event first_byte; its context goes to the backend
+
+Nothing here reads prompt text, message contents or headers other than the trace context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from quantroute.config import BackendConfig
+from quantroute.core.model import Decision, RequestFeatures
+from quantroute.observe.record import AttemptRecord, RequestRecord, top_scores
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from quantroute.observe.access_log import AccessLog
+    from quantroute.observe.otel import OtelTracing
+    from quantroute.observe.settings import TracingSettings
+
+CLIENT_CLOSED = 499
+Clock = Callable[[], float]
+
+
+class Attempt:
+    """One upstream try, as the request path reports it. This base does nothing."""
+
+    __slots__ = ()
+
+    def inject(self, headers: dict[str, str]) -> None:
+        """Add the trace context (``traceparent``) for the backend to ``headers``."""
+
+    def first_byte(self) -> None:
+        """The backend's first response bytes arrived."""
+
+    def end(self, status: int | None, *, error: str | None = None, retry: bool = False) -> None:
+        """The try is over: the backend's status (None if none came), why it failed, and
+        whether the request goes on to another backend."""
+
+
+class Trail:
+    """One request, as the request path reports it. This base does nothing (see NO_TRAIL)."""
+
+    __slots__ = ()
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return _NO_PHASE
+
+    def parsed(self, features: RequestFeatures) -> None: ...
+
+    def decided(self, decision: Decision) -> None: ...
+
+    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
+        return NO_ATTEMPT
+
+    def finish(
+        self,
+        status: int,
+        *,
+        error: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None: ...
+
+
+NO_TRAIL = Trail()
+NO_ATTEMPT = Attempt()
+_NO_PHASE = contextlib.nullcontext()
+
+
+class RecordingAttempt(Attempt):
+    __slots__ = ("_span", "_trail", "record")
+
+    def __init__(self, trail: RecordingTrail, record: AttemptRecord, span: Span | None) -> None:
+        self._trail = trail
+        self.record = record
+        self._span = span
+
+    def inject(self, headers: dict[str, str]) -> None:
+        if self._span is not None and self._trail.tracing is not None:
+            self._trail.tracing.inject(self._span, headers)
+
+    def first_byte(self) -> None:
+        rec = self.record
+        if rec.first_byte is not None:
+            return
+        rec.first_byte = self._trail.clock()
+        if self._trail.recording and self._span is not None:
+            ttfb_ms = round((rec.first_byte - rec.started) * 1000.0, 3)
+            self._span.add_event("first_byte", {"quantroute.ttfb_ms": ttfb_ms})
+
+    def end(self, status: int | None, *, error: str | None = None, retry: bool = False) -> None:
+        rec = self.record
+        if rec.ended is not None:
+            return
+        rec.ended, rec.status, rec.error = self._trail.clock(), status, error
+        span = self._span
+        if span is None:
+            return
+        if self._trail.recording:
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            failed = error is not None or (status is not None and status >= 500)
+            if failed:
+                span.set_attribute("error.type", error or str(status))
+                assert self._trail.tracing is not None
+                self._trail.tracing.fail(span, error or f"HTTP {status}")
+            if retry:
+                span.add_event("retry", {"quantroute.reason": error or f"HTTP {status}"})
+        span.end()
+
+
+class RecordingTrail(Trail):
+    __slots__ = ("_done", "_log", "_phase_span", "_span", "clock", "record", "recording", "tracing")
+
+    def __init__(
+        self,
+        record: RequestRecord,
+        clock: Clock,
+        tracing: OtelTracing | None,
+        span: Span | None,
+        log: AccessLog | None,
+    ) -> None:
+        self.record = record
+        self.clock = clock
+        self.tracing = tracing
+        self._span = span
+        self.recording = span is not None and span.is_recording()
+        self._phase_span: Span | None = None
+        self._log = log
+        self._done = False
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = self.clock()
+        span = None
+        if self.recording and self.tracing is not None and self._span is not None:
+            span = self.tracing.child(self._span, f"quantroute.{name}")
+        self._phase_span = span
+        try:
+            yield
+        except BaseException as exc:
+            if span is not None:
+                span.set_attribute("error.type", _error_type(exc))
+            raise
+        finally:
+            elapsed = self.clock() - started
+            if name == "parse":
+                self.record.parse_s = elapsed
+            elif name == "decide":
+                self.record.decide_s = elapsed
+            self._phase_span = None
+            if span is not None:
+                span.end()
+
+    def parsed(self, features: RequestFeatures) -> None:
+        self.record.features = features
+        if self.recording and self._span is not None:
+            self._span.set_attributes(_feature_attributes(features))
+
+    def decided(self, decision: Decision) -> None:
+        self.record.decision = decision
+        if not self.recording or self._span is None:
+            return
+        if decision.group is not None:
+            self._span.set_attribute("quantroute.group", decision.group)
+        self._span.set_attribute("quantroute.outcome", decision.outcome.value)
+        target = self._phase_span or self._span
+        target.add_event("quantroute.decision", _decision_attributes(decision))
+
+    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
+        rec = AttemptRecord(number, backend.id, backend.variant_id, self.clock())
+        self.record.attempts.append(rec)
+        span = None
+        if self.tracing is not None and self._span is not None:
+            attributes: dict[str, Any] = {}
+            if self.recording:
+                attributes = {
+                    "quantroute.attempt": number,
+                    "quantroute.backend": backend.id,
+                    "quantroute.variant": backend.variant_id,
+                    "http.request.method": "POST",
+                    "server.address": backend.url,
+                }
+            span = self.tracing.child(self._span, "quantroute.upstream", "client", attributes)
+        return RecordingAttempt(self, rec, span)
+
+    def finish(
+        self,
+        status: int,
+        *,
+        error: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        rec = self.record
+        rec.ended, rec.status, rec.error = self.clock(), status, error
+        rec.prompt_tokens, rec.completion_tokens = prompt_tokens, completion_tokens
+        if self._span is not None:
+            if self.recording:
+                self._finish_span(self._span, rec)
+            self._span.end()
+        if self._log is not None:
+            self._log.write(rec)
+
+    def _finish_span(self, span: Span, rec: RequestRecord) -> None:
+        assert rec.status is not None and self.tracing is not None
+        span.set_attribute("http.response.status_code", rec.status)
+        last = rec.served_by
+        if last is not None:
+            span.set_attribute("quantroute.backend", last.backend)
+            span.set_attribute("quantroute.variant", last.variant)
+            span.set_attribute("quantroute.attempts", len(rec.attempts))
+            if last.first_byte is not None:
+                ttfb_ms = round((last.first_byte - rec.started) * 1000.0, 3)
+                span.set_attribute("quantroute.first_byte_ms", ttfb_ms)
+        if rec.prompt_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", rec.prompt_tokens)
+        if rec.completion_tokens is not None:
+            span.set_attribute("gen_ai.usage.output_tokens", rec.completion_tokens)
+        if rec.error is not None:
+            span.set_attribute("error.type", rec.error)
+        if rec.status == CLIENT_CLOSED:
+            self.tracing.fail(span, "client disconnected")
+        elif rec.status >= 500:
+            self.tracing.fail(span, rec.error or f"HTTP {rec.status}")
+
+
+def _error_type(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else type(exc).__name__
+
+
+def _feature_attributes(f: RequestFeatures) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "gen_ai.request.model": f.model,
+        "quantroute.task_type": f.task,
+        "quantroute.latency_class": f.latency_class.value,
+        "quantroute.stream": f.stream,
+        "quantroute.prompt_tokens_estimate": f.prompt_tokens,
+    }
+    if f.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = f.max_tokens
+    return attributes
+
+
+def _decision_attributes(d: Decision) -> dict[str, Any]:
+    best = top_scores(d)
+    attributes: dict[str, Any] = {
+        "quantroute.outcome": d.outcome.value,
+        "quantroute.candidates": len(d.scores),
+        "quantroute.top.backends": [b for b, _ in best],
+        "quantroute.top.scores": [s for _, s in best],
+        "quantroute.rejected.backends": list(d.rejected),
+        "quantroute.rejected.reasons": ["; ".join(map(str, r)) for r in d.rejected.values()],
+    }
+    if d.chosen is not None:
+        attributes["quantroute.chosen"] = d.chosen
+    if d.relaxed:
+        attributes["quantroute.relaxed_filters"] = list(d.relaxed)
+    if d.kv_pressure:
+        attributes["quantroute.kv_pressure"] = list(d.kv_pressure)
+    return attributes
+
+
+class Observer:
+    """Per app: builds each request's trail. ``start()``/``stop()`` run in the app's lifespan:
+    they build (from settings) and shut down the tracer provider and run the access-log thread.
+    An injected ``tracing`` (tests) is used as is and not shut down here."""
+
+    def __init__(
+        self,
+        *,
+        tracing: OtelTracing | None = None,
+        settings: TracingSettings | None = None,
+        access_log: AccessLog | None = None,
+        clock: Clock = time.perf_counter,
+        wall: Clock = time.time,
+    ) -> None:
+        self.tracing = tracing
+        self._settings = settings
+        self.access_log = access_log
+        self._clock = clock
+        self._wall = wall
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def start(self) -> None:
+        if self.tracing is None and self._settings is not None:
+            from quantroute.observe.otel import OtelTracing
+
+            self.tracing = OtelTracing.from_settings(self._settings)
+        if self.access_log is not None:
+            self.access_log.start()
+        self._active = self.tracing is not None or self.access_log is not None
+
+    def stop(self) -> None:
+        self._active = False
+        if self.access_log is not None:
+            self.access_log.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+    def begin(self, method: str, path: str, kind: str, headers: Mapping[str, str]) -> Trail:
+        if not self._active:
+            return NO_TRAIL
+        record = RequestRecord(path, kind, self._wall(), self._clock())
+        span = None
+        if self.tracing is not None:
+            attributes = {"http.request.method": method, "url.path": path, "http.route": path}
+            span = self.tracing.server_span(f"{method} {path}", headers, attributes)
+            ids = self.tracing.ids(span)
+            if ids is not None:
+                record.trace_id, record.span_id = ids
+        return RecordingTrail(record, self._clock, self.tracing, span, self.access_log)
