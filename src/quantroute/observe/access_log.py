@@ -47,9 +47,7 @@ def _handler(config: AccessLogConfig) -> logging.Handler:
 class AccessLog:
     """``start()`` opens the file and the writer thread; ``stop()`` drains and closes both."""
 
-    def __init__(
-        self, config: AccessLogConfig, on_drop: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, config: AccessLogConfig, on_drop: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self._queue: queue.Queue[logging.LogRecord] = queue.Queue(config.queue_size)
         self._on_drop = on_drop

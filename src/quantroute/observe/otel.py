@@ -33,9 +33,7 @@ def build_provider(settings: TracingSettings) -> TracerProvider:
     sampler: Sampler | None = None
     if settings.sample_ratio is not None:
         sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
-    resource = Resource.create(
-        {SERVICE_NAME: settings.service_name, SERVICE_VERSION: __version__}
-    )
+    resource = Resource.create({SERVICE_NAME: settings.service_name, SERVICE_VERSION: __version__})
     provider = TracerProvider(sampler=sampler, resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
     return provider

@@ -2,8 +2,8 @@
 
 ``POST /v1/traces`` with an ``application/x-protobuf`` body (gzip or not), decoded with the
 official ``opentelemetry-proto`` package (a dev dependency) into :class:`ReceivedSpan` values;
-answers with an empty ``ExportTraceServiceResponse`` as a collector does. ``count_only`` skips
-decoding and only counts requests and bytes (the benchmark's sink).
+answers with an empty ``ExportTraceServiceResponse`` as a collector does. ``count_only`` keeps
+no spans, only counts them per service (the benchmark's sink); ``GET /stats`` returns the counts.
 
     python -m quantroute.testing.otlp_receiver --port 4318 [--count-only]
 
@@ -51,6 +51,7 @@ class Received:
     requests: int = 0
     bytes: int = 0
     spans: list[ReceivedSpan] = field(default_factory=list)
+    per_service: dict[str, int] = field(default_factory=dict)
 
 
 def _value(v: Any) -> Any:
@@ -66,14 +67,28 @@ def _attributes(kvs: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs}
 
 
-def decode(body: bytes) -> list[ReceivedSpan]:
-    """An ``ExportTraceServiceRequest`` -> its spans, ids as lowercase hex."""
+def _parse(body: bytes) -> Any:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
     request = ExportTraceServiceRequest()
     request.ParseFromString(body)
+    return request
+
+
+def count(body: bytes) -> dict[str, int]:
+    """Spans per ``service.name`` in an ``ExportTraceServiceRequest``."""
+    counts: dict[str, int] = {}
+    for rs in _parse(body).resource_spans:
+        service = str(_attributes(rs.resource.attributes).get("service.name", ""))
+        counts[service] = counts.get(service, 0) + sum(len(ss.spans) for ss in rs.scope_spans)
+    return counts
+
+
+def decode(body: bytes) -> list[ReceivedSpan]:
+    """An ``ExportTraceServiceRequest`` -> its spans, ids as lowercase hex."""
+    request = _parse(body)
     spans = []
     for rs in request.resource_spans:
         service = str(_attributes(rs.resource.attributes).get("service.name", ""))
@@ -115,9 +130,10 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_post("/v1/traces", self._traces)
+        app.router.add_get("/stats", self._stats)
         self._server = ThreadedServer(app, port)
         self.url = f"{self._server.url}/v1/traces"
-        self._response = b"" if count_only else _empty_response()
+        self._response = _empty_response()
 
     async def _traces(self, request: web.Request) -> web.Response:
         if request.content_type != PROTOBUF:
@@ -125,12 +141,22 @@ class OtlpReceiver:
         body = await request.read()
         if request.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
+        counts = count(body)
         spans = [] if self.count_only else decode(body)
         with self._lock:
-            self.received.requests += 1
-            self.received.bytes += len(body)
-            self.received.spans.extend(spans)
+            got = self.received
+            got.requests += 1
+            got.bytes += len(body)
+            got.spans.extend(spans)
+            for service, n in counts.items():
+                got.per_service[service] = got.per_service.get(service, 0) + n
         return web.Response(body=self._response, content_type=PROTOBUF)
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        with self._lock:
+            got = self.received
+            stats = {"requests": got.requests, "bytes": got.bytes, "spans": got.per_service}
+        return web.json_response(stats)
 
     def spans(self) -> list[ReceivedSpan]:
         with self._lock:
@@ -164,7 +190,7 @@ class OtlpReceiver:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="OTLP/HTTP trace receiver on 127.0.0.1")
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--count-only", action="store_true", help="count requests, do not decode")
+    p.add_argument("--count-only", action="store_true", help="count spans, keep none")
     args = p.parse_args(argv)
     receiver = OtlpReceiver(count_only=args.count_only, port=args.port).start()
     print(f"READY {receiver.url}", flush=True)
