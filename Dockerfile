@@ -19,8 +19,9 @@ RUN python -m venv /opt/quantroute
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Runtime dependencies only: no [dev] extra.
-RUN /opt/quantroute/bin/pip install --no-compile . \
+# Runtime dependencies and the OpenTelemetry exporter (off unless configured: components/tracing);
+# no [dev] extra.
+RUN /opt/quantroute/bin/pip install --no-compile '.[tracing]' \
     && /opt/quantroute/bin/quantroute --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime

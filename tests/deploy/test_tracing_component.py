@@ -1,0 +1,81 @@
+"""components/tracing: the gateway and every vLLM pod export traces to one collector."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from quantroute.cli import main as cli_main
+from quantroute.config import TracingConfig
+from quantroute.observe.settings import TracingSettings, resolve_tracing
+from quantroute.preflight import parse_vllm_args
+
+from .helpers import DEPLOY, Obj, container, gateway_config_text, one, render, vllm_deployments
+from .test_render import _errors
+
+COLLECTOR = "http://otel-collector.observability.svc:4318"
+
+
+def _render_default_with_tracing(tmp_path: Path) -> list[Obj]:
+    deploy = os.path.relpath(DEPLOY, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {deploy}/overlays/default\n"
+        f"components:\n  - {deploy}/components/tracing\n"
+    )
+    return render(tmp_path)
+
+
+def _env(c: Obj) -> dict[str, str]:
+    return {e["name"]: e.get("value", "(from the pod)") for e in c.get("env", [])}
+
+
+def test_component_renders_valid_objects(tmp_path: Path) -> None:
+    objs = _render_default_with_tracing(tmp_path)
+    problems = {
+        f"{o['kind']}/{o['metadata']['name']}": err for o in objs if (err := _errors(o)) is not None
+    }
+    assert problems == {}
+
+
+def test_gateway_traces_to_the_collector_through_the_standard_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objs = _render_default_with_tracing(tmp_path)
+    gateway = container(
+        one(objs, "Deployment", "quantroute-gateway")["spec"]["template"]["spec"], "gateway"
+    )
+    env = _env(gateway)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR
+    assert resolve_tracing(TracingConfig(), env, available=True) == TracingSettings(
+        None, "quantroute-gateway", None
+    )
+    # The shipped gateway config, under that environment, passes check-config with tracing on.
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config_text(objs))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["check-config", str(path)]) == 0
+
+
+def test_every_vllm_pod_exports_over_http_and_the_preflight_sees_the_same_arguments(
+    tmp_path: Path,
+) -> None:
+    objs = _render_default_with_tracing(tmp_path)
+    deployments = vllm_deployments(objs)
+    assert len(deployments) == 3
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        vllm = container(spec, "vllm")
+        args = parse_vllm_args(vllm["args"])
+        assert args.options["--otlp-traces-endpoint"] == COLLECTOR + "/v1/traces"
+        assert _env(vllm)["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+        preflight = container(spec, "preflight", init=True)
+        assert preflight["args"][preflight["args"].index("--") + 1 :] == vllm["args"]
+
+
+def test_the_image_ships_the_tracing_extra() -> None:
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
+    assert "pip install --no-compile '.[tracing]'" in dockerfile
