@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import uvicorn
 
-from quantroute.config import load_config
+from quantroute.config import GatewayConfig, load_config
+from quantroute.observe.settings import resolve_tracing
 from quantroute.server.app import create_app
 from quantroute.serving import uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
@@ -34,7 +36,23 @@ def check_config(path: str) -> int:
         kube = discovery.kubernetes
         where = kube.namespace or "the gateway pod's namespace"
         print(f"# Kubernetes discovery: pods {kube.label_selector!r} in {where}")
+    print(f"# {observability_note(config)}")
     return 0
+
+
+def observability_note(config: GatewayConfig) -> str:
+    """What the gateway will do about tracing and the access log (raises ConfigError if it
+    cannot: tracing on without the ``tracing`` extra)."""
+    tracing = resolve_tracing(config.tracing, os.environ)
+    if tracing is None:
+        traced = "tracing off"
+    else:
+        where = tracing.endpoint or "from OTEL_EXPORTER_OTLP_* (default localhost:4318)"
+        ratio = "OTEL_TRACES_SAMPLER" if tracing.sample_ratio is None else tracing.sample_ratio
+        traced = f"tracing on: service {tracing.service_name}, sampling {ratio}, export {where}"
+    log = config.access_log
+    logged = "no access log" if log is None else f"access log to {log.path}"
+    return f"{traced}; {logged}"
 
 
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:

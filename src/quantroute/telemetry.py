@@ -112,6 +112,11 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "quantroute_access_log_dropped",
+            "Access-log records dropped because the writer fell behind (queue full).",
+            registry=r,
+        )
         self._in_flight = _InFlightCollector()
         r.register(self._in_flight)
         self.build_info = Gauge(

@@ -32,6 +32,7 @@ def _record(n: int) -> RequestRecord:
     second = AttemptRecord(2, "a", "va", started=10.002, status=200, first_byte=10.012)
     second.ended = 10.1
     rec.attempts += [first, second]
+    rec.answered = second
     rec.status, rec.prompt_tokens, rec.completion_tokens, rec.ended = 200, 118, 30, 10.2
     return rec
 

@@ -74,14 +74,11 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ended: float | None = None
-
-    @property
-    def served_by(self) -> AttemptRecord | None:
-        """The attempt whose answer went to the client (the last one), if any."""
-        return self.attempts[-1] if self.attempts else None
+    answered: AttemptRecord | None = None
+    """The attempt whose answer went to the client (None: the gateway answered, an error)."""
 
     def as_dict(self) -> dict[str, Any]:
-        last = self.served_by
+        last = self.answered
         group = self.decision.group if self.decision is not None else None
         return {
             "v": SCHEMA_VERSION,

@@ -10,6 +10,7 @@ keeps the request's spans:
     ├── quantroute.decide            INTERNAL  event quantroute.decision (top scores, rejections)
     ├── quantroute.upstream #1       CLIENT    HTTP 500, event retry
     └── quantroute.upstream #2       CLIENT    event first_byte; its context goes to the backend
+                                               (``traceparent``), so vLLM's span is its child
 
 Nothing here reads prompt text, message contents or headers other than the trace context.
 """
@@ -41,8 +42,10 @@ class Attempt:
 
     __slots__ = ()
 
-    def inject(self, headers: dict[str, str]) -> None:
-        """Add the trace context (``traceparent``) for the backend to ``headers``."""
+    def headers(self, base: Mapping[str, str]) -> Mapping[str, str]:
+        """The headers for the backend: ``base``, plus the trace context (``traceparent``)
+        naming this attempt when tracing is on (then as a new mapping; ``base`` is shared)."""
+        return base
 
     def first_byte(self) -> None:
         """The backend's first response bytes arrived."""
@@ -74,7 +77,10 @@ class Trail:
         error: str | None = None,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
-    ) -> None: ...
+        answered: Attempt | None = None,
+    ) -> None:
+        """The request is over: its status, and ``answered``, the attempt whose answer the
+        client got (None when the gateway itself answered with an error)."""
 
 
 NO_TRAIL = Trail()
@@ -90,9 +96,12 @@ class RecordingAttempt(Attempt):
         self.record = record
         self._span = span
 
-    def inject(self, headers: dict[str, str]) -> None:
-        if self._span is not None and self._trail.tracing is not None:
-            self._trail.tracing.inject(self._span, headers)
+    def headers(self, base: Mapping[str, str]) -> Mapping[str, str]:
+        if self._span is None or self._trail.tracing is None:
+            return base
+        carrier = dict(base)
+        self._trail.tracing.inject(self._span, carrier)
+        return carrier
 
     def first_byte(self) -> None:
         rec = self.record
@@ -206,12 +215,15 @@ class RecordingTrail(Trail):
         error: str | None = None,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+        answered: Attempt | None = None,
     ) -> None:
         if self._done:
             return
         self._done = True
         rec = self.record
         rec.ended, rec.status, rec.error = self.clock(), status, error
+        if isinstance(answered, RecordingAttempt):
+            rec.answered = answered.record
         rec.prompt_tokens, rec.completion_tokens = prompt_tokens, completion_tokens
         if self._span is not None:
             if self.recording:
@@ -223,7 +235,7 @@ class RecordingTrail(Trail):
     def _finish_span(self, span: Span, rec: RequestRecord) -> None:
         assert rec.status is not None and self.tracing is not None
         span.set_attribute("http.response.status_code", rec.status)
-        last = rec.served_by
+        last = rec.answered
         if last is not None:
             span.set_attribute("quantroute.backend", last.backend)
             span.set_attribute("quantroute.variant", last.variant)

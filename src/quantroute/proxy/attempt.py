@@ -4,6 +4,10 @@ An attempt holds a :class:`~quantroute.state.inflight.Lease` from dispatch until
 ends exactly once: :meth:`Attempt.finish` (answered: status and token usage counted) or
 :meth:`Attempt.give_up` (failed before the first byte; another backend may be tried).
 :meth:`Attempt.release` is the idempotent safety net the forwarder calls in ``finally``.
+
+Both ends report to the attempt's trail (its span: status, ``first_byte``, ``retry``); the
+answered attempt also settles the request's trail (its span and access-log line), since its
+outcome is the request's.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 from quantroute.config import BackendConfig
+from quantroute.observe.trail import NO_ATTEMPT, NO_TRAIL, Trail
+from quantroute.observe.trail import Attempt as AttemptTrail
 from quantroute.proxy.sse import Usage
 from quantroute.state.inflight import Lease
 from quantroute.telemetry import Telemetry
@@ -32,6 +38,9 @@ class Attempt:
     """How it ended: the HTTP status relayed, 499 for a client that left; None while running
     or when given up."""
     failure: str | None = None
+    trail: AttemptTrail = NO_ATTEMPT
+    request: Trail = NO_TRAIL
+    """The request's trail, settled by the attempt that answers."""
 
     @property
     def backend_id(self) -> str:
@@ -43,21 +52,46 @@ class Attempt:
             elapsed = time.perf_counter() - self.started
             self.telemetry.ttfb.labels(self.backend_id).observe(elapsed)
             self.lease.first_byte()
+            self.trail.first_byte()
 
-    def finish(self, status: int, usage: Usage | None = None) -> None:
-        """The attempt answered the client (or the client left): count it and end it."""
+    def finish(self, status: int, usage: Usage | None = None, *, error: str | None = None) -> None:
+        """The attempt answered the client (or the client left): count it and end it.
+        ``error`` names what went wrong when the status alone does not (a broken stream)."""
         self.status = status
         t = self.telemetry
         t.requests.labels(self.backend_id, self.group, str(status)).inc()
         if usage is not None:
             t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
             t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
+        if status == CLIENT_CLOSED:
+            error = error or "client_disconnected"
+            self.trail.end(None, error=error)
+        else:
+            self.trail.end(status, error=error)
+        tokens = (None, None) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
+        self.request.finish(
+            status,
+            error=error,
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            answered=self.trail,
+        )
         self.release()
 
-    def give_up(self, reason: str) -> None:
-        """Failed before the first byte (connect error, 5xx): counted as a retry, ended."""
+    def give_up(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        retry: bool = True,
+    ) -> None:
+        """Failed before the first byte (connect error, 5xx): counted as a retry, ended.
+        ``status`` is the backend's (None if it was never reached), ``error`` the kind of
+        failure for the trail; ``retry`` whether another backend is tried next."""
         self.failure = reason
         self.telemetry.retries.labels(self.backend_id).inc()
+        self.trail.end(status, error=error, retry=retry)
         self.release()
 
     def release(self) -> None:

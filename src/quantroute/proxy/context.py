@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.types import Receive
 
 from quantroute.core.model import Decision, RequestFeatures
+from quantroute.observe.trail import NO_TRAIL, Trail
 from quantroute.proxy.parse import ParsedRequest
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class RequestContext:
     """``backend: what went wrong`` for each attempt that was given up before the first byte."""
     continuation: StreamContinuation | None = None
     """A stream's continuation guard (None: not a stream, or continuation is off)."""
+    trail: Trail = NO_TRAIL
+    """The request's access-log record and spans (a shared no-op when neither is configured)."""
 
     @property
     def features(self) -> RequestFeatures:

@@ -67,27 +67,40 @@ class Forwarder:
         kv_tokens = request_kv_tokens(features, self.policy)
         lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
         attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
+        number = len(ctx.attempts) + 1
+        attempt.trail, attempt.request = ctx.trail.attempt(number, backend), ctx.trail
         ctx.attempts.append(attempt)
         return attempt
 
-    def _give_up(self, ctx: RequestContext, attempt: Attempt, reason: str) -> None:
+    def _give_up(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        reason: str,
+        *,
+        last: bool,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
         ctx.failures.append(f"{attempt.backend_id}: {reason}")
-        attempt.give_up(reason)
+        attempt.give_up(reason, status=status, error=error, retry=not last)
 
     async def _try(
         self, ctx: RequestContext, attempt: Attempt, body: bytes, *, last: bool
     ) -> Response | None:
         """The response for the client, or None when the next backend should be tried."""
         url = attempt.backend.url.rstrip("/") + ctx.exchange.path
+        headers = attempt.trail.headers(ctx.forward_headers)  # + traceparent when tracing
         handed_over = False
         try:
             if ctx.features.stream:
                 response = await race_disconnect(
-                    ctx.receive, self.upstream.post(url, body, ctx.forward_headers)
+                    ctx.receive, self.upstream.post(url, body, headers)
                 )
                 if response.status >= 500 and not last:
                     response.close()
-                    self._give_up(ctx, attempt, f"HTTP {response.status}")
+                    status = response.status
+                    self._give_up(ctx, attempt, f"HTTP {status}", last=last, status=status)
                     return None
                 if response.status < 400:
                     handed_over = True  # the relay owns the response and the attempt from here
@@ -95,16 +108,16 @@ class Forwarder:
                 # an error answer to a stream request is a JSON body, not a stream: whole
                 status, ctype, data = await race_disconnect(ctx.receive, _read(response))
             else:
-                exchange = self._exchange(url, body, ctx)
+                exchange = self._exchange(url, body, headers)
                 status, ctype, data = await race_disconnect(ctx.receive, exchange)
             if status >= 500 and not last:
-                self._give_up(ctx, attempt, f"HTTP {status}")
+                self._give_up(ctx, attempt, f"HTTP {status}", last=last, status=status)
                 return None
             reply = relay_body(ctx, attempt, status, ctype, data)
             await ctx.exchange.completed(status)
             return reply
         except UpstreamConnectError as exc:
-            self._give_up(ctx, attempt, str(exc))
+            self._give_up(ctx, attempt, str(exc), last=last, error="upstream_connect_error")
             return None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)
@@ -113,8 +126,10 @@ class Forwarder:
             if not handed_over:
                 attempt.release()
 
-    async def _exchange(self, url: str, body: bytes, ctx: RequestContext) -> tuple[int, str, bytes]:
-        return await _read(await self.upstream.post(url, body, ctx.forward_headers))
+    async def _exchange(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes]:
+        return await _read(await self.upstream.post(url, body, headers))
 
 
 async def _read(response: UpstreamResponse) -> tuple[int, str, bytes]:

@@ -77,6 +77,7 @@ class _Stream:
         self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
+        self._error: str | None = None
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -101,7 +102,7 @@ class _Stream:
             self.close()
             await self._exchange.completed(self._outcome)
         except (UpstreamConnectError, StreamBroke) as exc:
-            self._outcome = 502
+            self._outcome, self._error = 502, "upstream_stream_error"
             log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
             error = self._exchange.stream_error(
                 f"upstream {attempt.backend_id} failed mid-stream: {exc}"
@@ -123,4 +124,4 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
-        self._attempt.finish(self._outcome, usage)
+        self._attempt.finish(self._outcome, usage, error=self._error)

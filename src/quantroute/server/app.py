@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -18,6 +19,9 @@ from fastapi import FastAPI
 
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
+from quantroute.observe.access_log import AccessLog
+from quantroute.observe.settings import resolve_tracing
+from quantroute.observe.trail import Observer
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
@@ -64,6 +68,16 @@ async def _start_discovery(
     return await start_discovery(config, apply)
 
 
+def observer_from_config(config: GatewayConfig, telemetry: Telemetry) -> Observer:
+    """Tracing and the access log as configured (``OTEL_*`` read here, once). Raises
+    ConfigError when tracing is on but the ``tracing`` extra is not installed."""
+    settings = resolve_tracing(config.tracing, os.environ)
+    log = None
+    if config.access_log is not None:
+        log = AccessLog(config.access_log, on_drop=telemetry.access_log_dropped.inc)
+    return Observer(settings=settings, access_log=log)
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -73,9 +87,11 @@ def create_app(
     matrix: MatrixSource | None = None,
     telemetry: Telemetry | None = None,
     matrix_poll_s: float = MATRIX_POLL_S,
+    observer: Observer | None = None,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
     telemetry = telemetry or Telemetry()
+    observer = observer or observer_from_config(config, telemetry)
     store = StateStore(config.backends, config.policy, clock)
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
@@ -93,7 +109,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        gateway = Gateway(config, store, up, source, telemetry)
+        observer.start()
+        gateway = Gateway(config, store, up, source, telemetry, observer)
         app.state.gateway = gateway
         for backend in config.backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
@@ -123,6 +140,7 @@ def create_app(
                 await client.aclose()
             if upstream is None:
                 await up.aclose()
+            await asyncio.to_thread(observer.stop)  # flushes spans and the access log
 
     app = FastAPI(
         title="quantroute", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None

@@ -9,14 +9,18 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision
+from quantroute.errors import RequestError
+from quantroute.observe.trail import Observer, Trail
+from quantroute.proxy.attempt import CLIENT_CLOSED
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
@@ -39,8 +43,10 @@ class Gateway:
         upstream: Upstream,
         matrix: MatrixSource,
         telemetry: Telemetry,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer or Observer()
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
@@ -62,26 +68,63 @@ class Gateway:
         return parse_request(kind, raw, headers, self.config.policy, sequence)
 
     async def handle(self, kind: Kind, request: Request) -> Response:
-        parsed = self.parse(kind, await request.body(), request)
-        return await self.dispatch(parsed, OpenAIExchange(parsed), request)
+        """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
+        log, spans) is settled by the attempt that answers (:mod:`quantroute.proxy.attempt`),
+        or by :func:`_settles` when the request ends in an error."""
+        trail = self._begin(kind, request)
+        with _settles(trail):
+            with trail.phase("parse"):
+                parsed = self.parse(kind, await request.body(), request)
+            return await self.dispatch(parsed, OpenAIExchange(parsed), request, trail)
 
     async def dispatch(
-        self, parsed: ParsedRequest, exchange: Exchange, request: Request
+        self,
+        parsed: ParsedRequest,
+        exchange: Exchange,
+        request: Request,
+        trail: Trail | None = None,
     ) -> Response:
-        """Decide and forward a parsed request of any API (``exchange`` says how)."""
-        forward = {"Content-Type": "application/json"}
-        if "authorization" in request.headers:
-            forward["Authorization"] = request.headers["authorization"]
-        ctx = RequestContext(parsed, forward, request.receive, exchange)
-        ctx.decision = self.router.route(ctx.features)
-        ctx.continuation = self.continuer.watch(ctx)
-        return await self.forwarder.forward(ctx)
+        """Decide and forward a parsed request of any API (``exchange`` says how). The other
+        APIs parse before they call this, so their trail starts here."""
+        if trail is None:
+            trail = self._begin(parsed.kind, request)
+        with _settles(trail):
+            trail.parsed(parsed.features)
+            forward = {"Content-Type": "application/json"}
+            if "authorization" in request.headers:
+                forward["Authorization"] = request.headers["authorization"]
+            ctx = RequestContext(parsed, forward, request.receive, exchange, trail=trail)
+            with trail.phase("decide"):
+                decision = self.router.decide(ctx.features)
+                trail.decided(decision)
+            ctx.decision = self.router.routed(decision, ctx.features)
+            ctx.continuation = self.continuer.watch(ctx)
+            return await self.forwarder.forward(ctx)
+
+    def _begin(self, kind: str, request: Request) -> Trail:
+        return self.observer.begin("POST", request.scope["path"], kind, request.headers)
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
         parsed = self.parse(None, await request.body(), request, dry_run=True)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
+
+
+@contextlib.contextmanager
+def _settles(trail: Trail) -> Iterator[None]:
+    """A request that ends in an exception settles its trail here (once: finish is idempotent)."""
+    try:
+        yield
+    except RequestError as exc:
+        trail.finish(exc.status, error=exc.code)
+        raise
+    except ClientDisconnect:  # gone while the body was still being read
+        trail.finish(CLIENT_CLOSED, error="client_disconnected")
+        raise
+    except BaseException as exc:
+        trail.finish(500, error=type(exc).__name__)
+        raise
 
 
 def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
