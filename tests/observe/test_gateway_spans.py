@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
@@ -16,7 +17,7 @@ from quantroute.testing.fake_backend import FakeState, wait_until
 from .conftest import API_KEY, FleetFactory
 
 PROMPT = "Write a python function named add_numbers that adds two integers."
-MSG = [{"role": "user", "content": PROMPT}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
@@ -32,9 +33,13 @@ def _server(spans: list[ReadableSpan]) -> ReadableSpan:
     return server
 
 
+def _attrs(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
 def _upstreams(spans: list[ReadableSpan]) -> list[ReadableSpan]:
     found = [s for s in spans if s.name == "quantroute.upstream"]
-    return sorted(found, key=lambda s: s.attributes["quantroute.attempt"])  # type: ignore[index,return-value]
+    return sorted(found, key=lambda s: int(_attrs(s)["quantroute.attempt"]))
 
 
 def _done(n_upstream: int = 1) -> Any:
@@ -66,7 +71,7 @@ def test_a_routed_request_is_one_server_span_with_parse_decide_and_upstream_chil
     server = _server(spans)
     assert server.name == "POST /v1/chat/completions"
     assert server.parent is None
-    attrs = server.attributes or {}
+    attrs = _attrs(server)
     assert attrs["http.response.status_code"] == 200
     assert attrs["quantroute.group"] == "auto"
     assert attrs["quantroute.backend"] == "a" and attrs["quantroute.variant"] == "a-variant"
@@ -87,14 +92,14 @@ def test_a_routed_request_is_one_server_span_with_parse_decide_and_upstream_chil
         assert child.context.trace_id == server.context.trace_id
     decide = _one(spans, "quantroute.decide")
     [event] = [e for e in decide.events if e.name == "quantroute.decision"]
-    ev = event.attributes or {}
+    ev: dict[str, Any] = dict(event.attributes or {})
     assert ev["quantroute.chosen"] == "a" and ev["quantroute.candidates"] == 2
-    assert list(ev["quantroute.top.backends"]) == ["a", "b"]  # type: ignore[arg-type]
-    scores = list(ev["quantroute.top.scores"])  # type: ignore[arg-type]
+    assert list(ev["quantroute.top.backends"]) == ["a", "b"]
+    scores = list(ev["quantroute.top.scores"])
     assert scores == sorted(scores, reverse=True) and len(scores) == 2
     [upstream] = _upstreams(spans)
     assert upstream.kind is SpanKind.CLIENT
-    assert (upstream.attributes or {})["http.response.status_code"] == 200
+    assert _attrs(upstream)["http.response.status_code"] == 200
     assert [e.name for e in upstream.events] == ["first_byte"]
     assert server.end_time is not None and upstream.end_time is not None
     assert server.end_time >= upstream.end_time
@@ -154,15 +159,15 @@ def test_a_retry_is_two_attempt_spans_the_first_failed_with_a_retry_event(
             list(reply.parse())
         spans = fleet.wait_spans(_done(2))
         first, second = _upstreams(spans)
-        a1, a2 = first.attributes or {}, second.attributes or {}
+        a1, a2 = _attrs(first), _attrs(second)
         assert (a1["quantroute.backend"], a1["http.response.status_code"]) == ("a", 500)
         assert first.status.status_code is StatusCode.ERROR
         assert [e.name for e in first.events] == ["retry"]
         assert (a2["quantroute.backend"], a2["http.response.status_code"]) == ("b", 200)
         assert second.status.status_code is StatusCode.UNSET
         server = _server(spans)
-        assert (server.attributes or {})["quantroute.attempts"] == 2
-        assert (server.attributes or {})["quantroute.backend"] == "b"
+        assert _attrs(server)["quantroute.attempts"] == 2
+        assert _attrs(server)["quantroute.backend"] == "b"
         assert server.status.status_code is StatusCode.UNSET
         # each backend saw its own attempt span as the parent, in one trace
         [to_a], [to_b] = fleet.headers_seen["a"], fleet.headers_seen["b"]
@@ -183,12 +188,12 @@ def test_a_client_that_disconnects_mid_stream_ends_the_span_as_499_error(
     stream.close()
     spans = fleet.wait_spans(_done())
     server = _server(spans)
-    assert (server.attributes or {})["http.response.status_code"] == 499
+    assert _attrs(server)["http.response.status_code"] == 499
     assert server.status.status_code is StatusCode.ERROR
     assert server.status.description == "client disconnected"
     [upstream] = _upstreams(spans)
     assert upstream.status.status_code is StatusCode.ERROR
-    assert (upstream.attributes or {})["error.type"] == "client_disconnected"
+    assert _attrs(upstream)["error.type"] == "client_disconnected"
     assert "first_byte" in [e.name for e in upstream.events]
     assert wait_until(lambda: fleet.backends["a"].state.aborted == 1)
 
@@ -201,7 +206,7 @@ def test_a_client_that_disconnects_before_the_first_byte_ends_the_span_as_499(
         client.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
     spans = fleet.wait_spans(_done())
     server = _server(spans)
-    assert (server.attributes or {})["http.response.status_code"] == 499
+    assert _attrs(server)["http.response.status_code"] == 499
     assert server.status.status_code is StatusCode.ERROR
     [upstream] = _upstreams(spans)
     assert upstream.status.status_code is StatusCode.ERROR
@@ -216,8 +221,8 @@ def test_client_errors_leave_the_status_unset_and_server_errors_set_it(
     assert r.status_code == 404
     spans = fleet.wait_spans(_done(0))
     server = _server(spans)
-    assert (server.attributes or {})["http.response.status_code"] == 404
-    assert (server.attributes or {})["error.type"] == "model_not_found"
+    assert _attrs(server)["http.response.status_code"] == 404
+    assert _attrs(server)["error.type"] == "model_not_found"
     assert server.status.status_code is StatusCode.UNSET
     assert _upstreams(spans) == []
     fleet.exporter.clear()
@@ -225,16 +230,17 @@ def test_client_errors_leave_the_status_unset_and_server_errors_set_it(
     assert r.status_code == 503
     spans = fleet.wait_spans(_done(0))
     server = _server(spans)
-    assert (server.attributes or {})["error.type"] == "no_backend_available"
+    assert _attrs(server)["error.type"] == "no_backend_available"
     assert server.status.status_code is StatusCode.ERROR
     [event] = _one(spans, "quantroute.decide").events
-    assert list(event.attributes["quantroute.rejected.backends"]) == ["a"]  # type: ignore[arg-type, index]
+    rejected: Any = dict(event.attributes or {})["quantroute.rejected.backends"]
+    assert list(rejected) == ["a"]
     fleet.exporter.clear()
     r = httpx.post(fleet.url + "/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400
     spans = fleet.wait_spans(_done(0))
-    assert (_server(spans).attributes or {})["error.type"] == "invalid_request"
-    assert (_one(spans, "quantroute.parse").attributes or {})["error.type"] == "invalid_request"
+    assert _attrs(_server(spans))["error.type"] == "invalid_request"
+    assert _attrs(_one(spans, "quantroute.parse"))["error.type"] == "invalid_request"
 
 
 def test_unsampled_requests_record_nothing_but_still_propagate_the_decision(
@@ -261,7 +267,7 @@ def test_no_prompt_text_or_key_in_any_span_or_access_log_line(traced_fleet: Flee
             model="auto", messages=MSG, max_tokens=3, stream=stream
         )
         if stream:
-            list(reply)  # type: ignore[call-overload]
+            list(reply)
     spans = fleet.wait_spans(lambda s: len([x for x in s if x.kind is SpanKind.SERVER]) == 2)
     dumped = "\n".join(s.to_json() for s in spans)
     fleet.gateway.stop()  # drains the access log

@@ -48,7 +48,7 @@ EP = "http://collector:4318/v1/traces"
     ],
 )
 def test_resolution(config: dict[str, object], env: dict[str, str], expected: object) -> None:
-    assert resolve_tracing(TracingConfig(**config), env, available=True) == expected  # type: ignore[arg-type]
+    assert resolve_tracing(TracingConfig.model_validate(config), env, available=True) == expected
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_tracing_on_without_the_sdk_is_a_config_error_naming_cause_and_fix(
     config: dict[str, object], env: dict[str, str], why: str
 ) -> None:
     with pytest.raises(ConfigError) as exc:
-        resolve_tracing(TracingConfig(**config), env, available=False)  # type: ignore[arg-type]
+        resolve_tracing(TracingConfig.model_validate(config), env, available=False)
     message = str(exc.value)
     assert why in message
     assert "pip install 'quantroute[tracing]'" in message and "tracing.enabled: false" in message
