@@ -100,6 +100,11 @@ def test_a_routed_request_is_one_server_span_with_parse_decide_and_upstream_chil
     [upstream] = _upstreams(spans)
     assert upstream.kind is SpanKind.CLIENT
     assert _attrs(upstream)["http.response.status_code"] == 200
+    port = int(fleet.config.backend("a").url.rsplit(":", 1)[1])
+    assert (_attrs(upstream)["server.address"], _attrs(upstream)["server.port"]) == (
+        "127.0.0.1",
+        port,
+    )
     assert [e.name for e in upstream.events] == ["first_byte"]
     assert server.end_time is not None and upstream.end_time is not None
     assert server.end_time >= upstream.end_time

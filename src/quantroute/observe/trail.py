@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from quantroute.config import BackendConfig
 from quantroute.core.model import Decision, RequestFeatures
@@ -203,7 +204,7 @@ class RecordingTrail(Trail):
                     "quantroute.backend": backend.id,
                     "quantroute.variant": backend.variant_id,
                     "http.request.method": "POST",
-                    "server.address": backend.url,
+                    **_server_address(backend.url),
                 }
             span = self.tracing.child(self._span, "quantroute.upstream", "client", attributes)
         return RecordingAttempt(self, rec, span)
@@ -253,6 +254,14 @@ class RecordingTrail(Trail):
             self.tracing.fail(span, "client disconnected")
         elif rec.status >= 500:
             self.tracing.fail(span, rec.error or f"HTTP {rec.status}")
+
+
+def _server_address(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    address: dict[str, Any] = {"server.address": parts.hostname or ""}
+    if parts.port is not None:
+        address["server.port"] = parts.port
+    return address
 
 
 def _error_type(exc: BaseException) -> str:
