@@ -19,8 +19,7 @@ def test_an_unconfigured_observer_hands_out_the_shared_no_op_trail() -> None:
     attempt = trail.attempt(1, BACKEND)
     assert attempt is NO_ATTEMPT
     headers = {"Content-Type": "application/json"}
-    attempt.inject(headers)
-    assert headers == {"Content-Type": "application/json"}
+    assert attempt.headers(headers) is headers
     observer.stop()
 
 

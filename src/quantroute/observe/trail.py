@@ -2,8 +2,9 @@
 
 ``Observer.begin`` returns :data:`NO_TRAIL`, a shared object whose methods do nothing, when
 neither tracing nor the access log is configured, so the hot path pays a few empty calls and no
-allocation. Otherwise a :class:`RecordingTrail` fills a :class:`RequestRecord` and, with tracing,
-keeps the request's spans:
+allocation. A request the sampler drops (and no access log) gets a :class:`PropagatingTrail`:
+nothing recorded, only the trace context passed on. Otherwise a :class:`RecordingTrail` fills a
+:class:`RequestRecord` and, with tracing, keeps the request's spans:
 
     POST /v1/chat/completions        SERVER  (continues an incoming traceparent)
     ├── quantroute.parse             INTERNAL
@@ -132,6 +133,35 @@ class RecordingAttempt(Attempt):
             if retry:
                 span.add_event("retry", {"quantroute.reason": error or f"HTTP {status}"})
         span.end()
+
+
+class _Propagating(Attempt):
+    """An unsampled request's attempt: only the trace context goes on (sampled flag off), so
+    the backend's parent-based sampler drops its span too."""
+
+    __slots__ = ("_span", "_tracing")
+
+    def __init__(self, tracing: OtelTracing, span: Span) -> None:
+        self._tracing = tracing
+        self._span = span
+
+    def headers(self, base: Mapping[str, str]) -> Mapping[str, str]:
+        carrier = dict(base)
+        self._tracing.inject(self._span, carrier)
+        return carrier
+
+
+class PropagatingTrail(Trail):
+    """An unsampled request with no access log: nothing is recorded, the trace context is
+    passed on. Costs one non-recording span and one header per attempt."""
+
+    __slots__ = ("_attempt",)
+
+    def __init__(self, tracing: OtelTracing, span: Span) -> None:
+        self._attempt = _Propagating(tracing, span)
+
+    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
+        return self._attempt
 
 
 class RecordingTrail(Trail):
@@ -345,11 +375,15 @@ class Observer:
     def begin(self, method: str, path: str, kind: str, headers: Mapping[str, str]) -> Trail:
         if not self._active:
             return NO_TRAIL
-        record = RequestRecord(path, kind, self._wall(), self._clock())
+        started, wall = self._clock(), self._wall()
         span = None
         if self.tracing is not None:
             attributes = {"http.request.method": method, "url.path": path, "http.route": path}
             span = self.tracing.server_span(f"{method} {path}", headers, attributes)
+            if self.access_log is None and not span.is_recording():
+                return PropagatingTrail(self.tracing, span)
+        record = RequestRecord(path, kind, wall, started)
+        if span is not None and self.tracing is not None:
             ids = self.tracing.ids(span)
             if ids is not None:
                 record.trace_id, record.span_id = ids
