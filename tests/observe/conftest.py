@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 
 from quantroute.config import AccessLogConfig, GatewayConfig, parse_config
 from quantroute.observe.access_log import AccessLog
+from quantroute.observe.observer import Observer
 from quantroute.observe.otel import OtelTracing
-from quantroute.observe.trail import Observer
 from quantroute.server.app import create_app
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread

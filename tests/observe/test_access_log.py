@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from quantroute.config import AccessLogConfig
-from quantroute.core.model import Decision, LatencyClass, Outcome, RequestFeatures, Scores
+from quantroute.core.model import (
+    Decision,
+    LatencyClass,
+    Outcome,
+    Rejection,
+    RequestFeatures,
+    Scores,
+)
 from quantroute.observe.access_log import AccessLog
 from quantroute.observe.record import AttemptRecord, RequestRecord
 
@@ -23,7 +30,7 @@ def _record(n: int) -> RequestRecord:
         "a",
         ("a", "b"),
         {"a": Scores(0.91234, {"latency": 0.5}), "b": Scores(0.8, {"latency": 0.4})},
-        {"c": ("kv_ceiling: 0.97 >= 0.95",)},
+        {"c": (Rejection("kv_ceiling", "0.97 >= 0.95", kv_pressure=True),)},
         group="auto",
         quality_floor=0.5,
     )
@@ -65,7 +72,7 @@ def test_record_fields() -> None:
     assert line["attempts"][0]["ttfb_ms"] is None and line["attempts"][1]["ttfb_ms"] == 10.0
     decision = line["decision"]
     assert decision["ranked"] == ["a", "b"] and decision["scores"]["a"]["total"] == 0.9123
-    assert decision["rejected"] == {"c": ["kv_ceiling: 0.97 >= 0.95"]}
+    assert decision["rejected"] == {"c": [{"filter": "kv_ceiling", "detail": "0.97 >= 0.95"}]}
 
 
 def test_lines_go_to_the_file_in_order(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from quantroute.config import BackendConfig
-from quantroute.observe.trail import NO_ATTEMPT, NO_TRAIL, Observer
+from quantroute.observe.observer import Observer
+from quantroute.observe.trail import NO_ATTEMPT, NO_TRAIL
 
 BACKEND = BackendConfig(
     id="a", url="http://127.0.0.1:1", served_model_name="m", max_seq_len=8, capacity=1

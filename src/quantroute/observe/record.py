@@ -147,7 +147,10 @@ def _decision(d: Decision | None) -> dict[str, Any] | None:
             }
             for backend, s in d.scores.items()
         },
-        "rejected": {backend: [str(r) for r in reasons] for backend, reasons in d.rejected.items()},
+        "rejected": {
+            backend: [{"filter": r.filter, "detail": r.detail} for r in rejections]
+            for backend, rejections in d.rejected.items()
+        },
         "relaxed": list(d.relaxed),
         "kv_pressure": list(d.kv_pressure),
         "quality_floor": d.quality_floor,

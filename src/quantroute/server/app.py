@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.observe.access_log import AccessLog
+from quantroute.observe.observer import Observer
 from quantroute.observe.settings import resolve_tracing
-from quantroute.observe.trail import Observer
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway

@@ -19,7 +19,8 @@ from starlette.responses import Response
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision
 from quantroute.errors import RequestError
-from quantroute.observe.trail import Observer, Trail
+from quantroute.observe.observer import Observer
+from quantroute.observe.trail import Trail
 from quantroute.proxy.attempt import CLIENT_CLOSED
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
