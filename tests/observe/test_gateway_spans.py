@@ -319,3 +319,23 @@ def test_the_access_log_line_carries_the_trace_and_the_decision(traced_fleet: Fl
         "unknown_model",
     )
     assert missing["attempts"] == [] and missing["backend"] is None
+
+
+def test_a_client_that_disconnects_while_sending_the_body_ends_the_span_as_499(
+    traced_fleet: FleetFactory,
+) -> None:
+    import socket
+
+    fleet = traced_fleet()
+    host, port = fleet.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model": "auto", "messa'
+        )
+    spans = fleet.wait_spans(_done(0))
+    server = _server(spans)
+    assert _attrs(server)["http.response.status_code"] == 499
+    assert _attrs(server)["error.type"] == "client_disconnected"
+    assert server.status.status_code is StatusCode.ERROR
+    assert _upstreams(spans) == [] and fleet.headers_seen["a"] == []
