@@ -121,13 +121,15 @@ class RecordingAttempt(Attempt):
         if span is None:
             return
         if self._trail.recording:
+            attributes: dict[str, Any] = {}
             if status is not None:
-                span.set_attribute("http.response.status_code", status)
+                attributes["http.response.status_code"] = status
             failed = error is not None or (status is not None and status >= 500)
             if failed:
-                span.set_attribute("error.type", error or str(status))
+                attributes["error.type"] = error or str(status)
                 assert self._trail.tracing is not None
                 self._trail.tracing.fail(span, error or f"HTTP {status}")
+            span.set_attributes(attributes)
             if retry:
                 span.add_event("retry", {"quantroute.reason": error or f"HTTP {status}"})
         span.end()
@@ -263,21 +265,23 @@ class RecordingTrail(Trail):
 
     def _finish_span(self, span: Span, rec: RequestRecord) -> None:
         assert rec.status is not None and self.tracing is not None
-        span.set_attribute("http.response.status_code", rec.status)
+        attributes: dict[str, Any] = {"http.response.status_code": rec.status}
+        if rec.attempts:
+            attributes["quantroute.attempts"] = len(rec.attempts)
         last = rec.answered
         if last is not None:
-            span.set_attribute("quantroute.backend", last.backend)
-            span.set_attribute("quantroute.variant", last.variant)
-            span.set_attribute("quantroute.attempts", len(rec.attempts))
+            attributes["quantroute.backend"] = last.backend
+            attributes["quantroute.variant"] = last.variant
             if last.first_byte is not None:
                 ttfb_ms = round((last.first_byte - rec.started) * 1000.0, 3)
-                span.set_attribute("quantroute.first_byte_ms", ttfb_ms)
+                attributes["quantroute.first_byte_ms"] = ttfb_ms
         if rec.prompt_tokens is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", rec.prompt_tokens)
+            attributes["gen_ai.usage.input_tokens"] = rec.prompt_tokens
         if rec.completion_tokens is not None:
-            span.set_attribute("gen_ai.usage.output_tokens", rec.completion_tokens)
+            attributes["gen_ai.usage.output_tokens"] = rec.completion_tokens
         if rec.error is not None:
-            span.set_attribute("error.type", rec.error)
+            attributes["error.type"] = rec.error
+        span.set_attributes(attributes)  # one call: the SDK takes its lock per call
         if rec.status == CLIENT_CLOSED:
             self.tracing.fail(span, "client disconnected")
         elif rec.status >= 500:
