@@ -19,11 +19,13 @@ def check_config(path: str) -> int:
     config = load_config(path)
     if config.matrix_path is not None:
         MatrixSource(config.matrix_path)
+    observed = observability_note(config)  # a ConfigError before anything says OK
     print(json.dumps(config.model_dump(mode="json"), indent=2))
     note = "capability matrix: " + (
         str(config.matrix_path) if config.matrix_path else "none (live state only)"
     )
     print(f"# {path}: OK, {len(config.backends)} backend(s), {len(config.groups)} group(s); {note}")
+    print(f"# {observed}")
     discovery = config.discovery
     if discovery is not None and discovery.dns is not None:
         from quantroute.discovery.strict_dns import host_of, templates
@@ -36,7 +38,6 @@ def check_config(path: str) -> int:
         kube = discovery.kubernetes
         where = kube.namespace or "the gateway pod's namespace"
         print(f"# Kubernetes discovery: pods {kube.label_selector!r} in {where}")
-    print(f"# {observability_note(config)}")
     return 0
 
 

@@ -41,7 +41,7 @@ def test_component_renders_valid_objects(tmp_path: Path) -> None:
 
 
 def test_gateway_traces_to_the_collector_through_the_standard_variables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     objs = _render_default_with_tracing(tmp_path)
     gateway = container(
@@ -58,6 +58,11 @@ def test_gateway_traces_to_the_collector_through_the_standard_variables(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert cli_main(["check-config", str(path)]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# tracing")]
+    assert said == [
+        "# tracing on: service quantroute-gateway, sampling OTEL_TRACES_SAMPLER, "
+        "export from OTEL_EXPORTER_OTLP_* (default localhost:4318); no access log"
+    ]
 
 
 def test_every_vllm_pod_exports_over_http_and_the_preflight_sees_the_same_arguments(
