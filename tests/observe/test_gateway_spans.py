@@ -339,3 +339,49 @@ def test_a_client_that_disconnects_while_sending_the_body_ends_the_span_as_499(
     assert _attrs(server)["error.type"] == "client_disconnected"
     assert server.status.status_code is StatusCode.ERROR
     assert _upstreams(spans) == [] and fleet.headers_seen["a"] == []
+
+
+def test_a_stream_continued_on_another_replica_is_a_second_attempt_in_the_same_trace(
+    traced_fleet: FleetFactory,
+) -> None:
+    fleet = traced_fleet(
+        {
+            "a": FakeState(served_model_name="m", die_after_chunks=3),
+            "b": FakeState(served_model_name="m"),
+        },
+        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
+        policy={"tie_tolerance": 0.0},
+        access_log=True,
+    )
+    stream = fleet.client().chat.completions.create(
+        model="auto", messages=MSG, max_tokens=8, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == " tok" * 8  # three from a, the rest from b
+    spans = fleet.wait_spans(_done(2))
+    first, second = _upstreams(spans)
+    assert (_attrs(first)["quantroute.backend"], _attrs(first)["error.type"]) == (
+        "a",
+        "upstream_stream_error",
+    )
+    assert [e.name for e in first.events] == ["first_byte", "continuation"]
+    assert _attrs(second)["quantroute.backend"] == "b"
+    assert _attrs(second)["quantroute.continuation"] is True
+    assert second.status.status_code is StatusCode.UNSET
+    server = _server(spans)
+    assert _attrs(server)["http.response.status_code"] == 200
+    assert (_attrs(server)["quantroute.attempts"], _attrs(server)["quantroute.backend"]) == (2, "b")
+    assert _attrs(server)["gen_ai.usage.output_tokens"] == 8  # 3 relayed from a + 5 from b
+    [to_b] = fleet.headers_seen["b"]
+    assert to_b["traceparent"].split("-")[1:3] == [
+        _hex(server.context.trace_id, 32),
+        _hex(second.context.span_id, 16),
+    ]
+    fleet.gateway.stop()
+    assert fleet.access_log_path is not None
+    [line] = [json.loads(x) for x in fleet.access_log_path.read_text().splitlines()]
+    assert (line["status"], line["backend"], line["completion_tokens"]) == (200, "b", 8)
+    assert [(a["backend"], a["status"], a["continuation"]) for a in line["attempts"]] == [
+        ("a", 502, False),
+        ("b", 200, True),
+    ]

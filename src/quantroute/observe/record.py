@@ -36,6 +36,8 @@ class AttemptRecord:
     backend: str
     variant: str
     started: float
+    continuation: bool = False
+    """It continued a stream another attempt had started (the prefix sent along)."""
     status: int | None = None
     error: str | None = None
     first_byte: float | None = None
@@ -44,6 +46,7 @@ class AttemptRecord:
     def as_dict(self) -> dict[str, Any]:
         return {
             "n": self.number,
+            "continuation": self.continuation,
             "backend": self.backend,
             "variant": self.variant,
             "status": self.status,

@@ -10,8 +10,10 @@ nothing recorded, only the trace context passed on. Otherwise a :class:`Recordin
     ├── quantroute.parse             INTERNAL
     ├── quantroute.decide            INTERNAL  event quantroute.decision (top scores, rejections)
     ├── quantroute.upstream #1       CLIENT    HTTP 500, event retry
-    └── quantroute.upstream #2       CLIENT    event first_byte; its context goes to the backend
-                                               (``traceparent``), so vLLM's span is its child
+    ├── quantroute.upstream #2       CLIENT    event first_byte; its context goes to the backend
+    │                                          (``traceparent``), so vLLM's span is its child;
+    │                                          a stream that broke: event continuation
+    └── quantroute.upstream #3       CLIENT    quantroute.continuation=true
 
 Nothing here reads prompt text, message contents or headers other than the trace context.
 """
@@ -50,9 +52,10 @@ class Attempt:
     def first_byte(self) -> None:
         """The backend's first response bytes arrived."""
 
-    def end(self, status: int | None, *, error: str | None = None, retry: bool = False) -> None:
-        """The try is over: the backend's status (None if none came), why it failed, and
-        whether the request goes on to another backend."""
+    def end(self, status: int | None, *, error: str | None = None, then: str | None = None) -> None:
+        """The try is over: the backend's status (None if none came), why it failed, and what
+        the request does next (``"retry"`` before the first byte, ``"continuation"`` after a
+        stream broke), recorded as an event of that name."""
 
 
 class Trail:
@@ -67,7 +70,10 @@ class Trail:
 
     def decided(self, decision: Decision) -> None: ...
 
-    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
+    def attempt(
+        self, number: int, backend: BackendConfig, *, continuation: bool = False
+    ) -> Attempt:
+        """The ``number``-th try (1-based); ``continuation``: it continues a broken stream."""
         return NO_ATTEMPT
 
     def finish(
@@ -112,7 +118,7 @@ class RecordingAttempt(Attempt):
             ttfb_ms = round((rec.first_byte - rec.started) * 1000.0, 3)
             self._span.add_event("first_byte", {"quantroute.ttfb_ms": ttfb_ms})
 
-    def end(self, status: int | None, *, error: str | None = None, retry: bool = False) -> None:
+    def end(self, status: int | None, *, error: str | None = None, then: str | None = None) -> None:
         rec = self.record
         if rec.ended is not None:
             return
@@ -130,8 +136,8 @@ class RecordingAttempt(Attempt):
                 assert self._trail.tracing is not None
                 self._trail.tracing.fail(span, error or f"HTTP {status}")
             span.set_attributes(attributes)
-            if retry:
-                span.add_event("retry", {"quantroute.reason": error or f"HTTP {status}"})
+            if then is not None:
+                span.add_event(then, {"quantroute.reason": error or f"HTTP {status}"})
         span.end()
 
 
@@ -160,7 +166,9 @@ class PropagatingTrail(Trail):
     def __init__(self, tracing: OtelTracing, span: Span) -> None:
         self._attempt = _Propagating(tracing, span)
 
-    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
+    def attempt(
+        self, number: int, backend: BackendConfig, *, continuation: bool = False
+    ) -> Attempt:
         return self._attempt
 
 
@@ -222,8 +230,10 @@ class RecordingTrail(Trail):
         target = self._phase_span or self._span
         target.add_event("quantroute.decision", _decision_attributes(decision))
 
-    def attempt(self, number: int, backend: BackendConfig) -> Attempt:
-        rec = AttemptRecord(number, backend.id, backend.variant_id, self.clock())
+    def attempt(
+        self, number: int, backend: BackendConfig, *, continuation: bool = False
+    ) -> Attempt:
+        rec = AttemptRecord(number, backend.id, backend.variant_id, self.clock(), continuation)
         self.record.attempts.append(rec)
         span = None
         if self.tracing is not None and self._span is not None:
@@ -236,6 +246,8 @@ class RecordingTrail(Trail):
                     "http.request.method": "POST",
                     **_server_address(backend.url),
                 }
+                if continuation:
+                    attributes["quantroute.continuation"] = True
             span = self.tracing.child(self._span, "quantroute.upstream", "client", attributes)
         return RecordingAttempt(self, rec, span)
 

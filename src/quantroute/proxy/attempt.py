@@ -5,9 +5,9 @@ ends exactly once: :meth:`Attempt.finish` (answered: status and token usage coun
 :meth:`Attempt.give_up` (failed before the first byte; another backend may be tried).
 :meth:`Attempt.release` is the idempotent safety net the forwarder calls in ``finally``.
 
-Both ends report to the attempt's trail (its span: status, ``first_byte``, ``retry``); the
-answered attempt also settles the request's trail (its span and access-log line), since its
-outcome is the request's.
+Both ends report to the attempt's trail (its span: status, ``first_byte``, ``retry``,
+``continuation``). The request's trail is settled once the client's answer is over, from the
+last attempt (:meth:`~quantroute.proxy.context.RequestContext.settle`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from quantroute.config import BackendConfig
-from quantroute.observe.trail import NO_ATTEMPT, NO_TRAIL, Trail
+from quantroute.observe.trail import NO_ATTEMPT
 from quantroute.observe.trail import Attempt as AttemptTrail
 from quantroute.proxy.sse import Usage
 from quantroute.state.inflight import Lease
@@ -38,9 +38,10 @@ class Attempt:
     """How it ended: the HTTP status relayed, 499 for a client that left; None while running
     or when given up."""
     failure: str | None = None
+    usage: Usage | None = None
+    error: str | None = None
+    """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
     trail: AttemptTrail = NO_ATTEMPT
-    request: Trail = NO_TRAIL
-    """The request's trail, settled by the attempt that answers."""
 
     @property
     def backend_id(self) -> str:
@@ -54,28 +55,29 @@ class Attempt:
             self.lease.first_byte()
             self.trail.first_byte()
 
-    def finish(self, status: int, usage: Usage | None = None, *, error: str | None = None) -> None:
+    def finish(
+        self,
+        status: int,
+        usage: Usage | None = None,
+        *,
+        error: str | None = None,
+        then: str | None = None,
+    ) -> None:
         """The attempt answered the client (or the client left): count it and end it.
-        ``error`` names what went wrong when the status alone does not (a broken stream)."""
-        self.status = status
+        ``error`` names what went wrong when the status alone does not (a broken stream),
+        ``then`` what the request does next (``"continuation"``)."""
+        self.status, self.usage = status, usage
         t = self.telemetry
         t.requests.labels(self.backend_id, self.group, str(status)).inc()
         if usage is not None:
             t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
             t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
         if status == CLIENT_CLOSED:
-            error = error or "client_disconnected"
-            self.trail.end(None, error=error)
+            self.error = error or "client_disconnected"
+            self.trail.end(None, error=self.error, then=then)
         else:
-            self.trail.end(status, error=error)
-        tokens = (None, None) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
-        self.request.finish(
-            status,
-            error=error,
-            prompt_tokens=tokens[0],
-            completion_tokens=tokens[1],
-            answered=self.trail,
-        )
+            self.error = error
+            self.trail.end(status, error=error, then=then)
         self.release()
 
     def give_up(
@@ -91,7 +93,7 @@ class Attempt:
         failure for the trail; ``retry`` whether another backend is tried next."""
         self.failure = reason
         self.telemetry.retries.labels(self.backend_id).inc()
-        self.trail.end(status, error=error, retry=retry)
+        self.trail.end(status, error=error, then="retry" if retry else None)
         self.release()
 
     def release(self) -> None:

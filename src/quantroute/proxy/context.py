@@ -43,6 +43,23 @@ class RequestContext:
     trail: Trail = NO_TRAIL
     """The request's access-log record and spans (a shared no-op when neither is configured)."""
 
+    def settle(self) -> None:
+        """The client's answer is over: the request's trail takes the last attempt's outcome
+        (for a continued stream, the continuation's) and the tokens every attempt counted (as
+        the token metrics do). Idempotent; an error answered by the gateway itself is settled
+        at the HTTP edge instead."""
+        if not self.attempts:
+            return
+        last = self.attempts[-1]
+        usages = [a.usage for a in self.attempts if a.usage is not None]
+        self.trail.finish(
+            last.status if last.status is not None else 502,
+            error=last.error,
+            prompt_tokens=sum(u.prompt_tokens for u in usages) if usages else None,
+            completion_tokens=sum(u.completion_tokens for u in usages) if usages else None,
+            answered=last.trail,
+        )
+
     @property
     def features(self) -> RequestFeatures:
         return self.parsed.features

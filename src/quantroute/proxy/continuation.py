@@ -290,9 +290,8 @@ class _Run:
         attempt = fw.begin_attempt(ctx, self._backend, strip_usage=not ctx.parsed.wants_usage)
         status = CLIENT_CLOSED
         try:
-            response = await fw.upstream.post(
-                fw.url_for(self._backend, ctx), self._body, ctx.forward_headers
-            )
+            headers = attempt.trail.headers(ctx.forward_headers)  # + traceparent when tracing
+            response = await fw.upstream.post(fw.url_for(self._backend, ctx), self._body, headers)
             try:
                 if response.status != 200:
                     status, self.outcome = response.status, "failed"

@@ -60,15 +60,23 @@ class Forwarder:
     def begin_attempt(
         self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool
     ) -> Attempt:
-        return self._begin(ctx, backend, strip_usage)
+        """A continuation's attempt (see :mod:`quantroute.proxy.continuation`)."""
+        return self._begin(ctx, backend, strip_usage, continuation=True)
 
-    def _begin(self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool) -> Attempt:
+    def _begin(
+        self,
+        ctx: RequestContext,
+        backend: BackendConfig,
+        strip_usage: bool,
+        *,
+        continuation: bool = False,
+    ) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
         lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
         attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
         number = len(ctx.attempts) + 1
-        attempt.trail, attempt.request = ctx.trail.attempt(number, backend), ctx.trail
+        attempt.trail = ctx.trail.attempt(number, backend, continuation=continuation)
         ctx.attempts.append(attempt)
         return attempt
 
@@ -121,6 +129,7 @@ class Forwarder:
             return None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)
+            ctx.settle()
             return Response(status_code=CLIENT_CLOSED)
         finally:
             if not handed_over:

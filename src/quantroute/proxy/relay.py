@@ -47,6 +47,7 @@ def relay_body(
     """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
     attempt.first_byte()
     attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
+    ctx.settle()
     headers = response_headers(ctx, attempt)
     data = ctx.exchange.client_body(status, data)
     return Response(data, status, headers=headers, media_type=content_type)
@@ -62,7 +63,7 @@ def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamRespon
         upstream.status,
         headers=response_headers(ctx, attempt),
         media_type=upstream.content_type,
-        on_close=stream.close,
+        on_close=stream.end,
     )
 
 
@@ -71,6 +72,7 @@ class _Stream:
     is never sent (a generator that never started would never run its ``finally``)."""
 
     def __init__(self, ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> None:
+        self._ctx = ctx
         self._exchange = ctx.exchange
         self._attempt = attempt
         self._upstream = upstream
@@ -78,6 +80,7 @@ class _Stream:
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
         self._error: str | None = None
+        self._then: str | None = None
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -110,6 +113,7 @@ class _Stream:
             if cont is None:
                 yield error
                 return
+            self._then = "continuation"
             self.close()  # the broken backend's account ends before the continuation starts
             async for out in cont.resume(attempt.backend_id, str(exc), error):
                 yield out
@@ -124,4 +128,9 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
-        self._attempt.finish(self._outcome, usage, error=self._error)
+        self._attempt.finish(self._outcome, usage, error=self._error, then=self._then)
+
+    def end(self) -> None:
+        """Sending is over, however it ended: the attempt is closed, the request settled."""
+        self.close()
+        self._ctx.settle()
