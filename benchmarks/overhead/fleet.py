@@ -11,6 +11,7 @@ sampling ratios, exporting over OTLP/HTTP to a counting receiver on core 0 (``tr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 import procs
-from loadgen import Target
+from loadgen import BENCH_KEY, Target
 
 MODEL = "fake-model"
 VARIANT = "fake-8b-awq"
@@ -105,10 +106,27 @@ def gateway_config(port: int, backend_ports: list[int], matrix_file: str) -> dic
     }
 
 
-def write_files(workdir: Path, port: int, backend_ports: list[int]) -> Path:
+def access_section() -> dict[str, object]:
+    """Keys and quotas on, every request counted (requests, tokens, a concurrency lease), with
+    limits no load here reaches: what is measured is the cost of checking, not of refusing."""
+    digest = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    limits = {
+        "requests_per_minute": 10**9,
+        "tokens_per_minute": 10**12,
+        "concurrent_requests": 10**6,
+    }
+    return {"keys": [{"name": "bench", "sha256": digest, "models": ["*"], "limits": limits}]}
+
+
+def write_files(
+    workdir: Path, port: int, backend_ports: list[int], *, access: bool = False
+) -> Path:
     (workdir / "matrix.json").write_text(json.dumps(matrix(), indent=2))
-    config = workdir / "gateway.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(port, backend_ports, "matrix.json")))
+    data = gateway_config(port, backend_ports, "matrix.json")
+    if access:
+        data["access"] = access_section()
+    config = workdir / ("gateway-access.yaml" if access else "gateway.yaml")
+    config.write_text(yaml.safe_dump(data))
     return config
 
 
@@ -166,6 +184,7 @@ def start(
     source: str | None = None,
     candidate: str | None = None,
     backends: int = 2,
+    access: bool = False,
     tracing: tuple[float, ...] = (),
 ) -> Fleet:
     """Start backends, then the gateway, importing ``quantroute`` from ``source`` (a ``src``
@@ -182,6 +201,9 @@ def start(
     gateways = [_start_gateway(stack, workdir, config, "gateway", source)]
     if candidate is not None:
         gateways.append(_start_gateway(stack, workdir, config, "candidate", candidate))
+    if access:  # the same gateway with API keys and quotas on, measured in the same run
+        keyed = write_files(workdir, procs.free_port(), ports, access=True)
+        gateways.append(_start_gateway(stack, workdir, keyed, "access", source))
     receiver = _start_receiver(stack, workdir, source) if tracing else None
     for ratio in tracing:
         assert receiver is not None

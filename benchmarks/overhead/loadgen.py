@@ -22,7 +22,12 @@ import aiohttp
 REQUEST_TIMEOUT_S = 30.0
 PROMPT = "Summarise in one sentence why a load balancer needs health checks."
 FILLER = "The service keeps a pool of servers and sends each request to one of them. "
-JSON_HEADERS = {"Content-Type": "application/json"}
+BENCH_KEY = "qr-overhead-benchmark-key-0123456789abcdef"
+JSON_HEADERS = {
+    "Content-Type": "application/json",
+    # ignored by the backends and the keyless gateway, checked by the "access" gateway
+    "Authorization": f"Bearer {BENCH_KEY}",
+}
 
 
 @dataclass(frozen=True)

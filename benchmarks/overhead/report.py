@@ -61,9 +61,13 @@ def _pairs(
 
 
 def _names(cells: list[Cell]) -> list[str]:
-    """Gateway targets in the run: ``gateway``, then ``candidate`` and ``trace-...`` if present."""
+    """Gateway targets in the run: ``gateway``, then ``candidate``, ``access`` and ``trace-...``
+    if present."""
     seen = dict.fromkeys(x["target"] for x in cells if x["target"] != "direct")
-    return sorted(seen, key=lambda n: (n != "gateway", n != "candidate", _trace_ratio(n)))
+    order = ("gateway", "candidate", "access")
+    return sorted(
+        seen, key=lambda n: (order.index(n) if n in order else len(order), _trace_ratio(n))
+    )
 
 
 def _trace_ratio(name: str) -> float:

@@ -58,6 +58,7 @@ class Settings:
     candidate: str | None
     prompt_chars: int
     ref: str | None
+    access: bool
     tracing: tuple[float, ...]
 
 
@@ -94,6 +95,11 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         help="pad the prompt to N characters (default: short)",
     )
     p.add_argument(
+        "--access",
+        action="store_true",
+        help="also run the gateway with API keys and quotas on (target 'access')",
+    )
+    p.add_argument(
         "--tracing",
         type=float,
         nargs="*",
@@ -122,6 +128,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         candidate=a.candidate,
         prompt_chars=a.prompt_chars,
         ref=a.ref,
+        access=a.access,
         tracing=tuple(a.tracing),
     )
     return settings, a.output_dir
@@ -264,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         src, commit = procs.export_ref(s.ref, workdir / "ref")
         source, code = str(src), f"git {s.ref} = {commit}, exported to {src}"
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate, tracing=s.tracing)
+        f = fleet_mod.start(
+            stack, workdir, source=source, candidate=s.candidate, access=s.access, tracing=s.tracing
+        )
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
     result["settings"] = asdict(s)

@@ -28,6 +28,8 @@ _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("/quantroute/proxy/", "quantroute.proxy (upstream, relay)"),
     ("/quantroute/core/", "quantroute.core (decide, request features)"),
     ("/quantroute/state/", "quantroute.state (store, scraper)"),
+    ("/quantroute/access/", "quantroute.access (keys, quotas, middleware)"),
+    ("/limits/", "limits (quota counting)"),
     ("/quantroute/", "quantroute (other: telemetry, config)"),
     ("/prometheus_client/", "prometheus_client"),
     ("/fastapi/", "fastapi"),

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from quantroute import __version__
 from quantroute.errors import ConfigError
+from quantroute.extras import MissingExtra, require
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +30,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.traffic:
+        require("demo", "demo --traffic", "openai")
     from quantroute.demo import demo_main
 
     return demo_main(
@@ -40,6 +43,18 @@ def _check_vllm_args(args: argparse.Namespace) -> int:
     from quantroute.preflight import check_vllm_args_main
 
     return check_vllm_args_main(list(args.vllm_args), args.gateway_config, args.fail_on)
+
+
+def _gen_key(args: argparse.Namespace) -> int:
+    from quantroute.access.keygen import gen_key_main
+
+    return gen_key_main(args.name, raw=args.raw, admin=args.admin)
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from quantroute.access.keygen import hash_key_main
+
+    return hash_key_main()
 
 
 def _parser(command: str = "") -> argparse.ArgumentParser:
@@ -86,13 +101,23 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check_vllm_args)
 
+    p = sub.add_parser("gen-key", help="make a new API key and print its keys.yaml entry")
+    p.add_argument("--name", default="my-key", help="the key's name (metric label, logs)")
+    p.add_argument("--raw", action="store_true", help="print only the key (e.g. for a Secret)")
+    p.add_argument("--admin", action="store_true", help="an admin key for every model")
+    p.set_defaults(func=_gen_key)
+
+    p = sub.add_parser("hash-key", help="read a key on stdin, print its SHA-256 for keys.yaml")
+    p.set_defaults(func=_hash_key)
+
     _add_optional(sub, command)
     return parser
 
 
 def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str) -> None:
-    """`profile` and `matrix` register their own arguments; their imports (the OpenAI client,
-    matplotlib) cost a second and ~30 MB, so the gateway's commands do not load them."""
+    """`profile` and `matrix` register their own arguments. Their heavy imports (the OpenAI client,
+    matplotlib) belong to the optional `profiler` extra and load only when a command runs, so the
+    gateway's commands and every `--help` work without it."""
     if command in ("profile", "matrix"):
         from quantroute.profiler.command import register
 
@@ -112,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return result

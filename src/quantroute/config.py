@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 
@@ -126,6 +127,24 @@ class UpstreamTimeouts(FrozenModel):
     total_s: PositiveFloat = 600.0
 
 
+class PrefixConfig(FrozenModel):
+    """The gateway's prefix index and session table (used when a policy names the ``prefix``,
+    ``session`` or ``cache_aware`` scorer)."""
+
+    block_chars: int = Field(default=256, ge=16)
+    """Prompt characters per index block (~64 tokens at 4 characters per token)."""
+    max_blocks_per_backend: int = Field(default=65_536, ge=1)
+    """Memory bound: index entries per backend (~90 bytes each, ~6 MB per backend), and never
+    more than the backend's own KV cache holds."""
+    ttl_s: PositiveFloat = 300.0
+    """An entry not refreshed for this long counts as evicted on the backend."""
+    session_header: str = "x-session-id"
+    session_from_body: bool = True
+    """Without the header, take the session from the body's ``prompt_cache_key``, else ``user``."""
+    max_sessions: int = Field(default=20_000, ge=1)
+    session_ttl_s: PositiveFloat = 600.0
+
+
 DEFAULT_FILTERS = ("context", "kv_ceiling", "kv_pressure", "quality")
 QualityFallback = Literal["reject", "best_available"]
 
@@ -158,6 +177,7 @@ class PolicyConfig(FrozenModel):
     """Used by the latency estimate when the matrix has no measured prefill rate."""
     retry_after_s: int = Field(default=1, ge=1)
     seed: int = 0
+    prefix: PrefixConfig = PrefixConfig()
 
     @model_validator(mode="after")
     def _ceiling_above_threshold(self) -> PolicyConfig:
@@ -291,6 +311,7 @@ class GatewayConfig(FrozenModel):
     discovery: DiscoveryConfig | None = None
     conversations: ConversationsConfig = ConversationsConfig()
     log_decisions: bool = False
+    access: AccessConfig = AccessConfig()
     tracing: TracingConfig = TracingConfig()
     access_log: AccessLogConfig | None = None
     """None (default): no access log."""

@@ -16,8 +16,10 @@ QuantrouteError
 ├── UpstreamConnectError     a backend could not be reached or broke off (before: retried;
 │                            mid-stream: ends the stream with an error event)
 ├── ClientDisconnected       the client went away before the response started
-└── KubeApiError             the Kubernetes API answered with an error (or garbage)
-    └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
+├── KubeApiError             the Kubernetes API answered with an error (or garbage)
+│   └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
+└── MissingExtra             a command needs an optional extra that is not installed
+                             (``quantroute.extras.require``; the CLI prints it, exit 1)
 """
 
 from __future__ import annotations
@@ -115,6 +117,10 @@ class NoBackendAvailable(RequestError):
             self.message, self.error_type, param=self.param, code=self.code, backends=backends
         )
 
+    def without_backends(self) -> dict[str, object]:
+        """The body for callers who may not see backend names and their state."""
+        return super().body()
+
 
 class UpstreamUnavailable(RequestError):
     status = 502
@@ -157,3 +163,7 @@ class KubeApiError(QuantrouteError):
 
 class ResourceExpired(KubeApiError):
     """410 Gone: the resourceVersion we watch from is too old; list again."""
+
+
+class MissingExtra(QuantrouteError):
+    """A command needs a package of an optional extra (``pyproject.toml``) that is not installed."""

@@ -97,5 +97,10 @@ class Router:
                 self.store.note_steered_away(backend_id, rejection.filter)
         for backend_id in decision.kv_pressure:
             t.cache_pressure.labels(backend_id).inc()
+        view = features.prefix
+        if view is not None:
+            for backend_id, scores in decision.scores.items():
+                if scores.parts.get("prefix") == 0.0 and view.share(backend_id) > 0.0:
+                    t.prefix_withdrawn.labels(backend_id).inc()
         if log.isEnabledFor(logging.DEBUG) or self.config.log_decisions:
             log.info("decision task=%s %s", features.task, decision.explain())

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 
 import uvicorn
+from prometheus_client import CollectorRegistry, make_asgi_app
 
+from quantroute.access.exposure import check_exposure
 from quantroute.config import GatewayConfig, load_config
 from quantroute.observe.settings import resolve_tracing
 from quantroute.server.app import create_app
-from quantroute.serving import uvicorn_config
+from quantroute.serving import EmbeddedServer, uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
 
 
@@ -56,14 +59,44 @@ def observability_note(config: GatewayConfig) -> str:
     return f"{traced}; {logged}"
 
 
+def metrics_server(registry: CollectorRegistry, host: str, port: int) -> EmbeddedServer:
+    """/metrics alone on its own port (access.metrics_port): no key, for scrapers."""
+    config = uvicorn_config(make_asgi_app(registry), host, port, log_level="warning")
+    config.lifespan = "off"
+    return EmbeddedServer(config)
+
+
+async def _serve_both(main: uvicorn.Server, metrics: uvicorn.Server | None) -> None:
+    """The API server owns the signals; the metrics server stops when it has stopped."""
+    task = asyncio.create_task(metrics.serve()) if metrics is not None else None
+    try:
+        await main.serve()
+    finally:
+        if metrics is not None and task is not None:
+            metrics.should_exit = True
+            await task
+
+
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:
     config = load_config(path)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    listen_host, listen_port = host or config.listen.host, port or config.listen.port
+    check_exposure(config, listen_host)
     app = create_app(config)
     drain_s = config.policy.upstream_timeouts.total_s
-    listen_host, listen_port = host or config.listen.host, port or config.listen.port
-    server = uvicorn.Server(uvicorn_config(app, listen_host, listen_port, log_level, drain_s))
-    server.run()
+    main = uvicorn.Server(uvicorn_config(app, listen_host, listen_port, log_level, drain_s))
+    metrics_port = config.access.metrics_port
+    metrics = (
+        metrics_server(app.state.telemetry.registry, listen_host, metrics_port)
+        if metrics_port is not None
+        else None
+    )
+    if metrics is None:
+        main.run()
+    else:
+        loop_factory = main.config.get_loop_factory()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve_both(main, metrics))
     return 0

@@ -117,6 +117,38 @@ class Telemetry:
             "Access-log records dropped because the writer fell behind (queue full).",
             registry=r,
         )
+        self.prefix_prompt_tokens = Counter(
+            "quantroute_prefix_prompt_tokens",
+            "Estimated prompt tokens sent to a backend while the prefix index is kept.",
+            ["backend"],
+            registry=r,
+        )
+        self.prefix_expected_tokens = Counter(
+            "quantroute_prefix_expected_hit_tokens",
+            "Of those, the tokens the gateway's prefix index expected the backend to have cached.",
+            ["backend"],
+            registry=r,
+        )
+        self.prefix_withdrawn = Counter(
+            "quantroute_prefix_affinity_withdrawn",
+            "Decisions in which a backend holding part of the prompt got no prefix bonus "
+            "because it was too far ahead in load (the balance guard).",
+            ["backend"],
+            registry=r,
+        )
+        self.prefix_entries = Gauge(
+            "quantroute_prefix_index_entries",
+            "Blocks the gateway's prefix index holds for a backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_prefix_hit = Gauge(
+            "quantroute_backend_prefix_cache_hit_ratio",
+            "The backend's own prefix-cache hit rate: cached over queried prompt tokens, as its "
+            "counters read at the last scrape (since it started).",
+            ["backend"],
+            registry=r,
+        )
         self._in_flight = _InFlightCollector()
         r.register(self._in_flight)
         self.build_info = Gauge(
@@ -147,6 +179,18 @@ class Telemetry:
             self.backend_up.remove(backend, option.value)
         self.backend_kv.remove(backend)
         self.gpu_cost.remove(backend)
+        self.prefix_entries.remove(backend)
+        self.backend_prefix_hit.remove(backend)
+
+    def declare_prefix(self, backend: str) -> None:
+        """The prefix series of a backend at 0 (when the policy keeps the prefix index)."""
+        self.prefix_prompt_tokens.labels(backend)
+        self.prefix_expected_tokens.labels(backend)
+        self.prefix_withdrawn.labels(backend)
+
+    def set_backend_prefix_hit(self, backend: str, ratio: float | None) -> None:
+        if ratio is not None:
+            self.backend_prefix_hit.labels(backend).set(ratio)
 
     def declare_group(self, group: str) -> None:
         self.no_backend.labels(group)

@@ -449,7 +449,8 @@ def test_the_routes_in_expose_only_the_api_and_let_streams_run(tmp_path: Path) -
     config = _config(objs, tmp_path)
     longest = config.policy.upstream_timeouts.total_s
     service = one(objs, "Service", "quantroute-gateway")
-    (port,) = service["spec"]["ports"]
+    # the API port; the metrics port (components/access) stays inside the cluster
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     ingress = one(objs, "Ingress", "quantroute-gateway")
     (rule,) = ingress["spec"]["rules"]
     (path,) = rule["http"]["paths"]

@@ -1,5 +1,6 @@
 """The Dockerfile, checked without a Docker engine: lint, structure, build context, and its
-entrypoint and healthcheck commands run for real against the installed package."""
+entrypoint and healthcheck commands run for real against the installed package. The image
+itself, built and run, is tests/image/ (marker `image`)."""
 
 from __future__ import annotations
 
@@ -42,14 +43,39 @@ def commands() -> tuple[dockerfile.Command, ...]:
     return parsed
 
 
+def stages() -> dict[str, list[dockerfile.Command]]:
+    """Each stage's instructions, FROM first, by stage name (unnamed stages by index)."""
+    found: dict[str, list[dockerfile.Command]] = {}
+    current: list[dockerfile.Command] = []
+    for cmd in commands():
+        if cmd.cmd == "FROM":
+            current = [cmd]
+            value = cmd.value
+            name = value[2] if len(value) == 3 and value[1].upper() == "AS" else str(len(found))
+            found[name] = current
+        elif found:
+            current.append(cmd)
+    return found
+
+
+def chain(stage: str) -> list[dockerfile.Command]:
+    """A stage's instructions after those of the stages it is built FROM: what its image holds."""
+    own = stages()[stage]
+    parent = own[0].value[0]
+    return [*chain(parent), *own] if parent in stages() else own
+
+
+def last_stage() -> str:
+    return list(stages())[-1]
+
+
 def final_stage() -> list[dockerfile.Command]:
-    cmds = list(commands())
-    last_from = max(i for i, c in enumerate(cmds) if c.cmd == "FROM")
-    return cmds[last_from:]
+    """The default target (the last stage), with the stages it derives from."""
+    return chain(last_stage())
 
 
-def instruction(name: str) -> dockerfile.Command:
-    (found,) = [c for c in final_stage() if c.cmd == name]
+def instruction(name: str, stage: str | None = None) -> dockerfile.Command:
+    (found,) = [c for c in chain(stage or last_stage()) if c.cmd == name]
     return found
 
 
@@ -126,18 +152,33 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_multi_stage_slim_python_non_root() -> None:
-    froms = [c for c in commands() if c.cmd == "FROM"]
-    assert len(froms) >= 2
-    image = froms[-1].value[0]
+    assert last_stage() == "gateway", "the gateway is the default target"
+    image = final_stage()[0].value[0]
     for name, value in build_args().items():
         image = image.replace("${" + name + "}", value)
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", image), image
     user = instruction("USER").value[0].split(":")[0]
     assert user not in ("root", "0")
     assert instruction("EXPOSE").value == ("8080",)
-    copies_from_build = [c for c in final_stage() if c.cmd == "COPY" and "--from=build" in c.flags]
-    assert copies_from_build, "the runtime stage copies the built virtualenv only"
-    assert not [c for c in final_stage() if c.cmd == "RUN" and "pip install" in c.value[0]]
+    copies = [c.flags for c in final_stage() if c.cmd == "COPY" and c.flags]
+    assert copies == [("--from=deps",), ("--from=build",)], "the built virtualenv only"
+    assert not [c for c in final_stage() if c.cmd == "RUN" and "pip" in c.value[0]]
+
+
+def test_profiler_target_is_the_runtime_with_the_profiler_virtualenv() -> None:
+    copies = [c.flags for c in chain("profiler") if c.cmd == "COPY" and c.flags]
+    assert copies == [("--from=deps-profiler",), ("--from=build-profiler",)]
+    assert instruction("USER", "profiler").value == instruction("USER").value
+    assert instruction("ENTRYPOINT", "profiler").value == ("quantroute",)
+    package_steps = {
+        stage: [c.value[0] for c in chain(stage) if c.cmd == "RUN" and "venv.sh" in c.value[0]]
+        for stage in ("build", "build-profiler")
+    }
+    deps = 'sh venv.sh deps "$EXTRAS"'
+    assert package_steps == {
+        "build": [deps, "sh venv.sh package"],
+        "build-profiler": [deps, 'sh venv.sh deps "profiler $EXTRAS"', "sh venv.sh package"],
+    }
 
 
 def _entrypoint_script() -> tuple[list[str], str]:
@@ -238,7 +279,7 @@ def test_entrypoint_and_healthcheck_run_the_gateway(
     # Extra `docker run` arguments come last and win: loopback and a free port for the test.
     proc = subprocess.Popen(
         [*argv, "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "QUANTROUTE_CONFIG": str(config)},
+        env={**os.environ, "QUANTROUTE_CONFIG": str(config), "QUANTROUTE_API_KEY": "k" * 32},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

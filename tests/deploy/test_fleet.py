@@ -222,7 +222,13 @@ def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
     assert "replicas" not in deployment["spec"]  # the HPA's
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports["http"] == 8080
+    # /metrics on its own port when the config says so (components/access), else on the API port
+    metrics_port = config.access.metrics_port or 8080
+    metrics_name = next(name for name, port in ports.items() if port == metrics_port)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
     assert {"cpu", "memory"} <= gateway["resources"]["requests"].keys()
     env = {e["name"]: e.get("value") for e in gateway["env"]}
     config_path = Path(env["QUANTROUTE_CONFIG"])
@@ -245,7 +251,9 @@ def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    scraped = by_name[monitor["spec"]["endpoints"][0]["port"]]
+    assert scraped["targetPort"] == metrics_name
 
 
 def test_default_fleet_runs_three_variants_on_two_gpu_pools() -> None:

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -48,6 +50,9 @@ from .helpers import (
 NAMESPACE = "quantroute"
 OVERLAY = "default"
 GUIDE_PORT = "127.0.0.1:8080"
+GUIDE_METRICS_PORT = "127.0.0.1:9090"
+GUIDE_KEY = "qr-guide-admin-key-0123456789abcdefghijkl"
+"""The gateway of the scenes runs with keys, /metrics on its own port, as components/access."""
 RUNBOOK_BASE = "https://github.com/quantroute/quantroute/blob/main/deploy/README.md#"
 LOCAL = ("quantroute", "kubectl kustomize")
 KINDS = {
@@ -193,6 +198,16 @@ def check_kubectl(cluster: Cluster, argv: list[str]) -> None:
         assert hpa, "only HPA-scaled Deployments lost replicas:"
         return
     if verb == "create" and rest[:2] == ["secret", "generic"]:
+        from_file = _option(rest, "--from-file")
+        if from_file is not None:  # a file the pods mount (components/access: keys.yaml)
+            mounted = {
+                v["secret"]["secretName"]
+                for _, t in pod_templates(cluster.objs)
+                for v in t["spec"].get("volumes", [])
+                if "secret" in v
+            }
+            assert rest[2] in mounted
+            return
         key = _option(rest, "--from-literal")
         assert key is not None
         wanted = {(rest[2], key.split("=", 1)[0])}
@@ -284,7 +299,7 @@ def test_the_check_rules_refuse_a_wrong_command(cluster: Cluster) -> None:
         "kubectl -n quantroute rollout status deploy/vllm-llama3-70b",
         "kubectl -n default get pods",
         "kubectl -n quantroute logs deploy/vllm-llama3-8b-awq -c sidecar",
-        "kubectl -n quantroute port-forward svc/quantroute-gateway 8080:9090",
+        "kubectl -n quantroute port-forward svc/quantroute-gateway 8080:9999",
         "kubectl -n quantroute get pods -l quantroute.io/variant=llama3-8b",
         "kubectl drain gpu-node-7 --ignore-daemonsets",
         """kubectl -n quantroute patch hpa vllm-llama3-70b-awq --type merge -p '{"spec": {"minReplica": 2}}'""",
@@ -305,8 +320,13 @@ class Scene:
         tool("curl")
         tool("jq")
         text = command.text.replace(GUIDE_PORT, f"127.0.0.1:{self.gateway.port}")
+        text = text.replace(GUIDE_METRICS_PORT, f"127.0.0.1:{self.gateway.metrics_port}")
         result = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", text], capture_output=True, text=True, timeout=30
+            ["bash", "-o", "pipefail", "-c", text],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "QR_KEY": GUIDE_KEY},  # the admin key the guide's curls send
         )
         assert result.returncode == 0, f"{text}\n{result.stdout}\n{result.stderr}"
         return result.stdout
@@ -354,6 +374,17 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
             ],
             "groups": [{"name": "auto", "variants": ["a", "b"]}],
             "policy": {"scrape_interval_s": 0.1, "down_after_failures": 2},
+            "access": {
+                "keys": [
+                    {
+                        "name": "ops",
+                        "sha256": hashlib.sha256(GUIDE_KEY.encode()).hexdigest(),
+                        "models": ["*"],
+                        "admin": True,
+                    }
+                ],
+                "metrics_port": 9090,
+            },
         }
     )
     try:
@@ -363,7 +394,10 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
                 lambda: (
                     {
                         r["state"]
-                        for r in httpx.get(gateway.url + "/admin/backends").json()["backends"]
+                        for r in httpx.get(
+                            gateway.url + "/admin/backends",
+                            headers={"Authorization": f"Bearer {GUIDE_KEY}"},
+                        ).json()["backends"]
                     }
                     == expected
                 ),
@@ -441,7 +475,8 @@ def test_the_503_runbook_shows_who_answered_and_why(scene: Scene) -> None:
 
     (ready,) = [scene.run(c) for c in curls("Why did this request get a 503 or a 502", "5")]
     fresh = [r["id"] for r in rows if r["state"] == "fresh"]
-    assert json.loads(ready) == {"ready": bool(fresh), "fresh_backends": fresh}
+    # with keys on, /ready (a public route) counts the fresh backends without naming them
+    assert json.loads(ready) == {"ready": bool(fresh), "fresh_backends": len(fresh)}
 
 
 def test_the_reason_table_covers_every_filter() -> None:
@@ -467,9 +502,10 @@ def test_the_first_step_tells_a_backends_answer_from_the_gateways(scene: Scene) 
         assert head.startswith("HTTP/1.1 503")
         assert "x-quantroute-decision:" in headers
         assert "no_backend_available" not in body
-    else:  # unreachable: the gateway's 502, naming each attempt
+    else:  # unreachable: the gateway's 502; its log line (not the body) names each attempt
         assert head.startswith("HTTP/1.1 502")
         error = json.loads(body)["error"]
         assert error["code"] == "upstream_unavailable"
-        assert "a:" in error["message"] and "b:" in error["message"]
+        assert error["request_id"] in error["message"] and "a:" not in error["message"]
+        assert f"x-request-id: {error['request_id']}" in headers
     assert ("x-quantroute-backend" in headers) == (scene.kind == "refusing")

@@ -10,6 +10,7 @@ group whose only backend is down (503s).
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import signal
 import socket
@@ -80,11 +81,20 @@ def _recorded_vllm() -> web.Application:
     return app
 
 
+KEY = "qr-prometheus-live-key-0123456789abcdefgh"
+
+
 def _gateway_config(urls: dict[str, str]) -> Any:
     data = yaml.safe_load((DEPLOY / "overlays" / "default" / "gateway.yaml").read_text())
     for backend in data["backends"]:
         backend["url"] = urls[backend["id"]]
     data["groups"].append({"name": DOWN_GROUP, "variants": ["llama3-70b-awq"]})
+    # The shipped access section (components/access), with the Secrets replaced by a test key:
+    # the scrape goes to the metrics port, traffic carries the key.
+    access = data["access"]
+    assert access.pop("keys_file") and access.pop("upstream_auth")
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    access["keys"] = [{"name": "test", "sha256": digest, "models": ["*"], "admin": True}]
     return parse_config(data)
 
 
@@ -93,7 +103,7 @@ def _address(url: str) -> str:
 
 
 def _drive_traffic(gateway: GatewayThread) -> None:
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="test", max_retries=0)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0)
     messages = [{"role": "user", "content": "Say something short."}]
     try:
         for _ in range(12):
@@ -115,7 +125,9 @@ def _drive_traffic(gateway: GatewayThread) -> None:
 
 
 def _states(gateway: GatewayThread) -> dict[str, str]:
-    rows = httpx.get(gateway.url + "/admin/backends", timeout=5).json()["backends"]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    rows = httpx.get(gateway.url + "/admin/backends", headers=headers, timeout=5).json()
+    rows = rows["backends"]
     return {row["id"]: row["state"] for row in rows}
 
 
@@ -142,7 +154,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         with GatewayThread(_gateway_config(urls)) as gateway:
             targets: dict[str, list[Target]] = {
                 "quantroute-gateway": [
-                    (_address(gateway.url), {"namespace": NAMESPACE, "pod": "quantroute-gateway-0"})
+                    (
+                        f"127.0.0.1:{gateway.metrics_port}",  # access.metrics_port, no key
+                        {"namespace": NAMESPACE, "pod": "quantroute-gateway-0"},
+                    )
                 ],
                 "vllm": [
                     (_address(url), {"namespace": NAMESPACE, "pod": f"vllm-{backend_id}-0"})

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from quantroute.cli import main as cli_main
 from quantroute.config import TracingConfig
@@ -81,6 +85,28 @@ def test_every_vllm_pod_exports_over_http_and_the_preflight_sees_the_same_argume
         assert preflight["args"][preflight["args"].index("--") + 1 :] == vllm["args"]
 
 
-def test_the_image_ships_the_tracing_extra() -> None:
-    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
-    assert "pip install --no-compile '.[tracing]'" in dockerfile
+def _image_requirements(extras: str) -> set[str]:
+    """What deploy/docker/venv.sh installs into the image for the EXTRAS build argument (the
+    Dockerfile's `sh venv.sh deps "$EXTRAS"`), by running its own requirements step."""
+    script = (DEPLOY / "docker" / "venv.sh").read_text()
+    step = script.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", step, extras],
+        cwd=DEPLOY.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {canonicalize_name(Requirement(line).name) for line in done.stdout.split()}
+
+
+def test_the_image_gets_the_tracing_extra_from_its_extras_build_argument() -> None:
+    """The default image has no extras (tests/image); built with `--extras tracing` it holds
+    what the gateway imports to export traces, which this component needs."""
+    exporter = {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}
+    assert not exporter & _image_requirements("")
+    assert exporter <= _image_requirements("tracing")
+    assert 'ARG EXTRAS=""' in (DEPLOY.parent / "Dockerfile").read_text()
+    told = (DEPLOY / "components" / "tracing" / "kustomization.yaml").read_text()
+    assert "scripts/build-image --extras tracing" in told  # the component says how to get it

@@ -65,13 +65,13 @@ class _Change:
 
 @dataclass
 class _Watcher:
-    namespace: str
+    namespace: str | None
     terms: list[tuple[str, str, str | None]]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[_Change | None] = field(default_factory=asyncio.Queue)
 
     def event(self, change: _Change) -> dict[str, Any] | None:
-        if change.namespace != self.namespace:
+        if self.namespace is not None and change.namespace != self.namespace:
             return None
         was, now = matches(change.old, self.terms), matches(change.new, self.terms)
         if now:
@@ -104,6 +104,9 @@ class FakeKube:
         self._failures: list[int] = []
         self.requests: list[dict[str, str]] = []
         self.expired_answers = 0
+        self.leaky = False
+        """Answer with every pod of every namespace, ignoring the path's namespace and the label
+        selector (as a broken proxy in front of the API might): for the trust-boundary tests."""
 
     # -- control (any thread) --------------------------------------------------------------------
     def put(self, pod: Pod, *, notify: bool = True) -> int:
@@ -174,17 +177,21 @@ class FakeKube:
             terms = parse_selector(query.get("labelSelector", ""))
         except ValueError as exc:
             return web.json_response(_status(400, "BadRequest", str(exc)), status=400)
-        namespace = request.match_info["namespace"]
+        namespace: str | None = request.match_info["namespace"]
+        if self.leaky:
+            namespace, terms = None, []
         if watching:
             return await self._watch(request, namespace, terms, query)
         return web.json_response(self._list(namespace, terms))
 
-    def _list(self, namespace: str, terms: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+    def _list(
+        self, namespace: str | None, terms: list[tuple[str, str, str | None]]
+    ) -> dict[str, Any]:
         with self._lock:
             items = [
                 copy.deepcopy(p)
                 for (ns, _), p in sorted(self._pods.items())
-                if ns == namespace and matches(p, terms)
+                if namespace in (None, ns) and matches(p, terms)
             ]
             rv = str(self._rv)
         return {
@@ -197,7 +204,7 @@ class FakeKube:
     async def _watch(
         self,
         request: web.Request,
-        namespace: str,
+        namespace: str | None,
         terms: list[tuple[str, str, str | None]],
         query: dict[str, str],
     ) -> web.StreamResponse:

@@ -1,6 +1,10 @@
 """Real vLLM: SIGKILL the server of a long stream mid-way; the client's stream completes on the
 other server, which received the continuation (``continue_final_message`` with the relayed text).
 
+The first server sits behind a `StreamValve` that holds its stream after ``HOLD_AFTER`` events, so
+the kill lands mid-stream however fast the CPU generates (unheld, a fast machine finished all 160
+tokens before the client had read 20 chunks, and there was nothing left to continue).
+
 A dedicated pair of servers with the same tiny model (the session's shared servers are not
 killed), and the gateway in this process. Bounded: each server start has the tier's health
 timeout, the stream a 120 s client timeout."""
@@ -23,14 +27,16 @@ from quantroute.testing.gateway_thread import GatewayThread
 from .conftest import VllmTier
 from .procs import ManagedProcess, free_port
 from .stack import VLLM_ENV, VLLM_HEALTH_TIMEOUT_S, Variant, vllm_argv
+from .valve import StreamValve
 
 pytestmark = pytest.mark.vllm
 TWIN = Variant("twin", 512, max_num_seqs=4)
 MAX_TOKENS = 160
 KILL_AFTER_CHUNKS = 20
+HOLD_AFTER = 26  # SSE events let through from twin-a: the role chunk, then content
 
 
-def _start(tier: VllmTier, name: str, log_dir: Path) -> tuple[ManagedProcess, str]:
+def _start(tier: VllmTier, name: str, log_dir: Path) -> tuple[ManagedProcess, int]:
     port = free_port()
     env = {**os.environ, **VLLM_ENV, "VLLM_LOGGING_LEVEL": "DEBUG"}  # logs each request body
     argv = [*vllm_argv(tier.python, tier.model_dir, TWIN, port), "--enable-log-requests"]
@@ -41,18 +47,22 @@ def _start(tier: VllmTier, name: str, log_dir: Path) -> tuple[ManagedProcess, st
     except BaseException:
         process.stop()
         raise
-    return process, url
+    return process, port
+
+
+Twins = tuple[dict[str, ManagedProcess], GatewayThread, StreamValve]
 
 
 @pytest.fixture
-def twins(
-    vllm_tier: VllmTier, tmp_path: Path
-) -> Iterator[tuple[dict[str, ManagedProcess], GatewayThread]]:
+def twins(vllm_tier: VllmTier, tmp_path: Path) -> Iterator[Twins]:
     started: dict[str, ManagedProcess] = {}
-    urls: dict[str, str] = {}
+    valve: StreamValve | None = None
     try:
+        ports: dict[str, int] = {}
         for name in ("twin-a", "twin-b"):
-            started[name], urls[name] = _start(vllm_tier, name, tmp_path)
+            started[name], ports[name] = _start(vllm_tier, name, tmp_path)
+        valve = StreamValve(ports["twin-a"], HOLD_AFTER)
+        urls = {"twin-a": valve.url, "twin-b": f"http://127.0.0.1:{ports['twin-b']}"}
         rows = [
             {"id": n, "url": urls[n], "served_model_name": "twin", "variant": "twin",
              "max_seq_len": 512, "capacity": 4, "gpu_cost_per_hour": 0.1 if n == "twin-a" else 1.0}
@@ -71,16 +81,16 @@ def twins(
                 for r in httpx.get(gateway.url + "/admin/backends").json()["backends"]
             )
             assert wait_until(fresh, 30)
-            yield started, gateway
+            yield started, gateway, valve
     finally:
+        if valve is not None:
+            valve.close()
         for process in started.values():
             process.stop(grace_s=10.0)
 
 
-def test_sigkill_mid_stream_continues_on_the_other_server(
-    twins: tuple[dict[str, ManagedProcess], GatewayThread],
-) -> None:
-    servers, gateway = twins
+def test_sigkill_mid_stream_continues_on_the_other_server(twins: Twins) -> None:
+    servers, gateway, valve = twins
     body = {
         "model": "pair",
         "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
@@ -102,6 +112,7 @@ def test_sigkill_mid_stream_continues_on_the_other_server(
             if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                 content += 1
                 if content == KILL_AFTER_CHUNKS:
+                    assert valve.held.wait(30), "twin-a's stream never reached the hold point"
                     os.killpg(servers["twin-a"].popen.pid, signal.SIGKILL)
     assert events.count(": quantroute continued on twin-b") == 1, events[-5:]
     assert events[-1] == "data: [DONE]" and events.count("data: [DONE]") == 1
@@ -112,7 +123,7 @@ def test_sigkill_mid_stream_continues_on_the_other_server(
     before = [json.loads(e[6:]) for e in events[:seam] if e.startswith("data: {")]
     prefix = "".join(ch["delta"].get("content") or "" for c in before for ch in c["choices"])
     relayed = sum(1 for c in before for ch in c["choices"] if ch["delta"].get("content"))
-    assert relayed >= KILL_AFTER_CHUNKS and prefix
+    assert KILL_AFTER_CHUNKS <= relayed < HOLD_AFTER and prefix
     usage = chunks[-1]["usage"]
     assert chunks[-1]["choices"] == [] and usage["completion_tokens"] == MAX_TOKENS
     # twin-b's own log (vLLM --enable-log-requests, DEBUG): the continuation's request body

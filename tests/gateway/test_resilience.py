@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 
@@ -58,30 +59,47 @@ def test_connect_error_before_the_first_byte_is_retried_on_the_next_backend(
     assert wait_until(lambda: all(r["in_flight"]["requests"] == 0 for r in fleet.admin().values()))
 
 
-def test_no_reachable_backend_is_a_502_naming_each_attempt(make_fleet: FleetFactory) -> None:
+def test_no_reachable_backend_is_a_502_whose_log_line_names_each_attempt(
+    make_fleet: FleetFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     fleet = make_fleet(
         {k: FakeState(served_model_name=k, drop_requests=True) for k in ("a", "b")},
         policy={"retries": 1},
     )
-    with pytest.raises(openai.APIStatusError) as caught:
+    with (
+        caplog.at_level(logging.WARNING, logger="quantroute.proxy"),
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
         fleet.client().chat.completions.create(model="auto", messages=MSG, max_tokens=1)
     assert caught.value.status_code == 502
     error = caught.value.response.json()["error"]
     assert error["code"] == "upstream_unavailable" and error["type"] == "upstream_error"
-    attempts = error["message"].removeprefix("Could not reach a backend: ").split("; ")
-    assert sorted(a.split(":")[0] for a in attempts) == ["a", "b"], error["message"]
+    # the body names no backend, URL or library error: those are logged under the request id
+    rid = caught.value.response.headers["x-request-id"]
+    assert error["request_id"] == rid and rid in error["message"]
+    assert "127.0.0.1" not in error["message"] and "Error" not in error["message"]
+    line = next(r.getMessage() for r in caplog.records if rid in r.getMessage())
+    attempts = line.split("no backend reachable: ", 1)[1].split("; ")
+    assert sorted(a.split(":")[0] for a in attempts) == ["a", "b"], line
     assert [len(fleet.backends[k].state.received) for k in ("a", "b")] == [1, 1]
     assert fleet.admin()["a"]["in_flight"]["requests"] == 0
     assert fleet.admin()["b"]["in_flight"]["requests"] == 0
 
 
-def test_the_last_backends_5xx_passes_through_unchanged(make_fleet: FleetFactory) -> None:
-    """Every attempt answered 5xx: the client gets the last backend's own answer, not a 502."""
+def test_the_last_backends_5xx_status_passes_through_its_body_is_logged(
+    make_fleet: FleetFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every attempt answered 5xx: the client gets the last backend's status, not a 502, with
+    the gateway's body (a backend's 5xx body can carry exception text); the log has the body."""
     fleet = make_fleet(
         {k: FakeState(served_model_name=k, fail_status=503, fail_times=-1) for k in ("a", "b")}
     )
-    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
-    assert r.status_code == 503 and r.json()["error"]["message"] == "injected failure"
+    with caplog.at_level(logging.WARNING, logger="quantroute.proxy"):
+        r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_error"
+    assert "injected failure" not in r.text
+    rid = r.headers["x-request-id"]
+    assert any(rid in m and "injected failure" in m for m in caplog.messages)
     assert [len(fleet.backends[k].state.received) for k in ("a", "b")] == [1, 1]
     assert fleet.metric("quantroute_retries_total") == 1
 
@@ -200,5 +218,6 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
     r = httpx.post(fleet.url + "/v1/chat/completions", json=body, timeout=10)
     assert r.status_code == 200 and r.content.count(b'"delta":{"content"') == 3
     assert b'"error"' in r.content.split(b"\n\n")[-2] and b"failed mid-stream" in r.content
+    assert b"127.0.0.1" not in r.content and r.headers["x-request-id"].encode() in r.content
     assert wait_until(lambda: fleet.metric("quantroute_requests_total", status="502") == 1)
     assert fleet.admin()["a"]["in_flight"]["requests"] == 0

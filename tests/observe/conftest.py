@@ -75,6 +75,7 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
         policy: dict[str, Any] | None = None,
         sampler: Sampler = ALWAYS_ON,
         access_log: bool = False,
+        access: dict[str, Any] | None = None,
     ) -> TracedFleet:
         states = states or {"a": FakeState(served_model_name="a")}
         backends = {k: FakeBackend(s) for k, s in states.items()}
@@ -97,9 +98,14 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
         ]
         variants = [r["variant"] for r in rows]
         pol = {"scrape_interval_s": 0.1, "staleness_limit_s": 2.0, **(policy or {})}
-        config = parse_config(
-            {"backends": rows, "groups": [{"name": "auto", "variants": variants}], "policy": pol}
-        )
+        data: dict[str, Any] = {
+            "backends": rows,
+            "groups": [{"name": "auto", "variants": variants}],
+            "policy": pol,
+        }
+        if access is not None:
+            data["access"] = access
+        config = parse_config(data)
         exporter = InMemorySpanExporter()
         provider = TracerProvider(sampler=sampler)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -122,5 +128,6 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
 def _all_fresh(fleet: TracedFleet) -> bool:
     import httpx
 
-    rows = httpx.get(fleet.url + "/admin/backends").json()["backends"]
+    auth = {"Authorization": f"Bearer {API_KEY}"}  # an admin key where keys are configured
+    rows = httpx.get(fleet.url + "/admin/backends", headers=auth).json()["backends"]
     return all(r["state"] == "fresh" for r in rows)

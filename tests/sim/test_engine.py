@@ -13,6 +13,7 @@ from quantroute.sim.engine import (
     PromptTooLongError,
     StepOutput,
 )
+from quantroute.sim.kv_blocks import block_hashes
 from quantroute.sim.profiles import load_profiles
 from quantroute.sim.roofline import ScheduledChunk
 
@@ -205,3 +206,102 @@ def test_kv_blocks_follow_from_memory() -> None:
 def test_kv_cache_smaller_than_max_model_len_is_refused() -> None:
     with pytest.raises(ValueError, match="fewer than max_model_len"):
         make_engine(num_gpu_blocks_override=8)
+
+
+# -- prefix caching -------------------------------------------------------------------
+
+
+def hashed(request_id: str, tokens: list[str], **kwargs: object) -> EngineRequest:
+    return EngineRequest(
+        request_id,
+        len(tokens),
+        block_hashes=block_hashes(tokens, 16),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def prompt(shared: int, own: int, tag: str) -> list[str]:
+    return [f"s{i}" for i in range(shared)] + [f"{tag}{i}" for i in range(own)]
+
+
+def test_a_repeated_prefix_is_reused_and_only_the_rest_is_prefilled() -> None:
+    engine = make_engine()
+    engine.add_request(hashed("a", prompt(3000, 40, "a"), max_tokens=1), now=0.0)
+    first = next(f for o in run(engine) for f in o.finished)
+    engine.add_request(hashed("b", prompt(3000, 40, "b"), max_tokens=1), now=100.0)
+    outputs = run(engine, 100.0)
+    second = next(f for o in outputs for f in o.finished)
+    assert second.cached_tokens == 3000 // 16 * 16  # whole blocks of the shared prefix
+    assert first.cached_tokens == 0
+    assert second.ttft is not None and first.ttft is not None
+    assert second.ttft < first.ttft / 4
+    stats = engine.stats()
+    assert stats.prefix_cache_queries_total == 2 * 3040
+    assert stats.prefix_cache_hits_total == 2992
+    assert sum(o.prefix_cache_hits for o in outputs) == 2992
+    assert sum(o.cached_prompt_tokens for o in outputs) == 2992
+
+
+def test_the_last_token_is_always_computed() -> None:
+    engine = make_engine()
+    tokens = prompt(64, 0, "")
+    engine.add_request(hashed("a", tokens, max_tokens=1), now=0.0)
+    run(engine)
+    engine.add_request(hashed("b", tokens, max_tokens=1), now=10.0)
+    out = run(engine, 10.0)
+    assert out[0].num_scheduled_tokens == 16  # 64 tokens: 3 blocks hit, the 4th recomputed
+    assert out[0].prefix_cache_hits == 48
+
+
+def test_without_hashes_or_with_caching_off_nothing_is_reused() -> None:
+    for engine, with_hashes in (
+        (make_engine(), False),
+        (make_engine(enable_prefix_caching=False), True),
+    ):
+        for rid in ("a", "b"):
+            tokens = prompt(1000, 8, rid)
+            request = (
+                hashed(rid, tokens, max_tokens=1)
+                if with_hashes
+                else EngineRequest(rid, 1008, max_tokens=1)
+            )
+            engine.add_request(request, now=0.0)
+            run(engine)
+        assert engine.stats().prefix_cache_hits_total == 0
+
+
+def test_cached_blocks_do_not_count_as_used_and_are_evicted_lru() -> None:
+    engine = make_engine(num_gpu_blocks_override=256, max_model_len=2048)  # 4096 tokens
+    for i in range(3):  # three distinct 1600-token prompts, one after another
+        engine.add_request(hashed(f"p{i}", prompt(0, 1600, f"p{i}"), max_tokens=1), now=0.0)
+        run(engine)
+    assert engine.stats().kv_cache_usage == 0.0  # cached but free
+    # 3 x 100 blocks do not fit in 256: p2 took the 56 never-used blocks and the 44 least
+    # recently freed, p0's, tail first; p0 keeps its first 56 blocks, p2 all but the last
+    again = [hashed(f"q{i}", prompt(0, 1600, f"p{i}"), max_tokens=1) for i in (0, 2)]
+    for request in again:
+        engine.add_request(request, now=0.0)
+    outputs = run(engine)
+    finished = {f.request_id: f.cached_tokens for o in outputs for f in o.finished}
+    assert finished == {"q0": 56 * 16, "q2": 99 * 16}
+
+
+def test_a_preempted_request_is_not_counted_again_in_the_exported_queries() -> None:
+    engine = make_engine(num_gpu_blocks_override=64, max_model_len=1024)
+    for i in range(3):
+        tokens = prompt(0, 300, f"r{i}")
+        engine.add_request(hashed(f"r{i}", tokens, natural_output_tokens=200), now=0.0)
+    outputs = run(engine)
+    assert sum(o.preemptions for o in outputs) > 0
+    assert engine.stats().prefix_cache_queries_total == 3 * 300
+    assert engine.prefix_cache.preempted_queries > 0
+
+
+def test_prefill_seconds_shrink_with_the_cache() -> None:
+    cold, warm = make_engine(enable_prefix_caching=False), make_engine()
+    for engine in (cold, warm):
+        for i in range(4):
+            engine.add_request(hashed(f"r{i}", prompt(4000, 100, f"r{i}"), max_tokens=50), now=0.0)
+            run(engine)
+    assert cold.stats().prefill_seconds_total > 3 * warm.stats().prefill_seconds_total
+    assert warm.stats().prefill_seconds_total > 0

@@ -27,6 +27,10 @@ REQUIRED = {
     "vllm:e2e_request_latency_seconds": "histogram",
     "vllm:request_queue_time_seconds": "histogram",
     "vllm:cache_config_info": "gauge",
+    "vllm:prefix_cache_queries": "counter",
+    "vllm:prefix_cache_hits": "counter",
+    "vllm:prompt_tokens_by_source": "counter",
+    "vllm:request_prefill_kv_computed_tokens": "histogram",
 }
 
 
@@ -88,6 +92,7 @@ async def test_cache_config_info_describes_the_kv_cache(
     assert info.labels["kv_cache_size_tokens"] == str(engine.config.num_gpu_blocks * 16)
     assert info.labels["gpu_memory_utilization"] == "0.9"
     assert info.labels["engine"] == "0"
+    assert info.labels["enable_prefix_caching"] == "True"  # vLLM V1's default, as captured
 
 
 async def test_legacy_names(fleet: SimFleet, http: httpx.AsyncClient) -> None:
@@ -97,6 +102,8 @@ async def test_legacy_names(fleet: SimFleet, http: httpx.AsyncClient) -> None:
     assert "vllm:num_requests_waiting_by_reason" not in ours
     assert ours["vllm:time_per_output_token_seconds"].type == "histogram"
     assert "vllm:inter_token_latency_seconds" not in ours
+    assert ours["vllm:gpu_prefix_cache_queries"].type == "counter"
+    assert "vllm:prefix_cache_queries" not in ours
 
 
 async def test_counters_and_histograms_move_with_traffic(
@@ -165,6 +172,31 @@ async def test_kv_pressure_queueing_and_preemption_show_on_metrics(
     assert value(fams, "vllm:num_preemptions_total") >= 1
     assert value(fams, "vllm:request_success_total", finished_reason="length") == 10
     assert value(fams, "vllm:kv_cache_usage_perc") == 0
+
+
+async def test_a_repeated_system_prompt_shows_prefix_cache_hits_in_tokens(
+    openai_for: OpenAIFactory, fleet: SimFleet, http: httpx.AsyncClient
+) -> None:
+    api = openai_for(fleet.urls["awq"])
+    system = "You answer questions about the attached handbook. " + "Handbook text. " * 400
+    usages = []
+    for question in ("Who signs leave requests?", "When are expenses due?"):
+        response = await api.chat.completions.create(
+            model="llama3-8b-awq",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=4,
+        )
+        assert response.usage is not None
+        usages.append(response.usage.prompt_tokens)
+    fams = await scrape(http, fleet.urls["awq"])
+    shared = 1 + 4 + len(system) // 4 + 1 + 4  # BOS, header, text, end of turn, user header
+    assert value(fams, "vllm:prefix_cache_queries_total") == sum(usages)
+    assert value(fams, "vllm:prefix_cache_hits_total") == shared // 16 * 16
+    hits = value(fams, "vllm:prefix_cache_hits_total")
+    assert value(fams, "vllm:prompt_tokens_by_source_total", source="local_cache_hit") == hits
+    computed = value(fams, "vllm:prompt_tokens_by_source_total", source="local_compute")
+    assert computed == sum(usages) - hits
+    assert value(fams, "vllm:request_prefill_kv_computed_tokens_sum") == computed
 
 
 def test_token_buckets_follow_max_model_len() -> None:

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from quantroute.sim.fleet import SimFleet
+from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
 
 from .conftest import ANSWER_KEY, VLLM_FIXTURES, OpenAIFactory
@@ -228,3 +228,32 @@ async def test_answer_key_is_matched_on_the_last_user_message(
     )
     assert response.choices[0].message.content == fleet.backends["awq"].oracle.answer(prompt)
     assert prompt in ANSWER_KEY
+
+
+async def test_prompt_tokens_details_report_cached_tokens_only_when_enabled_and_nonzero(
+    openai_for: OpenAIFactory,
+) -> None:
+    spec = SimBackendSpec(id="d", profile="llama3-8b-awq", enable_prompt_tokens_details=True)
+    system = {"role": "system", "content": "Shared instructions for every ticket. " * 60}
+    async with SimFleet(SimFleetConfig(time_scale=100, backends=[spec])) as fleet:
+        api = openai_for(fleet.urls["d"])
+        first = await api.chat.completions.create(
+            model="llama3-8b-awq",
+            messages=[system, {"role": "user", "content": "Ticket one."}],  # type: ignore[list-item]
+            max_tokens=2,
+        )
+        stream = await api.chat.completions.create(
+            model="llama3-8b-awq",
+            messages=[system, {"role": "user", "content": "Ticket two."}],  # type: ignore[list-item]
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        usages = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    assert first.usage is not None
+    assert first.usage.prompt_tokens_details is None  # nothing was cached: vLLM leaves it unset
+    (usage,) = usages
+    assert usage.prompt_tokens_details is not None
+    # shared: BOS, system header, its 570 text tokens, end of turn, user header, "Tick"
+    shared = 1 + 4 + len(system["content"]) // 4 + 1 + 4 + 1
+    assert usage.prompt_tokens_details.cached_tokens == shared // 16 * 16

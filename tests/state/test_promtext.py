@@ -75,3 +75,26 @@ vllm:cache_config_info{block_size="16",engine="1",num_gpu_blocks="300"} 1.0
 def test_malformed_text_raises_value_error() -> None:
     with pytest.raises(ValueError):
         parse_metrics('vllm:num_requests_running{engine="0" 1.0\n')
+
+
+@pytest.mark.parametrize(
+    ("capture", "queries"),
+    [("vllm_metrics_idle.txt", 0.0), ("vllm_metrics_busy.txt", 822.0)],
+)
+def test_prefix_cache_counters_are_read_from_real_vllm(capture: str, queries: float) -> None:
+    m = parse_metrics((FIXTURES / capture).read_text())
+    assert (m.prefix_cache_queries, m.prefix_cache_hits) == (queries, 0.0)
+    assert m.prefix_hit_rate == (0.0 if queries else None)  # no query yet: unknown, not 0
+
+
+def test_prefix_cache_counters_older_names_and_absence() -> None:
+    older = (
+        "# TYPE vllm:gpu_prefix_cache_queries counter\n"
+        'vllm:gpu_prefix_cache_queries_total{engine="0",model_name="m"} 400.0\n'
+        "# TYPE vllm:gpu_prefix_cache_hits counter\n"
+        'vllm:gpu_prefix_cache_hits_total{engine="0",model_name="m"} 100.0\n'
+    )
+    m = parse_metrics(older)
+    assert (m.prefix_cache_queries, m.prefix_cache_hits, m.prefix_hit_rate) == (400.0, 100.0, 0.25)
+    absent = parse_metrics(metrics_text(FakeState(kv_usage=0.1)))
+    assert (absent.prefix_cache_queries, absent.prefix_hit_rate) == (None, None)

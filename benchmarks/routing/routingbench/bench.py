@@ -36,6 +36,8 @@ BACKEND_SERIES = (
     "vllm:time_to_first_token_seconds_count",
     "vllm:request_queue_time_seconds_sum",
     "vllm:request_success_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
 )
 
 
@@ -64,6 +66,8 @@ class PolicyRun:
     """The gateway's /admin/backends ``decisions`` per backend at the end."""
     cpu_s: dict[str, float | None] = field(default_factory=dict)
     """CPU seconds the fleet and the gateway processes used."""
+    gateway_metrics: dict[str, float] = field(default_factory=dict)
+    """The gateway's own counters at the end (``GATEWAY_SERIES``, summed over backends)."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,20 @@ class RunSettings:
     monitor: bool = True
     kv_blocks: Mapping[str, int] = field(default_factory=dict)
     """KV blocks per backend id (vLLM's --num-gpu-blocks-override), for tests that need pressure."""
+    fleet_file: Path | None = None
+    """A simulated fleet YAML instead of the packaged default (its backends are the gateway's
+    when the policy names none)."""
 
 
-def backend_series(text: str) -> dict[str, float]:
-    totals = dict.fromkeys(BACKEND_SERIES, 0.0)
+GATEWAY_SERIES = (
+    "quantroute_prefix_prompt_tokens_total",
+    "quantroute_prefix_expected_hit_tokens_total",
+    "quantroute_prefix_affinity_withdrawn_total",
+)
+
+
+def backend_series(text: str, names: tuple[str, ...] = BACKEND_SERIES) -> dict[str, float]:
+    totals = dict.fromkeys(names, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals:
@@ -126,6 +140,7 @@ async def _replay_and_watch(
             time_scale=s.time_scale,
             timeout_s=timeout,
             task_header=s.task_header,
+            session_header=spec.session_header,
         )
     finally:
         if watcher is not None:
@@ -139,7 +154,9 @@ def run_policy(
     spec: PolicySpec, answer_key: Path, rows: list[TraceRequest], s: RunSettings
 ) -> PolicyRun:
     stats = s.work_dir / f"{spec.key}.fleet.json"
-    cmd = procs.fleet_command(s.time_scale, s.fleet_seed, answer_key, stats, s.kv_blocks)
+    cmd = procs.fleet_command(
+        s.time_scale, s.fleet_seed, answer_key, stats, s.kv_blocks, s.fleet_file
+    )
     fleet = procs.start(f"{spec.key}.fleet", cmd, s.work_dir, stdout_pipe=True)
     with procs.running(fleet):
         urls: dict[str, str] = procs.read_json_line(fleet, START_TIMEOUT_S)["urls"]
@@ -163,6 +180,7 @@ def run_policy(
             procs.wait_fresh(gateway, url, len(urls), 30.0)
             outcomes, wall, samples = uvloop.run(_replay_and_watch(url, spec, rows, s))
             admin = httpx.get(url + "/admin/backends", timeout=5.0).json()["backends"]
+            own = backend_series(httpx.get(url + "/metrics", timeout=5.0).text, GATEWAY_SERIES)
             cpu = {"gateway": procs.cpu_seconds(gateway)}
         cpu["fleet"] = procs.cpu_seconds(fleet)
         metrics = {
@@ -170,4 +188,4 @@ def run_policy(
         }
     lag = json.loads(stats.read_text()) if stats.exists() else {}
     decisions = {r["id"]: r["decisions"] for r in admin}
-    return PolicyRun(spec, s.time_scale, outcomes, wall, metrics, lag, samples, decisions, cpu)
+    return PolicyRun(spec, s.time_scale, outcomes, wall, metrics, lag, samples, decisions, cpu, own)

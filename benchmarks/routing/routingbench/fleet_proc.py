@@ -29,11 +29,14 @@ SAMPLE_S = 0.05
 
 
 def fleet_config(
-    time_scale: float, seed: int, kv_blocks: Mapping[str, int] | None = None
+    time_scale: float,
+    seed: int,
+    kv_blocks: Mapping[str, int] | None = None,
+    fleet_file: Path | None = None,
 ) -> SimFleetConfig:
-    """The packaged default fleet on free ports, at ``time_scale``; ``kv_blocks`` shrinks KV caches
-    (vLLM's ``--num-gpu-blocks-override``) by backend id."""
-    base = load_fleet_config().model_dump()
+    """The packaged default fleet (or ``fleet_file``) on free ports, at ``time_scale``;
+    ``kv_blocks`` shrinks KV caches (vLLM's ``--num-gpu-blocks-override``) by backend id."""
+    base = load_fleet_config(fleet_file).model_dump()
     blocks = kv_blocks or {}
     backends = [
         {
@@ -69,8 +72,11 @@ class LagMeter:
             self.max_s[backend_id] = max(self.max_s[backend_id], lag)
 
     def report(self) -> dict[str, dict[str, float]]:
+        """Lag figures per backend, and the engine's simulated GPU seconds spent on prefill."""
+        engines = self.fleet.engines
         return {
             b: {
+                "prefill_gpu_s": round(engines[b].stats().prefill_seconds_total, 4),
                 "max_lag_s": round(self.max_s[b], 4),
                 "mean_lag_s": round(self.total_s[b] / max(1, self.busy[b]), 4),
                 "share_over_10ms": round(self.over_10ms[b] / max(1, self.busy[b]), 4),
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--answer-key", type=Path, default=None)
     parser.add_argument("--stats", type=Path, default=None)
+    parser.add_argument("--fleet", type=Path, default=None, help="a fleet YAML (default: packaged)")
     parser.add_argument(
         "--kv-blocks",
         action="append",
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     blocks = {k: int(v) for k, v in (item.split("=", 1) for item in args.kv_blocks)}
-    config = fleet_config(args.time_scale, args.seed, blocks)
+    config = fleet_config(args.time_scale, args.seed, blocks, args.fleet)
     uvloop.run(serve(config, args.answer_key, args.stats))
     return 0
 

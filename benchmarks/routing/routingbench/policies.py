@@ -49,6 +49,10 @@ class PolicySpec:
     matrix: bool = False
     model_for: ModelFor = _auto
     note: str = ""
+    backends: tuple[Mapping[str, Any], ...] | None = None
+    """The gateway's backends (without URLs) when not the demo fleet's."""
+    session_header: bool = False
+    """The replay sends ``x-session-id`` on conversation turns."""
 
 
 def _weights(**w: float) -> dict[str, dict[str, float]]:
@@ -146,7 +150,8 @@ def gateway_config(
     matrix_path: Path | None,
 ) -> dict[str, Any]:
     """The gateway YAML (as a dict) of ``spec`` in front of the fleet at ``urls``."""
-    backends = [{**row, "url": urls[row["id"]]} for row in demo_backends()]
+    rows = demo_backends() if spec.backends is None else [dict(b) for b in spec.backends]
+    backends = [{**row, "url": urls[row["id"]]} for row in rows]
     groups = [
         {"name": name, "variants": list(variants), "quality_floor": quality_floor}
         for name, variants in spec.groups

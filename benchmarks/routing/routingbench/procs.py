@@ -79,9 +79,12 @@ def fleet_command(
     answer_key: Path | None,
     stats: Path,
     kv_blocks: Mapping[str, int] | None = None,
+    fleet_file: Path | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "routingbench.fleet_proc", "--time-scale", str(time_scale)]
     cmd += ["--seed", str(seed), "--stats", str(stats)]
+    if fleet_file is not None:
+        cmd += ["--fleet", str(fleet_file)]
     for backend, blocks in (kv_blocks or {}).items():
         cmd += ["--kv-blocks", f"{backend}={blocks}"]
     return cmd + (["--answer-key", str(answer_key)] if answer_key is not None else [])

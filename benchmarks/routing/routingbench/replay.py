@@ -7,6 +7,10 @@ seconds from the start of the replay: when it was due and sent, the first SSE da
 (``x-quantroute-backend``) and the output tokens the usage chunk reports. The client does not
 retry a response: a 503 is a rejection. Only a send that fails before any response (a kept-alive
 connection the server closed at that moment) is sent again, at most twice, and counted.
+
+A turn of a conversation (a row with ``after``) is closed-loop within its session: it is sent
+``think_s`` (simulated) after the previous turn's answer ended, never before, and its due time
+is that moment. With ``session_header`` it carries ``x-session-id: <session>``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class Outcome:
     """The error body's message, or the stream's error event."""
     reconnects: int = 0
     """Sends repeated because the connection failed before any response (never after)."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """``usage.prompt_tokens_details.cached_tokens`` (0 when the backend reports none)."""
 
     @property
     def ok(self) -> bool:
@@ -81,6 +88,9 @@ async def _read_stream(response: aiohttp.ClientResponse, out: Outcome, t0: float
         elif b'"usage":{' in line:
             usage = json.loads(line[5:]).get("usage") or {}
             out.output_tokens = int(usage.get("completion_tokens", 0))
+            out.prompt_tokens = int(usage.get("prompt_tokens", 0))
+            details = usage.get("prompt_tokens_details") or {}
+            out.cached_tokens = int(details.get("cached_tokens") or 0)
         elif b'"finish_reason":"' in line:
             out.finish_reason = json.loads(line[5:])["choices"][0]["finish_reason"]
 
@@ -123,24 +133,41 @@ async def replay(
     time_scale: float,
     timeout_s: float,
     task_header: bool = False,
+    session_header: bool = False,
 ) -> tuple[list[Outcome], float]:
-    """Send every row at ``row.t / time_scale``; returns the outcomes and the wall duration."""
+    """Send every row at ``row.t / time_scale`` (a later turn: after its previous turn and
+    think time); returns the outcomes and the wall duration."""
     bodies = [body_for(r, model_for(r)) for r in rows]
     url = base_url + "/v1/chat/completions"
     outcomes = [Outcome(r.id, 0, due=r.t / time_scale) for r in rows]
+    done = {r.id: asyncio.Event() for r in rows}
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def send(row: TraceRequest, body: bytes, out: Outcome, t0: float) -> None:
+        try:
+            if row.after is not None and row.after in done:
+                await done[row.after].wait()
+                await asyncio.sleep((row.think_s or 0.0) / time_scale)
+                out.due = time.monotonic() - t0
+            headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+            if task_header:
+                headers["x-quantroute-task"] = row.task
+            if session_header and row.session is not None:
+                headers["x-session-id"] = row.session
+            await _one(session, url, body, headers, out, t0)
+        finally:
+            done[row.id].set()
+
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks: list[asyncio.Task[None]] = []
         t0 = time.monotonic()
         for row, body, out in zip(rows, bodies, outcomes, strict=True):
-            delay = out.due - (time.monotonic() - t0)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
-            if task_header:
-                headers["x-quantroute-task"] = row.task
-            tasks.append(asyncio.create_task(_one(session, url, body, headers, out, t0)))
+            if row.after is None:
+                delay = out.due - (time.monotonic() - t0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(row, body, out, t0)))
         await asyncio.gather(*tasks)
         wall = time.monotonic() - t0
     return outcomes, wall

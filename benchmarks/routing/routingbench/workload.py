@@ -8,7 +8,9 @@ One JSON object per line::
 
 ``t`` is the arrival in simulated seconds from the start of the trace. ``prompt_tokens`` is the
 gateway's own estimate of the prompt (4 characters per token plus 4 per message plus 3).
-``output_tokens`` is how many tokens the answer has (the simulator is told so through its answer
+``session``, ``turn``, ``after`` and ``think_s`` mark the turns of a multi-turn conversation
+(``routingbench.sessions``): the replay sends a turn ``think_s`` after the ``after`` row's answer
+ended. ``output_tokens`` is how many tokens the answer has (the simulator is told so through its answer
 key; omit it to let the simulator pick). ``messages`` are sent verbatim when present; otherwise
 they are synthesised from ``text_seed``: realistic text of exactly ``prompt_tokens`` whose task
 type the gateway's heuristic infers (checked for every generated prompt).
@@ -111,6 +113,12 @@ class TraceRequest:
     output_tokens: int | None = None
     text_seed: int | None = None
     messages: tuple[Message, ...] | None = None
+    session: str | None = None
+    """Multi-turn rows (``routingbench.sessions``): the conversation, the turn (0-based), the
+    previous turn's id and the think time after its answer ended (simulated seconds)."""
+    turn: int | None = None
+    after: str | None = None
+    think_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL row; synthesised messages (``text_seed`` set) are not written out."""
@@ -244,6 +252,10 @@ def _parse_row(obj: dict[str, Any], lineno: int) -> TraceRequest:
         output_tokens=None if obj.get("output_tokens") is None else int(obj["output_tokens"]),
         text_seed=obj.get("text_seed"),
         messages=None if messages is None else tuple(messages),
+        session=obj.get("session"),
+        turn=obj.get("turn"),
+        after=obj.get("after"),
+        think_s=obj.get("think_s"),
     )
 
 

@@ -18,8 +18,16 @@ from quantroute.apis.conversations import Item
 from quantroute.config import ApiName, PolicyConfig
 from quantroute.core import features as feat
 from quantroute.core.model import RequestFeatures
+from quantroute.core.prefix import PrefixSettings, PromptBlocks, chat_prefix_text
 from quantroute.errors import InvalidRequest
-from quantroute.proxy.parse import TASK_HEADER, Kind, ParsedRequest, latency_class, load_body
+from quantroute.proxy.parse import (
+    TASK_HEADER,
+    Kind,
+    ParsedRequest,
+    latency_class,
+    load_body,
+    session_id,
+)
 
 SUPPORTED_TOOLS = frozenset({"function", "custom", "namespace"})
 """Tools the model calls itself (the client runs them); every other type is a built-in tool."""
@@ -33,7 +41,16 @@ def _features(
     headers: Mapping[str, str],
     policy: PolicyConfig,
     sequence: int,
+    prefix: PrefixSettings | None = None,
+    body: Mapping[str, Any] | None = None,
 ) -> RequestFeatures:
+    """Routing features; with ``prefix``, the conversation's blocks and session id for the
+    prefix index too (the same rendering as a chat body's, so the same prefixes match)."""
+    prompt = session = None
+    if prefix is not None:
+        turns = [(str(m.get("role")), str(m.get("content") or "")) for m in extracted.messages]
+        prompt = PromptBlocks.of(chat_prefix_text(turns), prefix)
+        session = session_id(body or {}, headers, policy)
     task = feat.classify_task(
         extracted.task_text(), wants_json=extracted.wants_json, override=headers.get(TASK_HEADER)
     )
@@ -46,6 +63,8 @@ def _features(
         latency_class=latency_class(headers),
         sequence=sequence,
         api=api,
+        prompt=prompt,
+        session_id=session,
     )
 
 
@@ -89,6 +108,7 @@ def responses(
     headers: Mapping[str, str],
     policy: PolicyConfig,
     sequence: int,
+    prefix: PrefixSettings | None = None,
 ) -> tuple[ParsedRequest, list[Item]]:
     """The request to forward (the whole conversation as ``input``, no ``previous_response_id``,
     ``store`` off: the gateway keeps the state) and this turn's own input items."""
@@ -98,16 +118,20 @@ def responses(
     if history:
         upstream["input"] = [*history, *own]
     upstream["store"] = False
-    features = _features(extracted, "responses", headers, policy, sequence)
+    features = _features(extracted, "responses", headers, policy, sequence, prefix, body)
     return ParsedRequest("responses", upstream, b"", features, True), own
 
 
 def messages(
-    raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
+    raw: bytes,
+    headers: Mapping[str, str],
+    policy: PolicyConfig,
+    sequence: int,
+    prefix: PrefixSettings | None = None,
 ) -> ParsedRequest:
     body = load_body(raw)
     extracted = extract.anthropic_messages(body)
-    features = _features(extracted, "messages", headers, policy, sequence)
+    features = _features(extracted, "messages", headers, policy, sequence, prefix, body)
     return ParsedRequest("messages", body, raw, features, True)
 
 

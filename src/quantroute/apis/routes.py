@@ -27,6 +27,7 @@ from quantroute.apis.conversations import (
 )
 from quantroute.apis.exchanges import MessagesExchange, PoolingExchange, ResponsesExchange
 from quantroute.config import ConversationsConfig
+from quantroute.core.prefix import PrefixSettings
 from quantroute.errors import RequestError, ResponseNotFound
 from quantroute.proxy.parse import Kind
 from quantroute.server.gateway import ROUTING_HEADERS, Gateway
@@ -76,7 +77,15 @@ def _store(request: Request) -> ConversationStore:
 
 
 def _headers(request: Request) -> dict[str, str]:
-    return {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
+    """The routing headers, and the session header the prefix index reads."""
+    session = _gateway(request).config.policy.prefix.session_header.lower()
+    names = (*ROUTING_HEADERS, session)
+    return {k: request.headers[k] for k in names if k in request.headers}
+
+
+def _prefix(request: Request) -> PrefixSettings | None:
+    tracker = _gateway(request).prefix
+    return None if tracker is None else tracker.settings
 
 
 async def create_response(request: Request) -> Response:
@@ -97,7 +106,7 @@ async def create_response(request: Request) -> Response:
         history, ancestors = found.items, found.ancestors
     sequence = gateway.router.next_sequence()
     parsed, own = parsing.responses(
-        body, history, _headers(request), gateway.config.policy, sequence
+        body, history, _headers(request), gateway.config.policy, sequence, _prefix(request)
     )
     exchange = ResponsesExchange(
         parsed, client_body=body, own_items=own, ancestors=ancestors, conversations=store
@@ -142,7 +151,9 @@ async def messages(request: Request) -> Response:
     try:
         sequence = gateway.router.next_sequence()
         raw = await request.body()
-        parsed = parsing.messages(raw, _headers(request), gateway.config.policy, sequence)
+        parsed = parsing.messages(
+            raw, _headers(request), gateway.config.policy, sequence, _prefix(request)
+        )
         return await gateway.dispatch(parsed, MessagesExchange(parsed), request)
     except RequestError as exc:
         body = anthropic_errors.body(exc.status, exc.message)

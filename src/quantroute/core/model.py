@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from quantroute.config import ApiName, BackendConfig, TaskType
+from quantroute.core.prefix import PrefixView, PromptBlocks
 
 
 class Health(StrEnum):
@@ -31,6 +32,17 @@ class BackendMetrics:
     block_size: int | None = None
     model_names: tuple[str, ...] = ()
     kv_metric_name: str | None = None
+    prefix_cache_queries: float | None = None
+    """``vllm:prefix_cache_queries_total`` (tokens looked up in the prefix cache, cumulative)."""
+    prefix_cache_hits: float | None = None
+    """``vllm:prefix_cache_hits_total`` (of those, tokens found cached)."""
+
+    @property
+    def prefix_hit_rate(self) -> float | None:
+        """The backend's own prefix-cache hit rate since it started (None: unknown or idle)."""
+        if not self.prefix_cache_queries or self.prefix_cache_hits is None:
+            return None
+        return self.prefix_cache_hits / self.prefix_cache_queries
 
     @property
     def kv_capacity_tokens(self) -> int | None:
@@ -77,6 +89,12 @@ class RequestFeatures:
     """A monotonically increasing request number (round robin, tie-break seeding)."""
     api: ApiName = "chat"
     """The client API of the request: only backends that serve it are candidates."""
+    prompt: PromptBlocks | None = None
+    """The prompt's block keys for the prefix index (None: prefix tracking is off)."""
+    session_id: str | None = None
+    """``x-session-id``, else the body's ``prompt_cache_key``, else its ``user`` (when enabled)."""
+    prefix: PrefixView | None = None
+    """Expected hit share per backend, filled in by the gateway just before the decision."""
 
 
 @dataclass(frozen=True, slots=True)

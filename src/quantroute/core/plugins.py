@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from quantroute.base import FrozenModel
 from quantroute.config import PluginRef, PolicyConfig, ScorerRef
-from quantroute.core import filters, pickers, scorers
+from quantroute.core import affinity, filters, pickers, scorers
 from quantroute.core.filters import Filter
 from quantroute.core.model import LatencyClass
 from quantroute.core.pickers import Picker
@@ -90,6 +90,11 @@ for _name, _picker in pickers.REGISTRY.items():
     register_picker(_name, _constant(_picker))
 
 
+register_scorer("prefix", affinity.build_prefix, affinity.AffinityParams)
+register_scorer("session", affinity.build_session, affinity.AffinityParams)
+register_scorer("cache_aware", affinity.build_cache_aware, affinity.CacheAwareParams)
+
+
 @dataclass(frozen=True, slots=True)
 class WeightedScorer:
     name: str
@@ -107,6 +112,13 @@ class Plan:
     picker: Picker
     pooling: tuple[WeightedScorer, ...] = ()
     """The scorers of embeddings, score and rerank requests (load alone by default)."""
+
+    @property
+    def tracks_prefix(self) -> bool:
+        """A scorer reads the prefix index: the gateway must keep it and look requests up."""
+        return any(
+            s.name in affinity.PREFIX_SCORERS for profile in self.scorers.values() for s in profile
+        )
 
 
 def _build(registry: Mapping[str, Plugin[F]], kind: str, ref: PluginRef, where: str) -> F:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
 from quantroute.core.model import BackendState
+from quantroute.core.prefix import uncached_tokens
 
 Scorer = Callable[[BackendState, Sequence[BackendState], FilterContext], float]
 
@@ -46,16 +47,27 @@ def prefill_rate(backend: BackendState, ctx: FilterContext) -> float:
     return rate if rate else ctx.policy.default_prefill_tokens_per_s
 
 
+def prompt_prefill_tokens(backend: BackendState, ctx: FilterContext) -> int:
+    """This prompt's tokens ``backend`` still has to prefill: all of them, less the share the
+    prefix index expects to be cached there."""
+    features = ctx.features
+    share = features.prefix.share(backend.id) if features.prefix is not None else 0.0
+    return (
+        features.prompt_tokens if share <= 0.0 else uncached_tokens(features.prompt_tokens, share)
+    )
+
+
 def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
-    """Matrix TTFT scaled by load and queue, plus the prefill of this prompt and of the prompts
-    already sent to the backend that have not started answering (both at its prefill rate)."""
+    """Matrix TTFT scaled by load and queue, plus the prefill of this prompt (less what is
+    expected to be cached there) and of the prompts already sent to the backend that have not
+    started answering (both at its prefill rate)."""
     base = None
     if ctx.matrix is not None:
         base = ctx.matrix.ttft_p50_ms(backend.config.variant_id)
     base = base if base is not None else ctx.policy.default_ttft_ms
     load = load_of(backend)
     queued = base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
-    prefill = backend.prefill_backlog_tokens + ctx.features.prompt_tokens
+    prefill = backend.prefill_backlog_tokens + prompt_prefill_tokens(backend, ctx)
     return queued + 1000.0 * prefill / prefill_rate(backend, ctx)
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from quantroute.config import BackendConfig, KubernetesDiscoveryConfig
-from quantroute.discovery._kube import PodEvent, PodList
+from quantroute.discovery._kube import PodEvent, PodList, own_namespace
 from quantroute.discovery.pods import PodView, pod_name, read_pod
+from quantroute.discovery.scope import outside, parse_selector
 from quantroute.errors import KubeApiError, ResourceExpired
 
 log = logging.getLogger("quantroute.discovery")
@@ -63,6 +64,9 @@ class KubernetesDiscovery:
         backoff: Backoff | None = None,
     ) -> None:
         self._cfg = cfg
+        self._namespace = cfg.namespace or own_namespace()  # where the source lists pods
+        self._in_scope = parse_selector(cfg.label_selector)
+        self._strangers: set[tuple[str, str]] = set()
         self._source = source
         self._on_change = on_change
         self._backoff = backoff or Backoff()
@@ -127,6 +131,8 @@ class KubernetesDiscovery:
         listing = await self._source.list_pods()
         self._pods = {}
         for pod in listing.items:
+            if self._outside(pod):
+                continue
             view = self._note(read_pod(pod, self._cfg))
             self._pods[view.name] = view
         self._warned = {k: v for k, v in self._warned.items() if k in self._pods}
@@ -168,7 +174,7 @@ class KubernetesDiscovery:
 
     # -- state -----------------------------------------------------------------------------------
     def _apply(self, event: PodEvent) -> None:
-        if event.type == "BOOKMARK":
+        if event.type == "BOOKMARK" or self._outside(event.pod):
             return
         name = pod_name(event.pod)
         if event.type == "DELETED":
@@ -177,6 +183,24 @@ class KubernetesDiscovery:
         else:
             self._pods[name] = self._note(read_pod(event.pod, self._cfg))
         self._publish()
+
+    def _outside(self, pod: Mapping[str, object]) -> bool:
+        """A pod the API should not have returned (another namespace, labels that do not match):
+        never a backend, whatever it claims (docs/discovery.md, "Trust")."""
+        metadata = pod.get("metadata")
+        why = outside(
+            metadata if isinstance(metadata, Mapping) else {}, self._namespace, self._in_scope
+        )
+        if why is None:
+            return False
+        where = (
+            str(metadata.get("namespace")) if isinstance(metadata, Mapping) else "?",
+            pod_name(pod),
+        )
+        if where not in self._strangers:
+            self._strangers.add(where)
+            log.warning("discovery: ignoring pod %s/%s outside the scope: %s", *where, why)
+        return True
 
     def _note(self, view: PodView) -> PodView:
         """Warn once per pod and problem (not on every event or resync)."""

@@ -56,17 +56,33 @@ class Observer:
         if self.tracing is not None:
             self.tracing.shutdown()
 
-    def begin(self, method: str, path: str, kind: str, headers: Mapping[str, str]) -> Trail:
+    def begin(
+        self,
+        method: str,
+        path: str,
+        kind: str,
+        headers: Mapping[str, str],
+        *,
+        request_id: str = "",
+        key: str | None = None,
+    ) -> Trail:
+        """A request's trail. ``headers`` are read for the trace context only; ``request_id``
+        is the access middleware's (the client's ``x-request-id``); ``key`` the caller's key
+        NAME (None without keys), never the key."""
         if not self._active:
             return NO_TRAIL
         started, wall = self._clock(), self._wall()
         span = None
         if self.tracing is not None:
             attributes = {"http.request.method": method, "url.path": path, "http.route": path}
+            if request_id:
+                attributes["quantroute.request_id"] = request_id
+            if key is not None:
+                attributes["quantroute.key"] = key
             span = self.tracing.server_span(f"{method} {path}", headers, attributes)
             if self.access_log is None and not span.is_recording():
                 return PropagatingTrail(self.tracing, span)
-        record = RequestRecord(path, kind, wall, started)
+        record = RequestRecord(path, kind, wall, started, request_id=request_id or None, key=key)
         if span is not None and self.tracing is not None:
             ids = self.tracing.ids(span)
             if ids is not None:

@@ -7,7 +7,8 @@ scores and every rejected backend's reasons), not just the winner. A later repla
 section (e.g. the snapshot the decision saw) under a new key; ``v`` changes only when an existing
 field changes meaning.
 
-Never in a record: prompt or completion text, message contents, API keys or other headers.
+Never in a record: prompt or completion text, message contents, API keys (a key appears by its
+name only) or other headers.
 Values are gathered on the hot path as plain Python objects; turning them into JSON happens in
 :meth:`RequestRecord.as_dict`, which the access log's writer thread calls.
 """
@@ -65,6 +66,10 @@ class RequestRecord:
     kind: str
     wall_start: float
     started: float
+    request_id: str | None = None
+    """The access middleware's request id: what the client got in ``x-request-id``."""
+    key: str | None = None
+    """The caller's API key's name (None when no keys are configured); never the key."""
     trace_id: str | None = None
     span_id: str | None = None
     features: RequestFeatures | None = None
@@ -86,6 +91,8 @@ class RequestRecord:
         return {
             "v": SCHEMA_VERSION,
             "ts": _timestamp(self.wall_start),
+            "request_id": self.request_id,
+            "key": self.key,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "path": self.path,

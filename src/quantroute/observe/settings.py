@@ -21,7 +21,7 @@ DEFAULT_SERVICE_NAME = "quantroute"
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _SUPPORTED_PROTOCOL = "http/protobuf"
-INSTALL_HINT = "pip install 'quantroute[tracing]'"
+INSTALL_HINT = "pip install 'quantroute[tracing]' (the image: scripts/build-image --extras tracing)"
 
 
 @dataclass(frozen=True)

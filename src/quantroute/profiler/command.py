@@ -12,8 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from quantroute.config import TASK_TYPES, load_config
-from quantroute.profiler.runner import Progress, no_progress
-from quantroute.profiler.session import ProfileSession, write_matrix
+from quantroute.extras import require
 from quantroute.profiler.settings import DEFAULT_LEVELS, DEFAULT_PREFILL_TOKENS, ProfileSettings
 from quantroute.workloads import Suite, builtin_suites, load_suite
 
@@ -21,6 +20,9 @@ DEFAULT_OUTPUT = "capability_matrix.json"
 INTERRUPTED = 130
 
 if TYPE_CHECKING:
+    from quantroute.profiler.runner import Progress
+    from quantroute.profiler.session import ProfileSession
+
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -183,6 +185,11 @@ def _run(session: ProfileSession, progress: Progress) -> bool:
 
 
 def profile_main(args: argparse.Namespace) -> int:
+    # The OpenAI client is the profiler extra's: imported only here, after the check.
+    require("profiler", "profile", "openai", "httpx2")
+    from quantroute.profiler.runner import no_progress
+    from quantroute.profiler.session import ProfileSession, write_matrix
+
     err = Console(stderr=True)
     config = load_config(args.config)
     try:
@@ -226,6 +233,7 @@ def show_main(args: argparse.Namespace) -> int:
 
 
 def plot_main(args: argparse.Namespace) -> int:
+    require("profiler", "matrix plot", "matplotlib")
     from quantroute.profiler.plot import plot_matrix
     from quantroute.state.matrix_source import load_matrix
 

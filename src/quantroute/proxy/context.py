@@ -9,7 +9,7 @@ rather than a parameter to every function on the path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class RequestContext:
     parsed: ParsedRequest
     forward_headers: Mapping[str, str]
-    """Client headers passed on to the backend (``Authorization``)."""
+    """Headers sent to every backend (``Content-Type``; never the client's ``Authorization``)."""
     receive: Receive
     """The ASGI ``receive`` of the client connection: how a disconnect is noticed."""
     exchange: Exchange
@@ -42,23 +42,60 @@ class RequestContext:
     """A stream's continuation guard (None: not a stream, or continuation is off)."""
     trail: Trail = NO_TRAIL
     """The request's access-log record and spans (a shared no-op when neither is configured)."""
+    request_id: str = ""
+    """The id the client gets in ``x-request-id`` and error bodies; log lines carry it."""
+    credentials: Callable[[str], Mapping[str, str]] = lambda _backend_id: {}
+    """The gateway's own headers for a backend (its ``Authorization``), by backend id."""
+    streaming: bool = False
+    """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
+    _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
+    _done: bool = False
 
-    def settle(self) -> None:
-        """The client's answer is over: the request's trail takes the last attempt's outcome
-        (for a continued stream, the continuation's) and the tokens every attempt counted (as
-        the token metrics do). Idempotent; an error answered by the gateway itself is settled
-        at the HTTP edge instead."""
-        if not self.attempts:
+    def upstream_headers(self, backend_id: str) -> Mapping[str, str]:
+        extra = self.credentials(backend_id)
+        return {**self.forward_headers, **extra} if extra else self.forward_headers
+
+    def on_done(self, callback: Callable[[RequestContext], None]) -> None:
+        self._on_done.append(callback)
+
+    def done(self) -> None:
+        """The request is over (answered, failed or abandoned; a continued stream: when the
+        continuation ends): the trail is settled, then the callbacks run (the key's quota), once.
+        """
+        if self._done:
             return
-        last = self.attempts[-1]
+        self._done = True
+        self._settle_trail()
+        for callback in self._on_done:
+            callback(self)
+
+    def _settle_trail(self) -> None:
+        """The trail takes the last attempt's outcome (for a continued stream, the
+        continuation's) and the tokens every attempt counted (as the token metrics do). When no
+        attempt answered (none was made, or every one was given up) the gateway answers with an
+        error, and the HTTP edge settles the trail with it instead (``Trail.finish`` keeps the
+        first outcome it is given)."""
+        last = self.attempts[-1] if self.attempts else None
+        if last is None or last.status is None:
+            return
         usages = [a.usage for a in self.attempts if a.usage is not None]
         self.trail.finish(
-            last.status if last.status is not None else 502,
+            last.status,
             error=last.error,
             prompt_tokens=sum(u.prompt_tokens for u in usages) if usages else None,
             completion_tokens=sum(u.completion_tokens for u in usages) if usages else None,
             answered=last.trail,
         )
+
+    def used_tokens(self) -> int | None:
+        """Tokens the backends reported for this request, over every attempt (a stream continued
+        on another backend: what the broken one generated plus the continuation); 0 when no
+        backend was reached; None when one was but reported no usage (the client left, an
+        error, no usage field)."""
+        used = [a.usage for a in self.attempts if a.usage is not None]
+        if used:
+            return sum(u.prompt_tokens + u.completion_tokens for u in used)
+        return 0 if all(a.failure is not None for a in self.attempts) else None
 
     @property
     def features(self) -> RequestFeatures:

@@ -290,7 +290,7 @@ class _Run:
         attempt = fw.begin_attempt(ctx, self._backend, strip_usage=not ctx.parsed.wants_usage)
         status = CLIENT_CLOSED
         try:
-            headers = attempt.trail.headers(ctx.forward_headers)  # + traceparent when tracing
+            headers = attempt.trail.headers(ctx.upstream_headers(self._backend.id))
             response = await fw.upstream.post(fw.url_for(self._backend, ctx), self._body, headers)
             try:
                 if response.status != 200:

@@ -11,12 +11,14 @@ counted as 499); the attempt's in-flight lease is released in ``finally`` whatev
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.responses import Response
 
 from quantroute.config import BackendConfig, PolicyConfig
 from quantroute.core.filters import request_kv_tokens
+from quantroute.core.prefix import uncached_tokens
 from quantroute.errors import ClientDisconnected, UpstreamConnectError, UpstreamUnavailable
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
@@ -24,7 +26,10 @@ from quantroute.proxy.disconnect import race_disconnect
 from quantroute.proxy.relay import relay_body, relay_stream
 from quantroute.proxy.upstream import Upstream, UpstreamResponse
 from quantroute.state.inflight import InFlight
+from quantroute.state.prefix import PrefixTracker
 from quantroute.telemetry import Telemetry
+
+log = logging.getLogger("quantroute.proxy")
 
 
 class Forwarder:
@@ -35,12 +40,14 @@ class Forwarder:
         inflight: InFlight,
         telemetry: Telemetry,
         backends: Mapping[str, BackendConfig],
+        prefix: PrefixTracker | None = None,
     ) -> None:
         self.policy = policy
         self.upstream = upstream
         self.inflight = inflight
         self.telemetry = telemetry
         self.backends = dict(backends)
+        self.prefix = prefix
 
     async def forward(self, ctx: RequestContext) -> Response:
         ranked = [b for b in ctx.routed.ranked if b in self.backends]
@@ -52,7 +59,11 @@ class Forwarder:
             response = await self._try(ctx, attempt, body, last=number == len(plan) - 1)
             if response is not None:
                 return response
-        raise UpstreamUnavailable("Could not reach a backend: " + "; ".join(ctx.failures))
+        # The details (backend ids, library errors) go to the log, never to the client.
+        log.warning("request %s: no backend reachable: %s", ctx.request_id, "; ".join(ctx.failures))
+        raise UpstreamUnavailable(
+            f"Could not reach a backend; retry shortly (request id {ctx.request_id})."
+        )
 
     def url_for(self, backend: BackendConfig, ctx: RequestContext) -> str:
         return backend.url.rstrip("/") + ctx.exchange.path
@@ -73,7 +84,19 @@ class Forwarder:
     ) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
-        lease = self.inflight.begin(backend.id, kv_tokens, features.prompt_tokens)
+        prefill = features.prompt_tokens
+        if self.prefix is not None and features.prompt is not None:
+            share = self.prefix.sent(backend.id, features)
+            self.telemetry.prefix_prompt_tokens.labels(backend.id).inc(features.prompt_tokens)
+            self.telemetry.prefix_expected_tokens.labels(backend.id).inc(
+                round(share * features.prompt_tokens)
+            )
+            self.telemetry.prefix_entries.labels(backend.id).set(
+                self.prefix.index.entries(backend.id)
+            )
+            if share > 0.0:  # prefill backlog: only what the backend probably has to compute
+                prefill = uncached_tokens(features.prompt_tokens, share)
+        lease = self.inflight.begin(backend.id, kv_tokens, prefill)
         attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
         number = len(ctx.attempts) + 1
         attempt.trail = ctx.trail.attempt(number, backend, continuation=continuation)
@@ -98,7 +121,8 @@ class Forwarder:
     ) -> Response | None:
         """The response for the client, or None when the next backend should be tried."""
         url = attempt.backend.url.rstrip("/") + ctx.exchange.path
-        headers = attempt.trail.headers(ctx.forward_headers)  # + traceparent when tracing
+        # the gateway's own credentials for this backend, + traceparent when tracing
+        headers = attempt.trail.headers(ctx.upstream_headers(attempt.backend_id))
         handed_over = False
         try:
             if ctx.features.stream:
@@ -129,7 +153,6 @@ class Forwarder:
             return None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)
-            ctx.settle()
             return Response(status_code=CLIENT_CLOSED)
         finally:
             if not handed_over:

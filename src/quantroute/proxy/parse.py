@@ -14,6 +14,7 @@ from typing import Any, Literal
 from quantroute.config import PolicyConfig
 from quantroute.core import features as feat
 from quantroute.core.model import LatencyClass, RequestFeatures
+from quantroute.core.prefix import PrefixSettings, PromptBlocks, chat_prefix_text
 from quantroute.errors import InvalidRequest
 
 Kind = Literal["chat", "completion", "responses", "messages", "embeddings", "score", "rerank"]
@@ -39,6 +40,8 @@ def load_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body
@@ -75,14 +78,17 @@ def _check_prompt(prompt: object) -> object:
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over ``max_tokens``; both are checked when given (the
+    backend reads both: an invalid one must not pass behind a valid one)."""
+    found: int | None = None
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
-        return value
-    return None
+        found = value if found is None else found
+    return found
 
 
 def _check_common(body: Mapping[str, Any]) -> tuple[str, bool, bool]:
@@ -110,10 +116,47 @@ def kind_of(body: Mapping[str, Any]) -> Kind:
     return "completion" if "prompt" in body and "messages" not in body else "chat"
 
 
+def _prefix_text(kind: Kind, body: Mapping[str, Any]) -> str:
+    """The text the prefix index hashes: every message (role and text), or the prompt."""
+    if kind == "chat":
+        messages = body["messages"]
+        return chat_prefix_text(
+            [(str(m.get("role")), feat.message_text(m.get("content"))) for m in messages]
+        )
+    prompt = body["prompt"]
+    if isinstance(prompt, str):
+        return prompt
+    if all(isinstance(p, int) for p in prompt):
+        return ",".join(map(str, prompt))
+    return "\x1e".join(p if isinstance(p, str) else ",".join(map(str, p)) for p in prompt)
+
+
+def session_id(
+    body: Mapping[str, Any], headers: Mapping[str, str], policy: PolicyConfig
+) -> str | None:
+    """``x-session-id`` (or the configured header), else ``prompt_cache_key``, else ``user``."""
+    header = headers.get(policy.prefix.session_header.lower())
+    if header:
+        return header
+    if policy.prefix.session_from_body:
+        for name in ("prompt_cache_key", "user"):
+            value = body.get(name)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
 def parse_request(
-    kind: Kind | None, raw: bytes, headers: Mapping[str, str], policy: PolicyConfig, sequence: int
+    kind: Kind | None,
+    raw: bytes,
+    headers: Mapping[str, str],
+    policy: PolicyConfig,
+    sequence: int,
+    *,
+    prefix: PrefixSettings | None = None,
 ) -> ParsedRequest:
-    """Validate ``raw`` as a ``kind`` body (None: whichever :func:`kind_of` says) into features."""
+    """Validate ``raw`` as a ``kind`` body (None: whichever :func:`kind_of` says) into features;
+    with ``prefix``, the prompt's blocks for the prefix index and the session id too."""
     body = load_body(raw)
     kind = kind or kind_of(body)
     model, stream, wants_usage = _check_common(body)
@@ -140,6 +183,8 @@ def parse_request(
         latency_class=latency_class(headers),
         sequence=sequence,
         api="chat" if kind == "chat" else "completions",
+        prompt=None if prefix is None else PromptBlocks.of(_prefix_text(kind, body), prefix),
+        session_id=None if prefix is None else session_id(body, headers, policy),
     )
     return ParsedRequest(kind, body, raw, features, wants_usage)
 

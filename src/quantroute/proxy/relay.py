@@ -21,6 +21,7 @@ from quantroute.proxy.disconnect import RelayResponse
 from quantroute.proxy.sse import Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
+from quantroute.proxy.upstream_errors import client_error
 
 if TYPE_CHECKING:
     pass
@@ -44,12 +45,15 @@ def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
 def relay_body(
     ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
 ) -> Response:
-    """A whole (non-stream) answer: account it and pass it on (as the API's exchange says)."""
+    """A whole (non-stream) answer: account it and pass it on (errors: :mod:`.upstream_errors`)."""
     attempt.first_byte()
     attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
-    ctx.settle()
     headers = response_headers(ctx, attempt)
-    data = ctx.exchange.client_body(status, data)
+    if status >= 400:
+        status, content_type, data = client_error(
+            status, content_type, data, backend_id=attempt.backend_id, request_id=ctx.request_id
+        )
+    data = ctx.exchange.client_body(status, data)  # then in the API's own format
     return Response(data, status, headers=headers, media_type=content_type)
 
 
@@ -58,12 +62,13 @@ def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamRespon
     is stripped); the attempt is accounted when the stream ends, however it ends. A stream that
     breaks is continued on another backend where ``ctx.continuation`` allows it."""
     stream = _Stream(ctx, attempt, upstream)
+    ctx.streaming = True
     return RelayResponse(
         stream,
         upstream.status,
         headers=response_headers(ctx, attempt),
         media_type=upstream.content_type,
-        on_close=stream.end,
+        on_close=stream.close,
     )
 
 
@@ -72,16 +77,16 @@ class _Stream:
     is never sent (a generator that never started would never run its ``finally``)."""
 
     def __init__(self, ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> None:
-        self._ctx = ctx
         self._exchange = ctx.exchange
+        self._ctx = ctx
         self._attempt = attempt
         self._upstream = upstream
         self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
         self._error: str | None = None
-        self._then: str | None = None
         self._closed = False
+        self._continuing = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, tap, cont = self._attempt, self._tap, self._cont
@@ -106,19 +111,25 @@ class _Stream:
             await self._exchange.completed(self._outcome)
         except (UpstreamConnectError, StreamBroke) as exc:
             self._outcome, self._error = 502, "upstream_stream_error"
-            log.warning("upstream %s failed mid-stream: %s", attempt.backend_id, exc)
+            log.warning(
+                "request %s: upstream %s failed mid-stream: %s",
+                self._ctx.request_id,
+                attempt.backend_id,
+                exc,
+            )
             error = self._exchange.stream_error(
-                f"upstream {attempt.backend_id} failed mid-stream: {exc}"
+                f"The backend failed mid-stream (request id {self._ctx.request_id})."
             )
             if cont is None:
                 yield error
                 return
-            self._then = "continuation"
+            self._continuing = True  # the request is not over: done() waits for the end
             self.close()  # the broken backend's account ends before the continuation starts
             async for out in cont.resume(attempt.backend_id, str(exc), error):
                 yield out
         finally:
             self.close()
+            self._ctx.done()
 
     def close(self) -> None:
         if self._closed:
@@ -128,9 +139,7 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
-        self._attempt.finish(self._outcome, usage, error=self._error, then=self._then)
-
-    def end(self) -> None:
-        """Sending is over, however it ended: the attempt is closed, the request settled."""
-        self.close()
-        self._ctx.settle()
+        then = "continuation" if self._continuing else None
+        self._attempt.finish(self._outcome, usage, error=self._error, then=then)
+        if not self._continuing:
+            self._ctx.done()

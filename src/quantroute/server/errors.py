@@ -1,8 +1,16 @@
-"""The one edge where quantroute's errors become HTTP responses in OpenAI's error format."""
+"""The one edge where quantroute's errors become HTTP responses in OpenAI's error format.
+
+Every error body carries the request's id (``error.request_id``, also in ``x-request-id``), so a
+client can quote it and an operator find the log lines with the details; bodies never carry
+backend URLs or exception text. The per-backend reasons of a 503 are shown only to callers who
+may see routing decisions (``access.decision_header``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -10,21 +18,44 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from quantroute.errors import RequestError, openai_error_body
+from quantroute.access.control import AccessControl
+from quantroute.access.keys import OPEN
+from quantroute.errors import NoBackendAvailable, RequestError, openai_error_body
 
 log = logging.getLogger("quantroute.server")
 
 
-def error_response(status: int, message: str, error_type: str, code: str | None) -> JSONResponse:
-    return JSONResponse(openai_error_body(message, error_type, code=code), status_code=status)
+def _state(request: Request) -> dict[str, Any]:
+    state: dict[str, Any] = request.scope.get("state") or {}
+    return state
 
 
-async def _request_error(_: Request, exc: Exception) -> Response:
+def _with_id(request: Request, body: dict[str, object]) -> dict[str, object]:
+    rid = _state(request).get("request_id")
+    error = body.get("error")
+    if rid and isinstance(error, dict):
+        error["request_id"] = rid
+    return body
+
+
+def error_response(
+    request: Request, status: int, message: str, error_type: str, code: str | None
+) -> JSONResponse:
+    body = _with_id(request, openai_error_body(message, error_type, code=code))
+    return JSONResponse(body, status_code=status)
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+    body = exc.body()
+    if isinstance(exc, NoBackendAvailable):
+        access: AccessControl = request.app.state.access
+        if not access.sees_decision(_state(request).get("principal", OPEN)):
+            body = exc.without_backends()
+    return JSONResponse(_with_id(request, body), status_code=exc.status, headers=exc.headers())
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = (
         "not_found"
@@ -33,18 +64,35 @@ async def _http_error(_: Request, exc: Exception) -> Response:
         if exc.status_code == 405
         else None
     )
-    return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
+    return error_response(request, exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    where = "; ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:3])
+    log.info("request %s: invalid: %s", _state(request).get("request_id"), exc)
     return error_response(
-        400, f"Invalid request: {exc}", "invalid_request_error", "invalid_request"
+        request,
+        400,
+        f"Invalid request at {where or 'the body'}.",
+        "invalid_request_error",
+        "invalid_request",
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", exc_info=exc)
-    return error_response(500, "Internal gateway error.", "server_error", "internal_error")
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """The last resort (outside the access middleware): log the details, answer without them."""
+    rid = _state(request).get("request_id", "")
+    log.exception("request %s: unexpected error", rid, exc_info=exc)
+    body = _with_id(
+        request, openai_error_body("Internal gateway error.", "server_error", code="internal_error")
+    )
+    return Response(
+        json.dumps(body),
+        status_code=500,
+        media_type="application/json",
+        headers={"x-request-id": rid} if rid else None,
+    )
 
 
 def install(app: FastAPI) -> None:

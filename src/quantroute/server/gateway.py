@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from quantroute.access.control import AccessControl
+from quantroute.access.keys import OPEN, Principal
 from quantroute.config import BackendConfig, GatewayConfig
-from quantroute.core.model import Decision
+from quantroute.core.model import Decision, RequestFeatures
 from quantroute.errors import RequestError
 from quantroute.observe.observer import Observer
 from quantroute.observe.trail import Trail
@@ -30,10 +33,17 @@ from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
 from quantroute.router import Router
 from quantroute.state.matrix_source import MatrixSource
+from quantroute.state.prefix import PrefixTracker
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 ROUTING_HEADERS = ("x-quantroute-task", "x-quantroute-priority")
+FORWARD_HEADERS = {"Content-Type": "application/json"}
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return principal
 
 
 class Gateway:
@@ -44,38 +54,70 @@ class Gateway:
         upstream: Upstream,
         matrix: MatrixSource,
         telemetry: Telemetry,
+        prefix: PrefixTracker | None = None,
+        *,
+        access: AccessControl,
         observer: Observer | None = None,
     ) -> None:
         self.config = config
+        self.access = access
         self.observer = observer or Observer()
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
+        self.prefix = prefix
         self.forwarder = Forwarder(
-            config.policy, upstream, store.inflight, telemetry, {b.id: b for b in config.backends}
+            config.policy,
+            upstream,
+            store.inflight,
+            telemetry,
+            {b.id: b for b in config.backends},
+            prefix,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
+        self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
         self.store.set_backends(backends)
         self.forwarder.backends = {b.id: b for b in backends}
+        if self.prefix is not None:
+            self.prefix.retain(b.id for b in backends)
 
     def parse(
-        self, kind: Kind | None, raw: bytes, request: Request, *, dry_run: bool = False
+        self,
+        kind: Kind | None,
+        raw: bytes,
+        request: Request,
+        *,
+        dry_run: bool = False,
+        principal: Principal = OPEN,
     ) -> ParsedRequest:
-        headers = {k: request.headers[k] for k in ROUTING_HEADERS if k in request.headers}
+        """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
+        headers = {k: request.headers[k] for k in self._headers if k in request.headers}
+        if principal.latency_class is not None:  # the key's default latency class
+            headers.setdefault(ROUTING_HEADERS[1], principal.latency_class)
         sequence = self.router.next_sequence(dry_run=dry_run)
-        return parse_request(kind, raw, headers, self.config.policy, sequence)
+        settings = self.prefix.settings if self.prefix is not None else None
+        return parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
+
+    def with_prefix(self, parsed: ParsedRequest) -> ParsedRequest:
+        """``parsed`` with what the prefix index expects on each backend, looked up now, just
+        before the decision (unchanged without an index or prompt blocks)."""
+        if self.prefix is None or parsed.features.prompt is None:
+            return parsed
+        ids = [b.id for b in self.store.configs()]
+        return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
         """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
-        log, spans) is settled by the attempt that answers (:mod:`quantroute.proxy.attempt`),
-        or by :func:`_settles` when the request ends in an error."""
+        log, spans) is settled when the request is over (:meth:`RequestContext.done`), or by
+        :func:`_settles` when it ends in an error the gateway answers itself."""
         trail = self._begin(kind, request)
         with _settles(trail):
             with trail.phase("parse"):
-                parsed = self.parse(kind, await request.body(), request)
+                raw = await request.body()
+                parsed = self.parse(kind, raw, request, principal=_principal(request))
             return await self.dispatch(parsed, OpenAIExchange(parsed), request, trail)
 
     async def dispatch(
@@ -85,29 +127,69 @@ class Gateway:
         request: Request,
         trail: Trail | None = None,
     ) -> Response:
-        """Decide and forward a parsed request of any API (``exchange`` says how). The other
-        APIs parse before they call this, so their trail starts here."""
+        """Decide and forward a parsed request of any API (``exchange`` says how): the key's
+        access to the model, the group's caps and the quotas first (access/). The other APIs
+        parse before they call this, so their trail starts here."""
         if trail is None:
             trail = self._begin(parsed.kind, request)
         with _settles(trail):
             trail.parsed(parsed.features)
-            forward = {"Content-Type": "application/json"}
-            if "authorization" in request.headers:
-                forward["Authorization"] = request.headers["authorization"]
-            ctx = RequestContext(parsed, forward, request.receive, exchange, trail=trail)
+            return await self._dispatch(parsed, exchange, request, trail)
+
+    async def _dispatch(
+        self, parsed: ParsedRequest, exchange: Exchange, request: Request, trail: Trail
+    ) -> Response:
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        access, model, backends = self.access, parsed.features.model, self.store.configs()
+        access.authorize_model(principal, model, self.config.groups, backends)
+        access.check_caps(model, parsed.body, self.config.groups, backends)
+        # The client's Authorization stays here: a backend gets the gateway's own key.
+        ctx = RequestContext(
+            self.with_prefix(parsed),
+            FORWARD_HEADERS,
+            request.receive,
+            exchange,
+            trail=trail,
+            request_id=state.get("request_id", ""),
+            credentials=access.credentials.headers,
+        )
+        admission = await access.admit(
+            principal, access.admission_tokens(ctx.features, self.config.policy)
+        )
+        if admission is not None:
+            state["ratelimit"] = admission.headers
+            ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
+        try:
             with trail.phase("decide"):
                 decision = self.router.decide(ctx.features)
                 trail.decided(decision)
             ctx.decision = self.router.routed(decision, ctx.features)
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
+        finally:
+            if not ctx.streaming:  # a stream's relay calls done() when the stream ends
+                ctx.done()
 
     def _begin(self, kind: str, request: Request) -> Trail:
-        return self.observer.begin("POST", request.scope["path"], kind, request.headers)
+        """The request's trail, under the access middleware's request id and the key's name
+        (never the key itself; none when no keys are configured)."""
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        return self.observer.begin(
+            "POST",
+            request.scope["path"],
+            kind,
+            request.headers,
+            request_id=state.get("request_id", ""),
+            key=None if principal is OPEN else principal.name,
+        )
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
-        parsed = self.parse(None, await request.body(), request, dry_run=True)
+        raw = await request.body()
+        parsed = self.parse(None, raw, request, dry_run=True, principal=_principal(request))
+        parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
 
@@ -170,4 +252,16 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
             "task": f.task,
             "latency_class": f.latency_class.value,
         },
+        "prefix": None if f.prefix is None else prefix_explain(f),
+    }
+
+
+def prefix_explain(f: RequestFeatures) -> dict[str, Any]:
+    """What the prefix index expects for this request on each backend."""
+    assert f.prefix is not None
+    return {
+        "expected_hit_share": {b: round(s, 4) for b, s in f.prefix.shares.items()},
+        "session_id": f.session_id,
+        "session_backend": f.prefix.session_backend,
+        "prompt_blocks": len(f.prompt.keys) if f.prompt is not None else 0,
     }

@@ -9,13 +9,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from quantroute.access.control import AccessControl, may_use
+from quantroute.access.keys import OPEN, Principal
 from quantroute.core.model import Health
 from quantroute.server.gateway import Gateway
+from quantroute.server.openapi import openapi_document
 
 
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return principal
 
 
 async def chat_completions(request: Request) -> Response:
@@ -27,14 +35,19 @@ async def completions(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    gateway = _gateway(request)
+    """The groups and served models the caller's key may use."""
+    gateway, principal = _gateway(request), _principal(request)
+    groups, backends = gateway.config.groups, gateway.store.configs()
     data: list[dict[str, Any]] = [
         {"id": g.name, "object": "model", "owned_by": "quantroute", "variants": list(g.variants)}
-        for g in gateway.config.groups
+        for g in groups
+        if may_use(principal, g.name, groups, backends)
     ]
-    seen = {g.name for g in gateway.config.groups}
-    for backend in gateway.store.configs():
-        if backend.served_model_name in seen:
+    seen = {g.name for g in groups}
+    for backend in backends:
+        if backend.served_model_name in seen or not may_use(
+            principal, backend.served_model_name, groups, backends
+        ):
             continue
         seen.add(backend.served_model_name)
         data.append(
@@ -57,7 +70,10 @@ async def ready(request: Request) -> Response:
     snapshot = _gateway(request).store.snapshot()
     fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
     status = 200 if fresh else 503
-    return JSONResponse({"ready": bool(fresh), "fresh_backends": fresh}, status_code=status)
+    body: dict[str, Any] = {"ready": bool(fresh), "fresh_backends": len(fresh)}
+    if _principal(request).admin:  # names only for admin keys (or without keys at all)
+        body["fresh_backends"] = fresh
+    return JSONResponse(body, status_code=status)
 
 
 async def metrics(request: Request) -> Response:
@@ -69,9 +85,13 @@ async def metrics(request: Request) -> Response:
 async def admin_backends(request: Request) -> Response:
     gateway = _gateway(request)
     matrix = gateway.matrix
+    rows = gateway.store.admin_view()
+    if gateway.prefix is not None:
+        for row in rows:
+            row["prefix"] = gateway.prefix.admin(str(row["id"]))
     return JSONResponse(
         {
-            "backends": gateway.store.admin_view(),
+            "backends": rows,
             "matrix": None if matrix.current is None else str(matrix.path or "(in memory)"),
         }
     )
@@ -79,6 +99,19 @@ async def admin_backends(request: Request) -> Response:
 
 async def route_explain(request: Request) -> Response:
     return JSONResponse(await _gateway(request).explain(request))
+
+
+async def admin_access(request: Request) -> Response:
+    """Whether keys are on, the keys' names and rights (never digests), where quotas count."""
+    access: AccessControl = request.app.state.access
+    return JSONResponse(access.status())
+
+
+async def openapi(request: Request) -> Response:
+    gateway = _gateway(request)
+    names = [g.name for g in gateway.config.groups]
+    names += [b.served_model_name for b in gateway.store.configs()]
+    return JSONResponse(openapi_document(request.app.version, names))
 
 
 def install(app: FastAPI) -> None:
@@ -93,3 +126,5 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/admin/backends", admin_backends, methods=["GET"])
+    app.add_api_route("/admin/access", admin_access, methods=["GET"])
+    app.add_api_route("/openapi.json", openapi, methods=["GET"])

@@ -12,7 +12,7 @@ from quantroute.sim import wire
 from quantroute.sim import wire_messages as mw
 from quantroute.sim.backend import Job, SimBackend
 from quantroute.sim.exchange import Rejected, check_model, check_prompt, collect, parse
-from quantroute.sim.text import chat_prompt_tokens
+from quantroute.sim.text import chat_prompt_pieces, chat_prompt_tokens
 
 
 def _anthropic(rejected: Rejected) -> Response:
@@ -33,7 +33,13 @@ def _check(backend: SimBackend, body: mw.MessagesRequest) -> int:
 
 def _submit(backend: SimBackend, body: mw.MessagesRequest, prompt_tokens: int) -> Job:
     last_user = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
-    return backend.submit(prompt_tokens, body.max_tokens, last_user, ignore_eos=body.ignore_eos)
+    return backend.submit(
+        prompt_tokens,
+        body.max_tokens,
+        last_user,
+        ignore_eos=body.ignore_eos,
+        prompt_pieces=chat_prompt_pieces(body.turns()),
+    )
 
 
 async def _stream(

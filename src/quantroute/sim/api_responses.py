@@ -21,7 +21,7 @@ from quantroute.sim import wire
 from quantroute.sim import wire_responses as rw
 from quantroute.sim.backend import Job, SimBackend
 from quantroute.sim.exchange import Rejected, aborted, check_model, collect, parse
-from quantroute.sim.text import chat_prompt_tokens
+from quantroute.sim.text import chat_prompt_pieces, chat_prompt_tokens
 
 Turns = list[tuple[str, str]]
 
@@ -76,6 +76,7 @@ class _Call:
             last_user,
             ignore_eos=self.body.ignore_eos,
             min_tokens=self.body.min_tokens,
+            prompt_pieces=chat_prompt_pieces(self.turns),
         )
 
     def response(

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from quantroute.base import Clock
 from quantroute.sim.engine import Engine, EngineRequest, PromptTooLongError, TokenEvent
 from quantroute.sim.faults import FaultSwitch
+from quantroute.sim.kv_blocks import block_hashes
 from quantroute.sim.metrics import SimMetrics
 from quantroute.sim.oracle import QualityOracle
 from quantroute.sim.text import FillerText, split_pieces
@@ -38,6 +39,10 @@ class BackendIdentity:
     runner: Literal["generate", "pooling"] = "generate"
     embedding_dim: int = 0
     responses_store: bool = False
+    prompt_tokens_details: bool = False
+    """vLLM's --enable-prompt-tokens-details: usage reports `cached_tokens` when non-zero."""
+    api_key: str | None = None
+    """vLLM's ``--api-key``: required as a Bearer token on /v1/*."""
 
 
 class Job:
@@ -49,6 +54,7 @@ class Job:
         self.finished = False
         self.finish_reason: str | None = None
         self.output_tokens = 0
+        self.cached_tokens = 0
         self._pieces = split_pieces(answer) if answer is not None else None
         self._filler = FillerText(seed)
         self._queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
@@ -72,6 +78,7 @@ class Job:
             if event is None:
                 return
             self.output_tokens = event.index + 1
+            self.cached_tokens = event.cached_tokens
             if event.finish_reason is not None:
                 self.finished = True
                 self.finish_reason = event.finish_reason
@@ -112,6 +119,8 @@ class SimBackend:
         self._seq = 0
         self.received: deque[tuple[str, Any]] = deque(maxlen=RECEIVED_KEEP)
         self.faults = FaultSwitch()
+        self.authorizations: deque[str | None] = deque(maxlen=10_000)
+        """The ``Authorization`` header of every /v1 request received (None: absent)."""
 
     # -- time ---------------------------------------------------------------------
 
@@ -148,9 +157,12 @@ class SimBackend:
         ignore_eos: bool = False,
         min_tokens: int = 0,
         prefix: str = "",
+        prompt_pieces: Sequence[str] = (),
     ) -> Job:
         """Queue a request; PromptTooLongError when it cannot fit the context. ``prefix`` is
-        answer text already given (a continued final message): only what follows it is made."""
+        answer text already given (a continued final message): only what follows it is made.
+        ``prompt_pieces`` are the prompt's tokens (``text.chat_prompt_pieces``), hashed into
+        blocks for the engine's prefix cache; without them nothing is cached."""
         self._seq += 1
         request_id = uuid.uuid4().hex[:16]
         seed = f"{self.oracle.seed}:{self.identity.backend_id}:{self._seq}"
@@ -165,6 +177,7 @@ class SimBackend:
             job.natural_output_tokens,
             ignore_eos=ignore_eos,
             min_tokens=min_tokens,
+            block_hashes=block_hashes(prompt_pieces, self.engine.config.block_size),
         )
         self.engine.add_request(request, self._event_time())
         self._jobs[request_id] = job

@@ -13,163 +13,31 @@ with simulated times. The scheduler follows vLLM V1 (`vllm/v1/core/sched/schedul
   progress reset to recompute later) and put back at the head of the waiting queue;
 - waiting requests are admitted first come, first served while the batch has room
   (`max_num_seqs`), the token budget lasts and their blocks fit, and not at all in a
-  step that preempted.
+  step that preempted;
+- with prefix caching (vLLM's default, `kv_blocks.BlockPool`), a request admitted from
+  the queue starts from the longest cached prefix of its prompt's block hashes and
+  computes only the rest; the blocks it fills become reusable for later requests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from quantroute.sim.profiles import EngineDefaults, GpuProfile, VariantProfile, num_gpu_blocks
-from quantroute.sim.roofline import ScheduledChunk, StepCostModel
-
-
-class PromptTooLongError(ValueError):
-    """The prompt leaves no room for output within `max_model_len`."""
-
-    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
-        super().__init__(f"prompt of {prompt_tokens} tokens exceeds max_model_len {max_model_len}")
-        self.prompt_tokens = prompt_tokens
-        self.max_model_len = max_model_len
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything the engine needs; `from_profile` derives it like vLLM's start-up."""
-
-    num_gpu_blocks: int
-    max_model_len: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    cost: StepCostModel
-    block_size: int = 16
-    output_len_median: float = 200.0
-    output_len_sigma: float = 0.8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        capacity = self.num_gpu_blocks * self.block_size
-        if capacity < self.max_model_len:
-            raise ValueError(
-                f"the KV cache holds {capacity} tokens ({self.num_gpu_blocks} blocks of "
-                f"{self.block_size}), fewer than max_model_len {self.max_model_len}"
-            )
-
-    @classmethod
-    def from_profile(
-        cls,
-        variant: VariantProfile,
-        gpu: GpuProfile,
-        defaults: EngineDefaults,
-        *,
-        max_model_len: int | None = None,
-        max_num_seqs: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        gpu_memory_utilization: float = 0.90,
-        num_gpu_blocks_override: int | None = None,
-        seed: int = 0,
-    ) -> EngineConfig:
-        """The engine vLLM would build for `variant` on `gpu` with these arguments."""
-        blocks = num_gpu_blocks(
-            variant,
-            gpu,
-            gpu_memory_utilization=gpu_memory_utilization,
-            block_size=defaults.block_size,
-        )
-        return cls(
-            num_gpu_blocks=num_gpu_blocks_override or blocks,
-            max_model_len=max_model_len or variant.max_model_len,
-            max_num_seqs=max_num_seqs or variant.max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens or gpu.default_max_num_batched_tokens,
-            cost=StepCostModel.from_profiles(variant, gpu, defaults),
-            block_size=defaults.block_size,
-            output_len_median=defaults.output_len_median,
-            output_len_sigma=defaults.output_len_sigma,
-            seed=seed,
-        )
-
-
-@dataclass(frozen=True)
-class EngineRequest:
-    """A request as the engine sees it: token counts only.
-
-    `natural_output_tokens` is where the model would stop by itself (finish "stop");
-    None samples it from the engine's seeded length distribution. `ignore_eos` and
-    `min_tokens` are vLLM's sampling parameters: never stop early / not before.
-    """
-
-    request_id: str
-    prompt_tokens: int
-    max_tokens: int | None = None
-    natural_output_tokens: int | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """Output token `index` (0-based) of a request, available at simulated `time`."""
-
-    request_id: str
-    index: int
-    time: float
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class FinishedRequest:
-    """A request's life in simulated seconds; timings are None when never reached."""
-
-    request_id: str
-    finish_reason: str
-    prompt_tokens: int
-    output_tokens: int
-    arrival_time: float
-    finished_time: float
-    queue_time: float | None
-    ttft: float | None
-    prefill_time: float | None
-    decode_time: float | None
-    num_preemptions: int
-
-    @property
-    def e2e_latency(self) -> float:
-        return self.finished_time - self.arrival_time
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What one step did, stamped with its simulated start and end."""
-
-    start: float
-    end: float
-    num_scheduled_tokens: int
-    tokens: tuple[TokenEvent, ...]
-    finished: tuple[FinishedRequest, ...]
-    ttfts: tuple[float, ...]
-    inter_token_latencies: tuple[float, ...]
-    prompt_tokens: int
-    generation_tokens: int
-    preemptions: int
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """The gauges a scrape reads."""
-
-    num_running: int
-    num_waiting: int
-    num_gpu_blocks: int
-    num_free_blocks: int
-    num_preemptions_total: int
-
-    @property
-    def kv_cache_usage(self) -> float:
-        """Fraction of KV blocks in use, 0-1, like `vllm:kv_cache_usage_perc`."""
-        return 1.0 - self.num_free_blocks / self.num_gpu_blocks
+from quantroute.sim.engine_types import (
+    EngineConfig,
+    EngineRequest,
+    EngineStats,
+    FinishedRequest,
+    PromptTooLongError,
+    StepOutput,
+    TokenEvent,
+)
+from quantroute.sim.kv_blocks import BlockHash, BlockPool, PrefixCacheCounters
+from quantroute.sim.roofline import ScheduledChunk
 
 
 @dataclass(eq=False)
@@ -179,9 +47,12 @@ class _Seq:
     target_output: int
     finish_reason: str
     arrival: float
+    block_hashes: tuple[BlockHash, ...] = ()
     output: int = 0
     num_computed: int = 0
-    blocks: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    num_cached_blocks: int = 0
+    cached_tokens: int | None = None
     num_preemptions: int = 0
     scheduled_at: float | None = None
     first_token_at: float | None = None
@@ -199,7 +70,9 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._rng = random.Random(config.seed)
-        self._free_blocks = config.num_gpu_blocks
+        self._pool = BlockPool(config.num_gpu_blocks, enable_caching=config.enable_prefix_caching)
+        self.prefix_cache = PrefixCacheCounters()
+        self._prefill_seconds = 0.0
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._seqs: dict[str, _Seq] = {}
@@ -223,6 +96,7 @@ class Engine:
             target_output=max(1, min(natural, cap)),
             finish_reason="stop" if natural <= cap else "length",
             arrival=now,
+            block_hashes=request.block_hashes,
         )
         self._seqs[seq.request_id] = seq
         self._waiting.append(seq)
@@ -246,19 +120,40 @@ class Engine:
             num_running=len(self._running),
             num_waiting=len(self._waiting),
             num_gpu_blocks=self.config.num_gpu_blocks,
-            num_free_blocks=self._free_blocks,
+            num_free_blocks=self._pool.num_free,
             num_preemptions_total=self._preemptions_total,
+            prefix_cache_queries_total=self.prefix_cache.queries,
+            prefix_cache_hits_total=self.prefix_cache.hits,
+            prefill_seconds_total=self._prefill_seconds,
         )
 
     def step(self, now: float) -> StepOutput:
-        """Schedule one batch at `now`, run it, and report what it produced."""
+        """Schedule one batch at `now`, run it, and report what it produced.
+
+        The step's prefill cost is its duration minus what its decode chunks alone would
+        take: the GPU time the prefix cache can save."""
         preempted: list[_Seq] = []
+        queries = self.prefix_cache.queries, self.prefix_cache.hits
         scheduled, budget = self._schedule_running(preempted)
         if not preempted:
             scheduled += self._schedule_waiting(now, budget)
-        chunks = [ScheduledChunk(seq.num_computed, n) for seq, n in scheduled]
-        end = now + self.config.cost.duration(chunks)
-        return self._complete(now, end, scheduled, len(preempted))
+        decodes: list[ScheduledChunk] = []
+        prefills: list[ScheduledChunk] = []
+        for seq, n in scheduled:
+            is_decode = n == 1 and seq.first_token_at is not None
+            (decodes if is_decode else prefills).append(ScheduledChunk(seq.num_computed, n))
+        duration, decode_only = self.config.cost.durations(decodes, prefills)
+        prefill_s = duration - decode_only
+        self._prefill_seconds += prefill_s
+        out = self._complete(now, now + duration, scheduled, len(preempted))
+        if prefill_s == 0.0 and self.prefix_cache.queries == queries[0]:
+            return out
+        return dataclasses.replace(
+            out,
+            prefix_cache_queries=self.prefix_cache.queries - queries[0],
+            prefix_cache_hits=self.prefix_cache.hits - queries[1],
+            prefill_seconds=prefill_s,
+        )
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -289,8 +184,8 @@ class Engine:
         scheduled: list[tuple[_Seq, int]] = []
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             seq = self._waiting[0]
-            num_new = min(seq.num_tokens - seq.num_computed, budget)
-            if not self._allocate(seq, num_new):
+            num_new = self._admit(seq, budget)
+            if num_new is None:
                 break
             self._waiting.popleft()
             self._running.append(seq)
@@ -300,18 +195,52 @@ class Engine:
             budget -= num_new
         return scheduled
 
+    def _admit(self, seq: _Seq, budget: int) -> int | None:
+        """Give a waiting `seq` its cached prefix and the blocks for its first chunk; the
+        chunk's token count, or None (nothing taken) when the blocks do not fit."""
+        size = self.config.block_size
+        hit = self._pool.longest_hit(seq.block_hashes, (seq.num_tokens - 1) // size)
+        hit_tokens = len(hit) * size
+        num_new = min(seq.num_tokens - hit_tokens, budget)
+        needed = math.ceil((hit_tokens + num_new) / size) - len(hit)
+        if needed > self._pool.free_after_touch(hit):
+            return None
+        self._pool.touch(hit)
+        seq.block_ids = hit + self._pool.allocate(needed)
+        seq.num_cached_blocks = len(hit)
+        seq.num_computed = hit_tokens
+        if seq.block_hashes:
+            preempted = seq.num_preemptions > 0
+            self.prefix_cache.record(seq.num_tokens, hit_tokens, preempted=preempted)
+        if seq.cached_tokens is None:
+            seq.cached_tokens = hit_tokens
+        self._cache_full_blocks(seq, hit_tokens + num_new)
+        return num_new
+
     def _allocate(self, seq: _Seq, num_new: int) -> bool:
-        needed = math.ceil((seq.num_computed + num_new) / self.config.block_size) - seq.blocks
-        if needed > self._free_blocks:
-            return False
+        needed = -(-(seq.num_computed + num_new) // self.config.block_size) - len(seq.block_ids)
         if needed > 0:
-            self._free_blocks -= needed
-            seq.blocks += needed
+            if needed > self._pool.num_free:
+                return False
+            seq.block_ids += self._pool.allocate(needed)
+        if seq.num_cached_blocks < len(seq.block_hashes):
+            self._cache_full_blocks(seq, seq.num_computed + num_new)
         return True
 
+    def _cache_full_blocks(self, seq: _Seq, num_tokens: int) -> None:
+        """Register the prompt blocks that are full once `num_tokens` are computed."""
+        full = min(num_tokens // self.config.block_size, len(seq.block_hashes))
+        for index in range(seq.num_cached_blocks, full):
+            self._pool.cache(seq.block_ids[index], seq.block_hashes[index])
+        seq.num_cached_blocks = max(seq.num_cached_blocks, full)
+
+    def _release(self, seq: _Seq) -> None:
+        self._pool.free(seq.block_ids)
+        seq.block_ids = []
+        seq.num_cached_blocks = 0
+
     def _preempt(self, seq: _Seq) -> None:
-        self._free_blocks += seq.blocks
-        seq.blocks = 0
+        self._release(seq)
         seq.num_computed = 0
         seq.num_preemptions += 1
         self._preemptions_total += 1
@@ -326,7 +255,7 @@ class Engine:
         finished: list[FinishedRequest] = []
         ttfts: list[float] = []
         itls: list[float] = []
-        prompt_tokens = 0
+        prompt_tokens = cached_prompt_tokens = 0
         for seq, num_new in scheduled:
             seq.num_computed += num_new
             if seq.num_computed < seq.num_tokens:
@@ -335,13 +264,15 @@ class Engine:
                 seq.first_token_at = end
                 ttfts.append(end - seq.arrival)
                 prompt_tokens += seq.prompt_tokens
+                cached_prompt_tokens += seq.cached_tokens or 0
             else:
                 itls.append(end - (seq.last_token_at or end))
             seq.last_token_at = end
             seq.output += 1
             is_last = seq.output >= seq.target_output
             reason = seq.finish_reason if is_last else None
-            tokens.append(TokenEvent(seq.request_id, seq.output - 1, end, reason))
+            cached = seq.cached_tokens or 0
+            tokens.append(TokenEvent(seq.request_id, seq.output - 1, end, reason, cached))
             if is_last:
                 finished.append(self._finish(seq, seq.finish_reason, end))
         if finished:
@@ -357,11 +288,11 @@ class Engine:
             prompt_tokens=prompt_tokens,
             generation_tokens=len(tokens),
             preemptions=preemptions,
+            cached_prompt_tokens=cached_prompt_tokens,
         )
 
     def _finish(self, seq: _Seq, reason: str, now: float) -> FinishedRequest:
-        self._free_blocks += seq.blocks
-        seq.blocks = 0
+        self._release(seq)
         seq.done = True
         del self._seqs[seq.request_id]
         first, last, scheduled = seq.first_token_at, seq.last_token_at, seq.scheduled_at
@@ -377,8 +308,21 @@ class Engine:
             prefill_time=None if first is None or scheduled is None else first - scheduled,
             decode_time=None if first is None or last is None else last - first,
             num_preemptions=seq.num_preemptions,
+            cached_tokens=seq.cached_tokens or 0,
         )
 
     def _sample_output_len(self) -> int:
         median, sigma = self.config.output_len_median, self.config.output_len_sigma
         return max(1, round(self._rng.lognormvariate(math.log(median), sigma)))
+
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineRequest",
+    "EngineStats",
+    "FinishedRequest",
+    "PromptTooLongError",
+    "StepOutput",
+    "TokenEvent",
+]

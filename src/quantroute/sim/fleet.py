@@ -47,12 +47,16 @@ class SimBackendSpec(FrozenModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
     legacy_metric_names: bool = False
     # --runner: "auto" is the profile's own kind; "pooling" on a generative profile is
     # vLLM's `--runner pooling --convert embed` (embeddings of its hidden state).
     runner: Literal["auto", "generate", "pooling"] = "auto"
     # VLLM_ENABLE_RESPONSES_API_STORE=1: keep /v1/responses in this server's memory.
     responses_store: bool = False
+    api_key: str | None = Field(default=None, min_length=1)
+    """As vLLM's ``--api-key``: /v1/* answers 401 without ``Authorization: Bearer <key>``."""
 
 
 class SimFleetConfig(FrozenModel):
@@ -131,6 +135,7 @@ def build_backend(
         gpu_memory_utilization=spec.gpu_memory_utilization,
         num_gpu_blocks_override=spec.num_gpu_blocks_override,
         seed=seed,
+        enable_prefix_caching=spec.enable_prefix_caching,
     )
     name = spec.served_model_name or spec.profile
     cache = cache_config_labels(
@@ -140,6 +145,7 @@ def build_backend(
         gpu_memory_utilization=spec.gpu_memory_utilization,
         kv_bytes_per_token=variant.kv_bytes_per_token,
         max_model_len=config.max_model_len,
+        enable_prefix_caching=spec.enable_prefix_caching,
     )
     metrics = SimMetrics(
         name,
@@ -157,6 +163,8 @@ def build_backend(
         runner=runner,
         embedding_dim=variant.embedding_dim or variant.attention_width,
         responses_store=spec.responses_store,
+        prompt_tokens_details=spec.enable_prompt_tokens_details,
+        api_key=spec.api_key,
     )
     return SimBackend(identity, Engine(config), metrics, oracle, time_scale=time_scale, clock=clock)
 
@@ -276,6 +284,8 @@ class FleetHandle:
     ) -> None:
         self.config = config
         self.urls: dict[str, str] = {}
+        self.backends: dict[str, SimBackend] = {}
+        """Each backend (e.g. its ``authorizations``: read them from the test's thread)."""
         self._answer_key = answer_key
         self._wrong_answers = wrong_answers
         self._ready = threading.Event()
@@ -302,6 +312,7 @@ class FleetHandle:
         async with fleet:
             self.urls = dict(fleet.urls)
             self._fleet = fleet
+            self.backends = dict(fleet.backends)
             self._ready.set()
             await self._stop.wait()
 

@@ -7,6 +7,7 @@ carries `engine="0"` and `model_name`; latencies are in simulated seconds.
 With `legacy_names`, the page looks like a vLLM from before the KV metric rename
 (V1 up to 0.10): `vllm:gpu_cache_usage_perc` instead of `vllm:kv_cache_usage_perc`,
 `vllm:time_per_output_token_seconds` instead of `vllm:inter_token_latency_seconds`,
+`vllm:gpu_prefix_cache_queries/hits` instead of `vllm:prefix_cache_queries/hits`,
 and no `vllm:num_requests_waiting_by_reason`.
 """
 
@@ -22,6 +23,7 @@ ENGINE = "0"
 # What vLLM's /metrics (prometheus_client's ASGI app) answers a plain GET with.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 WAITING_REASONS = ("capacity", "deferred")
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -129,7 +131,31 @@ class SimMetrics:
         )
         for reason in FINISHED_REASONS:
             self.success.labels(finished_reason=reason, **self._labels)
-        for counter in (self.preemptions, self.prompt_tokens, self.generation_tokens):
+        legacy = "gpu_" if self.legacy_names else ""
+        self.prefix_queries = self._counter(
+            f"vllm:{legacy}prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+        )
+        self.prefix_hits = self._counter(
+            f"vllm:{legacy}prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+        )
+        self.prompt_tokens_cached = self._counter(
+            "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
+        )
+        self.prompt_by_source = self._counter(
+            "vllm:prompt_tokens_by_source", "Number of prompt tokens by source.", ("source",)
+        )
+        for source in PROMPT_SOURCES:
+            self.prompt_by_source.labels(source=source, **self._labels)
+        for counter in (
+            self.preemptions,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.prefix_queries,
+            self.prefix_hits,
+            self.prompt_tokens_cached,
+        ):
             counter.labels(**self._labels)
 
     def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
@@ -172,6 +198,11 @@ class SimMetrics:
             name: self._histogram(name, doc, REQUEST_LATENCY_BUCKETS)
             for name, doc in _LATENCY_HELP.items()
         }
+        self.prefill_computed = self._histogram(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+            token_buckets,
+        )
         self.request_preemptions = self._histogram(
             "vllm:request_num_preemptions",
             "Histogram of the number of times a request was preempted.",
@@ -186,6 +217,13 @@ class SimMetrics:
         self.preemptions.labels(**labels).inc(out.preemptions)
         self.prompt_tokens.labels(**labels).inc(out.prompt_tokens)
         self.generation_tokens.labels(**labels).inc(out.generation_tokens)
+        self.prefix_queries.labels(**labels).inc(out.prefix_cache_queries)
+        self.prefix_hits.labels(**labels).inc(out.prefix_cache_hits)
+        self.prompt_tokens_cached.labels(**labels).inc(out.cached_prompt_tokens)
+        by_source = self.prompt_by_source
+        computed = out.prompt_tokens - out.cached_prompt_tokens
+        by_source.labels(source="local_compute", **labels).inc(computed)
+        by_source.labels(source="local_cache_hit", **labels).inc(out.cached_prompt_tokens)
         for ttft in out.ttfts:
             self.ttft.labels(**labels).observe(ttft)
         for itl in out.inter_token_latencies:
@@ -201,6 +239,8 @@ class SimMetrics:
             return
         self.request_prompt_tokens.labels(**labels).observe(request.prompt_tokens)
         self.request_generation_tokens.labels(**labels).observe(request.output_tokens)
+        computed = request.prompt_tokens - request.cached_tokens
+        self.prefill_computed.labels(**labels).observe(computed)
         self.request_preemptions.labels(**labels).observe(request.num_preemptions)
         phases = {
             "vllm:e2e_request_latency_seconds": request.e2e_latency,
@@ -240,13 +280,15 @@ def cache_config_labels(
     gpu_memory_utilization: float,
     kv_bytes_per_token: int,
     max_model_len: int,
+    enable_prefix_caching: bool = True,
 ) -> dict[str, str]:
     """The `vllm:cache_config_info` labels, formatted as vLLM formats them (str())."""
     tokens = num_gpu_blocks * block_size
     return {
         "block_size": str(block_size),
         "cache_dtype": "auto",
-        "enable_prefix_caching": "False",
+        "enable_prefix_caching": str(enable_prefix_caching),
+        "prefix_caching_hash_algo": "sha256",
         "gpu_memory_utilization": str(gpu_memory_utilization),
         "kv_cache_max_concurrency": str(round(tokens / max_model_len, 2)),
         "kv_cache_memory_bytes": str(tokens * kv_bytes_per_token),

@@ -10,7 +10,7 @@ long contexts become bound by reading their KV cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from quantroute.sim.profiles import EngineDefaults, GpuProfile, VariantProfile
@@ -70,6 +70,25 @@ class StepCostModel:
             mean_context = c.num_cached + (c.num_new + 1) / 2.0
             attention += 4.0 * self.num_layers * self.attention_width * c.num_new * mean_context
         return dense + attention
+
+    def durations(
+        self, decodes: Sequence[ScheduledChunk], prefills: Sequence[ScheduledChunk]
+    ) -> tuple[float, float]:
+        """(seconds for the whole step, seconds its decode chunks alone would take), in one
+        pass: the difference is what the step's prefill chunks cost."""
+        if not prefills:
+            total = self.duration(list(decodes))
+            return total, total
+        decode_only = self.duration(list(decodes))
+        if not decodes:
+            return self.duration(list(prefills)), decode_only
+        kv = sum(c.num_cached + 2 * c.num_new for c in decodes)
+        flops = self.flop_count(decodes)
+        kv_all = kv + sum(c.num_cached + 2 * c.num_new for c in prefills)
+        flops_all = flops + self.flop_count(prefills)
+        memory_time = (self.weight_bytes + kv_all * self.kv_bytes_per_token) / self.bandwidth
+        host = self.step_overhead_s + self.per_seq_overhead_s * (len(decodes) + len(prefills))
+        return max(memory_time, flops_all / self.flops) + host, decode_only
 
     def duration(self, chunks: list[ScheduledChunk]) -> float:
         """Seconds for one step over `chunks`; an empty step costs only the overhead."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quantroute.sim import api_messages, api_pooling, api_responses, wire
 from quantroute.sim.backend import Job, SimBackend
@@ -26,8 +27,11 @@ from quantroute.sim.exchange import Rejected, aborted, check_model, check_prompt
 from quantroute.sim.faults import StreamFault, strike
 from quantroute.sim.metrics import CONTENT_TYPE
 from quantroute.sim.text import (
+    chat_prompt_pieces,
     chat_prompt_tokens,
+    completion_prompt_pieces,
     completion_prompt_tokens,
+    continued_chat_prompt_pieces,
     continued_chat_prompt_tokens,
 )
 
@@ -76,6 +80,8 @@ class _Call:
     include_usage: bool
     ignore_eos: bool
     min_tokens: int
+    prompt_pieces: list[str]
+    prompt_tokens_details: bool
     prefix: str = ""
 
     def submit(self, backend: SimBackend) -> Job:
@@ -86,10 +92,14 @@ class _Call:
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
             prefix=self.prefix,
+            prompt_pieces=self.prompt_pieces,
         )
 
+    def cached_tokens(self, job: Job) -> int:
+        return job.cached_tokens if self.prompt_tokens_details else 0
+
     def usage_chunk(self, job: Job) -> wire.JsonObject:
-        use = wire.usage(job.prompt_tokens, job.output_tokens)
+        use = wire.usage(job.prompt_tokens, job.output_tokens, self.cached_tokens(job))
         return wire.usage_chunk(self.rid, self.created, self.model, self.kind.chunk_object, use)
 
 
@@ -124,7 +134,7 @@ async def _respond(backend: SimBackend, call: _Call, request: Request) -> Respon
     text = await collect(backend, job, request)
     if text is None or job.finish_reason is None:
         return aborted()
-    use = wire.usage(job.prompt_tokens, job.output_tokens)
+    use = wire.usage(job.prompt_tokens, job.output_tokens, call.cached_tokens(job))
     return JSONResponse(
         call.kind.full(call.rid, call.created, call.model, text, job.finish_reason, use)
     )
@@ -148,6 +158,7 @@ def create_app(backend: SimBackend) -> FastAPI:
             yield
 
     app = FastAPI(title=f"simulated vLLM {backend.identity.backend_id}", lifespan=lifespan)
+    app.add_middleware(_ApiKeyCheck, backend=backend)
     _add_info_routes(app, backend)
     if backend.identity.runner == "pooling":
         api_pooling.add_routes(app, backend)
@@ -156,6 +167,29 @@ def create_app(backend: SimBackend) -> FastAPI:
         api_responses.add_routes(app, backend)
         api_messages.add_routes(app, backend)
     return app
+
+
+class _ApiKeyCheck:
+    """vLLM's ``--api-key``: every /v1 route needs the Bearer key (/health, /metrics do not);
+    the answer without it is vLLM's, 401 ``{"error": "Unauthorized"}``. Every /v1 request's
+    ``Authorization`` is recorded, so tests can see what a backend was sent."""
+
+    def __init__(self, app: ASGIApp, backend: SimBackend) -> None:
+        self.app = app
+        self.backend = backend
+        key = backend.identity.api_key
+        self.expected = None if key is None else f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        self.backend.authorizations.append(None if given is None else given.decode("latin-1"))
+        if self.expected is not None and scope["method"] != "OPTIONS" and given != self.expected:
+            await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _add_info_routes(app: FastAPI, backend: SimBackend) -> None:
@@ -213,7 +247,13 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, sum(map(len, texts)), prompt_tokens)
         except Rejected as rejected:
             return rejected.response
-        call = _accept(backend, CHAT, body, prompt_tokens, body.last_user_text(), body.prefix())
+        turns = [(m.role, m.text()) for m in body.messages]
+        pieces = (
+            continued_chat_prompt_pieces(turns)
+            if body.continue_final_message
+            else chat_prompt_pieces(turns)
+        )
+        call = _accept(backend, CHAT, body, pieces, body.last_user_text(), body.prefix())
         return await _generate(backend, call, request, bool(body.stream))
 
     @app.post("/v1/completions")
@@ -225,7 +265,7 @@ def _add_generation_routes(app: FastAPI, backend: SimBackend) -> None:
             _check(backend, body, len(prompt), prompt_tokens)
         except Rejected as rejected:
             return rejected.response
-        call = _accept(backend, COMPLETION, body, prompt_tokens, prompt)
+        call = _accept(backend, COMPLETION, body, completion_prompt_pieces(prompt), prompt)
         return await _generate(backend, call, request, bool(body.stream))
 
 
@@ -233,7 +273,7 @@ def _accept(
     backend: SimBackend,
     kind: _Kind,
     body: wire.ChatRequest | wire.CompletionRequest,
-    prompt_tokens: int,
+    prompt_pieces: list[str],
     prompt_text: str,
     prefix: str = "",
 ) -> _Call:
@@ -242,11 +282,13 @@ def _accept(
         rid=f"{kind.id_prefix}-{uuid.uuid4().hex[:16]}",
         created=int(time.time()),
         model=backend.identity.served_model_name,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=len(prompt_pieces),
         max_tokens=body.output_limit,
         prompt_text=prompt_text,
         include_usage=body.include_usage,
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
         prefix=prefix,
+        prompt_pieces=prompt_pieces,
+        prompt_tokens_details=backend.identity.prompt_tokens_details,
     )

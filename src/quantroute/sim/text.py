@@ -7,6 +7,11 @@ template puts 5 special/role tokens around each message (`<|start_header_id|>`, 
 role, `<|end_header_id|>`, the blank line, `<|eot_id|>`) and 5 more before the answer
 (`<|begin_of_text|>` and the assistant header); completions add only the BOS token.
 
+For prefix caching the simulator needs the prompt's tokens, not only their count: a
+prompt is rendered as the template's special tokens around 4-character chunks of each
+message's text (`chat_prompt_pieces`), exactly as many as the estimate counts, so equal
+leading messages give equal leading tokens, as a real tokenizer would.
+
 Output text is cut into pieces, one per generated token: a run of whitespace with up to
 6 following characters, so the pieces joined give the text back exactly.
 """
@@ -50,6 +55,36 @@ def continued_chat_prompt_tokens(contents: Sequence[str]) -> int:
 def completion_prompt_tokens(prompt: str) -> int:
     """Estimated prompt tokens of a completion prompt (BOS + text)."""
     return text_tokens(prompt) + COMPLETION_TOKENS_PRIMING
+
+
+def _text_pieces(text: str) -> list[str]:
+    return [text[i : i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)]
+
+
+def chat_prompt_pieces(messages: Sequence[tuple[str, str]]) -> list[str]:
+    """The tokens of a chat prompt of (role, text) messages, Llama 3's template shape:
+    BOS, each message as header (3 special tokens and the blank line), text and end of
+    turn, then the assistant header. `len()` equals `chat_prompt_tokens` of the texts."""
+    pieces = ["<|begin_of_text|>"]
+    for role, text in messages:
+        pieces += ["<|start_header_id|>", role, "<|end_header_id|>", "\n\n"]
+        pieces += _text_pieces(text)
+        pieces.append("<|eot_id|>")
+    pieces += ["<|start_header_id|>", "assistant", "<|end_header_id|>", "\n\n"]
+    return pieces
+
+
+def continued_chat_prompt_pieces(messages: Sequence[tuple[str, str]]) -> list[str]:
+    """The tokens of a chat whose final (assistant) message is continued: the earlier messages
+    as a chat prompt (ending in the assistant header), then that message's text in output-token
+    pieces. `len()` equals `continued_chat_prompt_tokens` of the texts."""
+    *earlier, (_, prefix) = messages
+    return [*chat_prompt_pieces(earlier), *split_pieces(prefix)]
+
+
+def completion_prompt_pieces(prompt: str) -> list[str]:
+    """The tokens of a completion prompt: BOS and 4-character chunks."""
+    return ["<|begin_of_text|>", *_text_pieces(prompt)]
 
 
 def split_pieces(text: str) -> list[str]:

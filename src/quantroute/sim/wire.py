@@ -175,12 +175,23 @@ def max_tokens_too_large(
 # -- responses -----------------------------------------------------------------------
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> JsonObject:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> JsonObject:
+    """The usage object; `prompt_tokens_details` only for a non-zero cache hit, as vLLM
+    (with --enable-prompt-tokens-details) leaves it unset when nothing was cached."""
+    use: JsonObject = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
     }
+    if cached_tokens:
+        use["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return use
+
+
+def full_usage(use: JsonObject) -> JsonObject:
+    """A non-streamed response's usage: unset details are written as null, in vLLM's order."""
+    details = use.get("prompt_tokens_details")
+    return {**use, "prompt_tokens_details": details, "completion_tokens_details": None}
 
 
 def chat_completion(
@@ -193,7 +204,7 @@ def chat_completion(
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [choice], "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
-        "usage": {**use, "prompt_tokens_details": None, "completion_tokens_details": None},
+        "usage": full_usage(use),
         "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None,
         "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
     }  # fmt: skip
@@ -235,7 +246,7 @@ def completion(
     return {
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [choice], "service_tier": None, "system_fingerprint": None,
-        "usage": {**use, "prompt_tokens_details": None, "completion_tokens_details": None},
+        "usage": full_usage(use),
         "kv_transfer_params": None,
     }  # fmt: skip
 

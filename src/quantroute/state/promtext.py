@@ -20,7 +20,11 @@ KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 RUNNING = ("vllm:num_requests_running",)
 WAITING = ("vllm:num_requests_waiting",)
 CACHE_INFO = ("vllm:cache_config_info",)
-WANTED = frozenset((*KV_USAGE, *RUNNING, *WAITING, *CACHE_INFO))
+PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+WANTED = frozenset((*KV_USAGE, *RUNNING, *WAITING, *CACHE_INFO, *PREFIX_QUERIES, *PREFIX_HITS))
+_FAMILIES = WANTED | {name.removesuffix("_total") for name in WANTED}
+"""Names on HELP/TYPE lines: a counter's may name the family with or without ``_total``."""
 
 
 def _relevant_lines(text: str) -> str:
@@ -29,7 +33,7 @@ def _relevant_lines(text: str) -> str:
     for line in text.splitlines():
         if line.startswith("#"):
             parts = line.split(maxsplit=3)
-            if len(parts) >= 3 and parts[2] in WANTED:
+            if len(parts) >= 3 and parts[2] in _FAMILIES:
                 kept.append(line)
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
@@ -107,4 +111,6 @@ def parse_metrics(text: str) -> BackendMetrics:
         block_size=next(iter(blocks.values()))[1] if blocks else None,
         model_names=tuple(models),
         kv_metric_name=kv_name,
+        prefix_cache_queries=_total(_first(samples, PREFIX_QUERIES)[1]),
+        prefix_cache_hits=_total(_first(samples, PREFIX_HITS)[1]),
     )

@@ -141,6 +141,9 @@ class StateStore:
                 "num_gpu_blocks": m.num_gpu_blocks,
                 "block_size": m.block_size,
                 "model_names": list(m.model_names),
+                "prefix_cache_queries": m.prefix_cache_queries,
+                "prefix_cache_hits": m.prefix_cache_hits,
+                "prefix_cache_hit_rate": m.prefix_hit_rate,
             },
             "in_flight": {
                 "requests": load.requests,

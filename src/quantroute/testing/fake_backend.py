@@ -48,6 +48,7 @@ class FakeState:
     """Close the connection on every API request without answering (a backend whose /metrics
     still answers but whose engine is gone): the gateway sees a connect-class error."""
     received: list[dict[str, Any]] = field(default_factory=list)
+    received_headers: list[dict[str, str]] = field(default_factory=list)
     aborted: int = 0
     completed: int = 0
     active: int = 0
@@ -144,6 +145,7 @@ class FakeBackend:
         s = self.state
         body = await request.json()
         s.received.append(body)
+        s.received_headers.append({k.lower(): v for k, v in request.headers.items()})
         if s.drop_requests and request.transport is not None:
             request.transport.abort()
             raise ConnectionResetError("dropped by the fake backend")

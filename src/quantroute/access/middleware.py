@@ -1,0 +1,199 @@
+"""The access edge as a pure ASGI middleware (no per-request task, no body buffering).
+
+For every HTTP request, before any route runs:
+
+1. a request id (the client's ``x-request-id`` if it is a plain token, else a new one), returned
+   in ``x-request-id`` on every response and kept in ``scope["state"]["request_id"]``;
+2. the route's class: public (``/health``, ``/ready``, ``/openapi.json``), admin (``/admin/*``,
+   ``/v1/route/explain``, and ``/metrics`` on the main port when keys are on), or a client route;
+3. authentication (401) and, for admin routes, the admin right (403); the principal is put in
+   ``scope["state"]["principal"]`` for the request path (model access, caps, quotas);
+4. a body that is not JSON (415) or larger than ``max_body_bytes`` (413) on POST/PUT/PATCH.
+
+On the way out it adds the ``x-ratelimit-*`` headers (those the request path left in
+``scope["state"]["ratelimit"]``, or the key's current counts) and drops
+``x-quantroute-decision`` for callers who may not see it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from quantroute.access.control import AccessControl
+from quantroute.access.errors import RequestTooLarge, UnsupportedMediaType
+from quantroute.access.hygiene import is_json, request_id
+from quantroute.access.keys import OPEN, Principal
+from quantroute.apis import anthropic_errors
+from quantroute.errors import RequestError
+
+log = logging.getLogger("quantroute.access")
+PUBLIC = frozenset({"/health", "/ready", "/openapi.json"})
+ADMIN_PREFIXES = ("/admin/", "/v1/route/explain")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_WANTED = frozenset(
+    {b"authorization", b"x-api-key", b"content-type", b"content-length", b"x-request-id"}
+)
+DECISION_HEADER = b"x-quantroute-decision"
+ANONYMOUS = Principal(name="anonymous", admin=False, models=frozenset(), limits=OPEN.limits)
+"""Who calls a public route when keys are on (no key is looked at there)."""
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+
+
+def error_body(exc: RequestError, rid: str) -> bytes:
+    body = exc.body()
+    error = body["error"]
+    assert isinstance(error, dict)
+    error["request_id"] = rid
+    return json.dumps(body).encode()
+
+
+ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+"""Routes whose clients (Anthropic's SDKs) expect Anthropic's error format."""
+
+
+async def send_error(send: Send, exc: RequestError, rid: str, *, anthropic: bool = False) -> None:
+    if anthropic:
+        payload = json.dumps({**anthropic_errors.body(exc.status, exc.message), "request_id": rid})
+        payload_bytes = payload.encode()
+    else:
+        payload_bytes = error_body(exc, rid)
+    await _send_json(send, exc, rid, payload_bytes)
+
+
+async def _send_json(send: Send, exc: RequestError, rid: str, payload: bytes) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-request-id", rid.encode()),
+        *((k.lower().encode(), v.encode()) for k, v in exc.headers().items()),
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, access: AccessControl) -> None:
+        self.app = app
+        self.access = access
+        self.admin_metrics = access.enabled and access.config.metrics_port is None
+        self.metrics_elsewhere = access.config.metrics_port is not None
+
+    def _is_admin_route(self, path: str) -> bool:
+        return (
+            path.startswith(ADMIN_PREFIXES)
+            or path == "/admin"
+            or (self.admin_metrics and path == "/metrics")
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        rid = request_id(headers)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        path: str = scope["path"]
+        try:
+            principal = self._admit(scope, path, headers)
+        except RequestError as exc:
+            client = scope.get("client") or ("?", 0)
+            log.info(
+                "request %s: %s %s from %s refused: %d %s",
+                rid,
+                scope["method"],
+                path,
+                client[0],
+                exc.status,
+                exc.code,
+            )
+            await send_error(send, exc, rid, anthropic=path in ANTHROPIC_PATHS)
+            return
+        state["principal"] = principal
+        if scope["method"] in _BODY_METHODS and "content-length" not in headers:
+            receive = _bounded(receive, self.access.config.max_body_bytes)
+        await self.app(scope, receive, self._sender(send, state, principal, rid, path))
+
+    def _admit(self, scope: Scope, path: str, headers: Mapping[str, str]) -> Principal:
+        access = self.access
+        if path in PUBLIC:
+            return OPEN if not access.enabled else ANONYMOUS
+        if self.metrics_elsewhere and path == "/metrics":
+            raise _NotHere()
+        principal = access.authenticate(headers)
+        if self._is_admin_route(path):
+            access.require_admin(principal)
+        if scope["method"] in _BODY_METHODS:
+            if not is_json(headers.get("content-type")):
+                raise UnsupportedMediaType()
+            length = headers.get("content-length")
+            limit = access.config.max_body_bytes
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                raise RequestTooLarge(limit)
+        return principal
+
+    def _sender(
+        self, send: Send, state: dict[str, object], principal: Principal, rid: str, path: str
+    ) -> Send:
+        hide = not self.access.sees_decision(principal)
+        peek = principal.limits.requests_per_minute or principal.limits.tokens_per_minute
+        quotas = self.access.quotas
+        rid_bytes = rid.encode()
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # the response's own header list (sent once): appended to, not copied
+                raw = message.setdefault("headers", [])
+                if not isinstance(raw, list):  # any iterable is allowed by ASGI
+                    raw = message["headers"] = list(raw)
+                if hide:
+                    raw = message["headers"] = [
+                        (k, v) for k, v in raw if k.lower() != DECISION_HEADER
+                    ]
+                raw.append((b"x-request-id", rid_bytes))
+                limits = state.get("ratelimit")
+                if limits is None and peek and path not in PUBLIC:
+                    limits = await quotas.peek(principal)
+                if isinstance(limits, dict):
+                    # a 429 carries its own (the counts before the refused request)
+                    have = {k.lower() for k, _ in raw} if message.get("status") == 429 else ()
+                    raw.extend(
+                        (k.encode(), v.encode())
+                        for k, v in limits.items()
+                        if k.encode() not in have
+                    )
+            await send(message)
+
+        return wrapped
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """A chunked body (no Content-Length) is counted as it arrives: past ``limit`` the read
+    fails with 413 instead of filling the gateway's memory."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise RequestTooLarge(limit)
+        return message
+
+    return counted
+
+
+class _NotHere(RequestError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self) -> None:
+        super().__init__("Not Found")

@@ -1,0 +1,273 @@
+"""Quotas counted in memory and in a real Redis: exact admission, token correction, leases,
+two replicas sharing one Redis, and what happens when Redis is down or hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from quantroute.access.config import QuotaConfig, QuotaLimits
+from quantroute.access.errors import QuotaUnavailable, RateLimited
+from quantroute.access.keys import Principal
+from quantroute.access.metrics import AccessMetrics
+from quantroute.access.quotas import Quotas, duration
+from quantroute.testing.redis_server import RedisServer
+
+Make = Callable[..., Awaitable[Quotas]]
+
+
+def key(name: str = "team", **limits: int) -> Principal:
+    return Principal(name, False, frozenset({"*"}), QuotaLimits(**limits))
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Make]:
+    made: list[Quotas] = []
+
+    async def factory(**config: Any) -> Quotas:
+        quotas = Quotas(QuotaConfig(**config), AccessMetrics(CollectorRegistry()), lease_ttl_s=30.0)
+        made.append(quotas)
+        await quotas.start()
+        return quotas
+
+    yield factory
+    for quotas in made:
+        await quotas.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config of the counters' store: this process's memory, or the module's real Redis."""
+    if request.param == "memory":
+        return {}
+    # Tests of what is counted get a generous bound on Redis calls (this machine is shared and
+    # loaded); the tests of the bound itself set their own.
+    return {"redis_url": request.getfixturevalue("redis_url"), "redis_timeout_s": 2.0}
+
+
+async def admitted(quotas: Quotas, principal: Principal, n: int, tokens: int = 1) -> int:
+    ok = 0
+    for _ in range(n):
+        try:
+            await quotas.admit(principal, tokens)
+            ok += 1
+        except RateLimited:
+            pass
+    return ok
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.02, "20ms"), (1.5, "1.5s"), (360, "6m0s"), (75.25, "1m15.25s")]
+)
+def test_reset_durations_in_openai_format(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+async def test_requests_per_window_admit_exactly_the_limit(
+    make: Make, store: dict[str, Any]
+) -> None:
+    quotas = await make(**store)
+    principal = key(requests_per_minute=7)
+    assert await admitted(quotas, principal, 20) == 7
+    with pytest.raises(RateLimited) as refused:
+        await quotas.admit(principal, 1)
+    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    headers = refused.value.headers()
+    assert headers["x-ratelimit-limit-requests"] == "7"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_headers_count_down(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(**store)
+    principal = key(requests_per_minute=5, tokens_per_minute=1000)
+    first = await quotas.admit(principal, 100)
+    second = await quotas.admit(principal, 50)
+    assert first is not None and second is not None
+    assert first.headers["x-ratelimit-remaining-requests"] == "4"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "900"
+    assert second.headers["x-ratelimit-remaining-requests"] == "3"
+    assert second.headers["x-ratelimit-remaining-tokens"] == "850"
+    assert second.headers["x-ratelimit-limit-tokens"] == "1000"
+    peeked = await quotas.peek(principal)
+    assert peeked["x-ratelimit-remaining-tokens"] == "850"
+
+
+async def test_a_key_without_limits_is_not_counted(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(**store)
+    assert await quotas.admit(key(), 10**9) is None
+    assert await quotas.peek(key()) == {}
+
+
+async def test_tokens_are_corrected_with_the_real_usage(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(**store)
+    principal = key(tokens_per_minute=1000)
+    admission = await quotas.admit(principal, 100)
+    await quotas.finish(admission, 400)  # 100 prompt estimated, 400 used in the end
+    peeked = await quotas.peek(principal)
+    assert peeked["x-ratelimit-remaining-tokens"] == "600"
+    # a usage above the limit is recorded anyway: the next requests pay for it
+    admission = await quotas.admit(principal, 100)
+    await quotas.finish(admission, 900)
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "0"
+    with pytest.raises(RateLimited) as refused:
+        await quotas.admit(principal, 1)
+    assert refused.value.error_type == "tokens"
+
+
+async def test_an_overestimate_is_given_back_and_no_usage_keeps_the_estimate(
+    make: Make, store: dict[str, Any]
+) -> None:
+    quotas = await make(**store)
+    principal = key(tokens_per_minute=1000)
+    await quotas.finish(await quotas.admit(principal, 300), 120)
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "880"
+    await quotas.finish(await quotas.admit(principal, 80), None)
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "800"
+
+
+async def test_a_refused_request_costs_nothing(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(**store)
+    principal = key(requests_per_minute=10, tokens_per_minute=100)
+    await quotas.admit(principal, 90)
+    with pytest.raises(RateLimited) as refused:
+        await quotas.admit(principal, 20)
+    assert refused.value.headers()["x-ratelimit-remaining-tokens"] == "10"
+    after = await quotas.peek(principal)
+    assert after["x-ratelimit-remaining-requests"] == "9"
+    assert after["x-ratelimit-remaining-tokens"] == "10"
+    assert await quotas.admit(principal, 10) is not None
+
+
+async def test_a_prompt_larger_than_the_limit_is_refused_as_too_large(
+    make: Make, store: dict[str, Any]
+) -> None:
+    quotas = await make(**store)
+    with pytest.raises(RateLimited, match="Request too large"):
+        await quotas.admit(key(tokens_per_minute=100), 101)
+
+
+async def test_concurrent_requests_are_leases(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(**store)
+    principal = key(concurrent_requests=2, requests_per_minute=100)
+    a = await quotas.admit(principal, 1)
+    b = await quotas.admit(principal, 1)
+    with pytest.raises(RateLimited, match="concurrent"):
+        await quotas.admit(principal, 1)
+    assert await quotas.held(principal) == 2
+    await quotas.finish(a, 1)
+    await quotas.finish(a, 1)  # settling twice releases once
+    c = await quotas.admit(principal, 1)
+    assert await quotas.held(principal) == 2
+    await quotas.finish(b, 1)
+    await quotas.finish(c, 1)
+    assert await quotas.held(principal) == 0
+    # the refused one was given back: 3 admitted
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-requests"] == "97"
+
+
+async def test_the_window_resets(make: Make, store: dict[str, Any]) -> None:
+    quotas = await make(window_s=1, **store)
+    principal = key(requests_per_minute=3)
+    assert await admitted(quotas, principal, 5) == 3
+    deadline = time.monotonic() + 5
+    while await admitted(quotas, principal, 1) == 0:
+        assert time.monotonic() < deadline, "the window never reset"
+        await asyncio.sleep(0.05)
+    assert await admitted(quotas, principal, 5) == 2
+
+
+async def test_two_replicas_share_one_redis(make: Make, redis_url: str) -> None:
+    one = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    two = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    principal = key(requests_per_minute=10, tokens_per_minute=10_000, concurrent_requests=3)
+    results = await asyncio.gather(
+        *(admitted(q, principal, 1) for q in (one, two) * 10), return_exceptions=True
+    )
+    assert sum(r for r in results if isinstance(r, int)) == 3  # the lease limit binds first
+    assert await one.held(principal) == 3 and await two.held(principal) == 3
+
+
+async def test_two_replicas_share_requests_and_tokens(make: Make, redis_url: str) -> None:
+    one = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    two = await make(redis_url=redis_url, redis_timeout_s=2.0)
+    principal = key(requests_per_minute=12, tokens_per_minute=10_000)
+    counts = await asyncio.gather(admitted(one, principal, 10), admitted(two, principal, 10))
+    assert sum(counts) == 12 and min(counts) > 0
+    other = key("other", tokens_per_minute=500)
+    await one.finish(await one.admit(other, 100), 450)
+    assert (await two.peek(other))["x-ratelimit-remaining-tokens"] == "50"
+
+
+def degraded(quotas: Quotas) -> float:
+    return quotas.metrics.degraded._value.get()
+
+
+async def test_redis_down_counts_locally_with_a_metric_and_a_log_line(
+    make: Make, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    quotas = await make(redis_url=own_redis.url, redis_retry_s=60)
+    principal = key(requests_per_minute=4)
+    assert await admitted(quotas, principal, 2) == 2
+    own_redis.stop()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="quantroute.access"):
+        assert await admitted(quotas, principal, 6) == 4  # a fresh local window, same limit
+    assert time.monotonic() - started < 2.0
+    assert degraded(quotas) == 1
+    assert quotas.metrics.store_errors._value.get() == 1  # then skipped, not retried per request
+    assert "quota store unreachable" in caplog.text and "counting per replica" in caplog.text
+
+
+async def test_redis_down_with_refuse_answers_503(make: Make, own_redis: RedisServer) -> None:
+    quotas = await make(redis_url=own_redis.url, on_redis_error="refuse", redis_retry_s=3)
+    own_redis.stop()
+    with pytest.raises(QuotaUnavailable) as refused:
+        await quotas.admit(key(requests_per_minute=4), 1)
+    assert refused.value.status == 503
+    assert 1 <= int(refused.value.headers()["Retry-After"]) <= 3
+    with pytest.raises(QuotaUnavailable):  # skipped now: refused without trying Redis
+        await quotas.admit(key(requests_per_minute=4), 1)
+
+
+async def test_a_hanging_redis_costs_at_most_the_timeout(
+    make: Make, own_redis: RedisServer
+) -> None:
+    quotas = await make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=60)
+    principal = key(requests_per_minute=100, concurrent_requests=5)
+    first = await quotas.admit(principal, 1)
+    own_redis.pause()
+    try:
+        started = time.monotonic()
+        await quotas.finish(first, 1)  # the release times out; the lease will expire by itself
+        admission = await quotas.admit(principal, 1)
+        elapsed = time.monotonic() - started
+    finally:
+        own_redis.resume()
+    assert admission is not None
+    assert elapsed < 1.0, elapsed  # one timeout (0.2 s), then Redis is skipped
+    assert degraded(quotas) == 1
+
+
+async def test_redis_coming_back_is_used_again(make: Make, own_redis: RedisServer) -> None:
+    quotas = await make(redis_url=own_redis.url, redis_timeout_s=0.2, redis_retry_s=0.3)
+    principal = key(requests_per_minute=100)
+    own_redis.pause()
+    try:
+        await quotas.admit(principal, 1)
+        assert degraded(quotas) == 1
+    finally:
+        own_redis.resume()
+    deadline = time.monotonic() + 5
+    while degraded(quotas) == 1:
+        assert time.monotonic() < deadline, "never went back to Redis"
+        await asyncio.sleep(0.1)
+        await quotas.admit(principal, 1)
+    assert degraded(quotas) == 0
