@@ -147,3 +147,43 @@ def test_a_continued_stream_settles_the_trail_and_the_quota_once_for_every_attem
         ("a", 502, False),
         ("b", 200, True),
     ]
+
+
+def test_a_client_gone_during_the_continuation_settles_the_request_once_as_499(
+    traced_fleet: FleetFactory,
+) -> None:
+    fleet = traced_fleet(
+        {
+            "a": FakeState(served_model_name="m", die_after_chunks=3),
+            "b": FakeState(served_model_name="m", chunk_delay_s=0.2),
+        },
+        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
+        policy={"tie_tolerance": 0.0},
+        access_log=True,
+        access=ACCESS,
+    )
+    before = _key_tokens(fleet, "team-a")
+    body = {"model": "auto", "messages": MSG, "max_tokens": 40, "stream": True}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream("POST", fleet.url + "/v1/chat/completions", json=body, headers=auth) as r:
+        seen = b""
+        for chunk in r.iter_raw():
+            seen += chunk
+            if seen.count(b" tok") >= 5:  # three from a, two from b: b is mid-answer
+                break
+    assert b": quantroute continued on b" in seen
+    spans = fleet.wait_spans(lambda s: len(_servers(s)) == 1)
+    [server] = _servers(spans)
+    assert (server["http.response.status_code"], server["error.type"]) == (
+        499,
+        "client_disconnected",
+    )
+    assert wait_until(lambda: fleet.backends["b"].state.aborted == 1, 5.0)  # b stopped too
+    # the key is charged once, with what a generated (b reported no usage: it was cut off)
+    assert wait_until(lambda: _key_tokens(fleet, "team-a") - before == 3, 5.0)
+    [line] = _lines(fleet)
+    assert (line["status"], line["error"], line["backend"]) == (499, "client_disconnected", "b")
+    assert [(a["backend"], a["status"], a["error"]) for a in line["attempts"]] == [
+        ("a", 502, "upstream_stream_error"),
+        ("b", None, "client_disconnected"),
+    ]

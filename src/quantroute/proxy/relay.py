@@ -7,6 +7,7 @@ closed connection is how vLLM learns to abort the request).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -125,8 +126,13 @@ class _Stream:
                 return
             self._continuing = True  # the request is not over: done() waits for the end
             self.close()  # the broken backend's account ends before the continuation starts
-            async for out in cont.resume(attempt.backend_id, str(exc), error):
-                yield out
+            # closed with this generator (however it ends), so the continuation's attempt has
+            # ended before done() settles the request
+            async with contextlib.aclosing(
+                cont.resume(attempt.backend_id, str(exc), error)
+            ) as tail:
+                async for out in tail:
+                    yield out
         finally:
             self.close()
             self._ctx.done()
