@@ -23,7 +23,7 @@ from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
 from quantroute.errors import RequestError
 from quantroute.observe.observer import Observer
-from quantroute.observe.trail import Trail
+from quantroute.observe.trail import NO_TRAIL, Trail
 from quantroute.proxy.attempt import CLIENT_CLOSED
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
@@ -174,6 +174,8 @@ class Gateway:
     def _begin(self, kind: str, request: Request) -> Trail:
         """The request's trail, under the access middleware's request id and the key's name
         (never the key itself; none when no keys are configured)."""
+        if not self.observer.active:
+            return NO_TRAIL
         state = request.scope.get("state") or {}
         principal = _principal(request)
         return self.observer.begin(
