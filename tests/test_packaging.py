@@ -24,6 +24,9 @@ EXTRA_OF = {
     "profiler/": "profiler",
     "demo/": "demo",
     "apis/conversations_redis.py": "redis",  # conversations.redis_url
+    "observe/otel.py": "tracing",  # imported once tracing is configured on
+    "observe/trail.py": "tracing",  # the SDK's Span type, for type checking only
+    "testing/otlp_receiver.py": "dev",  # the tests' OTLP receiver: opentelemetry-proto
 }
 EXTRA_MODULES = ("openai", "httpx2", "matplotlib")
 

@@ -61,8 +61,17 @@ def _pairs(
 
 
 def _names(cells: list[Cell]) -> list[str]:
-    """Gateway targets in the run: ``gateway`` and, if present, ``candidate`` and ``access``."""
-    return [n for n in ("gateway", "candidate", "access") if any(x["target"] == n for x in cells)]
+    """Gateway targets in the run: ``gateway``, then ``candidate``, ``access`` and ``trace-...``
+    if present."""
+    seen = dict.fromkeys(x["target"] for x in cells if x["target"] != "direct")
+    order = ("gateway", "candidate", "access")
+    return sorted(
+        seen, key=lambda n: (order.index(n) if n in order else len(order), _trace_ratio(n))
+    )
+
+
+def _trace_ratio(name: str) -> float:
+    return float(name[6:-1]) if name.startswith("trace-") else -1.0
 
 
 def _ratio(pairs: list[tuple[Cell, Cell]], key: str) -> float:
@@ -127,12 +136,46 @@ def main_table(cells: list[Cell]) -> list[str]:
             *(_target_row(_select(cells, mode, c, n), n) for n in ["direct", *names]),
             *(_ratio_row(_pairs(cells, mode, c, n), f"{n}/direct") for n in names),
         ]
-        for other in ("candidate", "access"):
-            if other in names:
-                pairs = _pairs(cells, mode, c, other, "gateway")
-                out.append(_ratio_row(pairs, f"{other}/gateway"))
+        for other in names[1:]:
+            pairs = _pairs(cells, mode, c, other, "gateway")
+            out.append(_ratio_row(pairs, f"{other}/gateway"))
         out.append("")
     return out
+
+
+def tracing_table(result: dict[str, Any]) -> list[str]:
+    """Tracing on (1%, 100%...) against the same gateway with tracing off, same run."""
+    cells: list[Cell] = result["cells"]
+    traced = [n for n in _names(cells) if n.startswith("trace-")]
+    if not traced:
+        return []
+    head = " | ".join(traced)
+    out = [
+        "## Tracing cost (same run, ratio to the gateway with tracing off)",
+        "",
+        f"| load | {head} |",
+        "|---|" + "---:|" * len(traced),
+    ]
+    for mode, c in _levels(cells):
+        row = []
+        for name in traced:
+            pairs = _pairs(cells, mode, c, name, "gateway")
+            row.append(
+                f"req/s ×{fmt(_ratio(pairs, 'rps'))}, CPU/req "
+                f"×{fmt(_ratio(pairs, 'gateway_cpu_us_per_req'))}, p50 "
+                f"{'+' if _added(pairs, 'lat_p50_ms') >= 0 else ''}"
+                f"{fmt(_added(pairs, 'lat_p50_ms'), 3)} ms"
+            )
+        out.append(f"| {mode}, c={c} | " + " | ".join(row) + " |")
+    spans = result.get("spans") or {}
+    if spans:
+        got = ", ".join(f"{k}: {v:,}" for k, v in sorted(spans.get("spans", {}).items()))
+        out += [
+            "",
+            f"Spans received by the OTLP receiver: {got} "
+            f"({spans.get('requests', 0):,} export requests, {spans.get('bytes', 0):,} bytes).",
+        ]
+    return [*out, ""]
 
 
 def _verdict(ok: bool | None) -> str:
@@ -316,13 +359,14 @@ def _gateway_lines(commands: dict[str, Any]) -> list[str]:
 def render(result: dict[str, Any]) -> str:
     cells: list[Cell] = result["cells"]
     lines = header(result)
-    for name in _names(cells):
+    for name in (n for n in _names(cells) if not n.startswith("trace-")):
         lines += [
             f"## Against the targets (issue #2): {name}",
             "",
             *targets_table(result, name),
             "",
         ]
+    lines += tracing_table(result)
     lines += ["## Results (medians)", "", *main_table(cells)]
     lines += [
         "TTFB = first body bytes (streams: first SSE chunk). gw CPU = the gateway process's CPU "

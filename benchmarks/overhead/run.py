@@ -3,6 +3,7 @@
     pip install -r benchmarks/overhead/requirements.txt
     python benchmarks/overhead/run.py            # 3 repetitions, ~5 minutes
     python benchmarks/overhead/run.py --quick    # 1 repetition, short windows, ~1 minute
+    python benchmarks/overhead/run.py --tracing 0.01 1   # + gateways tracing 1% and 100%
 
 Fake backends run in one process on core 0, ``quantroute serve`` on core 1, this process (the load
 generator) on core 0. Writes RESULTS.md and results.json beside this file (or ``--output-dir``)
@@ -18,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ class Settings:
     prompt_chars: int
     ref: str | None
     access: bool
+    tracing: tuple[float, ...]
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
@@ -96,6 +99,15 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         action="store_true",
         help="also run the gateway with API keys and quotas on (target 'access')",
     )
+    p.add_argument(
+        "--tracing",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="RATIO",
+        help="also run gateways with OpenTelemetry tracing on at these sampling ratios "
+        "(e.g. 0.01 1), exporting OTLP/HTTP to a counting receiver on core 0",
+    )
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
     p.add_argument("--output-dir", type=Path, default=procs.HERE)
     a = p.parse_args(argv)
@@ -117,6 +129,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         prompt_chars=a.prompt_chars,
         ref=a.ref,
         access=a.access,
+        tracing=tuple(a.tracing),
     )
     return settings, a.output_dir
 
@@ -210,6 +223,7 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
     cells = await run_cells(s, f, sizes)
     profiles = await run_profiles(s, f, sizes, workdir)
     await asyncio.sleep(IDLE_AFTER_S)
+    spans = receiver_stats(f)
     rss = {
         g.target.name: {
             "idle_start": rss_idle[g.target.name],
@@ -222,10 +236,21 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
         "verify": verified,
         "cells": cells,
         "profiles": profiles,
+        "spans": spans,
         "rss_kb": rss,
         "measure_started": started,
         "measure_seconds": time.time() - started,
     }
+
+
+def receiver_stats(f: fleet_mod.Fleet) -> dict[str, Any] | None:
+    """Spans the OTLP receiver got per tracing gateway (its ``service.name``)."""
+    if f.receiver_url is None:
+        return None
+    url = f.receiver_url.removesuffix("/v1/traces") + "/stats"
+    with urllib.request.urlopen(url, timeout=5.0) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+    return stats
 
 
 def wait_quiet(s: Settings) -> str:
@@ -246,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         src, commit = procs.export_ref(s.ref, workdir / "ref")
         source, code = str(src), f"git {s.ref} = {commit}, exported to {src}"
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate, access=s.access)
+        f = fleet_mod.start(
+            stack, workdir, source=source, candidate=s.candidate, access=s.access, tracing=s.tracing
+        )
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
     result["settings"] = asdict(s)

@@ -270,6 +270,37 @@ class ConversationsConfig(FrozenModel):
     redis_timeout_s: PositiveFloat = 1.0
 
 
+class TracingConfig(FrozenModel):
+    """OpenTelemetry tracing (needs ``pip install 'quantroute[tracing]'``). Unset fields fall back
+    to the standard ``OTEL_*`` environment variables, which the OpenTelemetry SDK reads."""
+
+    enabled: bool | None = None
+    """None (default): on exactly when an OTLP endpoint is given, here or in
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT. OTEL_SDK_DISABLED=true
+    turns it off whatever this says."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    """Full OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces."""
+    service_name: str | None = None
+    """Default: OTEL_SERVICE_NAME, else "quantroute"."""
+    sample_ratio: Fraction | None = None
+    """Parent-based trace-id ratio sampling; default: OTEL_TRACES_SAMPLER (+ _ARG), else every
+    trace (parentbased_always_on)."""
+
+
+class AccessLogConfig(FrozenModel):
+    """One JSON line per request: the request's features, the decision, each upstream attempt,
+    status, tokens and timings. ``path: "-"`` writes to stdout (for the cluster's collector)."""
+
+    path: str = Field(default="-", min_length=1)
+    max_bytes: int = Field(default=100 * 2**20, ge=0)
+    """Rotate the file at this size (0: never); ignored for stdout."""
+    backup_count: int = Field(default=5, ge=0)
+    """Rotated files kept (access.log.1 ... .N)."""
+    queue_size: int = Field(default=10_000, gt=0)
+    """Records waiting for the writer thread; beyond it records are dropped and counted
+    (quantroute_access_log_dropped_total), never blocking a request."""
+
+
 class GatewayConfig(FrozenModel):
     listen: ListenConfig = ListenConfig()
     matrix_path: Path | None = None
@@ -281,6 +312,9 @@ class GatewayConfig(FrozenModel):
     conversations: ConversationsConfig = ConversationsConfig()
     log_decisions: bool = False
     access: AccessConfig = AccessConfig()
+    tracing: TracingConfig = TracingConfig()
+    access_log: AccessLogConfig | None = None
+    """None (default): no access log."""
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

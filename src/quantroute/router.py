@@ -56,7 +56,10 @@ class Router:
 
     def route(self, features: RequestFeatures) -> Decision:
         """A decision that names a backend, or the error the client is answered with."""
-        decision = self.decide(features)
+        return self.routed(self.decide(features), features)
+
+    def routed(self, decision: Decision, features: RequestFeatures) -> Decision:
+        """``decision`` if it names a backend, else the error the client is answered with."""
         if decision.outcome is Outcome.ROUTED:
             return decision
         if decision.outcome is Outcome.UNKNOWN_MODEL:

@@ -112,6 +112,11 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "quantroute_access_log_dropped",
+            "Access-log records dropped because the writer fell behind (queue full).",
+            registry=r,
+        )
         self.prefix_prompt_tokens = Counter(
             "quantroute_prefix_prompt_tokens",
             "Estimated prompt tokens sent to a backend while the prefix index is kept.",

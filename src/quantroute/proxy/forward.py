@@ -71,9 +71,17 @@ class Forwarder:
     def begin_attempt(
         self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool
     ) -> Attempt:
-        return self._begin(ctx, backend, strip_usage)
+        """A continuation's attempt (see :mod:`quantroute.proxy.continuation`)."""
+        return self._begin(ctx, backend, strip_usage, continuation=True)
 
-    def _begin(self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool) -> Attempt:
+    def _begin(
+        self,
+        ctx: RequestContext,
+        backend: BackendConfig,
+        strip_usage: bool,
+        *,
+        continuation: bool = False,
+    ) -> Attempt:
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
         prefill = features.prompt_tokens
@@ -90,28 +98,41 @@ class Forwarder:
                 prefill = uncached_tokens(features.prompt_tokens, share)
         lease = self.inflight.begin(backend.id, kv_tokens, prefill)
         attempt = Attempt(backend, lease, strip_usage, ctx.group, self.telemetry)
+        number = len(ctx.attempts) + 1
+        attempt.trail = ctx.trail.attempt(number, backend, continuation=continuation)
         ctx.attempts.append(attempt)
         return attempt
 
-    def _give_up(self, ctx: RequestContext, attempt: Attempt, reason: str) -> None:
+    def _give_up(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        reason: str,
+        *,
+        last: bool,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
         ctx.failures.append(f"{attempt.backend_id}: {reason}")
-        attempt.give_up(reason)
+        attempt.give_up(reason, status=status, error=error, retry=not last)
 
     async def _try(
         self, ctx: RequestContext, attempt: Attempt, body: bytes, *, last: bool
     ) -> Response | None:
         """The response for the client, or None when the next backend should be tried."""
         url = attempt.backend.url.rstrip("/") + ctx.exchange.path
+        # the gateway's own credentials for this backend, + traceparent when tracing
+        headers = attempt.trail.headers(ctx.upstream_headers(attempt.backend_id))
         handed_over = False
         try:
             if ctx.features.stream:
                 response = await race_disconnect(
-                    ctx.receive,
-                    self.upstream.post(url, body, ctx.upstream_headers(attempt.backend_id)),
+                    ctx.receive, self.upstream.post(url, body, headers)
                 )
                 if response.status >= 500 and not last:
                     response.close()
-                    self._give_up(ctx, attempt, f"HTTP {response.status}")
+                    status = response.status
+                    self._give_up(ctx, attempt, f"HTTP {status}", last=last, status=status)
                     return None
                 if response.status < 400:
                     handed_over = True  # the relay owns the response and the attempt from here
@@ -119,16 +140,16 @@ class Forwarder:
                 # an error answer to a stream request is a JSON body, not a stream: whole
                 status, ctype, data = await race_disconnect(ctx.receive, _read(response))
             else:
-                exchange = self._exchange(url, body, ctx.upstream_headers(attempt.backend_id))
+                exchange = self._exchange(url, body, headers)
                 status, ctype, data = await race_disconnect(ctx.receive, exchange)
             if status >= 500 and not last:
-                self._give_up(ctx, attempt, f"HTTP {status}")
+                self._give_up(ctx, attempt, f"HTTP {status}", last=last, status=status)
                 return None
             reply = relay_body(ctx, attempt, status, ctype, data)
             await ctx.exchange.completed(status)
             return reply
         except UpstreamConnectError as exc:
-            self._give_up(ctx, attempt, str(exc))
+            self._give_up(ctx, attempt, str(exc), last=last, error="upstream_connect_error")
             return None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)

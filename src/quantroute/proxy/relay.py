@@ -7,6 +7,7 @@ closed connection is how vLLM learns to abort the request).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -84,6 +85,7 @@ class _Stream:
         self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
+        self._error: str | None = None
         self._closed = False
         self._continuing = False
 
@@ -109,7 +111,7 @@ class _Stream:
             self.close()
             await self._exchange.completed(self._outcome)
         except (UpstreamConnectError, StreamBroke) as exc:
-            self._outcome = 502
+            self._outcome, self._error = 502, "upstream_stream_error"
             log.warning(
                 "request %s: upstream %s failed mid-stream: %s",
                 self._ctx.request_id,
@@ -124,8 +126,13 @@ class _Stream:
                 return
             self._continuing = True  # the request is not over: done() waits for the end
             self.close()  # the broken backend's account ends before the continuation starts
-            async for out in cont.resume(attempt.backend_id, str(exc), error):
-                yield out
+            # closed with this generator (however it ends), so the continuation's attempt has
+            # ended before done() settles the request
+            async with contextlib.aclosing(
+                cont.resume(attempt.backend_id, str(exc), error)
+            ) as tail:
+                async for out in tail:
+                    yield out
         finally:
             self.close()
             self._ctx.done()
@@ -138,6 +145,7 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
-        self._attempt.finish(self._outcome, usage)
+        then = "continuation" if self._continuing else None
+        self._attempt.finish(self._outcome, usage, error=self._error, then=then)
         if not self._continuing:
             self._ctx.done()

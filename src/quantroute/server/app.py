@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -21,6 +22,9 @@ from quantroute.access.middleware import AccessMiddleware
 from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.plugins import compile_plan
+from quantroute.observe.access_log import AccessLog
+from quantroute.observe.observer import Observer
+from quantroute.observe.settings import resolve_tracing
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.server import errors, routes
 from quantroute.server.gateway import Gateway
@@ -78,6 +82,16 @@ async def _start_discovery(
     return await start_discovery(config, apply)
 
 
+def observer_from_config(config: GatewayConfig, telemetry: Telemetry) -> Observer:
+    """Tracing and the access log as configured (``OTEL_*`` read here, once). Raises
+    ConfigError when tracing is on but the ``tracing`` extra is not installed."""
+    settings = resolve_tracing(config.tracing, os.environ)
+    log = None
+    if config.access_log is not None:
+        log = AccessLog(config.access_log, on_drop=telemetry.access_log_dropped.inc)
+    return Observer(settings=settings, access_log=log)
+
+
 def _prefix_tracker(config: GatewayConfig, clock: Callable[[], float]) -> PrefixTracker | None:
     """The prefix index, when the policy has a scorer that reads it (else nothing is kept)."""
     if not compile_plan(config.policy).tracks_prefix:
@@ -96,9 +110,11 @@ def create_app(
     matrix_poll_s: float = MATRIX_POLL_S,
     access: AccessControl | None = None,
     keys_poll_s: float = KEYS_POLL_S,
+    observer: Observer | None = None,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes."""
     telemetry = telemetry or Telemetry()
+    observer = observer or observer_from_config(config, telemetry)
     lease_ttl_s = config.policy.upstream_timeouts.total_s + LEASE_MARGIN_S
     guard = access or AccessControl(config.access, telemetry.registry, lease_ttl_s=lease_ttl_s)
     store = StateStore(config.backends, config.policy, clock)
@@ -123,7 +139,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or AiohttpUpstream(config.policy.upstream_timeouts)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
-        gateway = Gateway(config, store, up, source, telemetry, prefix, access=guard)
+        observer.start()
+        gateway = Gateway(
+            config, store, up, source, telemetry, prefix, access=guard, observer=observer
+        )
         app.state.gateway = gateway
         for backend in config.backends:
             telemetry.declare_backend(backend.id, backend.gpu_cost_per_hour)
@@ -161,6 +180,7 @@ def create_app(
             if upstream is None:
                 await up.aclose()
             await guard.aclose()
+            await asyncio.to_thread(observer.stop)  # flushes spans and the access log
 
     app = FastAPI(
         title="quantroute",

@@ -9,17 +9,22 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from quantroute.access.control import AccessControl
 from quantroute.access.keys import OPEN, Principal
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
+from quantroute.errors import RequestError
+from quantroute.observe.observer import Observer
+from quantroute.observe.trail import NO_TRAIL, Trail
+from quantroute.proxy.attempt import CLIENT_CLOSED
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
@@ -52,9 +57,11 @@ class Gateway:
         prefix: PrefixTracker | None = None,
         *,
         access: AccessControl,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config
         self.access = access
+        self.observer = observer or Observer()
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
@@ -103,14 +110,35 @@ class Gateway:
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
-        parsed = self.parse(kind, await request.body(), request, principal=_principal(request))
-        return await self.dispatch(parsed, OpenAIExchange(parsed), request)
+        """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
+        log, spans) is settled when the request is over (:meth:`RequestContext.done`), or by
+        :func:`_settles` when it ends in an error the gateway answers itself."""
+        trail = self._begin(kind, request)
+        with _settles(trail):
+            with trail.phase("parse"):
+                raw = await request.body()
+                parsed = self.parse(kind, raw, request, principal=_principal(request))
+            return await self.dispatch(parsed, OpenAIExchange(parsed), request, trail)
 
     async def dispatch(
-        self, parsed: ParsedRequest, exchange: Exchange, request: Request
+        self,
+        parsed: ParsedRequest,
+        exchange: Exchange,
+        request: Request,
+        trail: Trail | None = None,
     ) -> Response:
         """Decide and forward a parsed request of any API (``exchange`` says how): the key's
-        access to the model, the group's caps and the quotas first (access/)."""
+        access to the model, the group's caps and the quotas first (access/). The other APIs
+        parse before they call this, so their trail starts here."""
+        if trail is None:
+            trail = self._begin(parsed.kind, request)
+        with _settles(trail):
+            trail.parsed(parsed.features)
+            return await self._dispatch(parsed, exchange, request, trail)
+
+    async def _dispatch(
+        self, parsed: ParsedRequest, exchange: Exchange, request: Request, trail: Trail
+    ) -> Response:
         state = request.scope.get("state") or {}
         principal = _principal(request)
         access, model, backends = self.access, parsed.features.model, self.store.configs()
@@ -122,6 +150,7 @@ class Gateway:
             FORWARD_HEADERS,
             request.receive,
             exchange,
+            trail=trail,
             request_id=state.get("request_id", ""),
             credentials=access.credentials.headers,
         )
@@ -132,12 +161,31 @@ class Gateway:
             state["ratelimit"] = admission.headers
             ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
         try:
-            ctx.decision = self.router.route(ctx.features)
+            with trail.phase("decide"):
+                decision = self.router.decide(ctx.features)
+                trail.decided(decision)
+            ctx.decision = self.router.routed(decision, ctx.features)
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
         finally:
-            if not ctx.streaming:
+            if not ctx.streaming:  # a stream's relay calls done() when the stream ends
                 ctx.done()
+
+    def _begin(self, kind: str, request: Request) -> Trail:
+        """The request's trail, under the access middleware's request id and the key's name
+        (never the key itself; none when no keys are configured)."""
+        if not self.observer.active:
+            return NO_TRAIL
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        return self.observer.begin(
+            "POST",
+            request.scope["path"],
+            kind,
+            request.headers,
+            request_id=state.get("request_id", ""),
+            key=None if principal is OPEN else principal.name,
+        )
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
@@ -146,6 +194,22 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
+
+
+@contextlib.contextmanager
+def _settles(trail: Trail) -> Iterator[None]:
+    """A request that ends in an exception settles its trail here (once: finish is idempotent)."""
+    try:
+        yield
+    except RequestError as exc:
+        trail.finish(exc.status, error=exc.code)
+        raise
+    except ClientDisconnect:  # gone while the body was still being read
+        trail.finish(CLIENT_CLOSED, error="client_disconnected")
+        raise
+    except BaseException as exc:
+        trail.finish(500, error=type(exc).__name__)
+        raise
 
 
 def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
