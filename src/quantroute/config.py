@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
+from quantroute.extras import REDIS_HINT, installed
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
 TASK_TYPES: tuple[TaskType, ...] = ("coding", "reasoning", "extraction", "chat")
@@ -268,6 +269,12 @@ class ConversationsConfig(FrozenModel):
     """Share them between gateway replicas in this Redis (``pip install quantroute[redis]``)."""
     redis_prefix: str = "quantroute:response:"
     redis_timeout_s: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _redis_client_installed(self) -> ConversationsConfig:
+        if self.redis_url is not None and not installed("redis"):
+            raise ValueError(f"redis_url needs the Redis client, not installed: {REDIS_HINT}")
+        return self
 
 
 class TracingConfig(FrozenModel):
