@@ -110,6 +110,9 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
     p = sub.add_parser("hash-key", help="read a key on stdin, print its SHA-256 for keys.yaml")
     p.set_defaults(func=_hash_key)
 
+    from quantroute.tune.command import register as register_tune
+
+    register_tune(sub)
     _add_optional(sub, command)
     return parser
 
