@@ -28,7 +28,9 @@ def fleet() -> Iterator[FleetHandle]:
         SimBackendSpec(id="small", profile="llama3-8b-awq", max_model_len=2048, max_num_seqs=8),
         SimBackendSpec(id="big", profile="qwen25-7b-gptq", max_model_len=8192, max_num_seqs=16),
     ]
-    with run_fleet_in_thread(SimFleetConfig(time_scale=5.0, seed=1, backends=specs), answer_key={}) as handle:
+    with run_fleet_in_thread(
+        SimFleetConfig(time_scale=5.0, seed=1, backends=specs), answer_key={}
+    ) as handle:
         yield handle
 
 
@@ -87,7 +89,11 @@ def test_every_request_is_logged_with_features_and_outcome_but_no_text(
     assert refused["outcome"] == "too_long" and refused["status"] == 400
     assert refused["rejected"] == {"small": ["context"], "big": ["context"]}
     rows = load_trace(log)
-    assert [r.output_tokens for r in rows] == [usage.completion_tokens, plain["completion_tokens"], None]
+    assert [r.output_tokens for r in rows] == [
+        usage.completion_tokens,
+        plain["completion_tokens"],
+        None,
+    ]
 
 
 def _fresh(url: str) -> bool:

@@ -21,7 +21,11 @@ def test_the_file_rotates_at_max_bytes_and_keeps_backups(tmp_path: Path) -> None
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["d.jsonl", "d.jsonl.1", "d.jsonl.2"]
     assert all((tmp_path / f).stat().st_size <= 4096 for f in files)
-    kept = [ln for f in ("d.jsonl.2", "d.jsonl.1", "d.jsonl") for ln in (tmp_path / f).read_text().splitlines()]
+    kept = [
+        ln
+        for f in ("d.jsonl.2", "d.jsonl.1", "d.jsonl")
+        for ln in (tmp_path / f).read_text().splitlines()
+    ]
     assert kept == lines[-len(kept) :]  # the newest, in order; the oldest rotated away
     assert writer.written == 400 and writer.dropped == 0
 
@@ -31,13 +35,13 @@ class _Stalled(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.release = threading.Event()
+        self.unblock = threading.Event()
         self.entered = threading.Event()
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.entered.set()
-        assert self.release.wait(10)
+        assert self.unblock.wait(10)
         self.lines.append(record.getMessage())
 
 
@@ -50,7 +54,7 @@ def test_a_stalled_disk_drops_records_beyond_the_queue_bound(tmp_path: Path) -> 
     accepted = [writer.submit(f"r{i}") for i in range(12)]
     assert accepted == [True] * 5 + [False] * 7
     assert writer.dropped == 7
-    stalled.release.set()
+    stalled.unblock.set()
     writer.close()
     assert stalled.lines == ["first", "r0", "r1", "r2", "r3", "r4"]
 

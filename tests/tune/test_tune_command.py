@@ -21,7 +21,9 @@ DEMO = Path(__file__).resolve().parents[2] / "src" / "quantroute" / "demo" / "ga
 
 
 def _trace(path: Path, seed: int) -> Path:
-    save_trace(path, generate(TraceParams(requests=300, seed=seed, rate_per_s=8.0, batch_share=0.2)))
+    save_trace(
+        path, generate(TraceParams(requests=300, seed=seed, rate_per_s=8.0, batch_share=0.2))
+    )
     return path
 
 
