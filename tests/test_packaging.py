@@ -23,6 +23,7 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_OF = {
     "profiler/": "profiler",
     "demo/": "demo",
+    "tune/plot.py": "profiler",  # quantroute tune --plot
     "apis/conversations_redis.py": "redis",  # conversations.redis_url
 }
 EXTRA_MODULES = ("openai", "httpx2", "matplotlib")
