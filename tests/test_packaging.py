@@ -23,6 +23,7 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_OF = {
     "profiler/": "profiler",
     "demo/": "demo",
+    "tune/plot.py": "profiler",  # quantroute tune --plot
     "apis/conversations_redis.py": "redis",  # conversations.redis_url
     "access/counters.py": "redis",  # RedisCounters, built only with access.quotas.redis_url
     "access/quotas.py": "redis",  # RedisError, imported only with access.quotas.redis_url

@@ -253,6 +253,21 @@ class ContinuationConfig(FrozenModel):
     memory to rebuild the prefix)."""
 
 
+class DecisionLogConfig(FrozenModel):
+    """The decision log: one JSON line per settled request, features and outcome only (never the
+    prompt), for ``quantroute tune`` to replay (:mod:`quantroute.decisionlog`)."""
+
+    path: Path
+    """The JSONL file; rotated copies are ``<path>.1`` .. ``<path>.<backups>``."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    """Size at which the file is rotated."""
+    backups: int = Field(default=5, ge=0, le=100)
+    """Rotated files kept (0: the file is truncated when it reaches ``max_bytes``)."""
+    queue_size: int = Field(default=10_000, ge=1)
+    """Records waiting for the writer thread; beyond it records are dropped and counted
+    (a stalled disk never blocks a request)."""
+
+
 class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
     dns: DnsDiscoveryConfig | None = None
@@ -318,6 +333,8 @@ class GatewayConfig(FrozenModel):
     discovery: DiscoveryConfig | None = None
     conversations: ConversationsConfig = ConversationsConfig()
     log_decisions: bool = False
+    decision_log: DecisionLogConfig | None = None
+    """Off unless set: what the router saw and did per request, for ``quantroute tune``."""
     access: AccessConfig = AccessConfig()
     tracing: TracingConfig = TracingConfig()
     access_log: AccessLogConfig | None = None
@@ -399,4 +416,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     config = parse_config(data, str(path))
     if config.matrix_path is not None and not config.matrix_path.is_absolute():
         config = config.model_copy(update={"matrix_path": path.parent / config.matrix_path})
+    log = config.decision_log
+    if log is not None and not log.path.is_absolute():
+        log = log.model_copy(update={"path": path.parent / log.path})
+        config = config.model_copy(update={"decision_log": log})
     return config

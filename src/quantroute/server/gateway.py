@@ -154,6 +154,7 @@ class Gateway:
             request_id=state.get("request_id", ""),
             credentials=access.credentials.headers,
         )
+        ctx.on_done(self.router.settled)  # the decision log (a no-op when it is off)
         admission = await access.admit(
             principal, access.admission_tokens(ctx.features, self.config.policy)
         )

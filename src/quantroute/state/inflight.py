@@ -36,9 +36,13 @@ class Lease:
     owner: InFlight
     prefilling: bool = True
     released: bool = False
+    first_byte_at: float | None = None
+    """When the response started (the account's clock); None before that."""
 
     def first_byte(self) -> None:
         """The response has started: its prompt is no longer prefill backlog."""
+        if self.prefilling:
+            self.first_byte_at = self.owner.now()
         self.prefilling = False
 
     def release(self) -> None:
@@ -73,6 +77,10 @@ class InFlight:
         self._leases[number] = lease
         self.dispatched[backend_id] += 1
         return lease
+
+    def now(self) -> float:
+        """The account's clock (the one ``dispatched_at`` and ``first_byte_at`` are read from)."""
+        return self._clock()
 
     def total(self) -> int:
         return len(self._leases)
