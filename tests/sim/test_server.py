@@ -8,6 +8,7 @@ import re
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
@@ -20,10 +21,12 @@ PROMPT = "What is 17 * 3? Answer with the number only."
 async def test_non_stream_chat_answers_from_the_oracle(
     openai_for: OpenAIFactory, fleet: SimFleet
 ) -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": PROMPT},
+    ]
     response = await openai_for(fleet.urls["awq"]).chat.completions.create(
-        model="llama3-8b-awq",
-        messages=messages,  # type: ignore[arg-type]
+        model="llama3-8b-awq", messages=messages
     )
     expected = fleet.backends["awq"].oracle.answer(PROMPT)
     assert expected is not None
@@ -163,7 +166,9 @@ async def test_overlong_prompt_gets_vllms_400(
     assert _shape(body["error"]["message"]) == _shape(captured["error"]["message"])
     assert body["error"]["param"] == captured["error"]["param"]
     with pytest.raises(openai.BadRequestError):
-        await openai_for(fleet.urls["small"]).chat.completions.create(**too_long)  # type: ignore[call-overload]
+        await openai_for(fleet.urls["small"]).chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "word " * 450}]
+        )
 
 
 async def test_overlong_prompt_by_characters(fleet: SimFleet, http: httpx.AsyncClient) -> None:
