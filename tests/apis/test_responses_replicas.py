@@ -40,8 +40,23 @@ def _replicas(fleet: FleetHandle, redis_url: str) -> list[GatewayThread]:
     return [GatewayThread(config).start() for _ in range(2)]
 
 
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
+
 def _client(gateway: GatewayThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="t", max_retries=0, timeout=30)
+    """One OpenAI client per gateway, closed after each test (see ``_close_clients``)."""
+    if gateway.url not in _CLIENTS:
+        _CLIENTS[gateway.url] = openai.OpenAI(
+            base_url=gateway.url + "/v1", api_key="t", max_retries=0, timeout=30
+        )
+    return _CLIENTS[gateway.url]
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
 
 
 def _ready(gateway: GatewayThread) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
+from anthropic.types import MessageParam
 
 from quantroute.testing.fake_backend import wait_until
 
@@ -13,7 +14,7 @@ from .api_stack import ANSWER_KEY, EMBED, GENERATIVE, ApiStack, api_stack
 
 __all__ = ["api_stack"]
 PATH = "/v1/messages"
-HELLO = [{"role": "user", "content": "Say hello."}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
 def test_non_stream_message_is_routed_answered_and_accounted(api_stack: ApiStack) -> None:
