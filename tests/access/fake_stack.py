@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.config import parse_config
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 
-MSG = [{"role": "user", "content": "hello there"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 def sha(key: str) -> str:

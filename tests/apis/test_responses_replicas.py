@@ -100,7 +100,8 @@ def test_redis_down_is_a_prompt_503_not_a_hang(
                 model="auto", input="Name a colour.", previous_response_id=first.id
             )
         assert caught.value.status_code == 503
-        assert caught.value.body["code"] == "conversation_store_unavailable"  # type: ignore[index]
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "conversation_store_unavailable"
         assert time.monotonic() - started < 10
         # a turn that starts a conversation is still answered; only storing it fails
         assert _client(gateway).responses.create(model="auto", input="Say hello.").output_text

@@ -21,6 +21,7 @@ from quantroute.core.model import (
     RequestFeatures,
     Snapshot,
 )
+from quantroute.core.prefix import PrefixView
 from quantroute.core.scheduler import Policy
 
 
@@ -71,6 +72,7 @@ def features(
     latency_class: LatencyClass = LatencyClass.INTERACTIVE,
     sequence: int = 0,
     api: ApiName = "chat",
+    prefix: PrefixView | None = None,
 ) -> RequestFeatures:
     return RequestFeatures(
         model=model,
@@ -80,6 +82,7 @@ def features(
         latency_class=latency_class,
         sequence=sequence,
         api=api,
+        prefix=prefix,
     )
 
 

@@ -213,12 +213,19 @@ def test_kv_cache_smaller_than_max_model_len_is_refused() -> None:
 # -- prefix caching -------------------------------------------------------------------
 
 
-def hashed(request_id: str, tokens: list[str], **kwargs: object) -> EngineRequest:
+def hashed(
+    request_id: str,
+    tokens: list[str],
+    *,
+    max_tokens: int | None = None,
+    natural_output_tokens: int | None = None,
+) -> EngineRequest:
     return EngineRequest(
         request_id,
         len(tokens),
+        max_tokens=max_tokens,
+        natural_output_tokens=natural_output_tokens,
         block_hashes=block_hashes(tokens, 16),
-        **kwargs,  # type: ignore[arg-type]
     )
 
 

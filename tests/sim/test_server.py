@@ -239,17 +239,18 @@ async def test_prompt_tokens_details_report_cached_tokens_only_when_enabled_and_
     openai_for: OpenAIFactory,
 ) -> None:
     spec = SimBackendSpec(id="d", profile="llama3-8b-awq", enable_prompt_tokens_details=True)
-    system = {"role": "system", "content": "Shared instructions for every ticket. " * 60}
+    instructions = "Shared instructions for every ticket. " * 60
+    system: ChatCompletionMessageParam = {"role": "system", "content": instructions}
     async with SimFleet(SimFleetConfig(time_scale=100, backends=[spec])) as fleet:
         api = openai_for(fleet.urls["d"])
         first = await api.chat.completions.create(
             model="llama3-8b-awq",
-            messages=[system, {"role": "user", "content": "Ticket one."}],  # type: ignore[list-item]
+            messages=[system, {"role": "user", "content": "Ticket one."}],
             max_tokens=2,
         )
         stream = await api.chat.completions.create(
             model="llama3-8b-awq",
-            messages=[system, {"role": "user", "content": "Ticket two."}],  # type: ignore[list-item]
+            messages=[system, {"role": "user", "content": "Ticket two."}],
             max_tokens=2,
             stream=True,
             stream_options={"include_usage": True},
@@ -260,5 +261,5 @@ async def test_prompt_tokens_details_report_cached_tokens_only_when_enabled_and_
     (usage,) = usages
     assert usage.prompt_tokens_details is not None
     # shared: BOS, system header, its 570 text tokens, end of turn, user header, "Tick"
-    shared = 1 + 4 + len(system["content"]) // 4 + 1 + 4 + 1
+    shared = 1 + 4 + len(instructions) // 4 + 1 + 4 + 1
     assert usage.prompt_tokens_details.cached_tokens == shared // 16 * 16
