@@ -157,10 +157,10 @@ def test_openai_client_errors_map_to_its_exception_types(stack: Stack) -> None:
         assert raised.value.code == "invalid_api_key"
     with pytest.raises(openai.PermissionDeniedError):
         stack.client(OTHER).chat.completions.create(model="auto", messages=HELLO, max_tokens=4)
-    answer = stack.client(USER).chat.completions.create(
+    with stack.client(USER).chat.completions.create(
         model="auto", messages=HELLO, max_tokens=4, stream=True
-    )
-    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in answer)
+    ) as answer:
+        assert any(chunk.choices and chunk.choices[0].delta.content for chunk in answer)
 
 
 def test_decision_header_only_for_admin_keys(stack: Stack) -> None:
