@@ -3,7 +3,8 @@
 * ``core/`` imports nothing that does I/O, runs an event loop, reads a clock or speaks HTTP, and
   of quantroute only ``base``, ``config``, ``errors`` and ``core`` itself (checked on the source,
   lazy imports included, and on what a fresh interpreter loads; ``config`` brings the model of
-  its ``access`` section, ``access.config``, with it: a pydantic model like the rest of it).
+  its ``access`` section, ``access.config``, and ``extras``, its check that an optional
+  dependency is installed, with it: neither does I/O).
 * The profiler never imports the gateway server (``quantroute.server``).
 """
 
@@ -27,8 +28,9 @@ NO_IO = {
     "logging", "yaml", "json",
 }  # fmt: skip
 CORE_MAY_USE = ("quantroute.base", "quantroute.config", "quantroute.errors", "quantroute.core")
-CONFIG_BRINGS = ("quantroute.access", "quantroute.access.config")
-"""What ``quantroute.config`` imports for its ``access`` section (the package and its model)."""
+CONFIG_BRINGS = ("quantroute.access", "quantroute.access.config", "quantroute.extras")
+"""What ``quantroute.config`` imports beyond base and errors: its ``access`` section's model
+(and that namespace package) and the check that an optional extra is installed."""
 
 
 def imports(path: Path) -> Iterator[str]:
