@@ -13,14 +13,18 @@ def test_the_account_follows_leases_scrapes_and_releases() -> None:
     second = inflight.begin("a", kv_tokens=300, prompt_tokens=200)
     other = inflight.begin("b", kv_tokens=50, prompt_tokens=10)
     assert inflight.loads() == {"a": BackendLoad(2, 2, 800, 600), "b": BackendLoad(1, 1, 50, 10)}
+    now[0] = 12.5
     first.first_byte()
-    first.first_byte()  # counted once
+    now[0] = 13.0
+    first.first_byte()  # counted once, timed once
     assert inflight.loads()["a"] == BackendLoad(2, 2, 800, 200)
+    assert first.first_byte_at == 12.5
     inflight.scraped("a", started_at=10.5)  # saw the first, not the second
     assert inflight.loads()["a"] == BackendLoad(2, 1, 300, 200)
     second.release()
     second.release()  # idempotent
     assert inflight.loads()["a"] == BackendLoad(1, 0, 0, 0)
+    assert second.first_byte_at is None  # ended before its first byte: leaves the backlog untimed
     first.release()
     other.release()
     assert inflight.loads() == {"a": BackendLoad(), "b": BackendLoad()}
