@@ -57,7 +57,7 @@ def _run_policies(
     reference = _config(next(s for s in specs if s.key == "quantroute"))
     for spec in specs:
         config = _config(spec)
-        run = replay(rows, config, matrix if spec.matrix else None, model_for=spec.model_for)  # type: ignore[arg-type]
+        run = replay(rows, config, matrix if spec.matrix else None, model_for=spec.model_for)
         out[spec.key] = {"label": spec.label, **summarise(run, reference, matrix).as_dict()}
         # quality share against the quantroute group's floor for every policy (static tier's
         # groups have none of their own): the run's variant per request, judged alike
@@ -148,7 +148,7 @@ def _tune(tune_rows: list[TraceRow], holdout: list[TraceRow], matrix: Capability
     default = scored[0]
     base = evaluate(holdout, config, matrix, default.candidate)
     for objective in ("p99_ttft", "cost"):
-        chosen = choose(scored, objective)  # type: ignore[arg-type]
+        chosen = choose(scored, objective)
         mine = evaluate(holdout, config, matrix, chosen.candidate)
         unit = " s" if objective == "p99_ttft" else " $"
         out[f"chosen_{'p99' if objective == 'p99_ttft' else 'cost'}"] = chosen.candidate.name

@@ -227,8 +227,8 @@ class _InFlightCollector(Collector):
         total = GaugeMetricFamily(
             "quantroute_in_flight_requests", "Requests the gateway is serving now."
         )
-        leases = self.source.leases() if self.source is not None else ()
-        total.add_metric([], len(leases))
+        loads = self.source.loads() if self.source is not None else {}
+        total.add_metric([], sum(load.requests for load in loads.values()))
         yield total
         per = GaugeMetricFamily(
             "quantroute_backend_in_flight_requests",
@@ -236,8 +236,7 @@ class _InFlightCollector(Collector):
             labels=["backend"],
         )
         counts = dict.fromkeys(self.backends(), 0)
-        for lease in leases:
-            counts[lease.backend_id] = counts.get(lease.backend_id, 0) + 1
+        counts.update((backend, load.requests) for backend, load in loads.items())
         for backend, count in counts.items():
             per.add_metric([backend], count)
         yield per

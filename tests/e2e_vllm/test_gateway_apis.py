@@ -125,7 +125,9 @@ def embed_stack(
     process: ManagedProcess | None = None
     try:
         config = gateway_config([*vllm_tier.servers.values(), server], "auto")
-        for backend in config["backends"]:  # type: ignore[union-attr]
+        backends = config["backends"]
+        assert isinstance(backends, list)
+        for backend in backends:
             if backend["id"] == EMBED.name:
                 backend["apis"] = ["embeddings", "score", "rerank"]
         process, url = start_gateway(config, work)

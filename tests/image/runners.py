@@ -62,9 +62,11 @@ class Runner(Protocol):
     ) -> Instance: ...
 
 
-def run_once(runner: Runner, image: Image, argv: Sequence[str], **kw: object) -> Result:
+def run_once(
+    runner: Runner, image: Image, argv: Sequence[str], mounts: Mapping[Path, str] | None = None
+) -> Result:
     """``argv`` as the entrypoint of a fresh instance, to its end (60 s at most)."""
-    instance = runner.start(image, entrypoint=argv, **kw)  # type: ignore[arg-type]
+    instance = runner.start(image, entrypoint=argv, mounts=mounts)
     try:
         code = instance.wait(60.0)
         return Result(code, instance.logs())
@@ -72,7 +74,9 @@ def run_once(runner: Runner, image: Image, argv: Sequence[str], **kw: object) ->
         instance.close()
 
 
-def _run(argv: Sequence[str], timeout_s: float = 60.0, **kw: object) -> Result:
+def _run(
+    argv: Sequence[str], timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> Result:
     done = subprocess.run(
         list(argv),
         stdout=subprocess.PIPE,
@@ -80,7 +84,7 @@ def _run(argv: Sequence[str], timeout_s: float = 60.0, **kw: object) -> Result:
         text=True,
         timeout=timeout_s,
         check=False,
-        **kw,  # type: ignore[call-overload]
+        env=env,
     )
     return Result(done.returncode, done.stdout)
 

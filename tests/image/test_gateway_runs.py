@@ -14,7 +14,8 @@ import openai
 import pytest
 import yaml
 
-from quantroute.testing.fake_backend import FakeState, ThreadedServer, free_port, wait_until
+from quantroute.testing.fake_backend import FakeState, ThreadedServer, wait_until
+from quantroute.testing.procs import free_port
 
 from .conftest import Tier
 from .images import ROOT

@@ -65,10 +65,11 @@ def _serve(
         "from quantroute.cli import main\n"
         f"sys.exit(main(['serve', '--config', {str(config)!r}, '--port', '{port}']))\n"
     )
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys\n" + code], env=env, stdout=log, stderr=log
-    )
+    # the child writes to its own copy of the descriptor; the test's is closed at once
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys\n" + code], env=env, stdout=log, stderr=log
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:

@@ -49,7 +49,8 @@ def test_tune_writes_a_policy_that_beats_the_default_on_a_holdout(
     tuned = apply(config, fragment)  # the fragment is a valid config over the user's
     assert tuned.policy != config.policy
     # Judged on a trace it never saw: cheaper, without giving up quality or serving fewer.
-    matrix = load_matrix(config.matrix_path)  # type: ignore[arg-type]
+    assert config.matrix_path is not None
+    matrix = load_matrix(config.matrix_path)
     rows = load_trace(holdout)
     base = evaluate(rows, config, matrix, Candidate("default", {}))
     mine = evaluate(rows, config, matrix, Candidate("tuned", fragment))
