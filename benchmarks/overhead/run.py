@@ -230,6 +230,11 @@ async def run_profiles(
 ) -> list[dict[str, Any]]:
     if s.profile_s <= 0:
         return []
+    try:  # checked before the load starts: a missing py-spy must not lose the measured cells
+        spy.py_spy()
+    except RuntimeError as exc:
+        print(f"# profile skipped: {exc}", file=sys.stderr, flush=True)
+        return []
     modes = (False, True) if s.profile_stream else (False,)
     return [
         await run_profile(s, gw, stream, sizes[gw.target.name, stream], workdir)
