@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+import baselines
 import procs
 from loadgen import BENCH_KEY, Target
 
@@ -37,6 +38,8 @@ class GatewayProc:
     target: Target
     cmd: list[str]
     pythonpath: str | None
+    baseline: bool = False
+    """A ceiling baseline (``bare``, ``nginx``: :mod:`baselines`), not quantroute."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Fleet:
     direct: Target
     gateways: tuple[GatewayProc, ...]
     """The gateway under test first; optionally a candidate (a patched copy), then the tracing
-    gateways."""
+    gateways; then the baselines (the bare proxy, nginx if installed)."""
     config_path: Path
     backend_cmd: list[str]
     receiver_url: str | None = None
@@ -57,6 +60,10 @@ class Fleet:
     @property
     def targets(self) -> list[Target]:
         return [self.direct, *(g.target for g in self.gateways)]
+
+    @property
+    def quantroutes(self) -> tuple[GatewayProc, ...]:
+        return tuple(g for g in self.gateways if not g.baseline)
 
     def gateway_pid(self, target: str) -> int:
         """The gateway process serving ``target`` (the first gateway for ``direct``)."""
@@ -91,7 +98,7 @@ def gateway_config(port: int, backend_ports: list[int], matrix_file: str) -> dic
             "variant": VARIANT,
             "quantization": "awq",
             "max_seq_len": 8192,
-            "capacity": 256,
+            "capacity": 2048,  # the 1,000-open-streams phase stays admitted
             "gpu": "L40S",
             "gpu_cost_per_hour": 1.0,
         }
@@ -186,6 +193,7 @@ def start(
     backends: int = 2,
     access: bool = False,
     tracing: tuple[float, ...] = (),
+    nginx: bool = True,
 ) -> Fleet:
     """Start backends, then the gateway, importing ``quantroute`` from ``source`` (a ``src``
     directory; default: as installed), a candidate gateway importing it from ``candidate``
@@ -209,6 +217,13 @@ def start(
         assert receiver is not None
         traced = write_tracing_config(config, ratio, receiver)
         gateways.append(_start_gateway(stack, workdir, traced, tracing_name(ratio), source))
+    for started in (
+        baselines.start_bare(stack, workdir, GATEWAY_CPU, ports, MODEL, environment(source)),
+        baselines.start_nginx(stack, workdir, GATEWAY_CPU, ports, MODEL) if nginx else None,
+    ):
+        if started is not None:
+            proc, target, cmd = started
+            gateways.append(GatewayProc(proc, target, cmd, None, baseline=True))
     return Fleet(
         backend=backend,
         direct=Target("direct", f"http://127.0.0.1:{ports[0]}", MODEL),

@@ -109,7 +109,7 @@ class Router:
 
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry
-        t.route_duration.labels(decision.chosen or "none").observe(elapsed_s)
+        t.child(t.route_duration, decision.chosen or "none").observe(elapsed_s)
         for backend_id, rejections in decision.rejected.items():
             for rejection in rejections:
                 t.rejections.labels(backend_id, rejection.filter).inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,6 +19,7 @@ from quantroute.core.model import Health
 from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+M = TypeVar("M", Counter, Histogram)
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -25,6 +27,7 @@ class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
         self.route_duration = Histogram(
             "llm_router_route_duration_seconds",
             "Time to take a routing decision (snapshot, filters, scorers, picker).",
@@ -158,6 +161,16 @@ class Telemetry:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
+        a key on every ``labels()`` call. For per-request counters and histograms only, whose
+        series are never removed (a removed series' child would no longer be exported)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
 
     def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
         """Serve the in-flight gauges from the one in-flight account, read at each scrape;

@@ -51,7 +51,7 @@ class Attempt:
         """The backend started answering: time to first byte, and no more prefill backlog."""
         if self.lease.prefilling:
             elapsed = time.perf_counter() - self.started
-            self.telemetry.ttfb.labels(self.backend_id).observe(elapsed)
+            self.telemetry.child(self.telemetry.ttfb, self.backend_id).observe(elapsed)
             self.lease.first_byte()
             self.trail.first_byte()
 
@@ -68,10 +68,11 @@ class Attempt:
         ``then`` what the request does next (``"continuation"``)."""
         self.status, self.usage = status, usage
         t = self.telemetry
-        t.requests.labels(self.backend_id, self.group, str(status)).inc()
+        b, g = self.backend_id, self.group
+        t.child(t.requests, b, g, str(status)).inc()
         if usage is not None:
-            t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
-            t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
+            t.child(t.prompt_tokens, b, g).inc(usage.prompt_tokens)
+            t.child(t.completion_tokens, b, g).inc(usage.completion_tokens)
         if status == CLIENT_CLOSED:
             self.error = error or "client_disconnected"
             self.trail.end(None, error=self.error, then=then)

@@ -46,6 +46,9 @@ class RequestContext:
     """The id the client gets in ``x-request-id`` and error bodies; log lines carry it."""
     credentials: Callable[[str], Mapping[str, str]] = lambda _backend_id: {}
     """The gateway's own headers for a backend (its ``Authorization``), by backend id."""
+    show_decision: bool = True
+    """Whether the caller may see ``x-quantroute-decision`` (``access.decision_header``): the
+    header is built only then (the access middleware still strips it for anyone else)."""
     streaming: bool = False
     """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
     _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)

@@ -37,10 +37,10 @@ def sse_error_event(message: str) -> bytes:
 
 
 def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
-    return {
-        "x-quantroute-backend": attempt.backend_id,
-        "x-quantroute-decision": ctx.routed.explain()[:1024],
-    }
+    headers = {"x-quantroute-backend": attempt.backend_id}
+    if ctx.show_decision:  # built only for a caller who sees it
+        headers["x-quantroute-decision"] = ctx.routed.explain()[:1024]
+    return headers
 
 
 def relay_body(

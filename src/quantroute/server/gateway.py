@@ -153,6 +153,7 @@ class Gateway:
             trail=trail,
             request_id=state.get("request_id", ""),
             credentials=access.credentials.headers,
+            show_decision=access.sees_decision(principal),
         )
         ctx.on_done(self.router.settled)  # the decision log (a no-op when it is off)
         admission = await access.admit(
