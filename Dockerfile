@@ -33,7 +33,8 @@ COPY deploy/docker/venv.sh ./
 # The dependencies first, in their own stages: a change to the source alone rebuilds only the
 # stages below and the image's last layer (quantroute's own files).
 # EXTRAS adds extras to both images, e.g. --build-arg EXTRAS=redis for Responses API
-# conversations shared by several replicas (conversations.redis_url).
+# conversations shared by several replicas (conversations.redis_url), EXTRAS=tracing for the
+# OpenTelemetry exporter (deploy/components/tracing needs it).
 COPY pyproject.toml ./
 ARG EXTRAS=""
 RUN sh venv.sh deps "$EXTRAS"

@@ -43,14 +43,14 @@ def test_demo_serves_and_stops_cleanly() -> None:
     )
     try:
         assert wait_until(lambda: _ready(url), 30, 0.2), "demo did not become ready"
-        client = openai.OpenAI(base_url=url + "/v1", api_key="demo", max_retries=0)
-        reply = client.chat.completions.create(
-            model="auto", messages=[{"role": "user", "content": "Hello"}], max_tokens=16
-        )
-        assert reply.choices[0].message.content and reply.usage is not None
-        assert client.responses.create(model="auto", input="Hello").output_text
-        embedded = client.embeddings.create(model="auto", input="Hello")
-        assert len(embedded.data[0].embedding) == 4096
+        with openai.OpenAI(base_url=url + "/v1", api_key="demo", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "Hello"}], max_tokens=16
+            )
+            assert reply.choices[0].message.content and reply.usage is not None
+            assert client.responses.create(model="auto", input="Hello").output_text
+            embedded = client.embeddings.create(model="auto", input="Hello")
+            assert len(embedded.data[0].embedding) == 4096
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:

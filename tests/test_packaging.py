@@ -23,7 +23,13 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_OF = {
     "profiler/": "profiler",
     "demo/": "demo",
+    "tune/plot.py": "profiler",  # quantroute tune --plot
     "apis/conversations_redis.py": "redis",  # conversations.redis_url
+    "access/counters.py": "redis",  # RedisCounters, built only with access.quotas.redis_url
+    "access/quotas.py": "redis",  # RedisError, imported only with access.quotas.redis_url
+    "observe/otel.py": "tracing",  # imported once tracing is configured on
+    "observe/trail.py": "tracing",  # the SDK's Span type, for type checking only
+    "testing/otlp_receiver.py": "dev",  # the tests' OTLP receiver: opentelemetry-proto
 }
 EXTRA_MODULES = ("openai", "httpx2", "matplotlib")
 

@@ -7,6 +7,7 @@ Run by ``run.py`` pinned to core 0::
 Prints ``READY`` once every port listens; exits on SIGTERM/SIGINT. Each port is its own
 :class:`~quantroute.testing.fake_backend.FakeBackend` (own state, own ``/metrics``). The fake records
 every body it receives; that list is cleared every second so memory stays flat under load.
+SIGUSR1 toggles slow streams (``SLOW_CHUNK_S`` before each event) for the open-streams phase.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from quantroute.testing.fake_backend import FakeBackend, FakeState
 
 CLEAR_EVERY_S = 1.0
+SLOW_CHUNK_S = 0.25
 
 
 def make_state(model: str) -> FakeState:
@@ -37,6 +39,13 @@ async def _serve(model: str, ports: list[int]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def toggle_slow() -> None:
+        for backend in backends:
+            slow = backend.state.chunk_delay_s
+            backend.state.chunk_delay_s = 0.0 if slow else SLOW_CHUNK_S
+
+    loop.add_signal_handler(signal.SIGUSR1, toggle_slow)
     try:
         for backend, port in zip(backends, ports, strict=True):
             runner = web.AppRunner(backend.app, access_log=None, shutdown_timeout=1.0)

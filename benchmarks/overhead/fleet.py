@@ -3,6 +3,9 @@
 The gateway gets two identical backends in the group ``auto`` and a capability matrix for their
 variant, so every request runs the full routing decision: group lookup, the health, context,
 KV-ceiling, KV-pressure and quality filters, the headroom, latency and cost scorers, the picker.
+
+With ``tracing`` ratios, more gateways of the same code run with OpenTelemetry tracing on at those
+sampling ratios, exporting over OTLP/HTTP to a counting receiver on core 0 (``trace-1%``...).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+import baselines
 import procs
 from loadgen import BENCH_KEY, Target
 
@@ -34,6 +38,8 @@ class GatewayProc:
     target: Target
     cmd: list[str]
     pythonpath: str | None
+    baseline: bool = False
+    """A ceiling baseline (``bare``, ``nginx``: :mod:`baselines`), not quantroute."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,11 @@ class Fleet:
     backend: procs.Proc
     direct: Target
     gateways: tuple[GatewayProc, ...]
-    """The gateway under test first; optionally a candidate (a patched copy) second."""
+    """The gateway under test first; optionally a candidate (a patched copy), then the tracing
+    gateways; then the baselines (the bare proxy, nginx if installed)."""
     config_path: Path
     backend_cmd: list[str]
+    receiver_url: str | None = None
 
     @property
     def routed(self) -> Target:
@@ -52,6 +60,10 @@ class Fleet:
     @property
     def targets(self) -> list[Target]:
         return [self.direct, *(g.target for g in self.gateways)]
+
+    @property
+    def quantroutes(self) -> tuple[GatewayProc, ...]:
+        return tuple(g for g in self.gateways if not g.baseline)
 
     def gateway_pid(self, target: str) -> int:
         """The gateway process serving ``target`` (the first gateway for ``direct``)."""
@@ -86,7 +98,7 @@ def gateway_config(port: int, backend_ports: list[int], matrix_file: str) -> dic
             "variant": VARIANT,
             "quantization": "awq",
             "max_seq_len": 8192,
-            "capacity": 256,
+            "capacity": 2048,  # the 1,000-open-streams phase stays admitted
             "gpu": "L40S",
             "gpu_cost_per_hour": 1.0,
         }
@@ -125,6 +137,31 @@ def write_files(
     return config
 
 
+def tracing_name(ratio: float) -> str:
+    return f"trace-{ratio * 100:g}%"
+
+
+def write_tracing_config(config: Path, ratio: float, receiver_url: str) -> Path:
+    """The gateway config with tracing on at ``ratio``, exporting to the receiver."""
+    data = yaml.safe_load(config.read_text())
+    name = tracing_name(ratio)
+    data["tracing"] = {"endpoint": receiver_url, "sample_ratio": ratio, "service_name": name}
+    data["matrix_path"] = str(config.parent / data["matrix_path"])
+    out = config.parent / f"gateway-{name.rstrip('%')}pct.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def _start_receiver(stack: contextlib.ExitStack, workdir: Path, source: str | None) -> str:
+    port = procs.free_port()
+    cmd = [sys.executable, "-m", "quantroute.testing.otlp_receiver", "--count-only"]
+    proc = procs.start("otlp-receiver", [*cmd, "--port", str(port)], BACKEND_CPU, workdir,
+                       environment(source))  # fmt: skip
+    stack.callback(procs.stop, proc)
+    procs.wait_log(proc, "READY", START_TIMEOUT_S)
+    return f"http://127.0.0.1:{port}/v1/traces"
+
+
 def environment(pythonpath: str | None) -> dict[str, str]:
     """This process's environment, with ``pythonpath`` (a ``src`` directory) first if given."""
     env = dict(os.environ)
@@ -155,10 +192,13 @@ def start(
     candidate: str | None = None,
     backends: int = 2,
     access: bool = False,
+    tracing: tuple[float, ...] = (),
+    nginx: bool = True,
 ) -> Fleet:
     """Start backends, then the gateway, importing ``quantroute`` from ``source`` (a ``src``
-    directory; default: as installed), and a candidate gateway importing it from ``candidate``
-    if given. Every process is stopped when ``stack`` closes."""
+    directory; default: as installed), a candidate gateway importing it from ``candidate``
+    if given, and one gateway per ``tracing`` ratio (with the OTLP receiver they export to).
+    Every process is stopped when ``stack`` closes."""
     ports = [procs.free_port() for _ in range(backends)]
     backend_cmd = [sys.executable, str(procs.HERE / "backend_proc.py"), "--model", MODEL]
     backend_cmd += ["--ports", *map(str, ports)]
@@ -172,10 +212,23 @@ def start(
     if access:  # the same gateway with API keys and quotas on, measured in the same run
         keyed = write_files(workdir, procs.free_port(), ports, access=True)
         gateways.append(_start_gateway(stack, workdir, keyed, "access", source))
+    receiver = _start_receiver(stack, workdir, source) if tracing else None
+    for ratio in tracing:
+        assert receiver is not None
+        traced = write_tracing_config(config, ratio, receiver)
+        gateways.append(_start_gateway(stack, workdir, traced, tracing_name(ratio), source))
+    for started in (
+        baselines.start_bare(stack, workdir, GATEWAY_CPU, ports, MODEL, environment(source)),
+        baselines.start_nginx(stack, workdir, GATEWAY_CPU, ports, MODEL) if nginx else None,
+    ):
+        if started is not None:
+            proc, target, cmd = started
+            gateways.append(GatewayProc(proc, target, cmd, None, baseline=True))
     return Fleet(
         backend=backend,
         direct=Target("direct", f"http://127.0.0.1:{ports[0]}", MODEL),
         gateways=tuple(gateways),
         config_path=config,
         backend_cmd=backend_cmd,
+        receiver_url=receiver,
     )

@@ -11,6 +11,7 @@ from just before the request is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -200,3 +201,35 @@ async def run_level(
         if side is not None:
             await asyncio.wait_for(side, 10.0)
     return summarise(samples, level.measure_s)
+
+
+async def hold_streams(
+    target: Target, n: int, on_open: Callable[[], Awaitable[None]], timeout_s: float = 30.0
+) -> int:
+    """Open ``n`` streams at once (the backends slowed down), wait until each has its first
+    event, run ``on_open`` (the RSS sample) while all are open, then close them all (the
+    clients go away mid-stream). Returns how many were open at the sample."""
+    body = payload(target.model, True)
+    opened, release = 0, asyncio.Event()
+    all_open = asyncio.Event()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal opened
+        async with session.post(target.chat_url, data=body, headers=JSON_HEADERS) as response:
+            if response.status == 200 and await response.content.readany():
+                opened += 1
+                if opened == n:
+                    all_open.set()
+            await release.wait()
+            response.close()
+
+    async with new_session(n) as session:
+        tasks = [asyncio.ensure_future(one(session)) for _ in range(n)]
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_open.wait(), timeout_s)
+            await on_open()
+            return opened
+        finally:
+            release.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout_s)

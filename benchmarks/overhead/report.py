@@ -61,8 +61,17 @@ def _pairs(
 
 
 def _names(cells: list[Cell]) -> list[str]:
-    """Gateway targets in the run: ``gateway`` and, if present, ``candidate`` and ``access``."""
-    return [n for n in ("gateway", "candidate", "access") if any(x["target"] == n for x in cells)]
+    """Gateway targets in the run: ``gateway``, then ``candidate``, ``access`` and ``trace-...``
+    if present."""
+    seen = dict.fromkeys(x["target"] for x in cells if x["target"] != "direct")
+    order = ("gateway", "candidate", "access", "bare", "nginx")
+    return sorted(
+        seen, key=lambda n: (order.index(n) if n in order else len(order), _trace_ratio(n))
+    )
+
+
+def _trace_ratio(name: str) -> float:
+    return float(name[6:-1]) if name.startswith("trace-") else -1.0
 
 
 def _ratio(pairs: list[tuple[Cell, Cell]], key: str) -> float:
@@ -127,12 +136,106 @@ def main_table(cells: list[Cell]) -> list[str]:
             *(_target_row(_select(cells, mode, c, n), n) for n in ["direct", *names]),
             *(_ratio_row(_pairs(cells, mode, c, n), f"{n}/direct") for n in names),
         ]
-        for other in ("candidate", "access"):
-            if other in names:
-                pairs = _pairs(cells, mode, c, other, "gateway")
-                out.append(_ratio_row(pairs, f"{other}/gateway"))
+        for other in names[1:]:
+            if other in BASELINES:
+                continue
+            pairs = _pairs(cells, mode, c, other, "gateway")
+            out.append(_ratio_row(pairs, f"{other}/gateway"))
+        if "bare" in names:
+            for other in (n for n in names if n not in BASELINES):
+                out.append(_ratio_row(_pairs(cells, mode, c, other, "bare"), f"{other}/bare"))
         out.append("")
     return out
+
+
+def tracing_table(result: dict[str, Any]) -> list[str]:
+    """Tracing on (1%, 100%...) against the same gateway with tracing off, same run."""
+    cells: list[Cell] = result["cells"]
+    traced = [n for n in _names(cells) if n.startswith("trace-")]
+    if not traced:
+        return []
+    head = " | ".join(traced)
+    out = [
+        "## Tracing cost (same run, ratio to the gateway with tracing off)",
+        "",
+        f"| load | {head} |",
+        "|---|" + "---:|" * len(traced),
+    ]
+    for mode, c in _levels(cells):
+        row = []
+        for name in traced:
+            pairs = _pairs(cells, mode, c, name, "gateway")
+            row.append(
+                f"req/s ×{fmt(_ratio(pairs, 'rps'))}, CPU/req "
+                f"×{fmt(_ratio(pairs, 'gateway_cpu_us_per_req'))}, p50 "
+                f"{'+' if _added(pairs, 'lat_p50_ms') >= 0 else ''}"
+                f"{fmt(_added(pairs, 'lat_p50_ms'), 3)} ms"
+            )
+        out.append(f"| {mode}, c={c} | " + " | ".join(row) + " |")
+    spans = result.get("spans") or {}
+    if spans:
+        got = ", ".join(f"{k}: {v:,}" for k, v in sorted(spans.get("spans", {}).items()))
+        out += [
+            "",
+            f"Spans received by the OTLP receiver: {got} "
+            f"({spans.get('requests', 0):,} export requests, {spans.get('bytes', 0):,} bytes).",
+        ]
+    return [*out, ""]
+
+
+BASELINES = ("bare", "nginx")
+GOALS_17 = {"nonstream_vs_bare": 0.85, "added_p50_vs_bare_ms": 0.15, "rss_idle_mb": 100.0,
+            "rss_open_mb": 150.0}  # fmt: skip
+
+
+def ceiling_table(result: dict[str, Any]) -> list[str]:
+    """Issue #17's four figures per proxy, and each quantroute against the bare proxy."""
+    cells: list[Cell] = result["cells"]
+    names = [n for n in (*BASELINES[::-1], *_names(cells)) if n in set(_names(cells))]
+    names = list(dict.fromkeys(names))
+    held = result.get("open_streams") or {}
+    n_open = next((v["streams"] for v in held.values()), 0)
+    rows = [
+        "| proxy | non-stream req/s, c=32 | added p50 at c=1 (ms, vs direct) | streams/s, c=128 "
+        f"| RSS idle / with {n_open:,} open streams (MB) |",
+        "|---|--:|--:|--:|--:|",
+    ]
+
+    def rps(name: str, mode: str, c: int) -> str:
+        return fmt(med(x["rps"] for x in _select(cells, mode, c, name)), 0)
+
+    for name in names:
+        idle = (result["rss_kb"].get(name) or {}).get("idle_start") or 0
+        opened = (held.get(name) or {}).get("rss_kb") or 0
+        rows.append(
+            f"| {name} | {rps(name, 'non-stream', 32)} | "
+            f"+{fmt(_added(_pairs(cells, 'non-stream', 1, name), 'lat_p50_ms'))} | "
+            f"{rps(name, 'stream', 128)} | {idle * 1.024 / 1000:.0f} / {opened * 1.024 / 1000:.0f} |"
+        )
+    if "bare" not in names:
+        return rows
+    rows += ["", "| against the bare proxy (same run) | non-stream c=32 | added p50 c=1 | "
+             "streams c=128 | verdict (issue #17 goals) |", "|---|--:|--:|--:|---|"]  # fmt: skip
+    for name in (n for n in names if n != "bare"):
+        ns = _ratio(_pairs(cells, "non-stream", 32, name, "bare"), "rps")
+        st = _ratio(_pairs(cells, "stream", 128, name, "bare"), "rps")
+        p50 = _added(_pairs(cells, "non-stream", 1, name, "bare"), "lat_p50_ms")
+        idle = ((result["rss_kb"].get(name) or {}).get("idle_start") or 0) * 1.024 / 1000
+        opened = ((held.get(name) or {}).get("rss_kb") or 0) * 1.024 / 1000
+        verdict = ""
+        if name not in BASELINES:
+            g = GOALS_17
+            ok = [ns >= g["nonstream_vs_bare"], p50 <= g["added_p50_vs_bare_ms"],
+                  idle < g["rss_idle_mb"], not held or opened < g["rss_open_mb"]]  # fmt: skip
+            labels = ["req/s ≥ 0.85×", "p50 ≤ +0.15 ms", "RSS idle < 100", "RSS open < 150"]
+            verdict = ", ".join(
+                f"{lab} {'met' if o else '**not met**'}" for lab, o in zip(labels, ok, strict=True)
+            )
+        rows.append(
+            f"| {name}/bare | ×{fmt(ns)} | {'+' if p50 >= 0 else ''}{fmt(p50)} ms | ×{fmt(st)} "
+            f"| {verdict} |"
+        )
+    return rows
 
 
 def _verdict(ok: bool | None) -> str:
@@ -316,13 +419,20 @@ def _gateway_lines(commands: dict[str, Any]) -> list[str]:
 def render(result: dict[str, Any]) -> str:
     cells: list[Cell] = result["cells"]
     lines = header(result)
-    for name in _names(cells):
+    lines += [
+        "## Against the ceiling (issue #17): the bare FastAPI + aiohttp proxy, nginx",
+        "",
+        *ceiling_table(result),
+        "",
+    ]
+    for name in (n for n in _names(cells) if not n.startswith("trace-") and n not in BASELINES):
         lines += [
             f"## Against the targets (issue #2): {name}",
             "",
             *targets_table(result, name),
             "",
         ]
+    lines += tracing_table(result)
     lines += ["## Results (medians)", "", *main_table(cells)]
     lines += [
         "TTFB = first body bytes (streams: first SSE chunk). gw CPU = the gateway process's CPU "

@@ -3,6 +3,7 @@
     pip install -r benchmarks/overhead/requirements.txt
     python benchmarks/overhead/run.py            # 3 repetitions, ~5 minutes
     python benchmarks/overhead/run.py --quick    # 1 repetition, short windows, ~1 minute
+    python benchmarks/overhead/run.py --tracing 0.01 1   # + gateways tracing 1% and 100%
 
 Fake backends run in one process on core 0, ``quantroute serve`` on core 1, this process (the load
 generator) on core 0. Writes RESULTS.md and results.json beside this file (or ``--output-dir``)
@@ -15,9 +16,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +61,28 @@ class Settings:
     prompt_chars: int
     ref: str | None
     access: bool
+    tracing: tuple[float, ...]
+    open_streams: int
+    nginx: bool
+    smoke: bool
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds for CI: byte-for-byte checks, tiny windows, no profile; exit 1 on a "
+        "crash, an error or a broken relay (never on a timing)",
+    )
+    p.add_argument(
+        "--open-streams",
+        type=int,
+        default=None,
+        help="RSS of every proxy with N streams open at once (default 1000; 0 skips)",
+    )
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
     p.add_argument("--reps", type=int, default=None, help="repetitions per cell (default 3)")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -96,18 +117,29 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         action="store_true",
         help="also run the gateway with API keys and quotas on (target 'access')",
     )
+    p.add_argument(
+        "--tracing",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="RATIO",
+        help="also run gateways with OpenTelemetry tracing on at these sampling ratios "
+        "(e.g. 0.01 1), exporting OTLP/HTTP to a counting receiver on core 0",
+    )
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
     p.add_argument("--output-dir", type=Path, default=procs.HERE)
     a = p.parse_args(argv)
-    quick = bool(a.quick)
+    quick, smoke = bool(a.quick), bool(a.smoke)
+    if smoke:
+        quick, a.levels = True, [8]
     settings = Settings(
         reps=a.reps or (1 if quick else 3),
         levels=tuple(a.levels),
         modes=tuple(a.modes),
-        warmup_s=a.warmup if a.warmup is not None else (0.5 if quick else 1.0),
-        measure_s=a.measure or (2.0 if quick else 5.0),
+        warmup_s=a.warmup if a.warmup is not None else (0.2 if smoke else 0.5 if quick else 1.0),
+        measure_s=a.measure or (0.5 if smoke else 2.0 if quick else 5.0),
         max_requests=a.max_requests,
-        profile_s=a.profile if a.profile is not None else (4 if quick else 10),
+        profile_s=a.profile if a.profile is not None else (0 if smoke else 4 if quick else 10),
         profile_rate=a.profile_rate,
         profile_stream=a.profile_stream,
         wait_quiet_s=a.wait_quiet,
@@ -117,6 +149,10 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         prompt_chars=a.prompt_chars,
         ref=a.ref,
         access=a.access,
+        tracing=tuple(a.tracing),
+        open_streams=a.open_streams if a.open_streams is not None else (50 if smoke else 1000),
+        nginx=not a.no_nginx,
+        smoke=smoke,
     )
     return settings, a.output_dir
 
@@ -194,10 +230,15 @@ async def run_profiles(
 ) -> list[dict[str, Any]]:
     if s.profile_s <= 0:
         return []
+    try:  # checked before the load starts: a missing py-spy must not lose the measured cells
+        spy.py_spy()
+    except RuntimeError as exc:
+        print(f"# profile skipped: {exc}", file=sys.stderr, flush=True)
+        return []
     modes = (False, True) if s.profile_stream else (False,)
     return [
         await run_profile(s, gw, stream, sizes[gw.target.name, stream], workdir)
-        for gw in f.gateways
+        for gw in f.quantroutes
         for stream in modes
     ]
 
@@ -208,8 +249,10 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
     sizes = await checks.expected_sizes(f, s.prompt_chars)
     started = time.time()
     cells = await run_cells(s, f, sizes)
+    open_streams = await run_open_streams(s, f)
     profiles = await run_profiles(s, f, sizes, workdir)
     await asyncio.sleep(IDLE_AFTER_S)
+    spans = receiver_stats(f)
     rss = {
         g.target.name: {
             "idle_start": rss_idle[g.target.name],
@@ -222,10 +265,64 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
         "verify": verified,
         "cells": cells,
         "profiles": profiles,
+        "open_streams": open_streams,
+        "spans": spans,
         "rss_kb": rss,
         "measure_started": started,
         "measure_seconds": time.time() - started,
     }
+
+
+async def run_open_streams(s: Settings, f: fleet_mod.Fleet) -> dict[str, Any]:
+    """RSS of each proxy with ``s.open_streams`` streams open at once (backends slowed down
+    meanwhile: SIGUSR1), then every client gone mid-stream."""
+    if s.open_streams <= 0:
+        return {}
+    out: dict[str, Any] = {}
+    os.kill(f.backend.pid, signal.SIGUSR1)
+    try:
+        for gw in f.gateways:
+            sample: dict[str, int | None] = {}
+
+            async def rss(pid: int = gw.proc.pid, into: dict[str, int | None] = sample) -> None:
+                into["rss_kb"] = procs.status_kb(pid, "VmRSS")
+
+            opened = await loadgen.hold_streams(gw.target, s.open_streams, rss)
+            out[gw.target.name] = {"streams": s.open_streams, "open": opened, **sample}
+            print(f"# {gw.target.name}: {opened}/{s.open_streams} streams open, "
+                  f"RSS {sample.get('rss_kb')} kB", flush=True)  # fmt: skip
+            await asyncio.sleep(1.0)  # the aborted streams wind down
+    finally:
+        os.kill(f.backend.pid, signal.SIGUSR1)
+    return out
+
+
+def smoke_failures(result: dict[str, Any], f: fleet_mod.Fleet) -> list[str]:
+    """What makes the CI smoke fail: a crash, an error, a broken relay. Never a timing."""
+    bad = [f"relay differs: {k}" for k, v in result["verify"].items() if not v["equal"]]
+    for cell in result["cells"]:
+        where = f"{cell['target']} {cell['mode']} c={cell['concurrency']}"
+        if cell["errors"]:
+            bad.append(f"{where}: {cell['errors']} failed requests")
+        if not cell["requests"]:
+            bad.append(f"{where}: no request completed")
+    for name, held in result.get("open_streams", {}).items():
+        if held["open"] != held["streams"]:
+            bad.append(f"{name}: {held['open']} of {held['streams']} streams opened")
+    for proc in (f.backend, *(g.proc for g in f.gateways)):
+        if proc.popen.poll() is not None:
+            bad.append(f"{proc.name} exited ({proc.popen.returncode}):\n{procs.log_tail(proc)}")
+    return bad
+
+
+def receiver_stats(f: fleet_mod.Fleet) -> dict[str, Any] | None:
+    """Spans the OTLP receiver got per tracing gateway (its ``service.name``)."""
+    if f.receiver_url is None:
+        return None
+    url = f.receiver_url.removesuffix("/v1/traces") + "/stats"
+    with urllib.request.urlopen(url, timeout=5.0) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+    return stats
 
 
 def wait_quiet(s: Settings) -> str:
@@ -246,9 +343,24 @@ def main(argv: list[str] | None = None) -> int:
         src, commit = procs.export_ref(s.ref, workdir / "ref")
         source, code = str(src), f"git {s.ref} = {commit}, exported to {src}"
     with contextlib.ExitStack() as stack:
-        f = fleet_mod.start(stack, workdir, source=source, candidate=s.candidate, access=s.access)
+        f = fleet_mod.start(
+            stack,
+            workdir,
+            source=source,
+            candidate=s.candidate,
+            access=s.access,
+            tracing=s.tracing,
+            nginx=s.nginx,
+        )
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
+        failures = smoke_failures(result, f)
+    if s.smoke:
+        for failure in failures:
+            print(f"[overhead smoke] FAIL {failure}", file=sys.stderr)
+        print(f"[overhead smoke] {'FAILED' if failures else 'ok'}: "
+              f"{len(result['cells'])} cells, {len(result['verify'])} relay checks", flush=True)  # fmt: skip
+        return 1 if failures else 0
     result["settings"] = asdict(s)
     result["machine"] = machine.info(load_before, procs.loadavg(), source)
     result["machine"]["code_under_test"] = code

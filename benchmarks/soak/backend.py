@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -139,16 +140,16 @@ def main() -> int:
         timeout_graceful_shutdown=1,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
-    original = server.startup
-
-    async def startup(sockets: object = None) -> None:
-        await original(sockets)  # type: ignore[arg-type]
-        print("READY", flush=True)
-
-    server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    ReadyServer(config).run()
     return 0
+
+
+class ReadyServer(uvicorn.Server):
+    """Says READY on stdout once it listens (the harness waits for that line)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        print("READY", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -84,13 +85,18 @@ def stop(proc: Proc, sig: int = signal.SIGTERM, wait_s: float = 15) -> int | Non
     return proc.popen.returncode
 
 
-def get_json(url: str) -> object:
+Row = dict[str, Any]
+"""One backend's row of /admin/backends (JSON)."""
+
+
+def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
 
 def post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).read()
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as r:
+        r.read()
 
 
 def rss_mb(pid: int) -> float:
@@ -126,7 +132,7 @@ class Monitor:
     pid: int
     started: float = field(default_factory=time.monotonic)
     rss: list[tuple[float, float]] = field(default_factory=list)
-    admin: list[tuple[float, dict[str, dict[str, object]]]] = field(default_factory=list)
+    admin: list[tuple[float, dict[str, Row]]] = field(default_factory=list)
     attempts: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -136,7 +142,7 @@ class Monitor:
             now = time.monotonic() - self.started
             self.rss.append((now, rss_mb(self.pid)))
             try:
-                rows = get_json(self.gateway + "/admin/backends")["backends"]  # type: ignore[index]
+                rows = get_json(self.gateway + "/admin/backends")["backends"]
                 self.admin.append((now, {r["id"]: r for r in rows}))
                 if polls % 4 == 0:
                     self.attempts.append((now, first_attempts(self.gateway)))
@@ -181,9 +187,11 @@ class Monitor:
             self._stop.set()
             thread.join(5)
 
-    def first_time(self, backend: str, predicate: object, after: float = 0.0) -> float | None:
+    def first_time(
+        self, backend: str, predicate: Callable[[Row], bool], after: float = 0.0
+    ) -> float | None:
         for t, rows in self.admin:
-            if t >= after and backend in rows and predicate(rows[backend]):  # type: ignore[operator]
+            if t >= after and backend in rows and predicate(rows[backend]):
                 return t
         return None
 
@@ -192,13 +200,13 @@ class Monitor:
         return {"start_mb": values[0], "peak_mb": max(values), "end_mb": values[-1]}
 
 
-def routable(row: dict[str, object]) -> bool:
+def routable(row: Row) -> bool:
     health = row.get("passive_health") or {}
-    return row.get("state") == "fresh" and not health.get("ejected")  # type: ignore[union-attr]
+    return row.get("state") == "fresh" and not health.get("ejected")
 
 
-def ejected(row: dict[str, object]) -> bool:
-    return bool((row.get("passive_health") or {}).get("ejected"))  # type: ignore[union-attr]
+def ejected(row: Row) -> bool:
+    return bool((row.get("passive_health") or {}).get("ejected"))
 
 
 class Soak:

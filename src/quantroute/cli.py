@@ -118,6 +118,14 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser], comm
     """`profile` and `matrix` register their own arguments. Their heavy imports (the OpenAI client,
     matplotlib) belong to the optional `profiler` extra and load only when a command runs, so the
     gateway's commands and every `--help` work without it."""
+    if command == "tune":
+        from quantroute.tune.command import register as register_tune
+
+        register_tune(sub)
+    else:
+        sub.add_parser(
+            "tune", help="replay a decision log under candidate policies (quantroute tune -h)"
+        )
     if command in ("profile", "matrix"):
         from quantroute.profiler.command import register
 

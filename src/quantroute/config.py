@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
+from quantroute.extras import REDIS_HINT, installed
 from quantroute.resilience.settings import MetricsOutage, ResilienceSettings
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
@@ -269,6 +270,21 @@ class ContinuationConfig(FrozenModel):
     memory to rebuild the prefix)."""
 
 
+class DecisionLogConfig(FrozenModel):
+    """The decision log: one JSON line per settled request, features and outcome only (never the
+    prompt), for ``quantroute tune`` to replay (:mod:`quantroute.decisionlog`)."""
+
+    path: Path
+    """The JSONL file; rotated copies are ``<path>.1`` .. ``<path>.<backups>``."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    """Size at which the file is rotated."""
+    backups: int = Field(default=5, ge=0, le=100)
+    """Rotated files kept (0: the file is truncated when it reaches ``max_bytes``)."""
+    queue_size: int = Field(default=10_000, ge=1)
+    """Records waiting for the writer thread; beyond it records are dropped and counted
+    (a stalled disk never blocks a request)."""
+
+
 class DiscoveryConfig(FrozenModel):
     kubernetes: KubernetesDiscoveryConfig | None = None
     dns: DnsDiscoveryConfig | None = None
@@ -286,6 +302,43 @@ class ConversationsConfig(FrozenModel):
     redis_prefix: str = "quantroute:response:"
     redis_timeout_s: PositiveFloat = 1.0
 
+    @model_validator(mode="after")
+    def _redis_client_installed(self) -> ConversationsConfig:
+        if self.redis_url is not None and not installed("redis"):
+            raise ValueError(f"redis_url needs the Redis client, not installed: {REDIS_HINT}")
+        return self
+
+
+class TracingConfig(FrozenModel):
+    """OpenTelemetry tracing (needs ``pip install 'quantroute[tracing]'``). Unset fields fall back
+    to the standard ``OTEL_*`` environment variables, which the OpenTelemetry SDK reads."""
+
+    enabled: bool | None = None
+    """None (default): on exactly when an OTLP endpoint is given, here or in
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT. OTEL_SDK_DISABLED=true
+    turns it off whatever this says."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    """Full OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces."""
+    service_name: str | None = None
+    """Default: OTEL_SERVICE_NAME, else "quantroute"."""
+    sample_ratio: Fraction | None = None
+    """Parent-based trace-id ratio sampling; default: OTEL_TRACES_SAMPLER (+ _ARG), else every
+    trace (parentbased_always_on)."""
+
+
+class AccessLogConfig(FrozenModel):
+    """One JSON line per request: the request's features, the decision, each upstream attempt,
+    status, tokens and timings. ``path: "-"`` writes to stdout (for the cluster's collector)."""
+
+    path: str = Field(default="-", min_length=1)
+    max_bytes: int = Field(default=100 * 2**20, ge=0)
+    """Rotate the file at this size (0: never); ignored for stdout."""
+    backup_count: int = Field(default=5, ge=0)
+    """Rotated files kept (access.log.1 ... .N)."""
+    queue_size: int = Field(default=10_000, gt=0)
+    """Records waiting for the writer thread; beyond it records are dropped and counted
+    (quantroute_access_log_dropped_total), never blocking a request."""
+
 
 class GatewayConfig(FrozenModel):
     listen: ListenConfig = ListenConfig()
@@ -298,7 +351,12 @@ class GatewayConfig(FrozenModel):
     conversations: ConversationsConfig = ConversationsConfig()
     resilience: ResilienceSettings = ResilienceSettings()
     log_decisions: bool = False
+    decision_log: DecisionLogConfig | None = None
+    """Off unless set: what the router saw and did per request, for ``quantroute tune``."""
     access: AccessConfig = AccessConfig()
+    tracing: TracingConfig = TracingConfig()
+    access_log: AccessLogConfig | None = None
+    """None (default): no access log."""
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -376,4 +434,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     config = parse_config(data, str(path))
     if config.matrix_path is not None and not config.matrix_path.is_absolute():
         config = config.model_copy(update={"matrix_path": path.parent / config.matrix_path})
+    log = config.decision_log
+    if log is not None and not log.path.is_absolute():
+        log = log.model_copy(update={"path": path.parent / log.path})
+        config = config.model_copy(update={"decision_log": log})
     return config

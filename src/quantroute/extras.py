@@ -9,10 +9,18 @@ starts, so a missing extra is one line saying how to install it, never a traceba
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 
 from quantroute.errors import MissingExtra
 
-__all__ = ["MissingExtra", "require"]
+__all__ = ["REDIS_HINT", "MissingExtra", "installed", "require"]
+
+REDIS_HINT = "pip install 'quantroute[redis]' (the image: scripts/build-image --extras redis)"
+
+
+def installed(module: str) -> bool:
+    """Whether a top-level ``module`` is installed, without importing it (config validation)."""
+    return find_spec(module) is not None
 
 
 def require(extra: str, command: str, *modules: str) -> None:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from quantroute.config import GatewayConfig
 from quantroute.core.model import Decision, Outcome, RequestFeatures
 from quantroute.core.scheduler import Policy, decide
+from quantroute.decisionlog import DecisionLog
 from quantroute.errors import ContextLengthExceeded, ModelNotFound, NoBackendAvailable
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from quantroute.proxy.context import RequestContext
 
 log = logging.getLogger("quantroute.decisions")
 PROMPT_PARAM = {"completions": "prompt", "responses": "input", "embeddings": "input",
@@ -39,6 +44,10 @@ class Router:
         self.telemetry = telemetry
         self.policy = Policy(config.policy, config.groups)
         self._sequence = 0
+        log_config = config.decision_log
+        self.decision_log = (
+            None if log_config is None else DecisionLog(log_config, store.inflight.now)
+        )
 
     def next_sequence(self, *, dry_run: bool = False) -> int:
         """The request number (round robin, tie-break seeding); a dry run does not use one up."""
@@ -60,9 +69,17 @@ class Router:
 
     def route(self, features: RequestFeatures) -> Decision:
         """A decision that names a backend, or the error the client is answered with."""
-        decision = self.decide(features)
+        return self.routed(self.decide(features), features)
+
+    def routed(self, decision: Decision, features: RequestFeatures) -> Decision:
+        """``decision`` if it names a backend, else the error the client is answered with."""
         if decision.outcome is Outcome.ROUTED:
             return decision
+        if self.decision_log is not None and decision.outcome in (
+            Outcome.TOO_LONG,
+            Outcome.NO_BACKEND,
+        ):
+            self.decision_log.refused(features, decision)
         if decision.outcome is Outcome.UNKNOWN_MODEL:
             raise ModelNotFound(
                 f"The model '{features.model}' does not exist: not a group and no backend serves it.",
@@ -89,9 +106,14 @@ class Router:
             retry_after_s=self.config.policy.retry_after_s,
         )
 
+    def settled(self, ctx: RequestContext) -> None:
+        """A routed request is over: its decision-log record (when the log is on)."""
+        if self.decision_log is not None:
+            self.decision_log.settled(ctx)
+
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry
-        t.route_duration.labels(decision.chosen or "none").observe(elapsed_s)
+        t.child(t.route_duration, decision.chosen or "none").observe(elapsed_s)
         for backend_id, rejections in decision.rejected.items():
             for rejection in rejections:
                 t.rejections.labels(backend_id, rejection.filter).inc()

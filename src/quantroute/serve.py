@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from quantroute.access.exposure import check_exposure
-from quantroute.config import load_config
+from quantroute.config import GatewayConfig, load_config
+from quantroute.observe.settings import resolve_tracing
 from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
 from quantroute.resilience.memory import tune_allocator
 from quantroute.server.app import create_app
@@ -22,11 +24,13 @@ def check_config(path: str) -> int:
     config = load_config(path)
     if config.matrix_path is not None:
         MatrixSource(config.matrix_path)
+    observed = observability_note(config)  # a ConfigError before anything says OK
     print(json.dumps(config.model_dump(mode="json"), indent=2))
     note = "capability matrix: " + (
         str(config.matrix_path) if config.matrix_path else "none (live state only)"
     )
     print(f"# {path}: OK, {len(config.backends)} backend(s), {len(config.groups)} group(s); {note}")
+    print(f"# {observed}")
     discovery = config.discovery
     if discovery is not None and discovery.dns is not None:
         from quantroute.discovery.strict_dns import host_of, templates
@@ -40,6 +44,21 @@ def check_config(path: str) -> int:
         where = kube.namespace or "the gateway pod's namespace"
         print(f"# Kubernetes discovery: pods {kube.label_selector!r} in {where}")
     return 0
+
+
+def observability_note(config: GatewayConfig) -> str:
+    """What the gateway will do about tracing and the access log (raises ConfigError if it
+    cannot: tracing on without the ``tracing`` extra)."""
+    tracing = resolve_tracing(config.tracing, os.environ)
+    if tracing is None:
+        traced = "tracing off"
+    else:
+        where = tracing.endpoint or "from OTEL_EXPORTER_OTLP_* (default localhost:4318)"
+        ratio = "OTEL_TRACES_SAMPLER" if tracing.sample_ratio is None else tracing.sample_ratio
+        traced = f"tracing on: service {tracing.service_name}, sampling {ratio}, export {where}"
+    log = config.access_log
+    logged = "no access log" if log is None else f"access log to {log.path}"
+    return f"{traced}; {logged}"
 
 
 def metrics_server(registry: CollectorRegistry, host: str, port: int) -> EmbeddedServer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,6 +20,7 @@ from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+M = TypeVar("M", Counter, Histogram)
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -26,6 +28,7 @@ class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
         self.route_duration = Histogram(
             "llm_router_route_duration_seconds",
             "Time to take a routing decision (snapshot, filters, scorers, picker).",
@@ -113,6 +116,11 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "quantroute_access_log_dropped",
+            "Access-log records dropped because the writer fell behind (queue full).",
+            registry=r,
+        )
         self.prefix_prompt_tokens = Counter(
             "quantroute_prefix_prompt_tokens",
             "Estimated prompt tokens sent to a backend while the prefix index is kept.",
@@ -155,6 +163,16 @@ class Telemetry:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self.resilience = ResilienceMetrics(r)
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
+        a key on every ``labels()`` call. For per-request counters and histograms only, whose
+        series are never removed (a removed series' child would no longer be exported)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
 
     def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
         """Serve the in-flight gauges from the one in-flight account, read at each scrape;
@@ -213,8 +231,8 @@ class _InFlightCollector(Collector):
         total = GaugeMetricFamily(
             "quantroute_in_flight_requests", "Requests the gateway is serving now."
         )
-        leases = self.source.leases() if self.source is not None else ()
-        total.add_metric([], len(leases))
+        loads = self.source.loads() if self.source is not None else {}
+        total.add_metric([], sum(load.requests for load in loads.values()))
         yield total
         per = GaugeMetricFamily(
             "quantroute_backend_in_flight_requests",
@@ -222,8 +240,7 @@ class _InFlightCollector(Collector):
             labels=["backend"],
         )
         counts = dict.fromkeys(self.backends(), 0)
-        for lease in leases:
-            counts[lease.backend_id] = counts.get(lease.backend_id, 0) + 1
+        counts.update((backend, load.requests) for backend, load in loads.items())
         for backend, count in counts.items():
             per.add_metric([backend], count)
         yield per

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.config import parse_config
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 
-MSG = [{"role": "user", "content": "hello there"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 def sha(key: str) -> str:
@@ -30,13 +31,17 @@ def key_row(name: str, key: str, **extra: Any) -> dict[str, Any]:
 class Gate:
     gateway: GatewayThread
     backends: dict[str, FakeBackend]
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
     def client(self, key: str, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
+        """An OpenAI client of the gateway with ``key``, closed when the gate stops."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
     def post(
         self, key: str | None, body: dict[str, Any] | None = None, **kw: Any
@@ -58,7 +63,7 @@ GateFactory = Callable[..., Gate]
 
 @pytest.fixture
 def make_gate() -> Iterator[GateFactory]:
-    started: list[tuple[GatewayThread, list[ThreadedServer]]] = []
+    started: list[tuple[Gate, list[ThreadedServer]]] = []
 
     def factory(
         access: dict[str, Any],
@@ -97,14 +102,16 @@ def make_gate() -> Iterator[GateFactory]:
             }
         )
         gateway = GatewayThread(config).start()
-        started.append((gateway, own))
         gate = Gate(gateway, backends)
+        started.append((gate, own))
         assert wait_until(lambda: _ready(gate), 10)
         return gate
 
     yield factory
-    for gateway, own in started:
-        gateway.stop()
+    for gate, own in started:
+        for client in gate.clients:
+            client.close()
+        gate.gateway.stop()
         for server in own:
             server.stop()
 

@@ -7,7 +7,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,19 @@ KEYS: list[dict[str, Any]] = [
 class Stack:
     fleet: FleetHandle
     gateway: GatewayThread
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
     def client(self, key: str, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(
+        """An OpenAI client of the gateway with ``key``, closed when the stack stops."""
+        client = openai.OpenAI(
             base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=30, **kw
         )
+        self.clients.append(client)
+        return client
 
     def http(self, key: str | None) -> httpx.Client:
         headers = {} if key is None else {"Authorization": f"Bearer {key}"}
@@ -109,12 +113,14 @@ def access_stack(
             "access": access_config,
         }
         gateway = GatewayThread(parse_config(config_data)).start()
+        stack = Stack(fleet, gateway)
         try:
-            stack = Stack(fleet, gateway)
             with stack.http(ADMIN) as http:
                 assert wait_until(lambda: _all_fresh(http), 10), "backends never fresh"
             yield stack
         finally:
+            for client in stack.clients:
+                client.close()
             gateway.stop()
 
 

@@ -96,18 +96,18 @@ def test_a_continued_stream_carries_the_backend_key_and_is_charged_once() -> Non
                 json={"mode": "reset", "after_content_chunks": half},
             )
             assert armed.status_code == 204, armed.text
-            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0)
-            stream = client.chat.completions.create(
-                model="auto",
-                messages=[{"role": "user", "content": PROMPT}],
-                max_tokens=200,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
             text, usage = "", None
-            for chunk in stream:
-                usage = chunk.usage or usage
-                text += "".join(c.delta.content or "" for c in chunk.choices)
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+                stream = client.chat.completions.create(
+                    model="auto",
+                    messages=[{"role": "user", "content": PROMPT}],
+                    max_tokens=200,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                for chunk in stream:
+                    usage = chunk.usage or usage
+                    text += "".join(c.delta.content or "" for c in chunk.choices)
             assert text == ANSWER and usage is not None
             completed = _metric(gateway.url, "quantroute_continuations_total", outcome="completed")
             assert completed == 1  # the stream really was continued on a2

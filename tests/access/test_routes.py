@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from .stack import (
     ADMIN,
@@ -24,7 +25,8 @@ from .stack import (
     no_key_in,
 )
 
-CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+CHAT = {"model": "auto", "messages": HELLO, "max_tokens": 4}
 COMPLETION = {"model": "auto", "prompt": "hello", "max_tokens": 4}
 RESPONSE = {"model": "auto", "input": "hello", "max_output_tokens": 4}
 MESSAGE = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
@@ -145,29 +147,35 @@ def test_models_lists_what_the_key_may_use(stack: Stack) -> None:
 def test_a_key_may_pin_a_backend_of_its_group_but_not_of_another(stack: Stack) -> None:
     assert (
         stack.client(OTHER)
-        .chat.completions.create(model="premium-model", messages=CHAT["messages"], max_tokens=2)
+        .chat.completions.create(model="premium-model", messages=HELLO, max_tokens=2)
         .choices
     )
     with pytest.raises(openai.PermissionDeniedError):
         stack.client(USER).chat.completions.create(
-            model="premium-model", messages=CHAT["messages"], max_tokens=2
+            model="premium-model", messages=HELLO, max_tokens=2
         )
 
 
 def test_openai_client_errors_map_to_its_exception_types(stack: Stack) -> None:
     for key, error in ((WRONG, openai.AuthenticationError), (REVOKED, openai.AuthenticationError)):
         with pytest.raises(error) as raised:
-            stack.client(key).chat.completions.create(**CHAT)
+            stack.client(key).chat.completions.create(model="auto", messages=HELLO, max_tokens=4)
         assert raised.value.code == "invalid_api_key"
     with pytest.raises(openai.PermissionDeniedError):
-        stack.client(OTHER).chat.completions.create(**CHAT)
-    answer = stack.client(USER).chat.completions.create(**CHAT, stream=True)
-    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in answer)
+        stack.client(OTHER).chat.completions.create(model="auto", messages=HELLO, max_tokens=4)
+    with stack.client(USER).chat.completions.create(
+        model="auto", messages=HELLO, max_tokens=4, stream=True
+    ) as answer:
+        assert any(chunk.choices and chunk.choices[0].delta.content for chunk in answer)
 
 
 def test_decision_header_only_for_admin_keys(stack: Stack) -> None:
-    user = stack.client(USER).chat.completions.with_raw_response.create(**CHAT)
-    admin = stack.client(ADMIN).chat.completions.with_raw_response.create(**CHAT)
+    user = stack.client(USER).chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, max_tokens=4
+    )
+    admin = stack.client(ADMIN).chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, max_tokens=4
+    )
     assert "x-quantroute-decision" not in user.headers
     assert "x-quantroute-decision" in admin.headers
 
@@ -176,8 +184,8 @@ def test_backends_never_see_a_client_key_and_logs_never_show_one(
     stack: Stack, logged: AllRecords
 ) -> None:
     for key in (USER, ADMIN):
-        stack.client(key).chat.completions.create(**CHAT)
-        stack.client(key).completions.create(**COMPLETION)
+        stack.client(key).chat.completions.create(model="auto", messages=HELLO, max_tokens=4)
+        stack.client(key).completions.create(model="auto", prompt="hello", max_tokens=4)
     seen = stack.authorizations()
     assert seen, "the simulated vLLM servers received nothing"
     assert set(seen) == {f"Bearer {BACKEND_KEY}"}
@@ -188,7 +196,9 @@ def test_backends_never_see_a_client_key_and_logs_never_show_one(
 
 def test_without_backend_credentials_a_backend_gets_no_authorization_at_all() -> None:
     with access_stack(backend_key=None) as stack:
-        stack.client(USER).chat.completions.create(**CHAT)
-        stack.client(ADMIN).chat.completions.create(**CHAT, stream=True).close()
+        stack.client(USER).chat.completions.create(model="auto", messages=HELLO, max_tokens=4)
+        stack.client(ADMIN).chat.completions.create(
+            model="auto", messages=HELLO, max_tokens=4, stream=True
+        ).close()
         seen = stack.authorizations()
     assert seen and set(seen) == {None}

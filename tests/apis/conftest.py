@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantroute.testing.fake_backend import free_port
+from quantroute.testing.procs import free_port
 
 INSTALL = "apt-get update && apt-get install -y --no-install-recommends redis-server"
 

@@ -40,8 +40,23 @@ def _replicas(fleet: FleetHandle, redis_url: str) -> list[GatewayThread]:
     return [GatewayThread(config).start() for _ in range(2)]
 
 
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
+
 def _client(gateway: GatewayThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="t", max_retries=0, timeout=30)
+    """One OpenAI client per gateway, closed after each test (see ``_close_clients``)."""
+    if gateway.url not in _CLIENTS:
+        _CLIENTS[gateway.url] = openai.OpenAI(
+            base_url=gateway.url + "/v1", api_key="t", max_retries=0, timeout=30
+        )
+    return _CLIENTS[gateway.url]
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
 
 
 def _ready(gateway: GatewayThread) -> bool:
@@ -85,7 +100,8 @@ def test_redis_down_is_a_prompt_503_not_a_hang(
                 model="auto", input="Name a colour.", previous_response_id=first.id
             )
         assert caught.value.status_code == 503
-        assert caught.value.body["code"] == "conversation_store_unavailable"  # type: ignore[index]
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "conversation_store_unavailable"
         assert time.monotonic() - started < 10
         # a turn that starts a conversation is still answered; only storing it fails
         assert _client(gateway).responses.create(model="auto", input="Say hello.").output_text

@@ -6,15 +6,14 @@ from quantroute.apis.taps import MessagesTap, ResponsesTap, frame_data, frame_ev
 from quantroute.proxy.sse import Usage
 from quantroute.sim import wire_messages as mw
 from quantroute.sim import wire_responses as rw
+from quantroute.sim.wire import JsonObject
 
 
 def responses_stream(previous: str | None = None) -> bytes:
     request = rw.ResponsesRequest(model="m", input="hi", previous_response_id=previous)
     events = rw.EventWriter("msg_1")
 
-    def response(
-        output: list[rw.JsonObject], status: str, use: rw.JsonObject | None
-    ) -> rw.JsonObject:
+    def response(output: list[JsonObject], status: str, use: JsonObject | None) -> JsonObject:
         return rw.response_object(request, "resp_1", 0, "m", 100, output=output, status=status,
                                   use=use)  # fmt: skip
 

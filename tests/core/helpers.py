@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from quantroute.config import GENERATIVE_APIS, ApiName, BackendConfig, GroupConfig, PolicyConfig
+from typing import TypedDict
+
+from quantroute.config import (
+    GENERATIVE_APIS,
+    ApiName,
+    BackendConfig,
+    GroupConfig,
+    PolicyConfig,
+    TaskType,
+)
 from quantroute.core.matrix import CapabilityMatrix, Percentiles, TaskProfile, VariantProfile
-from quantroute.core.model import BackendMetrics, BackendState, Health, RequestFeatures, Snapshot
+from quantroute.core.model import (
+    BackendMetrics,
+    BackendState,
+    Health,
+    LatencyClass,
+    RequestFeatures,
+    Snapshot,
+)
+from quantroute.core.prefix import PrefixView
 from quantroute.core.scheduler import Policy
 
 
@@ -47,9 +64,26 @@ def snapshot(*backends: BackendState) -> Snapshot:
 
 
 def features(
-    model: str = "auto", prompt: int = 100, max_tokens: int | None = 100, **kw: object
+    model: str = "auto",
+    prompt: int = 100,
+    max_tokens: int | None = 100,
+    *,
+    task: TaskType = "chat",
+    latency_class: LatencyClass = LatencyClass.INTERACTIVE,
+    sequence: int = 0,
+    api: ApiName = "chat",
+    prefix: PrefixView | None = None,
 ) -> RequestFeatures:
-    return RequestFeatures(model=model, prompt_tokens=prompt, max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
+    return RequestFeatures(
+        model=model,
+        prompt_tokens=prompt,
+        max_tokens=max_tokens,
+        task=task,
+        latency_class=latency_class,
+        sequence=sequence,
+        api=api,
+        prefix=prefix,
+    )
 
 
 def policy(variants: tuple[str, ...], floor: float = 0.0, **kw: object) -> Policy:
@@ -58,16 +92,23 @@ def policy(variants: tuple[str, ...], floor: float = 0.0, **kw: object) -> Polic
     return Policy(PolicyConfig.model_validate(kw), (group,))
 
 
-def matrix(**variants: dict[str, object]) -> CapabilityMatrix:
+class VariantSpec(TypedDict, total=False):
+    quality: dict[TaskType, float]
+    stable: bool
+    ttft: float
+    cost: float
+
+
+def matrix(**variants: VariantSpec) -> CapabilityMatrix:
     profiles = {}
     for name, spec in variants.items():
+        stable = spec.get("stable", True)
         tasks = {
-            t: TaskProfile(quality=q, stable=spec.get("stable", True))
-            for t, q in spec.get("quality", {}).items()
-        }  # type: ignore[union-attr]
+            t: TaskProfile(quality=q, stable=stable) for t, q in spec.get("quality", {}).items()
+        }
         profiles[name] = VariantProfile(
-            ttft_ms=Percentiles(p50=spec.get("ttft")),  # type: ignore[arg-type]
-            cost_per_1m_output_tokens=spec.get("cost"),  # type: ignore[arg-type]
+            ttft_ms=Percentiles(p50=spec.get("ttft")),
+            cost_per_1m_output_tokens=spec.get("cost"),
             tasks=tasks,
         )
     return CapabilityMatrix(schema_version=1, generated_at="2026-11-24", variants=profiles)

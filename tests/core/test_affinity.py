@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from quantroute.config import PolicyConfig
@@ -16,7 +18,8 @@ from quantroute.errors import ConfigError
 from .helpers import backend, features, policy, snapshot
 
 VARIANTS = ("a", "b", "c")
-PREFIX_POLICY = {
+# Policy sections as a config file spells them (JSON values).
+PREFIX_POLICY: dict[str, Any] = {
     "filters": ["context"],
     "scorers": {
         "interactive": [
@@ -93,7 +96,7 @@ def test_latency_estimate_counts_only_uncached_prefill() -> None:
 
 
 def test_session_scorer_prefers_the_sessions_backend_until_overloaded() -> None:
-    session_policy = {
+    session_policy: dict[str, Any] = {
         "filters": ["context"],
         "scorers": {
             "interactive": [
@@ -113,7 +116,7 @@ def test_session_scorer_prefers_the_sessions_backend_until_overloaded() -> None:
     assert decide(with_view({}), balanced, None, p).chosen in {"a", "b"}  # no session: load
 
 
-CACHE_AWARE = {
+CACHE_AWARE: dict[str, Any] = {
     "filters": ["context"],
     "scorers": {
         "interactive": [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from quantroute.config import POOLING_APIS
+from quantroute.config import POOLING_APIS, TASK_TYPES, ApiName
 from quantroute.core.model import Outcome
 from quantroute.core.scheduler import decide
 
-from .helpers import backend, features, matrix, policy, snapshot
+from .helpers import VariantSpec, backend, features, matrix, policy, snapshot
 
 GEN = backend("gen")
 EMB = backend("emb", apis=POOLING_APIS)
@@ -27,7 +27,9 @@ BOTH = ("gen", "emb")
         ("rerank", "emb", "gen"),
     ],
 )
-def test_only_backends_serving_the_api_are_candidates(api: str, chosen: str, other: str) -> None:
+def test_only_backends_serving_the_api_are_candidates(
+    api: ApiName, chosen: str, other: str
+) -> None:
     d = decide(features(api=api), snapshot(GEN, EMB), None, policy(BOTH))
     assert d.chosen == chosen and d.ranked == (chosen,)
     assert other not in d.rejected  # not a candidate, so not a rejection either
@@ -41,9 +43,8 @@ def test_a_group_where_no_backend_serves_the_api_is_unsupported_not_busy() -> No
 
 
 def test_pooling_ignores_the_matrix_floor_and_stability() -> None:
-    bad = {"quality": {t: 0.0 for t in ("chat", "coding", "reasoning", "extraction")},
-           "stable": False, "ttft": 9000.0, "cost": 99.0}  # fmt: skip
-    m = matrix(emb=bad, emb2={"ttft": 10.0, "cost": 0.1})
+    bad = VariantSpec(quality=dict.fromkeys(TASK_TYPES, 0.0), stable=False, ttft=9000.0, cost=99.0)
+    m = matrix(emb=bad, emb2=VariantSpec(ttft=10.0, cost=0.1))
     two = snapshot(EMB, backend("emb2", apis=POOLING_APIS))
     chat_like = decide(features(api="chat"), snapshot(backend("emb")), m, policy(("emb",), 0.5))
     assert chat_like.outcome is Outcome.NO_BACKEND  # for generation the matrix applies

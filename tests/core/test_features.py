@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from quantroute.core.features import classify_task, estimate_chat_tokens, estimate_prompt_tokens
 
 
 def test_every_message_counts_not_just_the_first() -> None:
-    one = [{"role": "system", "content": "x" * 400}]
-    many = [
+    one: list[Mapping[str, object]] = [{"role": "system", "content": "x" * 400}]
+    many: list[Mapping[str, object]] = [
         *one,
         {"role": "user", "content": "y" * 4000},
         {"role": "assistant", "content": [{"type": "text", "text": "z" * 400}]},

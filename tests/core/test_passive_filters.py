@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,8 @@ from .helpers import backend, features, policy, snapshot
 AB = ("a", "b")
 
 
-def with_passive(state: BackendState, **passive: object) -> BackendState:
-    return dataclasses.replace(state, passive=PassiveState(**passive))  # type: ignore[arg-type]
+def with_passive(state: BackendState, **passive: Any) -> BackendState:
+    return dataclasses.replace(state, passive=PassiveState(**passive))
 
 
 def test_ejected_backend_is_rejected_with_its_reason() -> None:

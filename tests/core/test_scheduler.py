@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from quantroute.core.model import Health, LatencyClass, Outcome
+from quantroute.core.model import BackendState, Health, LatencyClass, Outcome
 from quantroute.core.scheduler import decide
 
 from .helpers import backend, features, matrix, policy, snapshot
@@ -43,8 +43,8 @@ def test_model_by_served_name_bypasses_groups() -> None:
         (backend("a", kv=0.84, blocks=100), "kv_pressure"),
     ],
 )
-def test_each_filter_rejects_with_its_reason(state: object, reason: str) -> None:
-    d = decide(features(), snapshot(state, backend("b")), None, policy(AB))  # type: ignore[arg-type]
+def test_each_filter_rejects_with_its_reason(state: BackendState, reason: str) -> None:
+    d = decide(features(), snapshot(state, backend("b")), None, policy(AB))
     assert d.chosen == "b"
     assert d.rejected["a"][0].filter == reason, d.rejected
 

@@ -329,7 +329,7 @@ def scrapes(objs: list[Obj], template: Obj) -> int:
                 count += labels_match(service["spec"]["selector"], labels)
     annotations = template["metadata"].get("annotations", {})
     count += annotations.get("prometheus.io/scrape") == "true"
-    return count
+    return int(count)
 
 
 def _scrape_counts(objs: list[Obj]) -> dict[str, int]:

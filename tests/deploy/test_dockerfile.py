@@ -80,7 +80,7 @@ def instruction(name: str, stage: str | None = None) -> dockerfile.Command:
 
 
 def env() -> dict[str, str]:
-    values = {}
+    values: dict[str, str] = {}
     for cmd in final_stage():
         if cmd.cmd == "ENV":
             values.update(zip(cmd.value[::2], cmd.value[1::2], strict=True))

@@ -26,6 +26,7 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.config import parse_config
 from quantroute.testing.fake_backend import (
@@ -104,21 +105,23 @@ def _address(url: str) -> str:
 
 def _drive_traffic(gateway: GatewayThread) -> None:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0)
-    messages = [{"role": "user", "content": "Say something short."}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Say something short."}
+    ]
     try:
         for _ in range(12):
-            client.chat.completions.create(model="auto", messages=messages, max_tokens=16)  # type: ignore[arg-type]
+            client.chat.completions.create(model="auto", messages=messages, max_tokens=16)
         for _ in range(3):
             stream = client.chat.completions.create(
                 model="auto",
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 max_tokens=16,
                 stream=True,
             )
             assert list(stream)
         for _ in range(4):
             with pytest.raises(openai.APIStatusError) as caught:
-                client.chat.completions.create(model=DOWN_GROUP, messages=messages)  # type: ignore[arg-type]
+                client.chat.completions.create(model=DOWN_GROUP, messages=messages)
             assert caught.value.status_code == 503
     finally:
         client.close()
@@ -160,10 +163,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
                     )
                 ],
                 "vllm": [
-                    (_address(url), {"namespace": NAMESPACE, "pod": f"vllm-{backend_id}-0"})
-                    for backend_id, url in urls.items()
-                ]
-                + [(_address(recorded.url), {"namespace": NAMESPACE, "pod": "vllm-recorded-0"})],
+                    *(
+                        (_address(url), {"namespace": NAMESPACE, "pod": f"vllm-{backend_id}-0"})
+                        for backend_id, url in urls.items()
+                    ),
+                    (_address(recorded.url), {"namespace": NAMESPACE, "pod": "vllm-recorded-0"}),
+                ],
             }
             with PrometheusServer(work, targets) as prom:
                 assert wait_until(
@@ -236,7 +241,10 @@ def test_alerts_go_off_for_the_troubles_of_the_scene(scene: Scene) -> None:
         "QuantrouteGroupWithoutBackend",
         "QuantrouteBackendDown",
     }
-    names = lambda: {a["labels"]["alertname"] for a in _active(scene)}  # noqa: E731
+
+    def names() -> set[str]:
+        return {a["labels"]["alertname"] for a in _active(scene)}
+
     assert scene.prom.wait_for(lambda: expected <= names(), timeout_s=20), sorted(names())
     active = _active(scene)
     kv_models = {

@@ -59,7 +59,7 @@ def _errors(obj: Obj) -> str | None:
     try:
         validate(obj)
     except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as exc:
-        return exc.message
+        return str(exc.message)
     return None
 
 

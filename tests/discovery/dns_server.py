@@ -25,7 +25,7 @@ TTL_S = 5
 UDP_LIMIT = 512  # no EDNS from the client: longer UDP answers are truncated
 
 
-class Zone(BaseResolver):  # type: ignore[misc]
+class Zone(BaseResolver):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, tuple[str, ...]] = {}
@@ -72,7 +72,7 @@ class Zone(BaseResolver):  # type: ignore[misc]
         return reply
 
 
-class _Handler(DNSHandler):  # type: ignore[misc]
+class _Handler(DNSHandler):
     def get_reply(self, data: bytes) -> bytes:
         reply = self.server.resolver.resolve(DNSRecord.parse(data), self)
         packed: bytes = reply.pack()

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ def matches(pod: Pod | None, terms: list[tuple[str, str, str | None]]) -> bool:
     if pod is None:
         return False
     labels = pod.get("metadata", {}).get("labels") or {}
-    checks = {
+    checks: dict[str, Callable[[str, str | None], bool]] = {
         "=": lambda k, v: labels.get(k) == v,
         "!=": lambda k, v: labels.get(k) != v,
         "exists": lambda k, _: k in labels,
@@ -238,8 +239,8 @@ class FakeKube:
         backlog: list[_Change],
         timeout_s: float,
     ) -> None:
-        for change in backlog:
-            watcher.queue.put_nowait(change)
+        for queued in backlog:
+            watcher.queue.put_nowait(queued)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (remaining := deadline - loop.time()) > 0:

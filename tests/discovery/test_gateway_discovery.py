@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.config import parse_config
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
@@ -20,7 +21,7 @@ from quantroute.testing.gateway_thread import GatewayThread
 
 from .fake_kube import FakeKube, vllm_pod
 
-MSG = [{"role": "user", "content": "hello"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @dataclass

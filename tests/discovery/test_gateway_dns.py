@@ -9,27 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantroute.config import parse_config
-from quantroute.testing.fake_backend import (
-    FakeBackend,
-    FakeState,
-    ThreadedServer,
-    free_port,
-    wait_until,
-)
+from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.gateway_thread import GatewayThread
+from quantroute.testing.procs import free_port
 
 from .dns_server import LoopbackDns
 
 NAME = "vllm-a.quantroute.test"
 PODS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-MSG = [{"role": "user", "content": "hello"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @dataclass
@@ -38,7 +35,7 @@ class Cluster:
     backends: dict[str, FakeBackend]
     gateway: GatewayThread
 
-    def admin(self) -> dict[str, dict[str, object]]:
+    def admin(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(self.gateway.url + "/admin/backends").json()["backends"]
         return {row["id"]: row for row in rows}
 

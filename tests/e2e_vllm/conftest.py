@@ -15,6 +15,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from quantroute.testing.otlp_receiver import OtlpReceiver
+
 from .procs import ManagedProcess
 from .stack import (
     InstallUnavailableError,
@@ -59,6 +61,8 @@ class VllmTier:
     python: Path
     model_dir: Path
     servers: dict[str, VllmServer]
+    traces: OtlpReceiver
+    """Both vLLM servers export their per-request spans here (OTLP/HTTP, on loopback)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,19 @@ def vllm_tier(
         pytest.skip(str(exc))
     with report.timings.measure("build tiny model"):
         model_dir = build_tiny_model(python, work / "tiny-llama", work / "tinymodel.log")
-    with report.timings.measure("start two vLLM servers (concurrently, to /health)"):
-        servers = start_vllm_servers(python, model_dir, [SMALL_KV, LARGE_KV], work)
+    traces = OtlpReceiver().start()
     try:
-        yield VllmTier(python, model_dir, {s.variant.name: s for s in servers})
+        with report.timings.measure("start two vLLM servers (concurrently, to /health)"):
+            servers = start_vllm_servers(
+                python, model_dir, [SMALL_KV, LARGE_KV], work, traces_endpoint=traces.url
+            )
+        try:
+            yield VllmTier(python, model_dir, {s.variant.name: s for s in servers}, traces)
+        finally:
+            with report.timings.measure("stop vLLM servers"):
+                stop_all(servers)
     finally:
-        with report.timings.measure("stop vLLM servers"):
-            stop_all(servers)
+        traces.stop()
 
 
 @pytest.fixture(scope="session")

@@ -108,13 +108,32 @@ def vllm_argv(python: Path, model_dir: Path, variant: Variant, port: int) -> lis
     ]  # fmt: skip
 
 
-def start_vllm(python: Path, model_dir: Path, variant: Variant, log_dir: Path) -> VllmServer:
-    """Start one server and wait for its /health; stop it again if it never gets healthy."""
+def tracing_env(variant: Variant) -> dict[str, str]:
+    """vLLM's OTLP exporter over HTTP (its default is gRPC), flushing every 200 ms."""
+    return {
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": f"vllm-{variant.name}",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+
+
+def start_vllm(
+    python: Path,
+    model_dir: Path,
+    variant: Variant,
+    log_dir: Path,
+    traces_endpoint: str | None = None,
+) -> VllmServer:
+    """Start one server and wait for its /health; stop it again if it never gets healthy.
+    With ``traces_endpoint`` vLLM exports a span per request there (``--otlp-traces-endpoint``)."""
     port = free_port()
     env = {**os.environ, **VLLM_ENV}
     if variant.cpu_bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = variant.cpu_bind
     argv = vllm_argv(python, model_dir, variant, port)
+    if traces_endpoint is not None:
+        argv += ["--otlp-traces-endpoint", traces_endpoint]
+        env.update(tracing_env(variant))
     process = ManagedProcess.start(variant.name, argv, log_dir / f"vllm-{variant.name}.log", env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -126,11 +145,18 @@ def start_vllm(python: Path, model_dir: Path, variant: Variant, log_dir: Path) -
 
 
 def start_vllm_servers(
-    python: Path, model_dir: Path, variants: Sequence[Variant], log_dir: Path
+    python: Path,
+    model_dir: Path,
+    variants: Sequence[Variant],
+    log_dir: Path,
+    traces_endpoint: str | None = None,
 ) -> list[VllmServer]:
     """Start all variants concurrently; if any fails, stop the others and re-raise."""
     with ThreadPoolExecutor(max_workers=len(variants)) as pool:
-        futures = [pool.submit(start_vllm, python, model_dir, v, log_dir) for v in variants]
+        futures = [
+            pool.submit(start_vllm, python, model_dir, v, log_dir, traces_endpoint)
+            for v in variants
+        ]
         outcomes: list[VllmServer | BaseException] = []
         for future in futures:
             try:

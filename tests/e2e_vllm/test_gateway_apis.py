@@ -97,7 +97,9 @@ def test_anthropic_messages_non_stream_and_stream(gateway: Gateway) -> None:
 def test_bad_input_gets_each_apis_error_format(
     gateway: Gateway, path: str, body: bytes, anthropic_format: bool
 ) -> None:
-    reply = httpx.post(gateway.url + path, content=body, timeout=30)
+    # JSON's content type, as the SDKs send it (without it the gateway refuses with 415 first)
+    headers = {"content-type": "application/json"}
+    reply = httpx.post(gateway.url + path, content=body, headers=headers, timeout=30)
     assert reply.status_code == 400
     data = reply.json()
     if anthropic_format:
@@ -123,7 +125,9 @@ def embed_stack(
     process: ManagedProcess | None = None
     try:
         config = gateway_config([*vllm_tier.servers.values(), server], "auto")
-        for backend in config["backends"]:  # type: ignore[union-attr]
+        backends = config["backends"]
+        assert isinstance(backends, list)
+        for backend in backends:
             if backend["id"] == EMBED.name:
                 backend["apis"] = ["embeddings", "score", "rerank"]
         process, url = start_gateway(config, work)

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -52,7 +53,7 @@ class Pair:
             raise
         self.servers[name] = VllmServer(variant=variant, url=url, process=process)
 
-    def admin(self) -> dict[str, dict[str, object]]:
+    def admin(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(self.gateway_url + "/admin/backends", timeout=10).json()["backends"]
         return {r["id"]: r for r in rows}
 
@@ -118,9 +119,7 @@ async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
     try:
         burst = [asyncio.create_task(one_stream(client)) for _ in range(12)]
         await apoll_until(
-            lambda: asyncio.to_thread(
-                lambda: pair.admin()[victim]["in_flight"]["requests"]  # type: ignore[index]
-            ),
+            lambda: asyncio.to_thread(lambda: pair.admin()[victim]["in_flight"]["requests"]),
             lambda n: n >= 2,
             timeout_s=60,
         )
@@ -140,7 +139,7 @@ async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
     pair.start(victim)  # back, on the same port
     poll_until(
         pair.admin,
-        lambda a: a[victim]["state"] == "fresh" and not a[victim]["passive_health"]["ejected"],  # type: ignore[index]
+        lambda a: a[victim]["state"] == "fresh" and not a[victim]["passive_health"]["ejected"],
         timeout_s=60,
     )
     with openai.OpenAI(base_url=pair.gateway_url + "/v1", api_key="x", max_retries=0) as sync:

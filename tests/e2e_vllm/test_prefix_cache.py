@@ -12,6 +12,7 @@ import asyncio
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig
 
@@ -28,7 +29,7 @@ SYSTEM = (
 QUESTIONS = ("Can I order a birthday cake for Friday?", "When is the rye bread ready?")
 
 
-def chat(question: str) -> list[dict[str, str]]:
+def chat(question: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 

@@ -159,16 +159,17 @@ def make_fleet() -> Iterator[FleetFactory]:
             rows.append(
                 backend_row(backend_id, url, served, **(overrides or {}).get(backend_id, {}))
             )
+        section: dict[str, Any] = {
+            "scrape_interval_s": 0.1,
+            "staleness_limit_s": 2.0,
+            "tie_tolerance": 0.0,
+            **(policy or {}),
+        }
         config = parse_config(
             {
                 "backends": rows,
                 "groups": [{"name": "auto", "variants": ["v"]}],
-                "policy": {
-                    "scrape_interval_s": 0.1,
-                    "staleness_limit_s": 2.0,
-                    "tie_tolerance": 0.0,
-                    **(policy or {}),
-                },
+                "policy": section,
                 "resilience": resilience or {},
             }
         )

@@ -20,9 +20,9 @@ from quantroute.testing.fake_backend import (
     FakeBackend,
     FakeState,
     ThreadedServer,
-    free_port,
     wait_until,
 )
+from quantroute.testing.procs import free_port
 
 
 class Serve:
@@ -33,13 +33,14 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         self.log = config_path.with_suffix(".log")
         cmd = [sys.executable, "-m", "quantroute.cli", "serve", "--config", str(config_path)]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with self.log.open("wb") as out:  # the child has its own descriptor once started
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         assert wait_until(self.ready_status_is_known, 30, 0.1), self.output()
 
     def ready_status_is_known(self) -> bool:

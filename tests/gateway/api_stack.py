@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
@@ -34,16 +34,27 @@ SERVED = {"gen-a": "llama3-8b-awq", "gen-b": "qwen25-7b-gptq", EMBED: "e5-mistra
 class ApiStack:
     fleet: FleetHandle
     gateway: GatewayThread
+    clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
     def openai(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="t", max_retries=0, timeout=60)
+        """An OpenAI client of the gateway, closed when the stack stops."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="t", max_retries=0, timeout=60)
+        self.clients.append(client)
+        return client
 
     def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key="t", max_retries=0, timeout=60)
+        """An Anthropic client of the gateway, closed when the stack stops."""
+        client = anthropic.Anthropic(base_url=self.url, api_key="t", max_retries=0, timeout=60)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def received(self, backend: str, path: str) -> list[dict[str, Any]]:
         return [body for p, body in self.fleet.received(backend) if p == path]
@@ -127,4 +138,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
         with GatewayThread(gateway_cfg) as gateway:
             stack = ApiStack(fleet, gateway)
             assert wait_until(lambda: all(r["state"] == "fresh" for r in stack.admin().values()))
-            yield stack
+            try:
+                yield stack
+            finally:
+                stack.close_clients()

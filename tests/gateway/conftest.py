@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,13 +21,17 @@ class Fleet:
     servers: dict[str, ThreadedServer]
     gateway: GatewayThread
     config: GatewayConfig
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
     def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="test", max_retries=0, **kw)
+        """An OpenAI client of the gateway, closed when the fleet stops."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="test", max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
     def admin(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(self.url + "/admin/backends").json()["backends"]
@@ -110,6 +114,8 @@ def make_fleet() -> Iterator[FleetFactory]:
 
     yield factory
     for fleet in started:
+        for client in fleet.clients:
+            client.close()
         fleet.gateway.stop()
         for server in fleet.servers.values():
             server.stop()

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantroute.config import parse_config
@@ -29,7 +30,7 @@ ANSWER = (
     "feeding farms and cities, and building deltas where they slow down and drop their load."
 )
 PIECES = split_pieces(ANSWER)
-MESSAGES = [{"role": "user", "content": PROMPT}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 LLAMA, QWEN = "llama3-8b-awq", "qwen25-7b-gptq"
 
 
@@ -87,11 +88,12 @@ def _stack(
             }
             for b in backends
         ]
+        section: dict[str, Any] = {"scrape_interval_s": 0.1, "tie_tolerance": 0.0, **policy}
         config = parse_config(
             {
                 "backends": rows,
                 "groups": groups,
-                "policy": {"scrape_interval_s": 0.1, "tie_tolerance": 0.0, **policy},
+                "policy": section,
                 # The breaks these tests inject would also make passive health eject a1 after a
                 # few of them; here the subject is continuation, so a1 stays in rotation.
                 "resilience": {"outlier_detection": {"enabled": False}},
@@ -283,7 +285,7 @@ def test_a_continuation_that_breaks_too_ends_with_the_error_event(stack: Stack) 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Stack]:
     """One replica of each variant; 'strict' keeps continuations within a variant."""
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"name": "strict", "variants": [LLAMA, QWEN]},
         {"name": "loose", "variants": [LLAMA, QWEN], "continue_across_variants": True},
     ]

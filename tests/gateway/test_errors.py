@@ -7,12 +7,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.testing.fake_backend import FakeState
 
 from .conftest import FleetFactory
 
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -84,13 +85,13 @@ def test_prompt_too_long_for_every_backend_is_400_and_never_forwarded(
             "b": FakeState(served_model_name="b", max_model_len=2048),
         }
     )
-    long = [{"role": "user", "content": "word " * 3000}]
+    long: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 3000}]
     with pytest.raises(openai.BadRequestError) as info:
         fleet.client().chat.completions.create(model="auto", messages=long, max_tokens=10)
     assert info.value.code == "context_length_exceeded"
     assert not any(b.state.received for b in fleet.backends.values())
     # A prompt that fits only the longer backend goes there.
-    mid = [{"role": "user", "content": "word " * 1200}]
+    mid: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 1200}]
     raw = fleet.client().chat.completions.with_raw_response.create(
         model="auto", messages=mid, max_tokens=10
     )

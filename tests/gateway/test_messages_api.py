@@ -3,9 +3,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import anthropic
 import httpx
 import pytest
+from anthropic.types import (
+    Message,
+    MessageParam,
+    RawContentBlockDeltaEvent,
+    RawMessageStreamEvent,
+    TextBlock,
+    TextDelta,
+)
 
 from quantroute.testing.fake_backend import wait_until
 
@@ -13,7 +23,24 @@ from .api_stack import ANSWER_KEY, EMBED, GENERATIVE, ApiStack, api_stack
 
 __all__ = ["api_stack"]
 PATH = "/v1/messages"
-HELLO = [{"role": "user", "content": "Say hello."}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "Say hello."}]
+
+
+def text_of(message: Message) -> str:
+    """The text of a message's one content block (a text block, or the test fails)."""
+    (block,) = message.content
+    assert isinstance(block, TextBlock), block
+    return block.text
+
+
+def streamed_text(events: Iterable[RawMessageStreamEvent]) -> str:
+    """The text of a stream's content_block_delta events (text deltas, or the test fails)."""
+    pieces = []
+    for event in events:
+        if isinstance(event, RawContentBlockDeltaEvent):
+            assert isinstance(event.delta, TextDelta), event.delta
+            pieces.append(event.delta.text)
+    return "".join(pieces)
 
 
 def test_non_stream_message_is_routed_answered_and_accounted(api_stack: ApiStack) -> None:
@@ -24,7 +51,7 @@ def test_non_stream_message_is_routed_answered_and_accounted(api_stack: ApiStack
     message = raw.parse()
     backend = raw.headers["x-quantroute-backend"]
     assert backend in GENERATIVE
-    assert message.content[0].text == ANSWER_KEY["Say hello."][1]  # type: ignore[union-attr]
+    assert text_of(message) == ANSWER_KEY["Say hello."][1]
     assert message.stop_reason == "end_turn"
     sent = api_stack.received(backend, PATH)[-1]
     assert sent["system"] == "Be brief." and sent["messages"] == HELLO
@@ -45,7 +72,7 @@ def test_stream_relays_anthropic_events_and_accounts_their_usage(api_stack: ApiS
     events = list(stream)
     assert [e.type for e in events][:2] == ["message_start", "content_block_start"]
     assert [e.type for e in events][-2:] == ["message_delta", "message_stop"]
-    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")  # type: ignore[union-attr]
+    text = streamed_text(events)
     assert text == ANSWER_KEY["Say hello."][1]
     start = events[0]
     assert start.type == "message_start"
@@ -93,7 +120,8 @@ def test_bad_input_gets_an_anthropic_error(
 def test_the_official_client_sees_anthropic_errors(api_stack: ApiStack) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         api_stack.anthropic().messages.create(model="nope", messages=HELLO, max_tokens=8)
-    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.NotFoundError):  # no backend of 'embed' speaks Messages
         api_stack.anthropic().messages.create(model="embed", messages=HELLO, max_tokens=8)
     assert not api_stack.received(EMBED, PATH)

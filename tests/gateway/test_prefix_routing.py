@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantroute.config import parse_config
@@ -23,11 +24,11 @@ from quantroute.testing.gateway_thread import GatewayThread
 
 REPLICAS = ("r1", "r2", "r3")
 MODEL = "llama3-8b-awq"
-SYSTEM = {
-    "role": "system",
-    "content": "You are the travel desk of a small agency. Bookings, refunds and changes follow "
-    "the handbook below.\n\n" + "Handbook paragraph about fares and their conditions. " * 80,
-}
+INSTRUCTIONS = (
+    "You are the travel desk of a small agency. Bookings, refunds and changes follow "
+    "the handbook below.\n\n" + "Handbook paragraph about fares and their conditions. " * 80
+)
+SYSTEM: ChatCompletionMessageParam = {"role": "system", "content": INSTRUCTIONS}
 POLICY: dict[str, Any] = {
     "scrape_interval_s": 0.1,
     "filters": ["context", "kv_ceiling"],
@@ -64,11 +65,11 @@ class Stack:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
-    def ask(self, messages: list[dict[str, str]], **extra: Any) -> tuple[str, str]:
+    def ask(self, messages: list[ChatCompletionMessageParam], **extra: Any) -> tuple[str, str]:
         """(backend, answer) of one non-streamed chat through the gateway."""
         raw = self.client().chat.completions.with_raw_response.create(
             model="auto",
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             max_tokens=6,
             **extra,
         )
@@ -99,7 +100,10 @@ def stack() -> Iterator[Stack]:
 def test_a_conversation_stays_on_its_backend_and_moves_when_that_one_is_saturated(
     stack: Stack,
 ) -> None:
-    messages = [SYSTEM, {"role": "user", "content": "I need to move my flight to Friday."}]
+    messages: list[ChatCompletionMessageParam] = [
+        SYSTEM,
+        {"role": "user", "content": "I need to move my flight to Friday."},
+    ]
     first, answer = stack.ask(messages)
     for question in ("Is there a fee for that?", "Can I keep my seat?"):
         messages += [
@@ -150,7 +154,7 @@ def test_a_hot_prefix_does_not_pile_onto_one_backend(stack: Stack) -> None:
             calls = [
                 client.chat.completions.with_raw_response.create(
                     model="auto",
-                    messages=[SYSTEM, {"role": "user", "content": f"Question number {i}?"}],  # type: ignore[list-item]
+                    messages=[SYSTEM, {"role": "user", "content": f"Question number {i}?"}],
                     max_tokens=150,
                     extra_body={"ignore_eos": True},
                 )
@@ -194,14 +198,14 @@ def test_expected_and_reported_hit_rates_side_by_side(stack: Stack) -> None:
 def test_a_responses_api_conversation_follows_its_prefix_too(stack: Stack) -> None:
     client = stack.client()
     first = client.responses.with_raw_response.create(
-        model="auto", instructions=SYSTEM["content"], input="Can I bring a bicycle?",
+        model="auto", instructions=INSTRUCTIONS, input="Can I bring a bicycle?",
         max_output_tokens=6,
     )  # fmt: skip
     backend = first.headers["x-quantroute-backend"]
     previous = first.parse().id
     for question in ("And a surfboard?", "What does it cost?"):
         turn = client.responses.with_raw_response.create(  # instructions do not carry over
-            model="auto", instructions=SYSTEM["content"], previous_response_id=previous,
+            model="auto", instructions=INSTRUCTIONS, previous_response_id=previous,
             input=question, max_output_tokens=6,
         )  # fmt: skip
         assert turn.headers["x-quantroute-backend"] == backend

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import httpx
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.testing.fake_backend import FakeState
 
 from .conftest import FleetFactory
 
-MSG = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+MSG: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hello there"},
+]
 
 
 def test_non_stream_chat_through_openai_client(make_fleet: FleetFactory) -> None:

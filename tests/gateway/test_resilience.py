@@ -10,12 +10,13 @@ from collections import Counter
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.testing.fake_backend import FakeState, async_wait_until, wait_until
 
 from .conftest import FleetFactory
 
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def test_5xx_before_first_byte_is_retried_on_next_backend(make_fleet: FleetFactory) -> None:
@@ -198,7 +199,10 @@ async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFact
         return raw.headers["x-quantroute-backend"]
 
     burst = [asyncio.create_task(one()) for _ in range(50)]
-    received = lambda: sum(len(s.received) for s in states.values())  # noqa: E731
+
+    def received() -> int:
+        return sum(len(s.received) for s in states.values())
+
     assert await async_wait_until(lambda: received() == 50, 20.0), received()
     gate.set()
     picks = Counter(await asyncio.gather(*burst))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import httpx
 import openai
 import pytest
+from openai.types.responses import FunctionToolParam
 
 from quantroute.testing.fake_backend import wait_until
 
@@ -24,16 +27,16 @@ def test_non_stream_response_is_routed_answered_and_accounted(api_stack: ApiStac
     backend = raw.headers["x-quantroute-backend"]
     assert backend in GENERATIVE  # never the embedding backend of the same group
     assert response.output_text == ANSWER_KEY["Say hello."][1]
-    assert response.usage is not None
+    usage = response.usage
+    assert usage is not None
     sent = api_stack.received(backend, PATH)[-1]
     assert sent["input"] == "Say hello." and sent["instructions"] == "Be brief."
     assert sent["store"] is False  # the gateway keeps the conversation, not the backend
     assert "previous_response_id" not in sent
     assert wait_until(
         lambda: (
-            api_stack.metric("quantroute_completion_tokens_total")
-            == before + response.usage.output_tokens
-        )  # type: ignore[union-attr]
+            api_stack.metric("quantroute_completion_tokens_total") == before + usage.output_tokens
+        )
     )
 
 
@@ -50,12 +53,11 @@ def test_stream_relays_typed_events_and_accounts_usage_from_the_final_event(
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == ANSWER_KEY["Say hello."][1]
     final = events[-1]
-    assert final.type == "response.completed" and final.response.usage is not None
+    assert final.type == "response.completed"
+    usage = final.response.usage
+    assert usage is not None
     assert wait_until(
-        lambda: (
-            api_stack.metric("quantroute_prompt_tokens_total")
-            == before + final.response.usage.input_tokens
-        )  # type: ignore[union-attr]
+        lambda: api_stack.metric("quantroute_prompt_tokens_total") == before + usage.input_tokens
     )
 
 
@@ -63,19 +65,21 @@ def _turn(
     client: openai.OpenAI, text: str, previous: str | None, *, stream: bool = False
 ) -> tuple[str, str, str]:
     """(response id, output text, backend) of one turn."""
-    extra = {"previous_response_id": previous} if previous else {}
+    after = openai.omit if previous is None else previous
     if stream:
         with client.responses.with_streaming_response.create(
-            model="auto", input=text, stream=True, **extra
+            model="auto", input=text, stream=True, previous_response_id=after
         ) as raw:
             backend = raw.headers["x-quantroute-backend"]
             events = list(raw.parse())
         final = events[-1]
         assert final.type == "response.completed"
         return final.response.id, final.response.output_text, backend
-    raw = client.responses.with_raw_response.create(model="auto", input=text, **extra)
-    response = raw.parse()
-    return response.id, response.output_text, raw.headers["x-quantroute-backend"]
+    whole = client.responses.with_raw_response.create(
+        model="auto", input=text, previous_response_id=after
+    )
+    response = whole.parse()
+    return response.id, response.output_text, whole.headers["x-quantroute-backend"]
 
 
 def test_three_turns_on_different_backends_each_see_the_whole_conversation(
@@ -115,7 +119,8 @@ def test_retrieve_and_delete_answer_from_the_gateway(api_stack: ApiStack) -> Non
         client.responses.retrieve(created.id)
     with pytest.raises(openai.NotFoundError) as gone:
         client.responses.create(model="auto", input="again", previous_response_id=created.id)
-    assert gone.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert isinstance(gone.value.body, dict)
+    assert gone.value.body["param"] == "previous_response_id"
 
 
 def test_store_false_is_honoured(api_stack: ApiStack) -> None:
@@ -131,19 +136,24 @@ def test_unsupported_parts_of_the_api_get_a_clear_error(api_stack: ApiStack) -> 
     client = api_stack.openai()
     with pytest.raises(openai.BadRequestError) as background:
         client.responses.create(model="auto", input="x", background=True)
-    assert background.value.body["param"] == "background"  # type: ignore[index]
+    assert isinstance(background.value.body, dict)
+    assert background.value.body["param"] == "background"
     assert "background" in background.value.message
     with pytest.raises(openai.BadRequestError) as tools:
         client.responses.create(model="auto", input="x", tools=[{"type": "web_search_preview"}])
-    assert tools.value.body["param"] == "tools[0].type"  # type: ignore[index]
-    function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    assert isinstance(tools.value.body, dict)
+    assert tools.value.body["param"] == "tools[0].type"
+    function = cast(
+        FunctionToolParam, {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    )
     assert client.responses.create(model="auto", input="Say hello.", tools=[function]).output_text
 
 
 def test_a_group_without_a_generative_backend_refuses_responses(api_stack: ApiStack) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         api_stack.openai().responses.create(model="embed", input="Say hello.")
-    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "model_not_found"
     assert not api_stack.received(EMBED, PATH)
 
 
@@ -177,7 +187,8 @@ def test_unknown_previous_response_is_a_404(api_stack: ApiStack) -> None:
         api_stack.openai().responses.create(
             model="auto", input="x", previous_response_id="resp_nobody"
         )
-    body = dict(caught.value.body)  # type: ignore[call-overload]
+    assert isinstance(caught.value.body, dict)
+    body = dict(caught.value.body)
     assert body.pop("request_id") == caught.value.response.headers["x-request-id"]
     assert body == {
         "message": "Response with id 'resp_nobody' not found.",

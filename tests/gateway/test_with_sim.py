@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,10 +24,15 @@ class SimStack:
     fleet: FleetHandle
     gateway: GatewayThread
 
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(
+        """An OpenAI client of the gateway, closed when the stack stops."""
+        client = openai.OpenAI(
             base_url=self.gateway.url + "/v1", api_key="t", max_retries=0, timeout=60
         )
+        self.clients.append(client)
+        return client
 
     def vllm_metric(self, backend: str, name: str, **labels: str) -> float:
         text = httpx.get(self.fleet.urls[backend] + "/metrics").text
@@ -88,7 +93,11 @@ def sim_stack() -> Iterator[SimStack]:
         with GatewayThread(config) as gateway:
             stack = SimStack(fleet, gateway)
             assert wait_until(lambda: all(r["state"] == "fresh" for r in stack.admin().values()))
-            yield stack
+            try:
+                yield stack
+            finally:
+                for client in stack.clients:
+                    client.close()
 
 
 def test_stream_and_non_stream_through_the_simulator(sim_stack: SimStack) -> None:

@@ -58,12 +58,15 @@ class Runner(Protocol):
         entrypoint: Sequence[str] | None = None,
         mounts: Mapping[Path, str] | None = None,
         network: Network = "host",
+        env: Mapping[str, str] | None = None,
     ) -> Instance: ...
 
 
-def run_once(runner: Runner, image: Image, argv: Sequence[str], **kw: object) -> Result:
+def run_once(
+    runner: Runner, image: Image, argv: Sequence[str], mounts: Mapping[Path, str] | None = None
+) -> Result:
     """``argv`` as the entrypoint of a fresh instance, to its end (60 s at most)."""
-    instance = runner.start(image, entrypoint=argv, **kw)  # type: ignore[arg-type]
+    instance = runner.start(image, entrypoint=argv, mounts=mounts)
     try:
         code = instance.wait(60.0)
         return Result(code, instance.logs())
@@ -71,7 +74,9 @@ def run_once(runner: Runner, image: Image, argv: Sequence[str], **kw: object) ->
         instance.close()
 
 
-def _run(argv: Sequence[str], timeout_s: float = 60.0, **kw: object) -> Result:
+def _run(
+    argv: Sequence[str], timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> Result:
     done = subprocess.run(
         list(argv),
         stdout=subprocess.PIPE,
@@ -79,7 +84,7 @@ def _run(argv: Sequence[str], timeout_s: float = 60.0, **kw: object) -> Result:
         text=True,
         timeout=timeout_s,
         check=False,
-        **kw,  # type: ignore[call-overload]
+        env=env,
     )
     return Result(done.returncode, done.stdout)
 
@@ -125,12 +130,15 @@ class ContainerRunner:
         entrypoint: Sequence[str] | None = None,
         mounts: Mapping[Path, str] | None = None,
         network: Network = "host",
+        env: Mapping[str, str] | None = None,
     ) -> ContainerInstance:
         name = f"quantroute-test-{uuid.uuid4().hex[:12]}"
         argv = [*self.engine, "run", "--detach", "--name", name, "--no-healthcheck"]
         argv += ["--network", "host" if network == "host" else "none", *self.run_flags]
         for source, target in (mounts or {}).items():
             argv += ["--volume", f"{source}:{target}:ro"]
+        for variable, value in (env or {}).items():
+            argv += ["--env", f"{variable}={value}"]
         if entrypoint is not None:
             argv += ["--entrypoint", entrypoint[0]]
             args = [*entrypoint[1:], *args]
@@ -265,13 +273,14 @@ class ChrootRunner:
         entrypoint: Sequence[str] | None = None,
         mounts: Mapping[Path, str] | None = None,
         network: Network = "host",
+        env: Mapping[str, str] | None = None,
     ) -> ChrootInstance:
         name = f"quantroute-test-{uuid.uuid4().hex[:12]}"
         created = _run([self.podman, "create", "--name", name, image.ref])
         if created.code != 0:
             raise RuntimeError(f"podman create failed:\n{created.output}")
         try:
-            return self._start(name, image, args, entrypoint, mounts or {}, network)
+            return self._start(name, image, args, entrypoint, mounts or {}, network, env or {})
         except BaseException:
             _run([self.podman, "rm", "--force", name])
             raise
@@ -284,6 +293,7 @@ class ChrootRunner:
         entrypoint: Sequence[str] | None,
         mounts: Mapping[Path, str],
         network: Network,
+        env: Mapping[str, str],
     ) -> ChrootInstance:
         root = Path(_run([self.podman, "mount", name]).output.strip().splitlines()[-1])
         uid, gid = _ids(image, root)
@@ -300,9 +310,10 @@ class ChrootRunner:
         argv += ["--", "/bin/sh", "-c", script, str(root), *command]
         log = self.work / f"{name}.log"
         with log.open("wb") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=image.env)
+            environ = {**image.env, **env}
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environ)
         pid1 = _child_of(popen)
-        return ChrootInstance(self.podman, name, popen, pid1, uid, gid, dict(image.env), log)
+        return ChrootInstance(self.podman, name, popen, pid1, uid, gid, environ, log)
 
 
 def _child_of(popen: subprocess.Popen[bytes]) -> int:
@@ -348,14 +359,19 @@ def choose_runner(engine: str, image: Image, work: Path) -> tuple[Runner, list[s
     raise ImageTierUnavailable(f"cannot run the image here ({TOOLS_HINT}): " + "; ".join(notes))
 
 
-def probe_http(instance: Instance, port: int, paths: Sequence[str]) -> dict[str, object]:
-    """GET ``paths`` on 127.0.0.1:``port`` from inside the instance (its network, its python)."""
+def probe_http(
+    instance: Instance, port: int, paths: Sequence[str], bearer: str = ""
+) -> dict[str, object]:
+    """GET ``paths`` on 127.0.0.1:``port`` from inside the instance (its network, its python),
+    with ``Authorization: Bearer <bearer>`` when one is given."""
     code = (
         "import json, sys, urllib.request, urllib.error\n"
         "out = {}\n"
-        "for path in sys.argv[2:]:\n"
+        "auth = {'Authorization': 'Bearer ' + sys.argv[2]} if sys.argv[2] else {}\n"
+        "for path in sys.argv[3:]:\n"
+        "    request = urllib.request.Request(f'http://127.0.0.1:{sys.argv[1]}{path}', headers=auth)\n"
         "    try:\n"
-        "        with urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}{path}', timeout=5) as r:\n"
+        "        with urllib.request.urlopen(request, timeout=5) as r:\n"
         "            out[path] = [r.status, r.read().decode()]\n"
         "    except urllib.error.HTTPError as e:\n"
         "        out[path] = [e.code, e.read().decode()]\n"
@@ -363,7 +379,7 @@ def probe_http(instance: Instance, port: int, paths: Sequence[str]) -> dict[str,
         "        out[path] = [0, repr(e)]\n"
         "print(json.dumps(out))\n"
     )
-    result = instance.exec(["python", "-c", code, str(port), *paths])
+    result = instance.exec(["python", "-c", code, str(port), bearer, *paths])
     if result.code != 0:
         return {path: [0, result.output] for path in paths}
     parsed: dict[str, object] = json.loads(result.output.strip().splitlines()[-1])

@@ -81,13 +81,21 @@ def test_runs_as_uid_10001_and_cannot_write_outside_tmp(tier: Tier) -> None:
 
 
 DISTRIBUTIONS = """
-import importlib.metadata as md, json
-print(json.dumps({d.metadata["Name"]: d.requires or [] for d in md.distributions()}))
+import importlib.metadata as md, json, os, platform, sys
+marker_env = {  # PEP 508's environment markers, as the image's Python sees them
+    "python_version": "%d.%d" % sys.version_info[:2], "python_full_version": platform.python_version(),
+    "sys_platform": sys.platform, "platform_system": platform.system(), "os_name": os.name,
+    "platform_machine": platform.machine(), "platform_python_implementation":
+    platform.python_implementation(), "implementation_name": sys.implementation.name,
+}
+print(json.dumps({"env": marker_env,
+                  "requires": {d.metadata["Name"]: d.requires or [] for d in md.distributions()}}))
 """
 
 
-def _closure(requires: dict[str, list[str]], root: str) -> set[str]:
-    """The distributions ``root`` needs without extras, following the requirements' markers."""
+def _closure(requires: dict[str, list[str]], root: str, env: dict[str, str]) -> set[str]:
+    """The distributions ``root`` needs without extras, following the requirements' markers
+    evaluated in ``env`` (the image's Python: its version is not the one running the tests)."""
     table = {canonicalize_name(name): specs for name, specs in requires.items()}
     needed, todo = set(), [(canonicalize_name(root), "")]
     while todo:
@@ -97,7 +105,7 @@ def _closure(requires: dict[str, list[str]], root: str) -> set[str]:
         needed.add((name, extra))
         for spec in table.get(name, []):
             req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({"extra": extra}):
+            if req.marker is None or req.marker.evaluate({**env, "extra": extra}):
                 todo += [(canonicalize_name(req.name), e) for e in ("", *sorted(req.extras))]
     return {name for name, _ in needed}
 
@@ -105,9 +113,10 @@ def _closure(requires: dict[str, list[str]], root: str) -> set[str]:
 def test_holds_the_gateway_dependencies_and_nothing_else(tier: Tier) -> None:
     result = run_once(tier.runner, tier.gateway, ["python", "-c", DISTRIBUTIONS])
     assert result.code == 0, result.output
-    requires = json.loads(result.output.strip().splitlines()[-1])
+    seen = json.loads(result.output.strip().splitlines()[-1])
+    requires = seen["requires"]
     installed = {canonicalize_name(name) for name in requires}
-    needed = _closure(requires, "quantroute")
+    needed = _closure(requires, "quantroute", seen["env"])
     assert installed == needed, f"stray: {installed - needed}; missing: {needed - installed}"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = {

@@ -15,7 +15,8 @@ import openai
 import pytest
 import yaml
 
-from quantroute.testing.fake_backend import FakeState, ThreadedServer, free_port, wait_until
+from quantroute.testing.fake_backend import FakeState, ThreadedServer, wait_until
+from quantroute.testing.procs import free_port
 
 from .conftest import Tier
 from .images import ROOT
@@ -23,6 +24,10 @@ from .runners import Instance, probe_http
 
 CONFIG = "/etc/quantroute/gateway.yaml"
 START_TIMEOUT_S = 90.0
+# The example config's one (admin) key comes from the environment: it listens on 0.0.0.0, where
+# the gateway refuses to run without keys.
+KEY = "qr-image-test-key-0123456789abcdef"
+KEY_ENV = {"QUANTROUTE_API_KEY": KEY}
 
 
 @pytest.fixture
@@ -58,9 +63,9 @@ def _wait_inside(instance: Instance, port: int, path: str, status: int) -> dict[
 
 
 def test_baked_config_entrypoint_answers_and_healthcheck_passes(tier: Tier) -> None:
-    """No arguments, no mounts, a network of its own: exactly `docker run IMAGE`."""
+    """No arguments, no mounts, a network of its own: `docker run -e QUANTROUTE_API_KEY=... IMAGE`."""
     started = time.monotonic()
-    instance = tier.runner.start(tier.gateway, network="private")
+    instance = tier.runner.start(tier.gateway, network="private", env=KEY_ENV)
     try:
         _wait_inside(instance, 8080, "/health", 200)
         tier.report.facts["start-up, baked config (start to /health 200)"] = (
@@ -72,7 +77,9 @@ def test_baked_config_entrypoint_answers_and_healthcheck_passes(tier: Tier) -> N
         ready = answers["/ready"]
         assert isinstance(ready, list) and ready[0] == 200, ready
         assert json.loads(ready[1])["metrics_outage"] is True, ready
-        metrics = answers["/metrics"]
+        refused = answers["/metrics"]  # with keys on, /metrics on the main port is an admin route
+        assert isinstance(refused, list) and refused[0] == 401, refused
+        metrics = probe_http(instance, 8080, ["/metrics"], bearer=KEY)["/metrics"]
         assert isinstance(metrics, list) and metrics[0] == 200
         assert 'quantroute_backend_up{backend="llama3-8b-awq"' in metrics[1]
         check = tier.gateway.healthcheck
@@ -81,6 +88,18 @@ def test_baked_config_entrypoint_answers_and_healthcheck_passes(tier: Tier) -> N
         assert "Uvicorn running on http://0.0.0.0:8080" in instance.logs()
         instance.signal(signal.SIGTERM)
         assert instance.wait(30.0) == 0, instance.logs()
+    finally:
+        instance.close()
+
+
+def test_without_its_key_the_baked_config_exits_saying_which_variable(tier: Tier) -> None:
+    """`docker run IMAGE` alone: the example config names a key variable that is unset, and the
+    gateway on 0.0.0.0 does not start open; it says why and exits non-zero."""
+    instance = tier.runner.start(tier.gateway, network="private")
+    try:
+        code = instance.wait(60.0)
+        assert code != 0, instance.logs()
+        assert "QUANTROUTE_API_KEY is unset or empty" in instance.logs()
     finally:
         instance.close()
 
@@ -101,7 +120,10 @@ def _start_on_loopback(
     started = time.monotonic()
     # Extra `docker run` arguments are appended to `quantroute serve` and win.
     instance = tier.runner.start(
-        tier.gateway, ["--host", "127.0.0.1", "--port", str(port)], mounts={config: CONFIG}
+        tier.gateway,
+        ["--host", "127.0.0.1", "--port", str(port)],
+        mounts={config: CONFIG},
+        env=KEY_ENV,
     )
     instances.append(instance)
     url = f"http://127.0.0.1:{port}"
@@ -132,9 +154,11 @@ def test_mounted_config_routes_to_a_backend_on_loopback(
     server, state = backend
     instance, url, port = _start_on_loopback(tier, _mounted_config(server, tmp_path), instances)
     assert httpx.get(url + "/ready", timeout=5).status_code == 200, instance.logs()
-    metrics = httpx.get(url + "/metrics", timeout=5).text
+    metrics = httpx.get(
+        url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=5
+    ).text
     assert 'quantroute_backend_up{backend="llama3-8b-awq",state="fresh"} 1.0' in metrics
-    with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30) as client:
+    with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=30) as client:
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "hello"}], max_tokens=4
         )
@@ -163,7 +187,7 @@ def test_sigterm_lets_an_open_stream_finish_and_exits_0(
     instance, url, port = _start_on_loopback(tier, _mounted_config(server, tmp_path), instances)
     texts: list[str] = []
     finish = None
-    with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60) as client:
+    with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
         stream = client.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=16, stream=True
         )

@@ -154,14 +154,13 @@ def test_select_samples_interleaves_tasks_and_counts_what_was_used() -> None:
 @pytest.mark.parametrize(
     ("points", "front"),
     [
-        ([("a", 1, 0.5), ("b", 2, 0.9), ("c", 3, 0.8)], ["a", "b"]),
-        ([("a", 1, 0.9), ("b", 2, 0.95), ("c", 0.5, 0.2)], ["c", "a", "b"]),
-        ([("a", 1, 0.9), ("b", 1, 0.8)], ["a"]),
-        ([("a", 1, 0.9), ("u", 0.5, 1.0, False)], ["a"]),  # unstable never on the front
+        ([("a", 1, 0.5, True), ("b", 2, 0.9, True), ("c", 3, 0.8, True)], ["a", "b"]),
+        ([("a", 1, 0.9, True), ("b", 2, 0.95, True), ("c", 0.5, 0.2, True)], ["c", "a", "b"]),
+        ([("a", 1, 0.9, True), ("b", 1, 0.8, True)], ["a"]),
+        ([("a", 1, 0.9, True), ("u", 0.5, 1.0, False)], ["a"]),  # unstable never on the front
         ([], []),
     ],
 )
-def test_pareto_front(points: list[tuple[object, ...]], front: list[str]) -> None:
-    pts = [Point(str(p[0]), float(p[1]), float(p[2]), bool(p[3]) if len(p) > 3 else True)  # type: ignore[arg-type]
-           for p in points]  # fmt: skip
+def test_pareto_front(points: list[tuple[str, float, float, bool]], front: list[str]) -> None:
+    pts = [Point(*p) for p in points]
     assert [p.variant for p in pareto_front(pts)] == front

@@ -10,7 +10,9 @@ import pytest
 from quantroute.config import TASK_TYPES
 from quantroute.profiler.session import ProfileSession
 from quantroute.profiler.settings import ProfileSettings
+from quantroute.sim.engine import EngineConfig
 from quantroute.sim.profiles import load_profiles
+from quantroute.sim.roofline import ScheduledChunk
 from quantroute.testing.fake_backend import async_wait_until
 from quantroute.workloads import builtin_suites
 
@@ -74,11 +76,29 @@ def _known(value: float | None) -> float:
     return value
 
 
-async def test_orders_variants_by_cost_and_latency_as_the_profiles_imply() -> None:
-    """Roofline of the simulated profiles (weights read per decode step, prefill FLOPs):
-    decode step ~6 ms for 8B FP16 on H100, ~8 ms for the 8B/7B INT4 variants on L40S, ~14 ms for
-    70B AWQ on H100; prefill of ~80 tokens ~6, ~9 and ~28 ms. With the test prices (L40S $1.80/h,
-    H100 $4.50/h) cost per token orders L40S 8B < H100 8B FP16 < H100 70B."""
+def test_the_profiles_order_variants_by_step_time_and_cost_per_token() -> None:
+    """Roofline of the simulated profiles in simulated time (weights read per decode step,
+    prefill FLOPs), no wall clock: decode step ~6 ms for 8B FP16 on H100, ~8 ms for the 8B/7B
+    INT4 variants on L40S, ~14 ms for 70B AWQ on H100; prefill of ~80 tokens ~6, ~9 and ~28 ms.
+    With the test prices (L40S $1.80/h, H100 $4.50/h) cost per token of a decode step orders
+    L40S 8B < H100 8B FP16 < H100 70B. (Measured end to end in wall time these orderings are a
+    race on a loaded host; the routing benchmark's profiled matrix shows them as figures.)"""
+    book = load_profiles()
+    prices = {name: (1.80 if name in L40S else 4.50) for name in (*L40S, *H100)}
+    decode, prefill = {}, {}
+    for name in prices:
+        variant = book.variant(name)
+        cost = EngineConfig.from_profile(variant, book.gpu_of(variant), book.engine).cost
+        decode[name] = cost.duration([ScheduledChunk(100, 1)])
+        prefill[name] = cost.duration([ScheduledChunk(0, 80)])
+    per_token = {name: prices[name] * decode[name] for name in prices}
+    big, fp16 = H100
+    assert per_token[big] > per_token[fp16] > max(per_token[name] for name in L40S), per_token
+    assert all(decode[big] > decode[name] for name in (fp16, *L40S)), decode
+    assert prefill[big] > prefill[fp16], prefill
+
+
+async def test_profile_figures_follow_from_what_was_measured() -> None:
     async with running_fleet(TIMED) as fleet:
         settings = ProfileSettings(
             time_scale=TIMED,
@@ -89,20 +109,16 @@ async def test_orders_variants_by_cost_and_latency_as_the_profiles_imply() -> No
         )
         session = ProfileSession(fleet.gateway_config(), builtin_suites(), settings)
         await session.run()
-    v = session.matrix().variants
-    cost = {name: _known(p.cost_per_1m_output_tokens) for name, p in v.items()}
-    big, fp16 = H100
-    assert cost[big] > cost[fp16] > max(cost[name] for name in L40S), cost
-    itl = {name: _known(p.itl_ms.p50) for name, p in v.items()}
-    ttft = {name: _known(p.ttft_ms.p50) for name, p in v.items()}
-    assert all(itl[big] > itl[name] for name in (fp16, *L40S)), itl
-    assert ttft[big] > ttft[fp16], ttft
-    for p in v.values():
+    prices = {b.variant_id: b.gpu_cost_per_hour for b in fleet.gateway_config().backends}
+    for name, p in session.matrix().variants.items():
+        assert _known(p.itl_ms.p50) and _known(p.ttft_ms.p50)
         # Which level yields more tokens/s is a wall-clock race on a loaded machine; that the
         # profile names the level it measured fastest, among both measured levels, is not.
         assert [t.concurrency for t in p.throughput] == [1, 4]
         fastest = max(p.throughput, key=lambda t: t.output_tokens_per_s)
         assert fastest.errors == 0 and p.best_concurrency == fastest.concurrency
+        per_hour = prices[name] / (fastest.output_tokens_per_s * 3600.0) * 1e6
+        assert _known(p.cost_per_1m_output_tokens) == pytest.approx(per_hour)
         assert not p.ttft_ms.p99_reliable  # 8 requests: no p99 to quote
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantroute.config import TASK_TYPES
+from quantroute.config import TASK_TYPES, TaskType
 from quantroute.workloads import (
     Sample,
     SuiteError,
@@ -53,9 +53,9 @@ def test_answer_key_covers_every_sample_with_a_passing_answer() -> None:
 
 
 @pytest.mark.parametrize("task", TASK_TYPES)
-def test_packaged_files_match_the_generator(task: str) -> None:
+def test_packaged_files_match_the_generator(task: TaskType) -> None:
     packaged = Path(__file__).parents[2] / "src/quantroute/workloads/data" / f"{task}.jsonl"
-    assert packaged.read_text("utf-8") == render(task)  # type: ignore[arg-type]
+    assert packaged.read_text("utf-8") == render(task)
 
 
 def _check(data: dict[str, object]) -> Check:

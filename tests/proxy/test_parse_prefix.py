@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
 from quantroute.config import PolicyConfig, PrefixConfig
+from quantroute.core.model import RequestFeatures
 from quantroute.core.prefix import PrefixSettings, chat_prefix_text, text_blocks
 from quantroute.proxy.parse import parse_request
 
 SETTINGS = PrefixSettings(block_chars=16)
 POLICY = PolicyConfig()
-MESSAGES = [
+MESSAGES: list[dict[str, object]] = [
     {"role": "system", "content": "You are terse. " * 8},
     {"role": "user", "content": [{"type": "text", "text": "Summarise the ticket."}]},
 ]
 
 
-def parse(body: dict[str, object], headers: dict[str, str] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def parse(
+    body: Mapping[str, object],
+    headers: dict[str, str] | None = None,
+    *,
+    policy: PolicyConfig = POLICY,
+) -> RequestFeatures:
     raw = json.dumps(body).encode()
-    policy = kw.pop("policy", POLICY)
-    return parse_request(None, raw, headers or {}, policy, 0, prefix=SETTINGS).features  # type: ignore[arg-type]
+    return parse_request(None, raw, headers or {}, policy, 0, prefix=SETTINGS).features
 
 
 def test_chat_blocks_cover_every_message_with_its_role() -> None:

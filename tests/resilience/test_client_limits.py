@@ -24,7 +24,8 @@ from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejectio
 from quantroute.resilience.header_timeout import protocol_class
 from quantroute.resilience.json_limits import TooDeep, depth_exceeds, loads_bounded
 from quantroute.resilience.settings import ClientLimits
-from quantroute.testing.fake_backend import free_port, wait_until
+from quantroute.testing.fake_backend import wait_until
+from quantroute.testing.procs import free_port
 
 
 class EchoApp:
@@ -79,6 +80,8 @@ class Served:
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.sockets: list[socket.socket] = []
+        """The test's client connections, closed when it stops (those it did not close)."""
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -91,6 +94,8 @@ class Served:
         return self
 
     def stop(self) -> None:
+        for sock in self.sockets:
+            sock.close()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.echo.release.set)
         self.server.should_exit = True
@@ -98,6 +103,7 @@ class Served:
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.sockets.append(sock)
         return sock
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,11 @@ from quantroute.sim.roofline import ScheduledChunk
 MAX_STEPS = 20_000
 
 
-def make_engine(variant: str = "llama3-8b-awq", **overrides: object) -> Engine:
+def make_engine(variant: str = "llama3-8b-awq", **overrides: Any) -> Engine:
+    """An engine as vLLM would build it; ``overrides`` are from_profile's keyword arguments."""
     book = load_profiles()
     profile = book.variant(variant)
-    config = EngineConfig.from_profile(profile, book.gpu_of(profile), book.engine, **overrides)  # type: ignore[arg-type]
+    config = EngineConfig.from_profile(profile, book.gpu_of(profile), book.engine, **overrides)
     return Engine(config)
 
 
@@ -211,12 +213,19 @@ def test_kv_cache_smaller_than_max_model_len_is_refused() -> None:
 # -- prefix caching -------------------------------------------------------------------
 
 
-def hashed(request_id: str, tokens: list[str], **kwargs: object) -> EngineRequest:
+def hashed(
+    request_id: str,
+    tokens: list[str],
+    *,
+    max_tokens: int | None = None,
+    natural_output_tokens: int | None = None,
+) -> EngineRequest:
     return EngineRequest(
         request_id,
         len(tokens),
+        max_tokens=max_tokens,
+        natural_output_tokens=natural_output_tokens,
         block_hashes=block_hashes(tokens, 16),
-        **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import anthropic
 import httpx
 import pytest
+from anthropic.types import (
+    Message,
+    RawContentBlockDeltaEvent,
+    RawMessageStreamEvent,
+    TextBlock,
+    TextDelta,
+)
 
 from quantroute.sim.fleet import SimFleet
 from quantroute.sim.text import chat_prompt_tokens
@@ -16,6 +23,23 @@ from .conftest import ANSWER_KEY
 PROMPT = "Say hello."
 ANSWER = ANSWER_KEY[PROMPT][1]
 AnthropicFactory = Callable[[str], anthropic.AsyncAnthropic]
+
+
+def text_of(message: Message) -> str:
+    """The text of a message's one content block (a text block, or the test fails)."""
+    (block,) = message.content
+    assert isinstance(block, TextBlock), block
+    return block.text
+
+
+def streamed_text(events: Iterable[RawMessageStreamEvent]) -> str:
+    """The text of a stream's content_block_delta events (text deltas, or the test fails)."""
+    pieces = []
+    for event in events:
+        if isinstance(event, RawContentBlockDeltaEvent):
+            assert isinstance(event.delta, TextDelta), event.delta
+            pieces.append(event.delta.text)
+    return "".join(pieces)
 
 
 @pytest.fixture
@@ -43,7 +67,7 @@ async def test_non_stream_message_has_text_stop_reason_and_usage(
     )
     assert message.id.startswith("chatcmpl-")
     assert [block.type for block in message.content] == ["text"]
-    assert message.content[0].text == ANSWER  # type: ignore[union-attr]
+    assert text_of(message) == ANSWER
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens == chat_prompt_tokens(["Be brief.", PROMPT])
     assert message.usage.output_tokens == len(ANSWER.split())
@@ -62,7 +86,7 @@ async def test_content_blocks_and_system_blocks_make_the_prompt(
         ],
         max_tokens=64,
     )
-    assert message.content[0].text == ANSWER  # type: ignore[union-attr]
+    assert text_of(message) == ANSWER
     assert message.usage.input_tokens == chat_prompt_tokens(["Be brief.", "Hi", "Hello.", PROMPT])
 
 
@@ -86,7 +110,7 @@ async def test_stream_sends_anthropics_event_types(
         "message_delta",
         "message_stop",
     ]
-    assert "".join(d.delta.text for d in deltas) == ANSWER  # type: ignore[union-attr]
+    assert streamed_text(events) == ANSWER
     start, end = events[0], events[-2]
     assert start.type == "message_start" and end.type == "message_delta"
     assert start.message.usage.input_tokens == chat_prompt_tokens([PROMPT])

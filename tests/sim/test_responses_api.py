@@ -7,6 +7,11 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+from openai.types.responses import (
+    EasyInputMessageParam,
+    ResponseInputParam,
+    ResponseOutputMessageParam,
+)
 
 from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig
 from quantroute.sim.text import chat_prompt_tokens
@@ -53,15 +58,28 @@ async def test_non_stream_response_carries_the_answer_and_usage(
 async def test_message_items_and_content_parts_make_the_prompt(
     openai_for: OpenAIFactory, fleet: SimFleet
 ) -> None:
-    items = [
+    hi: EasyInputMessageParam = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "Hi"}],
+    }
+    # an earlier answer replayed as the output item it was (the SDK's shape for it)
+    hello: ResponseOutputMessageParam = {
+        "type": "message",
+        "id": "msg_1",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": "Hello.", "annotations": []}],
+    }
+    items: ResponseInputParam = [
         {"role": "developer", "content": "Answer in English."},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
-        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]},
+        hi,
+        hello,
         {"role": "user", "content": [{"type": "input_text", "text": PROMPT}]},
     ]
     response = await openai_for(fleet.urls["awq"]).responses.create(
         model="llama3-8b-awq",
-        input=items,  # type: ignore[arg-type]
+        input=items,
     )
     assert response.output_text == ANSWER  # the last user message is what the model answers
     assert response.usage is not None
@@ -130,7 +148,8 @@ async def test_without_its_store_vllm_knows_no_earlier_response(
         await client.responses.retrieve(first.id)
     with pytest.raises(openai.BadRequestError) as refused:
         await client.responses.create(model="llama3-8b-awq", input=PROMPT, background=True)
-    assert refused.value.body["param"] == "background"  # type: ignore[index]
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "background"
 
 
 async def test_with_its_store_vllm_continues_a_conversation_it_served(
@@ -167,7 +186,8 @@ async def test_prompt_over_max_model_len_is_refused(
         await openai_for(fleet.urls["small"]).responses.create(
             model="tiny-llama", input="word " * 600
         )
-    assert caught.value.body["param"] == "input_tokens"  # type: ignore[index]
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["param"] == "input_tokens"
 
 
 async def test_disconnect_mid_stream_aborts_the_response(http: httpx.AsyncClient) -> None:

@@ -8,6 +8,7 @@ import re
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute.sim.fleet import SimBackendSpec, SimFleet, SimFleetConfig
 from quantroute.sim.text import chat_prompt_tokens, completion_prompt_tokens
@@ -20,10 +21,12 @@ PROMPT = "What is 17 * 3? Answer with the number only."
 async def test_non_stream_chat_answers_from_the_oracle(
     openai_for: OpenAIFactory, fleet: SimFleet
 ) -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": PROMPT},
+    ]
     response = await openai_for(fleet.urls["awq"]).chat.completions.create(
-        model="llama3-8b-awq",
-        messages=messages,  # type: ignore[arg-type]
+        model="llama3-8b-awq", messages=messages
     )
     expected = fleet.backends["awq"].oracle.answer(PROMPT)
     assert expected is not None
@@ -163,7 +166,9 @@ async def test_overlong_prompt_gets_vllms_400(
     assert _shape(body["error"]["message"]) == _shape(captured["error"]["message"])
     assert body["error"]["param"] == captured["error"]["param"]
     with pytest.raises(openai.BadRequestError):
-        await openai_for(fleet.urls["small"]).chat.completions.create(**too_long)  # type: ignore[call-overload]
+        await openai_for(fleet.urls["small"]).chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "word " * 450}]
+        )
 
 
 async def test_overlong_prompt_by_characters(fleet: SimFleet, http: httpx.AsyncClient) -> None:
@@ -234,17 +239,18 @@ async def test_prompt_tokens_details_report_cached_tokens_only_when_enabled_and_
     openai_for: OpenAIFactory,
 ) -> None:
     spec = SimBackendSpec(id="d", profile="llama3-8b-awq", enable_prompt_tokens_details=True)
-    system = {"role": "system", "content": "Shared instructions for every ticket. " * 60}
+    instructions = "Shared instructions for every ticket. " * 60
+    system: ChatCompletionMessageParam = {"role": "system", "content": instructions}
     async with SimFleet(SimFleetConfig(time_scale=100, backends=[spec])) as fleet:
         api = openai_for(fleet.urls["d"])
         first = await api.chat.completions.create(
             model="llama3-8b-awq",
-            messages=[system, {"role": "user", "content": "Ticket one."}],  # type: ignore[list-item]
+            messages=[system, {"role": "user", "content": "Ticket one."}],
             max_tokens=2,
         )
         stream = await api.chat.completions.create(
             model="llama3-8b-awq",
-            messages=[system, {"role": "user", "content": "Ticket two."}],  # type: ignore[list-item]
+            messages=[system, {"role": "user", "content": "Ticket two."}],
             max_tokens=2,
             stream=True,
             stream_options={"include_usage": True},
@@ -255,5 +261,5 @@ async def test_prompt_tokens_details_report_cached_tokens_only_when_enabled_and_
     (usage,) = usages
     assert usage.prompt_tokens_details is not None
     # shared: BOS, system header, its 570 text tokens, end of turn, user header, "Tick"
-    shared = 1 + 4 + len(system["content"]) // 4 + 1 + 4 + 1
+    shared = 1 + 4 + len(instructions) // 4 + 1 + 4 + 1
     assert usage.prompt_tokens_details.cached_tokens == shared // 16 * 16

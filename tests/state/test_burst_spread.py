@@ -9,6 +9,7 @@ of ``benchmarks/routing`` (its least-loaded and round-robin rows), not a test.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import pytest
 
@@ -22,7 +23,7 @@ LEAST_LOADED = {"filters": ["context"], "scorers": {"interactive": [{"name": "le
 ROUND_ROBIN = {"filters": ["context"], "picker": "round_robin"}
 
 
-def burst_spreads(policy: dict[str, object], seed: int, requests: int = 60) -> list[float]:
+def burst_spreads(policy: Mapping[str, object], seed: int, requests: int = 60) -> list[float]:
     """Per dispatched request: max - min over backends of running + waiting + sent since scrape."""
     now = [1000.0]
     configs = [

@@ -12,12 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from quantroute.config import GatewayConfig, parse_config
-from routingbench.workload import TraceRequest
 
 SCRAPE_INTERVAL_S = 0.5
 """Simulated seconds between scrapes (the demo's setting)."""
@@ -29,14 +28,23 @@ policy (all 70B) should show its queue in TTFT, not turn it into aborted streams
 SEVENTY_B = "llama3-70b-awq"
 EIGHT_B_FP16 = "llama3-8b-fp16"
 ALL = ("llama3-8b-awq", "qwen25-7b-gptq", SEVENTY_B, EIGHT_B_FP16)
-ModelFor = Callable[[TraceRequest], str]
 
 
-def _auto(_: TraceRequest) -> str:
+class Tiered(Protocol):
+    """A request with a tier: the benchmark's TraceRequest over HTTP, a TraceRow in the replay."""
+
+    @property
+    def tier(self) -> str: ...
+
+
+ModelFor = Callable[[Tiered], str]
+
+
+def _auto(_: Tiered) -> str:
     return "auto"
 
 
-def _by_tier(request: TraceRequest) -> str:
+def _by_tier(request: Tiered) -> str:
     return request.tier
 
 

@@ -19,16 +19,21 @@ type the gateway's heuristic infers (checked for every generated prompt).
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from quantroute.config import TASK_TYPES, TaskType
 from quantroute.core.features import chat_text, classify_task, estimate_chat_tokens
+from quantroute.core.model import LatencyClass
+from quantroute.replay import synth
+from quantroute.replay.synth import LengthDist, TaskShape, TraceParams
+
+__all__ = ["LengthDist", "TaskShape", "TraceParams", "TraceRequest"]
+from quantroute.replay.trace import TraceRow
 from quantroute.workloads import builtin_suites
 from routingbench import textgen
 
@@ -41,65 +46,6 @@ SYSTEM: dict[TaskType, str] = {
     "extraction": "You turn documents into structured data. Be exact.",
     "chat": "You are a friendly assistant.",
 }
-
-
-@dataclass(frozen=True)
-class LengthDist:
-    """A log-normal length in tokens, clipped to [low, high]."""
-
-    median: float
-    sigma: float
-    low: int
-    high: int
-
-    def sample(self, rng: random.Random) -> int:
-        value = rng.lognormvariate(math.log(self.median), self.sigma)
-        return int(min(self.high, max(self.low, round(value))))
-
-
-@dataclass(frozen=True)
-class TaskShape:
-    share: float
-    prompt: LengthDist
-    output: LengthDist
-    max_tokens: int
-
-
-def _default_shapes() -> dict[TaskType, TaskShape]:
-    return {
-        "coding": TaskShape(
-            0.25, LengthDist(700, 0.7, 120, 5000), LengthDist(300, 0.6, 20, 1000), 1024
-        ),
-        "reasoning": TaskShape(
-            0.20, LengthDist(220, 0.6, 60, 3000), LengthDist(260, 0.5, 20, 900), 1024
-        ),
-        "extraction": TaskShape(
-            0.20, LengthDist(900, 0.6, 120, 5000), LengthDist(80, 0.5, 10, 400), 512
-        ),
-        "chat": TaskShape(0.35, LengthDist(180, 0.8, 40, 3000), LengthDist(160, 0.7, 10, 700), 768),
-    }
-
-
-@dataclass(frozen=True)
-class TraceParams:
-    """Everything that shapes a generated trace (written beside the results)."""
-
-    seed: int = 7
-    requests: int = 2000
-    rate_per_s: float = 6.0
-    """Mean arrival rate outside bursts (requests per simulated second)."""
-    burst_every_s: float = 60.0
-    """Mean gap between burst starts (exponential)."""
-    burst_len_s: float = 8.0
-    burst_factor: float = 4.0
-    premium_share: float = 0.3
-    long_share: float = 0.015
-    long_tokens: tuple[int, int] = (6000, 30000)
-    long_tasks: tuple[TaskType, ...] = ("extraction", "coding", "chat")
-    shapes: dict[TaskType, TaskShape] = field(default_factory=_default_shapes)
-
-    def describe(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -119,10 +65,13 @@ class TraceRequest:
     turn: int | None = None
     after: str | None = None
     think_s: float | None = None
+    latency_class: str = "interactive"
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL row; synthesised messages (``text_seed`` set) are not written out."""
         row = {k: v for k, v in asdict(self).items() if v is not None and k != "messages"}
+        if self.latency_class == "interactive":
+            del row["latency_class"]
         if self.messages is not None and self.text_seed is None:
             row["messages"] = list(self.messages)
         return row
@@ -132,77 +81,36 @@ class TraceRequest:
         return users[-1] if users else ""
 
 
-# -- arrivals ----------------------------------------------------------------------------------
-def burst_windows(
-    params: TraceParams, rng: random.Random, horizon: float
-) -> list[tuple[float, float]]:
-    windows: list[tuple[float, float]] = []
-    t = rng.expovariate(1.0 / params.burst_every_s)
-    while t < horizon:
-        windows.append((t, t + params.burst_len_s))
-        t += params.burst_len_s + rng.expovariate(1.0 / params.burst_every_s)
-    return windows
-
-
-def arrivals(
-    params: TraceParams, rng: random.Random
-) -> tuple[list[float], list[tuple[float, float]]]:
-    """Poisson arrivals whose rate is ``burst_factor`` times higher inside burst windows."""
-    horizon = 4.0 * params.requests / params.rate_per_s
-    windows = burst_windows(params, rng, horizon)
-    edges = sorted({e for w in windows for e in w})
-    times: list[float] = []
-    t = 0.0
-    while len(times) < params.requests:
-        inside = any(a <= t < b for a, b in windows)
-        rate = params.rate_per_s * (params.burst_factor if inside else 1.0)
-        step = rng.expovariate(rate)
-        boundary = next((e for e in edges if e > t), math.inf)
-        if t + step >= boundary:
-            t = boundary  # memoryless: restart the clock at the rate change
-            continue
-        t += step
-        times.append(t)
-    start = times[0]  # traces start at their first arrival, as loaded ones do
-    shifted = [(a - start, b - start) for a, b in windows if a <= times[-1]]
-    return [round(x - start, 4) for x in times], shifted
-
-
-# -- trace -------------------------------------------------------------------------------------
-def _pick_task(params: TraceParams, rng: random.Random) -> TaskType:
-    tasks = list(params.shapes)
-    weights = [params.shapes[t].share for t in tasks]
-    return rng.choices(tasks, weights)[0]
-
-
+# -- draws (the package's synthetic trace: quantroute.replay.synth) ---------------------------
 def _one(params: TraceParams, rng: random.Random, number: int, t: float) -> TraceRequest:
-    task = _pick_task(params, rng)
-    shape = params.shapes[task]
-    output = shape.output.sample(rng)
-    if rng.random() < params.long_share:
-        task = rng.choice(params.long_tasks)
-        shape = params.shapes[task]
-        low, high = params.long_tokens
-        prompt = round(math.exp(rng.uniform(math.log(low), math.log(high))))
-    else:
-        prompt = shape.prompt.sample(rng)
-    tier: Tier = "premium" if rng.random() < params.premium_share else "standard"
+    row = synth.draw(params, rng, number, t)
+    tier: Tier = "premium" if row.tier == "premium" else "standard"
     return TraceRequest(
-        id=f"r{number:05d}",
+        id=row.id,
         t=t,
-        task=task,
+        task=row.task,
         tier=tier,
-        prompt_tokens=prompt,
-        max_tokens=shape.max_tokens,
-        output_tokens=min(output, shape.max_tokens),
+        prompt_tokens=row.prompt_tokens,
+        max_tokens=row.max_tokens,
+        output_tokens=row.output_tokens,
         text_seed=rng.randrange(2**31),
+        latency_class=row.latency_class.value,
     )
+
+
+def as_rows(rows: Sequence[TraceRequest]) -> list[TraceRow]:
+    """The package's feature-only rows of a trace (for the simulated replay)."""
+    return [
+        TraceRow(r.id, r.t, r.task, r.prompt_tokens, r.max_tokens, r.output_tokens,
+                 LatencyClass(r.latency_class), tier=r.tier)
+        for r in rows
+    ]  # fmt: skip
 
 
 def generate(params: TraceParams) -> tuple[list[TraceRequest], list[tuple[float, float]]]:
     """The trace for ``params``: every row realised, last user messages unique."""
     rng = random.Random(params.seed)
-    times, windows = arrivals(params, rng)
+    times, windows = synth.arrivals(params, rng)
     rows: list[TraceRequest] = []
     seen: set[str] = set()
     for number, t in enumerate(times):
@@ -256,6 +164,7 @@ def _parse_row(obj: dict[str, Any], lineno: int) -> TraceRequest:
         turn=obj.get("turn"),
         after=obj.get("after"),
         think_s=obj.get("think_s"),
+        latency_class=str(obj.get("latency_class", "interactive")),
     )
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from quantroute.extras import REDIS_HINT, installed
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -83,6 +85,12 @@ class QuotaConfig(_Frozen):
     window_s: PositiveInt = 60
     """Length of the quota window; 60 makes the limits per minute (shorter only for tests)."""
     key_prefix: str = Field(default="quantroute", pattern=r"^[A-Za-z0-9:._-]+$")
+
+    @model_validator(mode="after")
+    def _redis_client_installed(self) -> QuotaConfig:
+        if self.redis_url is not None and not installed("redis"):
+            raise ValueError(f"redis_url needs the Redis client, not installed: {REDIS_HINT}")
+        return self
 
 
 class RequestCaps(_Frozen):

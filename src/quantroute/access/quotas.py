@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from redis.exceptions import RedisError
-
 from quantroute.access.config import QuotaConfig, QuotaLimits
 from quantroute.access.counters import Counters, MemoryCounters, RedisCounters
 from quantroute.access.errors import QuotaUnavailable, RateLimited
@@ -101,10 +99,20 @@ class Quotas:
         self._clock = clock
         self._local = MemoryCounters()
         self._redis: RedisCounters | None = None
+        self._store_errors: tuple[type[BaseException], ...] = (
+            TimeoutError,
+            OSError,
+            ConnectionError,
+        )
         if config.redis_url is not None:
+            # imported only with Redis: the client's import pulls in much (the OpenTelemetry
+            # SDK's metrics too, where it is installed), for nothing without it
+            from redis.exceptions import RedisError
+
             self._redis = RedisCounters(
                 config.redis_url, timeout_s=config.redis_timeout_s, prefix=config.key_prefix
             )
+            self._store_errors += (RedisError,)
         self._skip_until = 0.0
         self._degraded = False
         self._ends: dict[tuple[int, str], float] = {}
@@ -127,7 +135,7 @@ class Quotas:
         try:
             async with asyncio.timeout(max(2.0, self.config.redis_timeout_s)):
                 await self._redis.warm_up()
-        except (TimeoutError, OSError, ConnectionError, RedisError) as exc:
+        except self._store_errors as exc:
             self._failed(exc)
 
     async def aclose(self) -> None:
@@ -171,7 +179,7 @@ class Quotas:
         if redis is not None and self._clock() >= self._skip_until:
             try:
                 result = await self._bounded(redis, op)
-            except (TimeoutError, OSError, ConnectionError, RedisError) as exc:
+            except self._store_errors as exc:
                 self._failed(exc)
             else:
                 if self._degraded:
@@ -334,7 +342,7 @@ class Quotas:
             return  # Redis is being skipped: the lease expires on its own, the estimate stands
         try:
             await self._bounded(store, lambda s: self._settle(s, admission, used_tokens))
-        except (TimeoutError, OSError, ConnectionError, RedisError) as exc:
+        except self._store_errors as exc:
             self._failed(exc)
 
     def finish_now(self, admission: Admission, used_tokens: int | None) -> bool:

@@ -8,6 +8,10 @@ ends exactly once: :meth:`Attempt.finish` (answered: status and token usage coun
 Every ending also tells passive health what the attempt showed about the backend (an
 :class:`~quantroute.resilience.outcomes.AttemptOutcome`) and, for a good answer, its latencies:
 time to first token and time per output token.
+
+Both ends report to the attempt's trail (its span: status, ``first_byte``, ``retry``,
+``continuation``). The request's trail is settled once the client's answer is over, from the
+last attempt (:meth:`~quantroute.proxy.context.RequestContext.settle`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from quantroute.config import BackendConfig
+from quantroute.observe.trail import NO_ATTEMPT
+from quantroute.observe.trail import Attempt as AttemptTrail
 from quantroute.proxy.sse import Usage
 from quantroute.resilience.outcomes import AttemptOutcome, classify_status, retry_after_seconds
 from quantroute.resilience.passive import PassiveHealthMonitor
@@ -46,6 +52,9 @@ class Attempt:
     failure_outcome: AttemptOutcome | None = None
     """What a given-up attempt showed (a refused connection does not count as a retry)."""
     usage: Usage | None = None
+    error: str | None = None
+    """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
+    trail: AttemptTrail = NO_ATTEMPT
 
     def __post_init__(self) -> None:
         kind = "first" if self.number == 0 else "retry"
@@ -59,8 +68,10 @@ class Attempt:
         """The backend started answering: time to first byte, and no more prefill backlog."""
         if self.lease.prefilling:
             self.first_at = time.perf_counter()
-            self.telemetry.ttfb.labels(self.backend_id).observe(self.first_at - self.started)
+            elapsed = self.first_at - self.started
+            self.telemetry.child(self.telemetry.ttfb, self.backend_id).observe(elapsed)
             self.lease.first_byte()
+            self.trail.first_byte()
 
     def finish(
         self,
@@ -69,20 +80,30 @@ class Attempt:
         *,
         outcome: AttemptOutcome | None = None,
         retry_after: str | None = None,
+        error: str | None = None,
+        then: str | None = None,
     ) -> None:
         """The attempt answered the client (or the client left): count it and end it.
 
         ``outcome`` defaults to what ``status`` says (499: the client left, which says nothing
-        about the backend)."""
+        about the backend). ``error`` names what went wrong when the status alone does not (a
+        broken stream), ``then`` what the request does next (``"continuation"``). Once: an
+        attempt already ended changes nothing."""
         if self.lease.released:
             return
-        self.status = status
-        self.usage = usage
+        self.status, self.usage = status, usage
         t = self.telemetry
-        t.requests.labels(self.backend_id, self.group, str(status)).inc()
+        b, g = self.backend_id, self.group
+        t.child(t.requests, b, g, str(status)).inc()
         if usage is not None:
-            t.prompt_tokens.labels(self.backend_id, self.group).inc(usage.prompt_tokens)
-            t.completion_tokens.labels(self.backend_id, self.group).inc(usage.completion_tokens)
+            t.child(t.prompt_tokens, b, g).inc(usage.prompt_tokens)
+            t.child(t.completion_tokens, b, g).inc(usage.completion_tokens)
+        if status == CLIENT_CLOSED:
+            self.error = error or "client_disconnected"
+            self.trail.end(None, error=self.error, then=then)
+        else:
+            self.error = error
+            self.trail.end(status, error=error, then=then)
         if outcome is None:
             outcome = (
                 AttemptOutcome.CLIENT_GONE if status == CLIENT_CLOSED else classify_status(status)
@@ -92,12 +113,25 @@ class Attempt:
             self._latencies(usage.completion_tokens)
         self.release()
 
-    def give_up(self, reason: str, outcome: AttemptOutcome, retry_after: str | None = None) -> None:
-        """Failed before the first byte (connect error, 5xx, 429): counted as a retry, ended."""
+    def give_up(
+        self,
+        reason: str,
+        outcome: AttemptOutcome,
+        retry_after: str | None = None,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        retry: bool = True,
+    ) -> None:
+        """Failed before the first byte (connect error, 5xx, 429): counted as a retry, ended.
+        ``outcome`` is what it showed passive health, ``status`` the backend's (None if it was
+        never reached), ``error`` the kind of failure for the trail; ``retry`` whether another
+        backend is tried next."""
         self.failure = reason
         self.failure_outcome = outcome
         self.telemetry.retries.labels(self.backend_id).inc()
         self._report(outcome, retry_after)
+        self.trail.end(status, error=error, then="retry" if retry else None)
         self.release()
 
     def release(self) -> None:
@@ -111,7 +145,7 @@ class Attempt:
         if self.health is None or tokens <= 0:
             return
         ended = time.perf_counter()
-        load = self.lease.owner.count(self.backend_id)
+        load = self.lease.account.requests
         if self.stream and self.first_at is not None:
             per_token = (ended - self.first_at) / (tokens - 1) if tokens > 1 else None
             ttft = self.first_at - self.started

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.types import Receive
 
 from quantroute.core.model import Decision, RequestFeatures
+from quantroute.observe.trail import NO_TRAIL, Trail
 from quantroute.proxy.parse import ParsedRequest
 
 if TYPE_CHECKING:
@@ -39,10 +40,15 @@ class RequestContext:
     """``backend: what went wrong`` for each attempt that was given up before the first byte."""
     continuation: StreamContinuation | None = None
     """A stream's continuation guard (None: not a stream, or continuation is off)."""
+    trail: Trail = NO_TRAIL
+    """The request's access-log record and spans (a shared no-op when neither is configured)."""
     request_id: str = ""
     """The id the client gets in ``x-request-id`` and error bodies; log lines carry it."""
     credentials: Callable[[str], Mapping[str, str]] = lambda _backend_id: {}
     """The gateway's own headers for a backend (its ``Authorization``), by backend id."""
+    show_decision: bool = True
+    """Whether the caller may see ``x-quantroute-decision`` (``access.decision_header``): the
+    header is built only then (the access middleware still strips it for anyone else)."""
     streaming: bool = False
     """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
     _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
@@ -56,12 +62,33 @@ class RequestContext:
         self._on_done.append(callback)
 
     def done(self) -> None:
-        """The request is over (answered, failed or abandoned): run the callbacks, once."""
+        """The request is over (answered, failed or abandoned; a continued stream: when the
+        continuation ends): the trail is settled, then the callbacks run (the key's quota), once.
+        """
         if self._done:
             return
         self._done = True
+        self._settle_trail()
         for callback in self._on_done:
             callback(self)
+
+    def _settle_trail(self) -> None:
+        """The trail takes the last attempt's outcome (for a continued stream, the
+        continuation's) and the tokens every attempt counted (as the token metrics do). When no
+        attempt answered (none was made, or every one was given up) the gateway answers with an
+        error, and the HTTP edge settles the trail with it instead (``Trail.finish`` keeps the
+        first outcome it is given)."""
+        last = self.attempts[-1] if self.attempts else None
+        if last is None or last.status is None:
+            return
+        usages = [a.usage for a in self.attempts if a.usage is not None]
+        self.trail.finish(
+            last.status,
+            error=last.error,
+            prompt_tokens=sum(u.prompt_tokens for u in usages) if usages else None,
+            completion_tokens=sum(u.completion_tokens for u in usages) if usages else None,
+            answered=last.trail,
+        )
 
     def used_tokens(self) -> int | None:
         """Tokens the backends reported for this request, over every attempt (a stream continued

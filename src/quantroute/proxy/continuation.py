@@ -22,9 +22,10 @@ sampling run), completions with ``echo`` or token-id / batched prompts, structur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +207,7 @@ class StreamContinuation:
     def relayed_tokens(self) -> int:
         return read_transcript(self.recorder.relayed()).tokens if self.recorder else 0
 
-    async def resume(self, failed: str, reason: str, fallback: bytes) -> AsyncIterator[bytes]:
+    async def resume(self, failed: str, reason: str, fallback: bytes) -> AsyncGenerator[bytes]:
         """The rest of the client's stream after ``failed`` broke off; ``fallback`` (the error
         event) when it cannot be continued."""
         c, ctx, recorder = self._continuer, self._ctx, self.recorder
@@ -236,10 +237,11 @@ class StreamContinuation:
                 return
             target = candidates[0]
             run = _Run(c, ctx, target, t)
-            async for out in run.events():
-                if not out.startswith(b":"):
-                    recorder.take(out)
-                yield out
+            async with contextlib.aclosing(run.events()) as events:  # its attempt ends with us
+                async for out in events:
+                    if not out.startswith(b":"):
+                        recorder.take(out)
+                    yield out
             c.count(source, target.id, run.outcome, reason, t.tokens)
             if run.outcome == "completed":
                 return
@@ -285,15 +287,16 @@ class _Run:
         self.outcome = "client_closed"
         self.failure: str | None = None
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes]:
         fw, ctx, splicer = self._c.forwarder, self._ctx, self._splicer
         attempt = fw.begin_attempt(ctx, self._backend, strip_usage=not ctx.parsed.wants_usage)
         status = CLIENT_CLOSED
         try:
+            headers = attempt.trail.headers(ctx.upstream_headers(self._backend.id))
             response = await fw.upstream.post(
                 fw.url_for(self._backend, ctx),
                 self._body,
-                ctx.upstream_headers(self._backend.id),
+                headers,
                 fw.deadlines_for(self._backend, ctx),
             )
             try:

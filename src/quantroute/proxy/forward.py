@@ -124,11 +124,20 @@ class Forwarder:
     def begin_attempt(
         self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool, number: int = 0
     ) -> Attempt:
-        return self._begin(ctx, backend, strip_usage, number)
+        """A continuation's attempt (see :mod:`quantroute.proxy.continuation`)."""
+        return self._begin(ctx, backend, strip_usage, number, continuation=True)
 
     def _begin(
-        self, ctx: RequestContext, backend: BackendConfig, strip_usage: bool, number: int
+        self,
+        ctx: RequestContext,
+        backend: BackendConfig,
+        strip_usage: bool,
+        number: int,
+        *,
+        continuation: bool = False,
     ) -> Attempt:
+        """``number``: 0 for the decision's choice, 1.. for retries (the attempts metric); the
+        trail numbers every try of the request from 1, continuations included."""
         features = ctx.features
         kv_tokens = request_kv_tokens(features, self.policy)
         prefill = features.prompt_tokens
@@ -154,6 +163,8 @@ class Forwarder:
             number=number,
             stream=features.stream,
         )
+        tried = len(ctx.attempts) + 1
+        attempt.trail = ctx.trail.attempt(tried, backend, continuation=continuation)
         ctx.attempts.append(attempt)
         return attempt
 
@@ -173,11 +184,19 @@ class Forwarder:
         return False
 
     def _give_up(
-        self, ctx: RequestContext, attempt: Attempt, reason: str, outcome: AttemptOutcome,
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        reason: str,
+        outcome: AttemptOutcome,
         retry_after: str | None = None,
-    ) -> None:  # fmt: skip
+        *,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Given up before the first byte, and the next backend is tried (the only way here)."""
         ctx.failures.append(f"{attempt.backend_id}: {reason}")
-        attempt.give_up(reason, outcome, retry_after)
+        attempt.give_up(reason, outcome, retry_after, status=status, error=error)
 
     async def _try(
         self, ctx: RequestContext, attempt: Attempt, body: bytes, *, more: bool, more_free: bool
@@ -188,17 +207,21 @@ class Forwarder:
         backend is left, to try after a refused connection (which does not count as a retry)."""
         url = self.url_for(attempt.backend, ctx)
         limits = deadlines(self.config, ctx.features, attempt.backend)
+        # the gateway's own credentials for this backend, + traceparent when tracing
+        headers = attempt.trail.headers(ctx.upstream_headers(attempt.backend_id))
         handed_over = False
         try:
             if ctx.features.stream:
                 response, first = await race_disconnect(
-                    ctx.receive, self._open_stream(url, body, ctx, attempt, limits)
+                    ctx.receive, self._open_stream(url, body, headers, limits)
                 )
                 if response.status in RETRY_STATUSES and self._may_retry(more):
                     response.close()
-                    outcome = classify_status(response.status)
-                    reason = f"HTTP {response.status}"
-                    self._give_up(ctx, attempt, reason, outcome, response.retry_after)
+                    status = response.status
+                    outcome = classify_status(status)
+                    retry_after = response.retry_after
+                    reason = f"HTTP {status}"
+                    self._give_up(ctx, attempt, reason, outcome, retry_after, status=status)
                     return None
                 if response.status < 400:
                     max_event = self.config.resilience.upstream.max_sse_event_bytes
@@ -211,11 +234,12 @@ class Forwarder:
                 )
             else:
                 status, ctype, data, retry_after = await race_disconnect(
-                    ctx.receive, self._exchange(url, body, ctx, attempt, limits)
+                    ctx.receive, self._exchange(url, body, headers, limits)
                 )
                 if status in RETRY_STATUSES and self._may_retry(more):
                     outcome = classify_status(status)
-                    self._give_up(ctx, attempt, f"HTTP {status}", outcome, retry_after)
+                    reason = f"HTTP {status}"
+                    self._give_up(ctx, attempt, reason, outcome, retry_after, status=status)
                     return None
             reply = relay_body(ctx, attempt, status, ctype, data, retry_after)
             await ctx.exchange.completed(status)
@@ -224,15 +248,17 @@ class Forwarder:
             outcome = AttemptOutcome(exc.outcome)
             refused = outcome is AttemptOutcome.CONNECT_ERROR
             if self._may_retry(more_free if refused else more, free=refused):
-                self._give_up(ctx, attempt, str(exc), outcome)
+                self._give_up(ctx, attempt, str(exc), outcome, error="upstream_connect_error")
                 return None
             ctx.failures.append(f"{attempt.backend_id}: {exc}")
             attempt.failure = str(exc)  # nothing was generated: a quota is charged nothing
-            attempt.finish(502, outcome=outcome)
-            raise _unreachable(ctx) from None
+            unreachable = _unreachable(ctx)
+            attempt.finish(502, outcome=outcome, error=unreachable.code)
+            raise unreachable from None
         except UpstreamFailure as exc:
-            attempt.finish(_status_of(exc), outcome=AttemptOutcome(exc.outcome))
-            raise _client_error(ctx, attempt.backend_id, exc) from None
+            failed = _client_error(ctx, attempt.backend_id, exc)
+            attempt.finish(_status_of(exc), outcome=AttemptOutcome(exc.outcome), error=failed.code)
+            raise failed from None
         except ClientDisconnected:
             attempt.finish(CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
@@ -241,10 +267,9 @@ class Forwarder:
                 attempt.release()
 
     async def _open_stream(
-        self, url: str, body: bytes, ctx: RequestContext, attempt: Attempt, limits: Deadlines
+        self, url: str, body: bytes, headers: Mapping[str, str], limits: Deadlines
     ) -> tuple[UpstreamResponse, bytes | None]:
         """The response and, for a 200, its first chunk (None: the stream ended at once)."""
-        headers = ctx.upstream_headers(attempt.backend_id)
         response = await self.upstream.post(url, body, headers, limits)
         if response.status != 200:
             return response, None
@@ -256,9 +281,8 @@ class Forwarder:
         return response, first
 
     async def _exchange(
-        self, url: str, body: bytes, ctx: RequestContext, attempt: Attempt, limits: Deadlines
+        self, url: str, body: bytes, headers: Mapping[str, str], limits: Deadlines
     ) -> tuple[int, str, bytes, str | None]:
-        headers = ctx.upstream_headers(attempt.backend_id)
         return await _read(await self.upstream.post(url, body, headers, limits))
 
 

@@ -7,6 +7,7 @@ closed connection is how vLLM learns to abort the request).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -44,10 +45,9 @@ def sse_error_event(message: str) -> bytes:
 def response_headers(
     ctx: RequestContext, attempt: Attempt, retry_after: str | None = None
 ) -> dict[str, str]:
-    headers = {
-        "x-quantroute-backend": attempt.backend_id,
-        "x-quantroute-decision": ctx.routed.explain()[:1024],
-    }
+    headers = {"x-quantroute-backend": attempt.backend_id}
+    if ctx.show_decision:  # built only for a caller who sees it
+        headers["x-quantroute-decision"] = ctx.routed.explain()[:1024]
     if retry_after is not None and retry_after.isascii():
         headers["retry-after"] = retry_after
     return headers
@@ -112,6 +112,15 @@ def _mid_stream(exc: Exception) -> str:
     return "The backend failed mid-stream"
 
 
+def _stream_error_code(exc: Exception) -> str:
+    """The trail's name for what ended a stream (the access log's and the span's error)."""
+    if isinstance(exc, UpstreamTimeout):
+        return "upstream_timeout"
+    if isinstance(exc, UpstreamTooLarge):
+        return "upstream_response_too_large"
+    return "upstream_stream_error"
+
+
 class _Stream:
     """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
     is never sent (a generator that never started would never run its ``finally``)."""
@@ -134,6 +143,7 @@ class _Stream:
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
         self._failure: AttemptOutcome | None = None
+        self._error: str | None = None
         self._closed = False
         self._continuing = False
 
@@ -166,7 +176,7 @@ class _Stream:
             self.close()
             await self._exchange.completed(self._outcome)
         except (UpstreamFailure, StreamBroke) as exc:
-            self._outcome = 502
+            self._outcome, self._error = 502, _stream_error_code(exc)
             failed = exc.outcome if isinstance(exc, UpstreamFailure) else "reset"
             self._failure = AttemptOutcome(failed)
             log.warning(
@@ -183,10 +193,15 @@ class _Stream:
                 return
             self._continuing = True  # the request is not over: done() waits for the end
             self.close()  # the broken backend's account ends before the continuation starts
-            async for out in cont.resume(attempt.backend_id, str(exc), error):
-                yield out
+            # closed with this generator (however it ends), so the continuation's attempt has
+            # ended before done() settles the request
+            async with contextlib.aclosing(
+                cont.resume(attempt.backend_id, str(exc), error)
+            ) as tail:
+                async for out in tail:
+                    yield out
         except Exception:
-            self._outcome = 500
+            self._outcome, self._error = 500, "gateway_error"
             self._failure = AttemptOutcome.GATEWAY_ERROR
             raise
         finally:
@@ -201,8 +216,14 @@ class _Stream:
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
+        then = "continuation" if self._continuing else None
         self._attempt.finish(
-            self._outcome, usage, outcome=self._failure, retry_after=self._upstream.retry_after
+            self._outcome,
+            usage,
+            outcome=self._failure,
+            retry_after=self._upstream.retry_after,
+            error=self._error,
+            then=then,
         )
         if not self._continuing:
             self._ctx.done()

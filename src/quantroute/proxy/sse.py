@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass
 
 from quantroute.errors import UpstreamTooLarge
@@ -57,12 +58,19 @@ class SSEUsageTap:
     def __init__(self, strip_usage: bool) -> None:
         self._strip = strip_usage
         self._pending = b""
-        self._tail = b""
+        self._tail: deque[bytes] = deque()
+        self._tail_len = 0
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._strip:
-            self._tail = (self._tail + chunk)[-_TAIL_KEEP:]
+            # the last chunks are kept (about _TAIL_KEEP bytes), not copied per chunk: usage is
+            # only looked for in the tail, once, when the stream ends
+            tail = self._tail
+            tail.append(chunk)
+            self._tail_len += len(chunk)
+            while self._tail_len - len(tail[0]) >= _TAIL_KEEP:
+                self._tail_len -= len(tail.popleft())
             return chunk
         data = self._pending + chunk
         cut = _last_boundary_end(data)
@@ -89,7 +97,8 @@ class SSEUsageTap:
 
     def finish(self) -> Usage | None:
         if self.usage is None and self._tail:
-            for event in reversed(_BOUNDARY.split(self._tail)):
+            tail = b"".join(self._tail)[-_TAIL_KEEP:]
+            for event in reversed(_BOUNDARY.split(tail)):
                 usage = usage_from_event(event)
                 if usage is not None:
                     self.usage = usage

@@ -97,11 +97,15 @@ class ClientLimitsMiddleware:
         limits: Callable[[], ClientLimits],
         *,
         on_reject: Callable[[Rejection], None] | None = None,
+        on_gone: Callable[[Scope], None] | None = None,
         exempt: frozenset[str] = EXEMPT_PATHS,
     ) -> None:
+        """``on_gone``: told of a request whose client left during its upload (the application
+        never sees it; the gateway settles its trail as 499 there)."""
         self.app = app
         self._limits = limits
         self._on_reject = on_reject
+        self._on_gone = on_gone
         self._exempt = exempt
         self.active = 0
         self.buffered = 0
@@ -149,6 +153,8 @@ class ClientLimitsMiddleware:
             return
         if body is None:
             self._count(Rejection.CLIENT_GONE)
+            if self._on_gone is not None:
+                self._on_gone(scope)
             return
         await self.app(scope, _replay(body, receive), send)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.types import Scope
 
 from quantroute.access.control import AccessControl
 from quantroute.access.middleware import AccessMiddleware
@@ -34,6 +37,9 @@ from quantroute.apis import routes as api_routes
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Health
 from quantroute.core.plugins import compile_plan
+from quantroute.observe.access_log import AccessLog
+from quantroute.observe.observer import Observer
+from quantroute.observe.settings import resolve_tracing
 from quantroute.proxy.upstream import AiohttpUpstream, Upstream
 from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejection
 from quantroute.resilience.header_timeout import protocol_class
@@ -129,6 +135,16 @@ class _ScrapeReport:
         self.after()
 
 
+def observer_from_config(config: GatewayConfig, telemetry: Telemetry) -> Observer:
+    """Tracing and the access log as configured (``OTEL_*`` read here, once). Raises
+    ConfigError when tracing is on but the ``tracing`` extra is not installed."""
+    settings = resolve_tracing(config.tracing, os.environ)
+    log = None
+    if config.access_log is not None:
+        log = AccessLog(config.access_log, on_drop=telemetry.access_log_dropped.inc)
+    return Observer(settings=settings, access_log=log)
+
+
 def _prefix_tracker(config: GatewayConfig, clock: Callable[[], float]) -> PrefixTracker | None:
     """The prefix index, when the policy has a scorer that reads it (else nothing is kept)."""
     if not compile_plan(config.policy).tracks_prefix:
@@ -150,11 +166,13 @@ def create_app(
     trim_memory: bool = False,
     access: AccessControl | None = None,
     keys_poll_s: float = KEYS_POLL_S,
+    observer: Observer | None = None,
 ) -> FastAPI:
     """The gateway app; ``matrix_poll_s`` is how often the matrix file is checked for changes,
     ``config_path`` the file to hot-reload (watched, and on SIGHUP through ``serve``);
     ``trim_memory`` returns freed heap memory to the system every few seconds (``serve``)."""
     telemetry = telemetry or Telemetry()
+    observer = observer or observer_from_config(config, telemetry)
     lifecycle = lifecycle or Lifecycle()
     lifecycle.on_drain(lambda: telemetry.resilience.draining.set(1))
     lease_ttl_s = config.policy.upstream_timeouts.total_s + LEASE_MARGIN_S
@@ -180,8 +198,18 @@ def create_app(
         limit = config.resilience.upstream.connections_per_backend
         up = upstream or AiohttpUpstream(connections_per_backend=limit)
         client = scrape_client or httpx.AsyncClient(trust_env=False)
+        observer.start()
         runtime = Runtime(
-            config, store, up, source, telemetry, clock, guard, prefix, on_swap=swapped
+            config,
+            store,
+            up,
+            source,
+            telemetry,
+            clock,
+            guard,
+            prefix,
+            observer=observer,
+            on_swap=swapped,
         )
         app.state.runtime = runtime
         report = _ScrapeReport(store, telemetry, prefix)
@@ -230,6 +258,7 @@ def create_app(
             if upstream is None:
                 await up.aclose()
             await guard.aclose()
+            await asyncio.to_thread(observer.stop)  # flushes spans and the access log
 
     app = FastAPI(
         title="quantroute",
@@ -254,10 +283,15 @@ def create_app(
     def rejected(reason: Rejection) -> None:
         telemetry.resilience.client_rejections.labels(reason.value).inc()
 
+    def gone(scope: Scope) -> None:
+        gateway: Gateway | None = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            gateway.client_gone(Request(scope))
+
     errors.install(app)
     routes.install(app)
     api_routes.install(app)
     # the last added runs first: access (request id, key) outside the client limits
-    app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected)
+    app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected, on_gone=gone)
     app.add_middleware(AccessMiddleware, access=guard)
     return app

@@ -9,11 +9,12 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from quantroute.access.control import AccessControl
@@ -21,6 +22,10 @@ from quantroute.access.keys import OPEN, Principal
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
+from quantroute.errors import RequestError
+from quantroute.observe.observer import Observer
+from quantroute.observe.trail import NO_TRAIL, Trail
+from quantroute.proxy.attempt import CLIENT_CLOSED
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
@@ -35,6 +40,11 @@ from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 ROUTING_HEADERS = ("x-quantroute-task", "x-quantroute-priority")
+TRACED_FROM_THE_BODY: dict[str, Kind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+}
+"""Paths whose trail starts before the body is read (:meth:`Gateway.handle`)."""
 FORWARD_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -57,11 +67,13 @@ class Gateway:
         budget: RetryBudget | None = None,
         clock: Clock | None = None,
         backends: Iterable[BackendConfig] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """One gateway per config: a reload builds a new one (requests in progress keep theirs);
         the store, in-flight account, passive health, budget and upstream are shared."""
         self.config = config
         self.access = access
+        self.observer = observer or Observer()
         self.store = store
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
@@ -121,14 +133,35 @@ class Gateway:
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: Request) -> Response:
-        parsed = self.parse(kind, await request.body(), request, principal=_principal(request))
-        return await self.dispatch(parsed, OpenAIExchange(parsed), request)
+        """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
+        log, spans) is settled when the request is over (:meth:`RequestContext.done`), or by
+        :func:`_settles` when it ends in an error the gateway answers itself."""
+        trail = self._begin(kind, request)
+        with _settles(trail):
+            with trail.phase("parse"):
+                raw = await request.body()
+                parsed = self.parse(kind, raw, request, principal=_principal(request))
+            return await self.dispatch(parsed, OpenAIExchange(parsed), request, trail)
 
     async def dispatch(
-        self, parsed: ParsedRequest, exchange: Exchange, request: Request
+        self,
+        parsed: ParsedRequest,
+        exchange: Exchange,
+        request: Request,
+        trail: Trail | None = None,
     ) -> Response:
         """Decide and forward a parsed request of any API (``exchange`` says how): the key's
-        access to the model, the group's caps and the quotas first (access/)."""
+        access to the model, the group's caps and the quotas first (access/). The other APIs
+        parse before they call this, so their trail starts here."""
+        if trail is None:
+            trail = self._begin(parsed.kind, request)
+        with _settles(trail):
+            trail.parsed(parsed.features)
+            return await self._dispatch(parsed, exchange, request, trail)
+
+    async def _dispatch(
+        self, parsed: ParsedRequest, exchange: Exchange, request: Request, trail: Trail
+    ) -> Response:
         state = request.scope.get("state") or {}
         principal = _principal(request)
         access, model, backends = self.access, parsed.features.model, self.store.configs()
@@ -140,9 +173,12 @@ class Gateway:
             FORWARD_HEADERS,
             request.receive,
             exchange,
+            trail=trail,
             request_id=state.get("request_id", ""),
             credentials=access.credentials.headers,
+            show_decision=access.sees_decision(principal),
         )
+        ctx.on_done(self.router.settled)  # the decision log (a no-op when it is off)
         admission = await access.admit(
             principal, access.admission_tokens(ctx.features, self.config.policy)
         )
@@ -150,12 +186,38 @@ class Gateway:
             state["ratelimit"] = admission.headers
             ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
         try:
-            ctx.decision = self.router.route(ctx.features)
+            with trail.phase("decide"):
+                decision = self.router.decide(ctx.features)
+                trail.decided(decision)
+            ctx.decision = self.router.routed(decision, ctx.features)
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
         finally:
-            if not ctx.streaming:
+            if not ctx.streaming:  # a stream's relay calls done() when the stream ends
                 ctx.done()
+
+    def client_gone(self, request: Request) -> None:
+        """A client left while sending its body (the client-limits middleware read it, so
+        :meth:`handle` never ran): the trail says 499, as when ``handle`` notices it itself."""
+        kind = TRACED_FROM_THE_BODY.get(request.scope["path"])
+        if kind is not None:
+            self._begin(kind, request).finish(CLIENT_CLOSED, error="client_disconnected")
+
+    def _begin(self, kind: str, request: Request) -> Trail:
+        """The request's trail, under the access middleware's request id and the key's name
+        (never the key itself; none when no keys are configured)."""
+        if not self.observer.active:
+            return NO_TRAIL
+        state = request.scope.get("state") or {}
+        principal = _principal(request)
+        return self.observer.begin(
+            "POST",
+            request.scope["path"],
+            kind,
+            request.headers,
+            request_id=state.get("request_id", ""),
+            key=None if principal is OPEN else principal.name,
+        )
 
     async def explain(self, request: Request) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
@@ -164,6 +226,22 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
+
+
+@contextlib.contextmanager
+def _settles(trail: Trail) -> Iterator[None]:
+    """A request that ends in an exception settles its trail here (once: finish is idempotent)."""
+    try:
+        yield
+    except RequestError as exc:
+        trail.finish(exc.status, error=exc.code)
+        raise
+    except ClientDisconnect:  # gone while the body was still being read
+        trail.finish(CLIENT_CLOSED, error="client_disconnected")
+        raise
+    except BaseException as exc:
+        trail.finish(500, error=type(exc).__name__)
+        raise
 
 
 def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from quantroute.access.control import AccessControl
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.plugins import compile_plan
+from quantroute.observe.observer import Observer
 from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
 from quantroute.server.gateway import Gateway
@@ -36,6 +37,8 @@ NEEDS_RESTART: tuple[tuple[str, Callable[[GatewayConfig], object]], ...] = (
     ),
     ("resilience.drain", lambda c: c.resilience.drain),
     ("access", lambda c: c.access),
+    ("tracing", lambda c: c.tracing),
+    ("access_log", lambda c: c.access_log),
     ("policy.prefix", lambda c: c.policy.prefix),
     ("the prefix index (a scorer that reads it)", lambda c: compile_plan(c.policy).tracks_prefix),
 )
@@ -53,9 +56,11 @@ class Runtime:
         access: AccessControl,
         prefix: PrefixTracker | None = None,
         *,
+        observer: Observer | None = None,
         on_swap: Callable[[Gateway], None] = lambda _: None,
     ) -> None:
         self.config = config
+        self.observer = observer or Observer()
         self.access = access
         self.prefix = prefix
         self.store = store
@@ -92,6 +97,7 @@ class Runtime:
             budget=self.budget,
             clock=self.clock,
             backends=self.backends(),
+            observer=self.observer,
         )
         gateway.set_backends(self.backends())
         return gateway
@@ -116,9 +122,10 @@ class Runtime:
 
     def sweep(self) -> None:
         """Remove the series of retired backends that have nothing in flight any more."""
-        busy = {lease.backend_id for lease in self.store.inflight.leases()}
-        for backend_id in sorted(self.retired - busy):
+        inflight = self.store.inflight
+        for backend_id in sorted(b for b in self.retired if inflight.count(b) == 0):
             self.telemetry.forget_backend(backend_id)
+            inflight.forget(backend_id)
             self.retired.discard(backend_id)
 
     def apply(self, config: GatewayConfig) -> list[str]:
@@ -140,9 +147,12 @@ class Runtime:
         if self.scraper is not None:
             self.scraper.set_policy(config.policy)
         self.budget.configure(config.resilience.retry_budget)
-        sequence = self.gateway.router.next_sequence(dry_run=True)
+        previous = self.gateway.router
+        sequence = previous.next_sequence(dry_run=True)
         self.gateway = self._build(config)
         self.gateway.router.continue_from(sequence)
+        if config.decision_log == old.decision_log:  # one writer per file, kept across reloads
+            self.gateway.router.decision_log = previous.decision_log
         notes += self._declare(config, before)
         self._on_swap(self.gateway)
         return notes

@@ -12,41 +12,18 @@ counts requests in flight reads this account and nothing else keeps its own:
   ``quantroute_backend_in_flight_requests``, read from here when scraped
   (:meth:`quantroute.telemetry.Telemetry.watch_in_flight`).
 
-Pure bookkeeping: the clock is injected, nothing here does I/O.
+Per backend the figures are kept up to date as leases come and go, so reading them costs the
+same with 1 or 500 requests in flight (it is read on every routing decision). Pure bookkeeping:
+the clock is injected, nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quantroute.base import Clock
-
-
-@dataclass(eq=False, slots=True)
-class Lease:
-    """One request in flight to one backend."""
-
-    backend_id: str
-    number: int
-    dispatched_at: float
-    kv_tokens: int
-    prompt_tokens: int
-    owner: InFlight
-    prefilling: bool = True
-    released: bool = False
-
-    def first_byte(self) -> None:
-        """The response has started: its prompt is no longer prefill backlog."""
-        self.prefilling = False
-
-    def release(self) -> None:
-        """The request ended. Idempotent: a second call changes nothing."""
-        if not self.released:
-            self.released = True
-            self.owner._leases.pop(self.number, None)
-            self.owner._per_backend[self.backend_id] -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,44 +37,110 @@ class BackendLoad:
     prefill_backlog_tokens: int = 0
 
 
+@dataclass(eq=False, slots=True)
+class _Account:
+    requests: int = 0
+    prefill_tokens: int = 0
+    unseen: dict[int, Lease] = field(default_factory=dict)
+    unseen_kv_tokens: int = 0
+
+    def load(self) -> BackendLoad:
+        return BackendLoad(
+            self.requests, len(self.unseen), self.unseen_kv_tokens, self.prefill_tokens
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One request in flight to one backend."""
+
+    backend_id: str
+    number: int
+    dispatched_at: float
+    kv_tokens: int
+    prompt_tokens: int
+    account: _Account
+    clock: Clock
+    prefilling: bool = True
+    released: bool = False
+    first_byte_at: float | None = None
+    """When the response started (the account's clock); None before that."""
+
+    def first_byte(self) -> None:
+        """The response has started: its prompt is no longer prefill backlog."""
+        if self.prefilling:
+            self.first_byte_at = self.clock()
+            self._prefill_done()
+
+    def _prefill_done(self) -> None:
+        self.prefilling = False
+        self.account.prefill_tokens -= self.prompt_tokens
+
+    def release(self) -> None:
+        """The request ended. Idempotent: a second call changes nothing. A request that ends
+        before its first byte leaves the prefill backlog without a ``first_byte_at``."""
+        if self.released:
+            return
+        self.released = True
+        if self.prefilling:
+            self._prefill_done()
+        account = self.account
+        account.requests -= 1
+        if account.unseen.pop(self.number, None) is not None:
+            account.unseen_kv_tokens -= self.kv_tokens
+
+
 class InFlight:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._numbers = itertools.count(1)
-        self._leases: dict[int, Lease] = {}
+        self._accounts: dict[str, _Account] = {}
         self.dispatched: Counter[str] = Counter()
         """Requests ever dispatched per backend (every attempt, retries included)."""
-        self._per_backend: Counter[str] = Counter()
 
     def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Lease:
+        account = self._accounts.get(backend_id)
+        if account is None:
+            account = self._accounts[backend_id] = _Account()
         number = next(self._numbers)
-        lease = Lease(backend_id, number, self._clock(), kv_tokens, prompt_tokens, self)
-        self._leases[number] = lease
+        lease = Lease(
+            backend_id, number, self._clock(), kv_tokens, prompt_tokens, account, self._clock
+        )
+        account.requests += 1
+        account.prefill_tokens += prompt_tokens
+        account.unseen[number] = lease
+        account.unseen_kv_tokens += kv_tokens
         self.dispatched[backend_id] += 1
-        self._per_backend[backend_id] += 1
         return lease
 
     def count(self, backend_id: str) -> int:
-        """Requests in flight at one backend now (kept as a counter: read per request)."""
-        return self._per_backend[backend_id]
+        """Requests in flight at one backend now."""
+        account = self._accounts.get(backend_id)
+        return 0 if account is None else account.requests
+
+    def forget(self, backend_id: str) -> None:
+        """Drop the account of a backend that left, once nothing is in flight there (its
+        leases hold the account they count in: one still open keeps it)."""
+        account = self._accounts.get(backend_id)
+        if account is not None and account.requests == 0:
+            del self._accounts[backend_id]
+
+    def now(self) -> float:
+        """The account's clock (the one ``dispatched_at`` and ``first_byte_at`` are read from)."""
+        return self._clock()
+
+    def scraped(self, backend_id: str, started_at: float) -> None:
+        """A scrape that started at ``started_at`` succeeded: it saw what was sent before then."""
+        account = self._accounts.get(backend_id)
+        if account is None:
+            return
+        for number, lease in list(account.unseen.items()):
+            if lease.dispatched_at < started_at:
+                del account.unseen[number]
+                account.unseen_kv_tokens -= lease.kv_tokens
 
     def total(self) -> int:
-        return len(self._leases)
+        return sum(a.requests for a in self._accounts.values())
 
-    def leases(self) -> tuple[Lease, ...]:
-        return tuple(self._leases.values())
-
-    def loads(self, unseen_since: dict[str, float | None]) -> dict[str, BackendLoad]:
-        """Per backend: its load, counting as unseen what was dispatched at or after
-        ``unseen_since[backend]`` (the start of its last successful scrape; None: never scraped)."""
-        acc: dict[str, list[int]] = {}
-        for lease in self._leases.values():
-            row = acc.setdefault(lease.backend_id, [0, 0, 0, 0])
-            row[0] += 1
-            since = unseen_since.get(lease.backend_id)
-            if since is None or lease.dispatched_at >= since:
-                row[1] += 1
-                row[2] += lease.kv_tokens
-            if lease.prefilling:
-                row[3] += lease.prompt_tokens
-        return {k: BackendLoad(*v) for k, v in acc.items()}
+    def loads(self) -> dict[str, BackendLoad]:
+        return {k: a.load() for k, a in self._accounts.items()}

@@ -85,6 +85,7 @@ class StateStore:
         record.last_scrape_started = started_at
         record.failures = 0
         record.last_error = None
+        self.inflight.scraped(backend_id, started_at)
 
     def take_schema_report(self, backend_id: str) -> SchemaReport | None:
         """The backend's schema self-test, once (None afterwards and before its first scrape)."""
@@ -119,13 +120,9 @@ class StateStore:
             return Health.STALE
         return Health.FRESH
 
-    def _loads(self) -> dict[str, BackendLoad]:
-        since = {k: r.last_scrape_started for k, r in self._records.items()}
-        return self.inflight.loads(since)
-
     def snapshot(self) -> Snapshot:
         now = self._clock()
-        loads = self._loads()
+        loads = self.inflight.loads()
         idle = BackendLoad()
         states = []
         for r in self._records.values():
@@ -149,7 +146,7 @@ class StateStore:
 
     def admin_view(self) -> list[dict[str, object]]:
         now = self._clock()
-        loads = self._loads()
+        loads = self.inflight.loads()
         return [
             self._admin_row(r, now, loads.get(r.config.id, BackendLoad()))
             for r in self._records.values()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,6 @@ from typing import Any
 from aiohttp import web
 
 from quantroute.errors import openai_error_body
-from quantroute.testing.procs import free_port
 
 _CREATED = 1795474388
 
@@ -275,13 +275,15 @@ class ThreadedServer:
     ) -> None:
         self.app = app
         self.host = host
-        self.port = port or free_port()
+        # Bound here, handed to the site: no window in which another process takes the port
+        # (a port taken on this address raises OSError here).
+        self._socket = socket.create_server((host, port or 0))
+        self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._runner: web.AppRunner | None = None
-        self._error: OSError | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -293,15 +295,8 @@ class ThreadedServer:
             handler_cancellation=True,
         )
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            self._loop.run_until_complete(site.start())
-        except OSError as exc:
-            self._error = exc
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
-            self._ready.set()
-            return
+        site = web.SockSite(self._runner, self._socket)
+        self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
@@ -311,15 +306,13 @@ class ThreadedServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("fake backend did not start")
-        if self._error is not None:
-            self._thread.join(10)
-            raise self._error
         return self
 
     def stop(self) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        self._socket.close()
 
     def __enter__(self) -> ThreadedServer:
         return self.start()

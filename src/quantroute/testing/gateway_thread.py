@@ -4,6 +4,7 @@ with the production server settings (uvloop, httptools) of :mod:`quantroute.serv
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -15,7 +16,6 @@ from quantroute.config import GatewayConfig
 from quantroute.serve import metrics_server
 from quantroute.server.app import create_app
 from quantroute.serving import EmbeddedServer, uvicorn_config
-from quantroute.testing.procs import free_port
 
 T = TypeVar("T")
 
@@ -25,7 +25,9 @@ class GatewayThread:
         self, config: GatewayConfig, app: FastAPI | None = None, port: int | None = None
     ) -> None:
         self.app = app or create_app(config)
-        self.port = port or free_port()
+        # Bound here and handed to uvicorn: no window in which another process takes the port.
+        self._socket = socket.create_server(("127.0.0.1", port or 0))
+        self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         http = self.app.state.http_protocol
         cfg = uvicorn_config(self.app, "127.0.0.1", self.port, "warning", drain_s=2, http=http)
@@ -33,14 +35,19 @@ class GatewayThread:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         # access.metrics_port: /metrics on a port of its own, as `quantroute serve` does (here a
-        # free one, like the API port)
+        # socket bound now, like the API port's)
         self.metrics_port: int | None = None
         self._metrics: tuple[EmbeddedServer, threading.Thread] | None = None
+        self._metrics_socket: socket.socket | None = None
         if config.access.metrics_port is not None:
-            self.metrics_port = free_port()
+            self._metrics_socket = socket.create_server(("127.0.0.1", 0))
+            self.metrics_port = self._metrics_socket.getsockname()[1]
             registry = self.app.state.telemetry.registry
             server = metrics_server(registry, "127.0.0.1", self.metrics_port)
-            self._metrics = (server, threading.Thread(target=server.run, daemon=True))
+            thread = threading.Thread(
+                target=server.run, kwargs={"sockets": [self._metrics_socket]}, daemon=True
+            )
+            self._metrics = (server, thread)
 
     def _run(self) -> None:
         with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
@@ -48,7 +55,7 @@ class GatewayThread:
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self.server.serve()
+        await self.server.serve(sockets=[self._socket])
 
     def call(self, fn: Callable[[], T], timeout_s: float = 5.0) -> T:
         """Run ``fn`` inside the gateway's event loop (its state is not thread-safe)."""
@@ -85,6 +92,9 @@ class GatewayThread:
             server.should_exit = True
         for _, thread in servers:
             thread.join(15)
+        self._socket.close()
+        if self._metrics_socket is not None:
+            self._metrics_socket.close()
 
     def __enter__(self) -> GatewayThread:
         return self.start()
