@@ -43,6 +43,7 @@ class StreamValve:
         self._upstream_port = upstream_port
         self._hold_after = hold_after
         self._loop = asyncio.new_event_loop()
+        self._transports: set[asyncio.WriteTransport] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-valve", daemon=True)
         self._thread.start()
@@ -59,6 +60,12 @@ class StreamValve:
             self._loop.run_forever()
         finally:
             server.close()
+            for transport in self._transports:  # connections still open: closed, not leaked
+                transport.abort()
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.run_until_complete(server.wait_closed())
             self._loop.close()
 
@@ -68,6 +75,7 @@ class StreamValve:
         except OSError:
             writer.transport.abort()
             return
+        self._transports |= {writer.transport, up_writer.transport}
         gate = _Gate()  # the gateway's pool may reuse a connection: gate per request, not socket
         forward = asyncio.create_task(self._requests(reader, up_writer, gate))
         try:
@@ -77,6 +85,8 @@ class StreamValve:
             with contextlib.suppress(asyncio.CancelledError):
                 await forward
             up_writer.transport.abort()
+            writer.transport.abort()
+            self._transports -= {writer.transport, up_writer.transport}
 
     async def _requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: _Gate
