@@ -64,9 +64,11 @@ def test_every_request_is_logged_with_features_and_outcome_but_no_text(
     fleet: FleetHandle, tmp_path: Path
 ) -> None:
     log = tmp_path / "decisions.jsonl"
-    with GatewayThread(_config(fleet, log)) as gateway:
+    with (
+        GatewayThread(_config(fleet, log)) as gateway,
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="t", max_retries=0) as client,
+    ):
         assert wait_until(lambda: _fresh(gateway.url), 10.0)
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="t", max_retries=0)
         prompt = f"Please write a python function that adds two numbers. {MARKER}"
         stream = client.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=12,

@@ -198,15 +198,16 @@ async def test_burst_between_scrapes_spreads_over_backends(make_fleet: FleetFact
         )
         return raw.headers["x-quantroute-backend"]
 
-    burst = [asyncio.create_task(one()) for _ in range(50)]
-
     def received() -> int:
         return sum(len(s.received) for s in states.values())
 
-    assert await async_wait_until(lambda: received() == 50, 20.0), received()
-    gate.set()
-    picks = Counter(await asyncio.gather(*burst))
-    await client.close()
+    async with client:
+        burst = [asyncio.create_task(one()) for _ in range(50)]
+        try:
+            assert await async_wait_until(lambda: received() == 50, 20.0), received()
+        finally:
+            gate.set()
+        picks = Counter(await asyncio.gather(*burst))
     assert set(picks) == {"a", "b", "c"} and picks["a"] <= 30, picks
 
 

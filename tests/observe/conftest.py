@@ -35,13 +35,17 @@ class TracedFleet:
     config: GatewayConfig
     access_log_path: Path | None
     headers_seen: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
     def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, **kw)
+        """An OpenAI client of the gateway, closed when the fleet stops."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -123,6 +127,8 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
 
     yield factory
     for fleet, servers in started:
+        for client in fleet.clients:
+            client.close()
         fleet.gateway.stop()
         for server in servers:
             server.stop()

@@ -91,10 +91,10 @@ def test_a_quota_refusal_is_recorded_with_the_request_id_of_its_error_body(
     traced_fleet: FleetFactory,
 ) -> None:
     fleet = traced_fleet(access_log=True, access=ACCESS)
-    client = openai.OpenAI(base_url=fleet.url + "/v1", api_key=TIGHT_KEY, max_retries=0)
-    client.chat.completions.create(model="auto", messages=MSG, max_tokens=2)
-    with pytest.raises(openai.RateLimitError) as refused:
+    with openai.OpenAI(base_url=fleet.url + "/v1", api_key=TIGHT_KEY, max_retries=0) as client:
         client.chat.completions.create(model="auto", messages=MSG, max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="auto", messages=MSG, max_tokens=2)
     body: Any = refused.value.body
     rid = body["request_id"]
     spans = fleet.wait_spans(lambda s: len(_servers(s)) == 2)

@@ -75,13 +75,13 @@ def test_responses_messages_and_embeddings_each_leave_a_trace_and_a_log_line(
     stack: tuple[str, InMemorySpanExporter, Path],
 ) -> None:
     url, exporter, log_path = stack
-    oai = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=60)
-    oai.responses.create(model="auto", input="Say hello.", max_output_tokens=8)
-    oai.embeddings.create(model="vec", input=["a sentence"])
-    claude = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, timeout=60)
-    claude.messages.create(
-        model="auto", max_tokens=8, messages=[{"role": "user", "content": "Say hello."}]
-    )
+    with openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=60) as oai:
+        oai.responses.create(model="auto", input="Say hello.", max_output_tokens=8)
+        oai.embeddings.create(model="vec", input=["a sentence"])
+    with anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, timeout=60) as claude:
+        claude.messages.create(
+            model="auto", max_tokens=8, messages=[{"role": "user", "content": "Say hello."}]
+        )
 
     def servers() -> list[str]:
         return sorted(s.name for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER)
