@@ -28,9 +28,16 @@ NO_IO = {
     "logging", "yaml", "json",
 }  # fmt: skip
 CORE_MAY_USE = ("quantroute.base", "quantroute.config", "quantroute.errors", "quantroute.core")
-CONFIG_BRINGS = ("quantroute.access", "quantroute.access.config", "quantroute.extras")
-"""What ``quantroute.config`` imports beyond base and errors: its ``access`` section's model
-(and that namespace package) and the check that an optional extra is installed."""
+CONFIG_BRINGS = (
+    "quantroute.access",
+    "quantroute.access.config",
+    "quantroute.extras",
+    "quantroute.resilience",
+    "quantroute.resilience.settings",
+)
+"""What ``quantroute.config`` imports beyond base and errors: its ``access`` and ``resilience``
+sections' models (and those packages, docstrings only) and the check that an optional extra is
+installed."""
 
 
 def imports(path: Path) -> Iterator[str]:

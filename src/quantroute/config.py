@@ -17,6 +17,7 @@ from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 from quantroute.extras import REDIS_HINT, installed
+from quantroute.resilience.settings import MetricsOutage, ResilienceSettings
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
 TASK_TYPES: tuple[TaskType, ...] = ("coding", "reasoning", "extraction", "chat")
@@ -123,9 +124,21 @@ class Weights(FrozenModel):
 
 
 class UpstreamTimeouts(FrozenModel):
+    """Timeouts that fit LLM traffic: a long generation is legitimate, a silent backend is not.
+
+    A stream's response headers must arrive within ``first_byte_s`` (vLLM sends them at once) and
+    no gap between two chunks may exceed ``stream_idle_s``. A non-streamed answer arrives whole
+    when generation ends, so its deadline grows with what it may generate:
+    ``nonstream_base_s + tokens x nonstream_per_token_s`` (tokens: ``max_tokens``, else what the
+    context leaves), at most ``total_s``, which also caps a whole stream.
+    """
+
     connect_s: PositiveFloat = 2.0
     first_byte_s: PositiveFloat = 120.0
-    total_s: PositiveFloat = 600.0
+    stream_idle_s: PositiveFloat = 120.0
+    nonstream_base_s: PositiveFloat = 60.0
+    nonstream_per_token_s: PositiveFloat = 0.2
+    total_s: PositiveFloat = 3600.0
 
 
 class PrefixConfig(FrozenModel):
@@ -177,6 +190,10 @@ class PolicyConfig(FrozenModel):
     default_prefill_tokens_per_s: PositiveFloat = 5000.0
     """Used by the latency estimate when the matrix has no measured prefill rate."""
     retry_after_s: int = Field(default=1, ge=1)
+    metrics_outage: MetricsOutage = "fail_open"
+    """When no backend a request could go to has fresh metrics: ``fail_open`` routes on the
+    gateway's own account with an even spread (passive health still keeps dead backends out),
+    ``fail_closed`` answers 503 with Retry-After."""
     seed: int = 0
     prefix: PrefixConfig = PrefixConfig()
 
@@ -332,6 +349,7 @@ class GatewayConfig(FrozenModel):
     policy: PolicyConfig = PolicyConfig()
     discovery: DiscoveryConfig | None = None
     conversations: ConversationsConfig = ConversationsConfig()
+    resilience: ResilienceSettings = ResilienceSettings()
     log_decisions: bool = False
     decision_log: DecisionLogConfig | None = None
     """Off unless set: what the router saw and did per request, for ``quantroute tune``."""

@@ -12,9 +12,15 @@ QuantrouteError
 │   ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
 │   ├── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
 │   ├── ResponseNotFound     404 a stored Responses API response is unknown, expired or deleted
-│   └── ConversationStoreUnavailable 503 the store of Responses API conversations cannot answer
-├── UpstreamConnectError     a backend could not be reached or broke off (before: retried;
-│                            mid-stream: ends the stream with an error event)
+│   ├── ConversationStoreUnavailable 503 the store of Responses API conversations cannot answer
+│   ├── UpstreamTimedOut     504 a sent request got no answer in time (never retried)
+│   └── BadUpstreamResponse  502 the answer was too large or could not be relayed
+├── UpstreamFailure          an exchange with a backend failed (``outcome`` for passive health)
+│   ├── UpstreamConnectError   not reached, or broke off before answering (retryable; mid-stream:
+│   │                          the stream ends with an error event)
+│   ├── UpstreamTimeout        no answer / no next chunk in time
+│   ├── UpstreamTooLarge       an SSE event or a body over its cap
+│   └── UpstreamProtocolError  an answer that cannot be relayed
 ├── ClientDisconnected       the client went away before the response started
 ├── KubeApiError             the Kubernetes API answered with an error (or garbage)
 │   └── ResourceExpired      410 Gone: the watched resourceVersion is too old; list again
@@ -145,8 +151,65 @@ class ConversationStoreUnavailable(RequestError):
         return {"Retry-After": "1"}
 
 
-class UpstreamConnectError(QuantrouteError):
-    """The backend could not be reached or closed before answering (safe to retry)."""
+class UpstreamTimedOut(RequestError):
+    """504: a request that was sent got no answer in time (never retried: the backend may
+    still be working on it)."""
+
+    status = 504
+    error_type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class BadUpstreamResponse(RequestError):
+    """502: the backend answered something the gateway will not relay (too large, malformed)."""
+
+    status = 502
+    error_type = "upstream_error"
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UpstreamFailure(QuantrouteError):
+    """An exchange with a backend failed; ``outcome`` says what that shows about the backend
+    (a :class:`~quantroute.resilience.outcomes.AttemptOutcome` value)."""
+
+    outcome: str = "reset"
+    retryable = False
+    """True when the backend did no work that goes on (so another backend may be tried)."""
+
+
+class UpstreamConnectError(UpstreamFailure):
+    """The backend could not be reached, or the connection broke before an answer began: the
+    backend did no work that goes on (a closed connection aborts a vLLM request). Retryable."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, refused: bool = False, timed_out: bool = False) -> None:
+        """``refused``: no connection (nothing sent); ``timed_out``: the connection was not made
+        in time (nothing sent either, but a slow accept may be the gateway's own lag); else
+        the connection broke before an answer began."""
+        super().__init__(message)
+        self.outcome = "connect_timeout" if timed_out else "connect_error" if refused else "reset"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    """No answer (or no next chunk) in time. Never retried once the request was sent."""
+
+    outcome = "timeout"
+
+
+class UpstreamTooLarge(UpstreamFailure):
+    """An SSE event or a non-streamed body beyond the configured cap."""
+
+    outcome = "too_large"
+
+
+class UpstreamProtocolError(UpstreamFailure):
+    """An answer the gateway cannot relay (e.g. a header it cannot encode)."""
+
+    outcome = "bad_response"
 
 
 class ClientDisconnected(QuantrouteError):

@@ -56,6 +56,10 @@ class Router:
             self._sequence += 1
         return number
 
+    def continue_from(self, sequence: int) -> None:
+        """Carry the request numbering over from the router this one replaces (a reload)."""
+        self._sequence = sequence
+
     def decide(self, features: RequestFeatures, *, dry_run: bool = False) -> Decision:
         started = time.perf_counter()
         decision = decide(features, self.store.snapshot(), self.matrix.current, self.policy)

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from quantroute.access.exposure import check_exposure
 from quantroute.config import GatewayConfig, load_config
 from quantroute.observe.settings import resolve_tracing
+from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
+from quantroute.resilience.memory import tune_allocator
 from quantroute.server.app import create_app
 from quantroute.serving import EmbeddedServer, uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
@@ -78,15 +80,23 @@ async def _serve_both(main: uvicorn.Server, metrics: uvicorn.Server | None) -> N
 
 
 def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:
+    """Run the gateway until SIGTERM (drain, exit 0) or Ctrl-C; SIGHUP reloads ``path``."""
     config = load_config(path)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     listen_host, listen_port = host or config.listen.host, port or config.listen.port
     check_exposure(config, listen_host)
-    app = create_app(config)
-    drain_s = config.policy.upstream_timeouts.total_s
-    main = uvicorn.Server(uvicorn_config(app, listen_host, listen_port, log_level, drain_s))
+    tune_allocator()
+    lifecycle = Lifecycle()
+    app = create_app(config, config_path=path, lifecycle=lifecycle, trim_memory=True)
+    drain = config.resilience.drain
+    settings = uvicorn_config(
+        app, listen_host, listen_port, log_level, drain.deadline_s, app.state.http_protocol
+    )
+    server = GatewayServer(
+        settings, lifecycle, announce_s=drain.announce_s, on_reload=lambda: app.state.reload()
+    )
     metrics_port = config.access.metrics_port
     metrics = (
         metrics_server(app.state.telemetry.registry, listen_host, metrics_port)
@@ -94,9 +104,9 @@ def serve(path: str, *, host: str | None, port: int | None, log_level: str = "in
         else None
     )
     if metrics is None:
-        main.run()
+        server.run()
     else:
-        loop_factory = main.config.get_loop_factory()
+        loop_factory = server.config.get_loop_factory()
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve_both(main, metrics))
+            runner.run(_serve_both(server, metrics))
     return 0

@@ -4,6 +4,7 @@ test/benchmark harness all build their server here, so tests run the production 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -25,16 +26,20 @@ def uvicorn_config(
     port: int = 0,
     log_level: str = "info",
     drain_s: float = 30.0,
+    http: type[asyncio.Protocol] | str = "httptools",
 ) -> uvicorn.Config:
-    """uvicorn as the gateway runs it; on shutdown, open streams get ``drain_s`` to finish."""
+    """uvicorn as the gateway runs it; on shutdown, open streams get ``drain_s`` to finish.
+
+    ``http`` is the HTTP protocol: the gateway passes its httptools protocol with a header read
+    timeout (``app.state.http_protocol``, see :mod:`quantroute.resilience.header_timeout`)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         access_log=False,
         log_level=log_level,
-        timeout_graceful_shutdown=int(drain_s),
+        timeout_graceful_shutdown=drain_s,  # type: ignore[arg-type]  # a float works
         lifespan="on",
     )

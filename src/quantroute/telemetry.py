@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from quantroute import __version__
 from quantroute.core.model import Health
+from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -161,6 +162,7 @@ class Telemetry:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.resilience = ResilienceMetrics(r)
 
     def child(self, metric: M, *values: str) -> M:
         """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
@@ -184,6 +186,7 @@ class Telemetry:
         self.scrape_errors.labels(backend)
         self.retries.labels(backend)
         self.gpu_cost.labels(backend).set(gpu_cost_per_hour)
+        self.resilience.declare_backend(backend)
 
     def forget_backend(self, backend: str) -> None:
         """Drop a departed backend's gauges: a last "stale" or a price must not linger in alerts
@@ -194,6 +197,7 @@ class Telemetry:
         self.gpu_cost.remove(backend)
         self.prefix_entries.remove(backend)
         self.backend_prefix_hit.remove(backend)
+        self.resilience.forget_backend(backend)
 
     def declare_prefix(self, backend: str) -> None:
         """The prefix series of a backend at 0 (when the policy keeps the prefix index)."""

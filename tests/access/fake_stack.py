@@ -72,6 +72,7 @@ def make_gate() -> Iterator[GateFactory]:
         groups: list[dict[str, Any]] | None = None,
         backends: dict[str, FakeBackend] | None = None,
         servers: dict[str, ThreadedServer] | None = None,
+        resilience: dict[str, Any] | None = None,
     ) -> Gate:
         if backends is None:
             states = states or {"a": FakeState(served_model_name="model-a")}
@@ -97,6 +98,7 @@ def make_gate() -> Iterator[GateFactory]:
                 "groups": groups or [{"name": "auto", "variants": list(backends)}],
                 "policy": {"scrape_interval_s": 0.1, "staleness_limit_s": 2.0},
                 "access": access,
+                "resilience": resilience or {},
             }
         )
         gateway = GatewayThread(config).start()

@@ -215,9 +215,23 @@ def test_only_json_bodies(make_gate: GateFactory, content_type: str | None, stat
 
 
 def test_bodies_over_the_size_limit_get_413(make_gate: GateFactory) -> None:
-    gate = make_gate({"keys": keys(), "max_body_bytes": 2000})
-    r = gate.post(KEY, {"model": "auto", "messages": [{"role": "user", "content": "x" * 3000}]})
+    gate = make_gate({"keys": keys()}, resilience={"client": {"max_body_bytes": 2000}})
+    big = {"model": "auto", "messages": [{"role": "user", "content": "x" * 3000}]}
+    r = gate.post(KEY, big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    # the access middleware runs first: the refusal carries the request id, header and body
+    assert r.headers["x-request-id"] == r.json()["error"]["request_id"]
+    # and a caller without a valid key is refused before its body is looked at
+    assert gate.post("not-a-key", big).status_code == 401
+    assert gate.backends["a"].state.received == []
+
+
+def test_max_body_bytes_lives_in_resilience_client() -> None:
+    from quantroute.config import parse_config
+    from quantroute.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"resilience\.client\.max_body_bytes"):
+        parse_config({"access": {"max_body_bytes": 2000}})
 
 
 CAPS = [
@@ -290,7 +304,7 @@ def test_no_backend_reasons_only_for_those_who_see_decisions(make_gate: GateFact
 
 
 def test_a_chunked_body_over_the_limit_gets_413(make_gate: GateFactory) -> None:
-    gate = make_gate({"keys": keys(), "max_body_bytes": 2000})
+    gate = make_gate({"keys": keys()}, resilience={"client": {"max_body_bytes": 2000}})
     filler = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]})
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked

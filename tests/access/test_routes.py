@@ -127,7 +127,13 @@ def test_public_routes_answer_everyone(stack: Stack, route: str, caller: str) ->
 def test_ready_does_not_name_backends_to_anonymous_callers(stack: Stack) -> None:
     with stack.http(None) as http:
         body = http.get("/ready").json()
-    assert body == {"ready": True, "fresh_backends": 3}
+    assert body == {
+        "ready": True,
+        "draining": False,
+        "fresh_backends": 3,
+        "metrics_outage": False,
+        "metrics_outage_mode": "fail_open",
+    }
     with stack.http(ADMIN) as http:  # a public route: keys are not looked at, so no names
         assert http.get("/ready").json()["fresh_backends"] == 3
 

@@ -168,8 +168,8 @@ def disruptions_allowed(objs: list[Obj], pdb: Obj) -> int:
 
 
 def test_every_pdb_allows_an_eviction_and_always_evicts_unready_pods(overlay: str) -> None:
-    """maxUnavailable: 0 blocked every node drain; a not-Ready pod (a gateway whose /ready fails
-    while backends are stale, a vLLM still loading) must never hold a drain either."""
+    """maxUnavailable: 0 blocked every node drain; a not-Ready pod (a gateway that knows no
+    backend yet, a vLLM still loading) must never hold a drain either."""
     objs = render_overlay(overlay)
     pdbs = find(objs, "PodDisruptionBudget")
     assert len(pdbs) == 1 + len(vllm_deployments(objs))

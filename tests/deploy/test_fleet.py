@@ -236,10 +236,11 @@ def test_gateway_deployment(overlay: str, tmp_path: Path) -> None:
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     config_map = one(objs, "ConfigMap", volume["configMap"]["name"])
     assert config_path.name in config_map["data"]
-    # Streams drain: the grace period covers the preStop pause and the longest upstream response.
+    # Streams drain: the grace period covers the preStop pause, the gateway's drain announcement
+    # and its drain deadline for the requests in progress.
     pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
-    longest = config.policy.upstream_timeouts.total_s
-    assert spec["terminationGracePeriodSeconds"] >= pause + longest
+    drain = config.resilience.drain
+    assert spec["terminationGracePeriodSeconds"] >= pause + drain.announce_s + drain.deadline_s
     hpa = one(objs, "HorizontalPodAutoscaler", "quantroute-gateway")
     assert hpa["spec"]["minReplicas"] == 2
     pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]

@@ -373,7 +373,13 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
                 for name, s in zip("ab", servers, strict=True)
             ],
             "groups": [{"name": "auto", "variants": ["a", "b"]}],
-            "policy": {"scrape_interval_s": 0.1, "down_after_failures": 2},
+            "policy": {
+                "scrape_interval_s": 0.1,
+                "down_after_failures": 2,
+                # a fleet without fresh metrics answers 503 only when it fails closed (the
+                # runbook says so); the default, fail_open, routes on the gateway's own account
+                **({"metrics_outage": "fail_closed"} if state == "dark" else {}),
+            },
             "access": {
                 "keys": [
                     {
@@ -475,8 +481,15 @@ def test_the_503_runbook_shows_who_answered_and_why(scene: Scene) -> None:
 
     (ready,) = [scene.run(c) for c in curls("Why did this request get a 503 or a 502", "5")]
     fresh = [r["id"] for r in rows if r["state"] == "fresh"]
-    # with keys on, /ready (a public route) counts the fresh backends without naming them
-    assert json.loads(ready) == {"ready": bool(fresh), "fresh_backends": len(fresh)}
+    # with keys on, /ready (a public route) counts the fresh backends without naming them; the
+    # replica stays ready without fresh metrics, and says so
+    assert json.loads(ready) == {
+        "ready": True,
+        "draining": False,
+        "fresh_backends": len(fresh),
+        "metrics_outage": not fresh,
+        "metrics_outage_mode": "fail_closed" if not fresh else "fail_open",
+    }
 
 
 def test_the_reason_table_covers_every_filter() -> None:

@@ -78,6 +78,7 @@ def make_fleet() -> Iterator[FleetFactory]:
         backend_overrides: dict[str, dict[str, Any]] | None = None,
         extra_backends: list[dict[str, Any]] | None = None,
         groups: list[dict[str, Any]] | None = None,
+        resilience: dict[str, Any] | None = None,
         wait: bool = True,
     ) -> Fleet:
         states = states or {
@@ -101,7 +102,9 @@ def make_fleet() -> Iterator[FleetFactory]:
         ] + (extra_backends or [])
         groups = groups or [{"name": "auto", "variants": [r["id"] for r in rows]}]
         pol = {"scrape_interval_s": 0.1, "staleness_limit_s": 2.0, **(policy or {})}
-        config = parse_config({"backends": rows, "groups": groups, "policy": pol})
+        config = parse_config(
+            {"backends": rows, "groups": groups, "policy": pol, "resilience": resilience or {}}
+        )
         gateway = GatewayThread(config).start()
         fleet = Fleet(backends, servers, gateway, config)
         started.append(fleet)

@@ -29,6 +29,8 @@ def test_5xx_before_first_byte_is_retried_on_next_backend(make_fleet: FleetFacto
             "b": {"gpu_cost_per_hour": 50.0}
         },  # a looks cheaper, so it is tried first
         policy={"tie_tolerance": 0.0},
+        # after a failure a backend is avoided for a moment (passive health); not the subject here
+        resilience={"outlier_detection": {"suspect_s": 0}},
     )
     for stream in (False, True):
         raw = fleet.client().chat.completions.with_raw_response.create(
@@ -150,14 +152,22 @@ def test_stale_backend_is_never_treated_as_idle(make_fleet: FleetFactory) -> Non
         "a": FakeState(served_model_name="a", kv_usage=0.0),
         "b": FakeState(served_model_name="b", kv_usage=0.6),
     }
-    fleet = make_fleet(states, policy={"staleness_limit_s": 0.5, "down_after_failures": 10_000})
+    policy = {
+        "staleness_limit_s": 0.5,
+        "down_after_failures": 10_000,
+        "metrics_outage": "fail_closed",
+    }
+    fleet = make_fleet(states, policy=policy)
     assert fleet.picks(5) == {"a"}  # fresh and emptier: a wins
     fleet.backends["a"].state.metrics_status = 500  # scrapes fail; requests still work
     assert wait_until(lambda: fleet.admin()["a"]["state"] == "stale", 5)
     assert fleet.admin()["a"]["metrics"]["kv_cache_usage_perc"] == 0.0  # last values kept, not used
     assert fleet.picks(5) == {"b"}
     fleet.backends["b"].state.metrics_status = 500
-    assert wait_until(lambda: httpx.get(fleet.url + "/ready").status_code == 503, 10)
+    # No fresh backend left: /ready says so but stays 200 (the replica can still answer), and
+    # with fail_closed the request gets a 503 naming the stale state.
+    assert wait_until(lambda: httpx.get(fleet.url + "/ready").json()["metrics_outage"], 10)
+    assert httpx.get(fleet.url + "/ready").status_code == 200
     r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
     assert r.status_code == 503 and "stale" in r.json()["error"]["backends"]["a"][0]
 

@@ -80,6 +80,7 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
         sampler: Sampler = ALWAYS_ON,
         access_log: bool = False,
         access: dict[str, Any] | None = None,
+        resilience: dict[str, Any] | None = None,
     ) -> TracedFleet:
         states = states or {"a": FakeState(served_model_name="a")}
         backends = {k: FakeBackend(s) for k, s in states.items()}
@@ -109,6 +110,8 @@ def traced_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
         }
         if access is not None:
             data["access"] = access
+        if resilience is not None:
+            data["resilience"] = resilience
         config = parse_config(data)
         exporter = InMemorySpanExporter()
         provider = TracerProvider(sampler=sampler)

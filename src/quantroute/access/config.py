@@ -138,12 +138,21 @@ class AccessConfig(_Frozen):
     """Serve /metrics only on this port (no key); the main port then has no /metrics."""
     quotas: QuotaConfig = QuotaConfig()
     request_caps: tuple[RequestCaps, ...] = ()
-    max_body_bytes: PositiveInt = 8 * 1024 * 1024
     upstream_auth: UpstreamAuthConfig = UpstreamAuthConfig()
 
     @property
     def keys_enabled(self) -> bool:
         return bool(self.keys) or self.keys_file is not None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_body_bytes" in data:
+            raise ValueError(
+                "max_body_bytes moved to resilience.client.max_body_bytes (the one body-size "
+                "limit, counted while the body is read)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> AccessConfig:

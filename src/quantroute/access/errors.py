@@ -7,8 +7,10 @@ RequestError
 ├── PermissionDenied       403: the key may not use this model / this route
 ├── RateLimited            429 rate_limit_exceeded, Retry-After and x-ratelimit-* headers
 ├── QuotaUnavailable       503 quota_unavailable: the shared counters cannot be reached
-├── UnsupportedMediaType   415 unsupported_media_type: a body that is not JSON
-└── RequestTooLarge        413 request_too_large
+└── UnsupportedMediaType   415 unsupported_media_type: a body that is not JSON
+
+(A body over ``resilience.client.max_body_bytes`` is 413 ``request_too_large`` from the client
+limits middleware, :mod:`quantroute.resilience.client_limits`.)
 """
 
 from __future__ import annotations
@@ -88,11 +90,3 @@ class UnsupportedMediaType(RequestError):
 
     def __init__(self) -> None:
         super().__init__("Content-Type must be application/json.")
-
-
-class RequestTooLarge(RequestError):
-    status = 413
-    code = "request_too_large"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"Request body is larger than {limit} bytes.")

@@ -8,7 +8,12 @@ For every HTTP request, before any route runs:
    ``/v1/route/explain``, and ``/metrics`` on the main port when keys are on), or a client route;
 3. authentication (401) and, for admin routes, the admin right (403); the principal is put in
    ``scope["state"]["principal"]`` for the request path (model access, caps, quotas);
-4. a body that is not JSON (415) or larger than ``max_body_bytes`` (413) on POST/PUT/PATCH.
+4. a body that is not JSON (415) on POST/PUT/PATCH.
+
+It runs outside :class:`~quantroute.resilience.client_limits.ClientLimitsMiddleware`, which owns
+the body's size (413) and read timeouts (408) and the concurrency limit (503): every refusal,
+theirs too, carries the request id, and a caller without a valid key spends no concurrency slot
+and no body buffer.
 
 On the way out it adds the ``x-ratelimit-*`` headers (those the request path left in
 ``scope["state"]["ratelimit"]``, or the key's current counts) and drops
@@ -24,7 +29,7 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quantroute.access.control import AccessControl
-from quantroute.access.errors import RequestTooLarge, UnsupportedMediaType
+from quantroute.access.errors import UnsupportedMediaType
 from quantroute.access.hygiene import is_json, request_id
 from quantroute.access.keys import OPEN, Principal
 from quantroute.apis import anthropic_errors
@@ -117,8 +122,6 @@ class AccessMiddleware:
             await send_error(send, exc, rid, anthropic=path in ANTHROPIC_PATHS)
             return
         state["principal"] = principal
-        if scope["method"] in _BODY_METHODS and "content-length" not in headers:
-            receive = _bounded(receive, self.access.config.max_body_bytes)
         await self.app(scope, receive, self._sender(send, state, principal, rid, path))
 
     def _admit(self, scope: Scope, path: str, headers: Mapping[str, str]) -> Principal:
@@ -130,13 +133,8 @@ class AccessMiddleware:
         principal = access.authenticate(headers)
         if self._is_admin_route(path):
             access.require_admin(principal)
-        if scope["method"] in _BODY_METHODS:
-            if not is_json(headers.get("content-type")):
-                raise UnsupportedMediaType()
-            length = headers.get("content-length")
-            limit = access.config.max_body_bytes
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                raise RequestTooLarge(limit)
+        if scope["method"] in _BODY_METHODS and not is_json(headers.get("content-type")):
+            raise UnsupportedMediaType()
         return principal
 
     def _sender(
@@ -172,23 +170,6 @@ class AccessMiddleware:
             await send(message)
 
         return wrapped
-
-
-def _bounded(receive: Receive, limit: int) -> Receive:
-    """A chunked body (no Content-Length) is counted as it arrives: past ``limit`` the read
-    fails with 413 instead of filling the gateway's memory."""
-    seen = 0
-
-    async def counted() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise RequestTooLarge(limit)
-        return message
-
-    return counted
 
 
 class _NotHere(RequestError):

@@ -6,12 +6,14 @@ relaxed (the hard ``kv_ceiling`` still protects the backends) and the decision r
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from quantroute.config import PolicyConfig
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import BackendState, Health, Rejection, RequestFeatures
+from quantroute.core.pickers import mix
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class FilterContext:
 
 Filter = Callable[[BackendState, FilterContext], Rejection | None]
 SOFT_FILTERS: frozenset[str] = frozenset({"kv_pressure"})
+NEED_METRICS: frozenset[str] = frozenset({"health", "kv_ceiling", "kv_pressure"})
+"""Filters that judge on live metrics: set aside in a metrics outage when failing open."""
 
 
 def request_kv_tokens(features: RequestFeatures, policy: PolicyConfig) -> int:
@@ -46,6 +50,43 @@ def health(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     if backend.health is Health.FRESH:
         return None
     return Rejection("health", f"backend is {backend.health.value}")
+
+
+def ejection(backend: BackendState, ctx: FilterContext) -> Rejection | None:
+    """Passive health: the gateway's own outcomes with this backend ejected it for a while."""
+    if backend.passive.ejected is None:
+        return None
+    return Rejection("ejection", backend.passive.ejected)
+
+
+def backpressure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
+    """Soft: the backend answered 429/503 a moment ago; others take the request if they can."""
+    if not backend.passive.backpressure:
+        return None
+    return Rejection("backpressure", "answered 429/503 a moment ago")
+
+
+def recent_failure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
+    """Soft: the backend failed a moment ago; others take the request if they can (a backend
+    that fails fast looks idle and would otherwise draw a herd before it is ejected)."""
+    if not backend.passive.suspect:
+        return None
+    return Rejection("recent_failure", "failed a moment ago")
+
+
+def _draw(backend_id: str, ctx: FilterContext) -> float:
+    """A deterministic draw in [0, 1) per (seed, request, backend)."""
+    seed = ctx.policy.seed * 1_000_003 + ctx.features.sequence
+    return mix(seed ^ zlib.crc32(backend_id.encode())) / 2.0**64
+
+
+def slow_start(backend: BackendState, ctx: FilterContext) -> Rejection | None:
+    """Soft: back from an ejection or an outage, a backend takes ``weight`` of the requests it
+    would otherwise be offered (the weight ramps to 1), instead of a flood because it looks idle."""
+    weight = backend.passive.weight
+    if weight >= 1.0 or _draw(backend.id, ctx) < weight:
+        return None
+    return Rejection("slow_start", f"ramping up, weight {weight:.2f}")
 
 
 def context(backend: BackendState, ctx: FilterContext) -> Rejection | None:

@@ -52,6 +52,23 @@ class BackendMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class PassiveState:
+    """What the gateway's own request outcomes say about a backend (passive health)."""
+
+    ejected: str | None = None
+    """Why the backend is ejected (reason: detail), or None when it is not."""
+    weight: float = 1.0
+    """Slow-start weight in (0, 1] after an ejection or an outage: its share ramps up."""
+    backpressure: bool = False
+    """It answered 429/503 a moment ago: steer away while others can take the request."""
+    suspect: bool = False
+    """It failed a moment ago (its failure streak is building): prefer others meanwhile."""
+
+
+SERVING = PassiveState()
+
+
+@dataclass(frozen=True, slots=True)
 class BackendState:
     """One backend as the router sees it at snapshot time."""
 
@@ -65,6 +82,7 @@ class BackendState:
     """Prompt tokens of requests this gateway sent that have not yet produced a first byte:
     prefill work queued on the backend that no vLLM gauge shows (a 30k-token prompt is one
     "running" request and a few percent of KV, but seconds of prefill ahead of anything new)."""
+    passive: PassiveState = SERVING
 
     @property
     def id(self) -> str:

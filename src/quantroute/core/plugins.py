@@ -112,6 +112,11 @@ class Plan:
     picker: Picker
     pooling: tuple[WeightedScorer, ...] = ()
     """The scorers of embeddings, score and rerank requests (load alone by default)."""
+    outage_hard: tuple[tuple[str, Filter], ...] = ()
+    """In a metrics outage failing open: the filters that need no live metrics..."""
+    outage_soft: tuple[tuple[str, Filter], ...] = ()
+    even_spread: tuple[WeightedScorer, ...] = ()
+    """...and the gateway's own account alone (least loaded)."""
 
     @property
     def tracks_prefix(self) -> bool:
@@ -151,11 +156,18 @@ def _scorers(refs: Sequence[ScorerRef], where: str) -> tuple[WeightedScorer, ...
 
 def compile_plan(policy: PolicyConfig) -> Plan:
     """Look every plugin of ``policy`` up and build it; ConfigError names the offending field."""
-    hard: list[tuple[str, Filter]] = [("health", filters.health)]
+    # Passive health runs always: ejected backends are out; backpressure and slow start are
+    # soft (relaxed when they alone would leave no candidate).
+    hard: list[tuple[str, Filter]] = [("health", filters.health), ("ejection", filters.ejection)]
     soft: list[tuple[str, Filter]] = []
     for i, ref in enumerate(policy.filters):
         built = _build(FILTERS, "filter", ref, f"policy.filters.{i}")
         (soft if FILTERS[ref.name].soft else hard).append((ref.name, built))
+    soft += [
+        ("backpressure", filters.backpressure),
+        ("recent_failure", filters.recent_failure),
+        ("slow_start", filters.slow_start),
+    ]
     profiles = {
         LatencyClass.INTERACTIVE: _scorers(
             policy.scorers.interactive, "policy.scorers.interactive"
@@ -164,4 +176,14 @@ def compile_plan(policy: PolicyConfig) -> Plan:
     }
     picker = _build(PICKERS, "picker", policy.picker, "policy.picker")
     pooling = _scorers(policy.scorers.pooling, "policy.scorers.pooling")
-    return Plan(tuple(hard), tuple(soft), profiles, picker, pooling)
+    live = filters.NEED_METRICS
+    return Plan(
+        tuple(hard),
+        tuple(soft),
+        profiles,
+        picker,
+        pooling,
+        outage_hard=tuple((n, f) for n, f in hard if n not in live),
+        outage_soft=tuple((n, f) for n, f in soft if n not in live),
+        even_spread=(WeightedScorer("least_loaded", 1.0, scorers.least_loaded),),
+    )

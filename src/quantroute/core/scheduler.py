@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quantroute.config import POOLING_APIS, GroupConfig, PolicyConfig
-from quantroute.core import pickers, scorers
+from quantroute.core import filters, pickers, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import (
     BackendState,
     Decision,
+    Health,
     Outcome,
     Rejection,
     RequestFeatures,
@@ -108,6 +109,14 @@ def _below_floor(
     return admitted, again, ("quality",)
 
 
+def metrics_outage(backends: Sequence[BackendState], cfg: PolicyConfig) -> bool:
+    """No backend of the fleet has fresh metrics (the metrics themselves are broken, not one
+    group's backends) and the policy says to fail open: route on the gateway's own account
+    (least loaded: an even spread), without the filters that need live metrics; passive health
+    still keeps backends that fail out."""
+    return cfg.metrics_outage == "fail_open" and not any(b.health is Health.FRESH for b in backends)
+
+
 def decide(
     features: RequestFeatures,
     snapshot: Snapshot,
@@ -131,9 +140,13 @@ def decide(
     if pooling:  # the matrix measures generation: embeddings and scores go on load alone
         matrix = None
     ctx = FilterContext(features, cfg, matrix, floor)
+    profile = plan.pooling if pooling else plan.scorers[features.latency_class]
     hard, soft = plan.hard, plan.soft
-    admitted, rejected = _filter(pool, ctx, hard)
     relaxed: tuple[str, ...] = ()
+    if metrics_outage(snapshot.backends, cfg):
+        hard, soft, profile = plan.outage_hard, plan.outage_soft, plan.even_spread
+        relaxed = tuple(sorted(filters.NEED_METRICS))
+    admitted, rejected = _filter(pool, ctx, hard)
     if not admitted and cfg.quality_fallback == "best_available":
         admitted, rejected, relaxed = _below_floor(pool, ctx, hard, rejected)
     if not admitted:
@@ -143,9 +156,9 @@ def decide(
         admitted = kept
         rejected.update(soft_rejected)
     elif soft_rejected:
-        relaxed = (*relaxed, *(name for name, _ in soft))
+        used = {r.filter for reasons in soft_rejected.values() for r in reasons}
+        relaxed = (*relaxed, *(name for name, _ in soft if name in used))
     pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
-    profile = plan.pooling if pooling else plan.scorers[features.latency_class]
     scores = _score(admitted, ctx, profile)
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}

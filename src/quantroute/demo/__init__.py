@@ -72,7 +72,10 @@ async def run_demo(port: int, traffic: bool, time_scale: float, duration_s: floa
             loop.add_signal_handler(sig, stop.set)
     async with SimFleet(fleet_config):
         app = create_app(config)
-        server = EmbeddedServer(uvicorn_config(app, config.listen.host, port, "warning"))
+        settings = uvicorn_config(
+            app, config.listen.host, port, "warning", http=app.state.http_protocol
+        )
+        server = EmbeddedServer(settings)
         serving = asyncio.create_task(server.serve())
         for _ in range(200):
             if server.started or serving.done():

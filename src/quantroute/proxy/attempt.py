@@ -5,6 +5,10 @@ ends exactly once: :meth:`Attempt.finish` (answered: status and token usage coun
 :meth:`Attempt.give_up` (failed before the first byte; another backend may be tried).
 :meth:`Attempt.release` is the idempotent safety net the forwarder calls in ``finally``.
 
+Every ending also tells passive health what the attempt showed about the backend (an
+:class:`~quantroute.resilience.outcomes.AttemptOutcome`) and, for a good answer, its latencies:
+time to first token and time per output token.
+
 Both ends report to the attempt's trail (its span: status, ``first_byte``, ``retry``,
 ``continuation``). The request's trail is settled once the client's answer is over, from the
 last attempt (:meth:`~quantroute.proxy.context.RequestContext.settle`).
@@ -19,6 +23,8 @@ from quantroute.config import BackendConfig
 from quantroute.observe.trail import NO_ATTEMPT
 from quantroute.observe.trail import Attempt as AttemptTrail
 from quantroute.proxy.sse import Usage
+from quantroute.resilience.outcomes import AttemptOutcome, classify_status, retry_after_seconds
+from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.state.inflight import Lease
 from quantroute.telemetry import Telemetry
 
@@ -33,15 +39,26 @@ class Attempt:
     strip_usage: bool
     group: str
     telemetry: Telemetry
+    health: PassiveHealthMonitor | None = None
+    number: int = 0
+    """0 for the decision's choice, 1.. for retries."""
+    stream: bool = False
     started: float = field(default_factory=time.perf_counter)
+    first_at: float | None = None
     status: int | None = None
     """How it ended: the HTTP status relayed, 499 for a client that left; None while running
     or when given up."""
     failure: str | None = None
+    failure_outcome: AttemptOutcome | None = None
+    """What a given-up attempt showed (a refused connection does not count as a retry)."""
     usage: Usage | None = None
     error: str | None = None
     """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
     trail: AttemptTrail = NO_ATTEMPT
+
+    def __post_init__(self) -> None:
+        kind = "first" if self.number == 0 else "retry"
+        self.telemetry.resilience.attempts.labels(self.backend_id, kind).inc()
 
     @property
     def backend_id(self) -> str:
@@ -50,7 +67,8 @@ class Attempt:
     def first_byte(self) -> None:
         """The backend started answering: time to first byte, and no more prefill backlog."""
         if self.lease.prefilling:
-            elapsed = time.perf_counter() - self.started
+            self.first_at = time.perf_counter()
+            elapsed = self.first_at - self.started
             self.telemetry.child(self.telemetry.ttfb, self.backend_id).observe(elapsed)
             self.lease.first_byte()
             self.trail.first_byte()
@@ -60,12 +78,19 @@ class Attempt:
         status: int,
         usage: Usage | None = None,
         *,
+        outcome: AttemptOutcome | None = None,
+        retry_after: str | None = None,
         error: str | None = None,
         then: str | None = None,
     ) -> None:
         """The attempt answered the client (or the client left): count it and end it.
-        ``error`` names what went wrong when the status alone does not (a broken stream),
-        ``then`` what the request does next (``"continuation"``)."""
+
+        ``outcome`` defaults to what ``status`` says (499: the client left, which says nothing
+        about the backend). ``error`` names what went wrong when the status alone does not (a
+        broken stream), ``then`` what the request does next (``"continuation"``). Once: an
+        attempt already ended changes nothing."""
+        if self.lease.released:
+            return
         self.status, self.usage = status, usage
         t = self.telemetry
         b, g = self.backend_id, self.group
@@ -79,23 +104,53 @@ class Attempt:
         else:
             self.error = error
             self.trail.end(status, error=error, then=then)
+        if outcome is None:
+            outcome = (
+                AttemptOutcome.CLIENT_GONE if status == CLIENT_CLOSED else classify_status(status)
+            )
+        self._report(outcome, retry_after)
+        if outcome is AttemptOutcome.OK and usage is not None:
+            self._latencies(usage.completion_tokens)
         self.release()
 
     def give_up(
         self,
         reason: str,
+        outcome: AttemptOutcome,
+        retry_after: str | None = None,
         *,
         status: int | None = None,
         error: str | None = None,
         retry: bool = True,
     ) -> None:
-        """Failed before the first byte (connect error, 5xx): counted as a retry, ended.
-        ``status`` is the backend's (None if it was never reached), ``error`` the kind of
-        failure for the trail; ``retry`` whether another backend is tried next."""
+        """Failed before the first byte (connect error, 5xx, 429): counted as a retry, ended.
+        ``outcome`` is what it showed passive health, ``status`` the backend's (None if it was
+        never reached), ``error`` the kind of failure for the trail; ``retry`` whether another
+        backend is tried next."""
         self.failure = reason
+        self.failure_outcome = outcome
         self.telemetry.retries.labels(self.backend_id).inc()
+        self._report(outcome, retry_after)
         self.trail.end(status, error=error, then="retry" if retry else None)
         self.release()
 
     def release(self) -> None:
         self.lease.release()
+
+    def _report(self, outcome: AttemptOutcome, retry_after: str | None) -> None:
+        if self.health is not None:
+            self.health.outcome(self.backend_id, outcome, retry_after_seconds(retry_after))
+
+    def _latencies(self, tokens: int) -> None:
+        if self.health is None or tokens <= 0:
+            return
+        ended = time.perf_counter()
+        load = self.lease.account.requests
+        if self.stream and self.first_at is not None:
+            per_token = (ended - self.first_at) / (tokens - 1) if tokens > 1 else None
+            ttft = self.first_at - self.started
+            self.health.latency(self.backend_id, ttft_s=ttft, per_token_s=per_token, load=load)
+        elif not self.stream:
+            # The whole answer arrives at the end: time per token includes the prefill.
+            per_token = (ended - self.started) / tokens
+            self.health.latency(self.backend_id, per_token_s=per_token, load=load)

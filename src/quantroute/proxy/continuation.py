@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, Outcome, RequestFeatures
-from quantroute.errors import UpstreamConnectError
+from quantroute.errors import UpstreamFailure
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.parse import ParsedRequest
@@ -293,7 +293,12 @@ class _Run:
         status = CLIENT_CLOSED
         try:
             headers = attempt.trail.headers(ctx.upstream_headers(self._backend.id))
-            response = await fw.upstream.post(fw.url_for(self._backend, ctx), self._body, headers)
+            response = await fw.upstream.post(
+                fw.url_for(self._backend, ctx),
+                self._body,
+                headers,
+                fw.deadlines_for(self._backend, ctx),
+            )
             try:
                 if response.status != 200:
                     status, self.outcome = response.status, "failed"
@@ -312,7 +317,7 @@ class _Run:
                     yield DONE_EVENT
             finally:
                 response.close()
-        except UpstreamConnectError as exc:
+        except UpstreamFailure as exc:
             status, self.outcome, self.failure = 502, "failed", str(exc)
         finally:
             usage = splicer.raw_usage

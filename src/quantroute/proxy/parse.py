@@ -16,6 +16,10 @@ from quantroute.core import features as feat
 from quantroute.core.model import LatencyClass, RequestFeatures
 from quantroute.core.prefix import PrefixSettings, PromptBlocks, chat_prefix_text
 from quantroute.errors import InvalidRequest
+from quantroute.resilience.json_limits import TooDeep, loads_bounded
+from quantroute.resilience.settings import ClientLimits
+
+DEFAULT_LIMITS = ClientLimits()
 
 Kind = Literal["chat", "completion", "responses", "messages", "embeddings", "score", "rerank"]
 """The request kinds; chat and completions are parsed here, the others in
@@ -33,11 +37,13 @@ class ParsedRequest:
     wants_usage: bool
 
 
-def load_body(raw: bytes) -> dict[str, Any]:
+def load_body(raw: bytes, max_depth: int = DEFAULT_LIMITS.max_json_depth) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:
-        body = json.loads(raw)
+        body = loads_bounded(raw, max_depth)
+    except TooDeep as exc:
+        raise InvalidRequest(f"Request body is not accepted: {exc}.") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -47,9 +53,14 @@ def load_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_messages(messages: object) -> list[Mapping[str, object]]:
+def _check_messages(messages: object, max_messages: int) -> list[Mapping[str, object]]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    if len(messages) > max_messages:
+        raise InvalidRequest(
+            f"'messages' has {len(messages)} entries; at most {max_messages} are accepted.",
+            param="messages",
+        )
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(
@@ -152,17 +163,20 @@ def parse_request(
     headers: Mapping[str, str],
     policy: PolicyConfig,
     sequence: int,
+    limits: ClientLimits = DEFAULT_LIMITS,
     *,
     prefix: PrefixSettings | None = None,
 ) -> ParsedRequest:
     """Validate ``raw`` as a ``kind`` body (None: whichever :func:`kind_of` says) into features;
-    with ``prefix``, the prompt's blocks for the prefix index and the session id too."""
-    body = load_body(raw)
+    with ``prefix``, the prompt's blocks for the prefix index and the session id too.
+
+    ``limits`` bound the JSON nesting depth and the number of messages (400 beyond them)."""
+    body = load_body(raw, limits.max_json_depth)
     kind = kind or kind_of(body)
     model, stream, wants_usage = _check_common(body)
     max_tokens = _max_tokens(body)
     if kind == "chat":
-        messages = _check_messages(body.get("messages"))
+        messages = _check_messages(body.get("messages"), limits.max_messages)
         tokens = feat.estimate_chat_tokens(messages, policy.chars_per_token)
         text = feat.chat_text(messages)
     else:

@@ -15,14 +15,20 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from quantroute.errors import UpstreamConnectError, openai_error_body
+from quantroute.errors import (
+    UpstreamFailure,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    openai_error_body,
+)
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
-from quantroute.proxy.sse import Usage
+from quantroute.proxy.sse import EventCap, Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
 from quantroute.proxy.upstream_errors import client_error
+from quantroute.resilience.outcomes import AttemptOutcome
 
 if TYPE_CHECKING:
     pass
@@ -36,20 +42,30 @@ def sse_error_event(message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def response_headers(ctx: RequestContext, attempt: Attempt) -> dict[str, str]:
+def response_headers(
+    ctx: RequestContext, attempt: Attempt, retry_after: str | None = None
+) -> dict[str, str]:
     headers = {"x-quantroute-backend": attempt.backend_id}
     if ctx.show_decision:  # built only for a caller who sees it
         headers["x-quantroute-decision"] = ctx.routed.explain()[:1024]
+    if retry_after is not None and retry_after.isascii():
+        headers["retry-after"] = retry_after
     return headers
 
 
 def relay_body(
-    ctx: RequestContext, attempt: Attempt, status: int, content_type: str, data: bytes
+    ctx: RequestContext,
+    attempt: Attempt,
+    status: int,
+    content_type: str,
+    data: bytes,
+    retry_after: str | None = None,
 ) -> Response:
     """A whole (non-stream) answer: account it and pass it on (errors: :mod:`.upstream_errors`)."""
     attempt.first_byte()
-    attempt.finish(status, ctx.exchange.usage(data) if status == 200 else None)
-    headers = response_headers(ctx, attempt)
+    usage = ctx.exchange.usage(data) if status == 200 else None
+    attempt.finish(status, usage, retry_after=retry_after)
+    headers = response_headers(ctx, attempt, retry_after)
     if status >= 400:
         status, content_type, data = client_error(
             status, content_type, data, backend_id=attempt.backend_id, request_id=ctx.request_id
@@ -58,41 +74,90 @@ def relay_body(
     return Response(data, status, headers=headers, media_type=content_type)
 
 
-def relay_stream(ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> Response:
+def relay_stream(
+    ctx: RequestContext,
+    attempt: Attempt,
+    upstream: UpstreamResponse,
+    first: bytes | None = None,
+    max_event_bytes: int = 4 * 1024 * 1024,
+) -> Response:
     """A stream: SSE bytes pass through as they arrive (the usage event the gateway asked for
     is stripped); the attempt is accounted when the stream ends, however it ends. A stream that
-    breaks is continued on another backend where ``ctx.continuation`` allows it."""
-    stream = _Stream(ctx, attempt, upstream)
+    breaks is continued on another backend where ``ctx.continuation`` allows it. ``first`` is
+    the chunk the forwarder already read (a stream counts as answered from its first chunk); no
+    event may grow past ``max_event_bytes``."""
+    stream = _Stream(ctx, attempt, upstream, first, max_event_bytes)
+    try:
+        response = RelayResponse(
+            stream,
+            upstream.status,
+            headers=response_headers(ctx, attempt, upstream.retry_after),
+            media_type=upstream.content_type,
+            on_close=stream.close,
+        )
+    except Exception:
+        stream.close()
+        raise
     ctx.streaming = True
-    return RelayResponse(
-        stream,
-        upstream.status,
-        headers=response_headers(ctx, attempt),
-        media_type=upstream.content_type,
-        on_close=stream.close,
-    )
+    return response
+
+
+def _mid_stream(exc: Exception) -> str:
+    """What ended a stream, in the gateway's own words: the kind of failure, never the backend
+    or a library's error text (those are logged under the request id)."""
+    if isinstance(exc, UpstreamTimeout):
+        return "The backend sent nothing within the stream's idle timeout"
+    if isinstance(exc, UpstreamTooLarge):
+        return "The backend's stream was cut: an SSE event exceeds the gateway's size cap"
+    return "The backend failed mid-stream"
+
+
+def _stream_error_code(exc: Exception) -> str:
+    """The trail's name for what ended a stream (the access log's and the span's error)."""
+    if isinstance(exc, UpstreamTimeout):
+        return "upstream_timeout"
+    if isinstance(exc, UpstreamTooLarge):
+        return "upstream_response_too_large"
+    return "upstream_stream_error"
 
 
 class _Stream:
     """The relayed events; :meth:`close` ends the exchange exactly once, also when the response
     is never sent (a generator that never started would never run its ``finally``)."""
 
-    def __init__(self, ctx: RequestContext, attempt: Attempt, upstream: UpstreamResponse) -> None:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        upstream: UpstreamResponse,
+        first: bytes | None = None,
+        max_event_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._exchange = ctx.exchange
         self._ctx = ctx
         self._attempt = attempt
         self._upstream = upstream
+        self._first = first
+        self._cap = EventCap(max_event_bytes)
         self._tap = ctx.exchange.tap(attempt.strip_usage)
         self._cont = ctx.continuation
         self._outcome = CLIENT_CLOSED
+        self._failure: AttemptOutcome | None = None
         self._error: str | None = None
         self._closed = False
         self._continuing = False
 
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self._first is not None:
+            yield self._first
+        async for chunk in self._upstream.chunks():
+            yield chunk
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, tap, cont = self._attempt, self._tap, self._cont
         try:
-            async for chunk in self._upstream.chunks():
+            async for chunk in self._chunks():
+                self._cap.check(chunk)
                 attempt.first_byte()
                 out = tap.feed(chunk)
                 if cont is not None:
@@ -110,8 +175,10 @@ class _Stream:
             self._outcome = self._upstream.status
             self.close()
             await self._exchange.completed(self._outcome)
-        except (UpstreamConnectError, StreamBroke) as exc:
-            self._outcome, self._error = 502, "upstream_stream_error"
+        except (UpstreamFailure, StreamBroke) as exc:
+            self._outcome, self._error = 502, _stream_error_code(exc)
+            failed = exc.outcome if isinstance(exc, UpstreamFailure) else "reset"
+            self._failure = AttemptOutcome(failed)
             log.warning(
                 "request %s: upstream %s failed mid-stream: %s",
                 self._ctx.request_id,
@@ -119,9 +186,9 @@ class _Stream:
                 exc,
             )
             error = self._exchange.stream_error(
-                f"The backend failed mid-stream (request id {self._ctx.request_id})."
+                f"{_mid_stream(exc)} (request id {self._ctx.request_id})."
             )
-            if cont is None:
+            if cont is None or isinstance(exc, UpstreamTooLarge):
                 yield error
                 return
             self._continuing = True  # the request is not over: done() waits for the end
@@ -133,6 +200,10 @@ class _Stream:
             ) as tail:
                 async for out in tail:
                     yield out
+        except Exception:
+            self._outcome, self._error = 500, "gateway_error"
+            self._failure = AttemptOutcome.GATEWAY_ERROR
+            raise
         finally:
             self.close()
             self._ctx.done()
@@ -146,6 +217,13 @@ class _Stream:
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke
         then = "continuation" if self._continuing else None
-        self._attempt.finish(self._outcome, usage, error=self._error, then=then)
+        self._attempt.finish(
+            self._outcome,
+            usage,
+            outcome=self._failure,
+            retry_after=self._upstream.retry_after,
+            error=self._error,
+            then=then,
+        )
         if not self._continuing:
             self._ctx.done()

@@ -12,6 +12,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from quantroute.errors import UpstreamTooLarge
+
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
 """The end of an SSE event: an empty line (vLLM frames with LF; CRLF framing is valid SSE too)."""
 _USAGE_MARK = b'"usage":{'
@@ -109,3 +111,23 @@ def _last_boundary_end(data: bytes) -> int:
     lf = data.rfind(b"\n\n")
     crlf = data.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+
+
+class EventCap:
+    """Bounds the SSE event a relay may hold: bytes since the last event boundary, counted as
+    chunks pass, whatever tap reads them. A backend streaming one endless event (no blank line)
+    raises :class:`~quantroute.errors.UpstreamTooLarge` at ``max_bytes`` instead of growing a
+    buffer without end."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._open = 0
+        self._last = b""
+
+    def check(self, chunk: bytes) -> None:
+        joined = self._last + chunk  # a boundary may straddle two chunks
+        cut = _last_boundary_end(joined)
+        self._open = self._open + len(chunk) if cut < 0 else len(joined) - cut
+        self._last = joined[-3:]
+        if self._open > self._max:
+            raise UpstreamTooLarge(f"an SSE event exceeds the {self._max}-byte cap")

@@ -2,22 +2,51 @@
 
 The default is one shared aiohttp ``ClientSession`` (no decompression, no per-chunk parsing):
 measured on this machine it relays several times more requests per second than httpx.
+
+Every failure comes out as an :class:`~quantroute.errors.UpstreamFailure` that says what it
+shows about the backend: refused (nothing was sent), reset (the connection broke), timeout, too
+large, or an answer that cannot be relayed. Time limits come with each request
+(:class:`Deadlines`): the connect time, the wait for response headers, the longest gap between
+two chunks of a stream, and a deadline for the whole exchange. A non-streamed body is read up to
+a size cap; the response is closed on every failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 
-from quantroute.config import UpstreamTimeouts
-from quantroute.errors import UpstreamConnectError
+from quantroute.errors import (
+    UpstreamConnectError,
+    UpstreamFailure,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    connect_s: float = 2.0
+    headers_s: float = 120.0
+    """Until the response headers arrive."""
+    idle_s: float | None = 120.0
+    """Longest gap between two pieces of the body (None: no limit, for non-streamed answers,
+    which arrive whole once generation ends)."""
+    total_s: float = 3600.0
+    """The whole exchange, headers and body."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Cap on a body read whole (:meth:`UpstreamResponse.read`)."""
 
 
 class UpstreamResponse(Protocol):
     status: int
     content_type: str
+    retry_after: str | None
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -27,29 +56,67 @@ class UpstreamResponse(Protocol):
 
 
 class Upstream(Protocol):
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse: ...
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
 
 
+def _failure(exc: BaseException, *, before_answer: bool) -> UpstreamFailure:
+    """An aiohttp/asyncio exception as the failure it shows."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamConnectError(text, timed_out=True)  # nothing was sent
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(text, refused=True)  # nothing was sent
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(text or "timed out")
+    if isinstance(exc, aiohttp.ClientResponseError) and before_answer:
+        return UpstreamProtocolError(text)
+    return UpstreamConnectError(text)
+
+
 class _AiohttpResponse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, deadlines: Deadlines) -> None:
         self._response = response
+        self._deadlines = deadlines
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
+        self.retry_after = response.headers.get("Retry-After")
+        try:
+            self.content_type.encode("latin-1")
+        except UnicodeEncodeError:
+            response.close()
+            raise UpstreamProtocolError(
+                f"backend sent a Content-Type that cannot be relayed: {self.content_type!r}"
+            ) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+            raise _failure(exc, before_answer=False) from exc
 
     async def read(self) -> bytes:
+        limit = self._deadlines.max_body_bytes
+        declared = self._response.content_length
+        if declared is not None and declared > limit:
+            self.close()
+            raise UpstreamTooLarge(f"answer of {declared} bytes exceeds the {limit}-byte cap")
+        parts: list[bytes] = []
+        size = 0
         try:
-            return await self._response.read()
+            async for chunk in self._response.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    self.close()
+                    raise UpstreamTooLarge(f"answer exceeds the {limit}-byte cap")
+                parts.append(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+            raise _failure(exc, before_answer=False) from exc
+        return b"".join(parts)
 
     def close(self) -> None:
         """Close the connection: vLLM aborts a request whose connection closes."""
@@ -63,25 +130,32 @@ to a connection the backend is closing (seen as "Connection reset by peer" -> 50
 
 
 class AiohttpUpstream:
-    def __init__(self, timeouts: UpstreamTimeouts, *, limit: int = 0) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
-        )
+    def __init__(self, *, connections_per_backend: int = 0) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=limit, ttl_dns_cache=60, keepalive_timeout=KEEPALIVE_S
+                limit=0,
+                limit_per_host=connections_per_backend,
+                ttl_dns_cache=60,
+                keepalive_timeout=KEEPALIVE_S,
             ),
             auto_decompress=False,
-            timeout=self._timeout,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> UpstreamResponse:
+        timeout = aiohttp.ClientTimeout(
+            total=deadlines.total_s, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
+        )
         try:
-            response = await self._session.post(url, data=body, headers=dict(headers))
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
-        return _AiohttpResponse(response)
+            async with asyncio.timeout(deadlines.headers_s):
+                response = await self._session.post(
+                    url, data=body, headers=dict(headers), timeout=timeout
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _failure(exc, before_answer=True) from exc
+        return _AiohttpResponse(response, deadlines)
 
     async def aclose(self) -> None:
         await self._session.close()

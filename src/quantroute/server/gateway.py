@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from quantroute.access.control import AccessControl
 from quantroute.access.keys import OPEN, Principal
+from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
 from quantroute.errors import RequestError
@@ -31,6 +32,7 @@ from quantroute.proxy.exchange import Exchange, OpenAIExchange
 from quantroute.proxy.forward import Forwarder
 from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
+from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.prefix import PrefixTracker
@@ -38,6 +40,11 @@ from quantroute.state.store import StateStore
 from quantroute.telemetry import Telemetry
 
 ROUTING_HEADERS = ("x-quantroute-task", "x-quantroute-priority")
+TRACED_FROM_THE_BODY: dict[str, Kind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+}
+"""Paths whose trail starts before the body is read (:meth:`Gateway.handle`)."""
 FORWARD_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -57,8 +64,13 @@ class Gateway:
         prefix: PrefixTracker | None = None,
         *,
         access: AccessControl,
+        budget: RetryBudget | None = None,
+        clock: Clock | None = None,
+        backends: Iterable[BackendConfig] | None = None,
         observer: Observer | None = None,
     ) -> None:
+        """One gateway per config: a reload builds a new one (requests in progress keep theirs);
+        the store, in-flight account, passive health, budget and upstream are shared."""
         self.config = config
         self.access = access
         self.observer = observer or Observer()
@@ -66,13 +78,17 @@ class Gateway:
         self.matrix = matrix
         self.router = Router(config, store, matrix, telemetry)
         self.prefix = prefix
+        known = list(config.backends if backends is None else backends)
         self.forwarder = Forwarder(
-            config.policy,
+            config,
             upstream,
             store.inflight,
             telemetry,
-            {b.id: b for b in config.backends},
+            {b.id: b for b in known},
             prefix,
+            health=store.passive,
+            budget=budget,
+            clock=clock,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
         self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
@@ -80,6 +96,10 @@ class Gateway:
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
         self.store.set_backends(backends)
+        if self.store.passive is not None:
+            self.store.passive.configure(
+                self.config.resilience.outlier_detection, backends, self.config.groups
+            )
         self.forwarder.backends = {b.id: b for b in backends}
         if self.prefix is not None:
             self.prefix.retain(b.id for b in backends)
@@ -99,7 +119,10 @@ class Gateway:
             headers.setdefault(ROUTING_HEADERS[1], principal.latency_class)
         sequence = self.router.next_sequence(dry_run=dry_run)
         settings = self.prefix.settings if self.prefix is not None else None
-        return parse_request(kind, raw, headers, self.config.policy, sequence, prefix=settings)
+        limits = self.config.resilience.client
+        return parse_request(
+            kind, raw, headers, self.config.policy, sequence, limits, prefix=settings
+        )
 
     def with_prefix(self, parsed: ParsedRequest) -> ParsedRequest:
         """``parsed`` with what the prefix index expects on each backend, looked up now, just
@@ -172,6 +195,13 @@ class Gateway:
         finally:
             if not ctx.streaming:  # a stream's relay calls done() when the stream ends
                 ctx.done()
+
+    def client_gone(self, request: Request) -> None:
+        """A client left while sending its body (the client-limits middleware read it, so
+        :meth:`handle` never ran): the trail says 499, as when ``handle`` notices it itself."""
+        kind = TRACED_FROM_THE_BODY.get(request.scope["path"])
+        if kind is not None:
+            self._begin(kind, request).finish(CLIENT_CLOSED, error="client_disconnected")
 
     def _begin(self, kind: str, request: Request) -> Trail:
         """The request's trail, under the access middleware's request id and the key's name

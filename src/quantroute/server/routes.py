@@ -67,13 +67,27 @@ async def health(_: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    snapshot = _gateway(request).store.snapshot()
+    """Whether this replica can serve: 503 once it drains (SIGTERM) or while it knows no backend
+    at all (discovery found none yet), not when metrics are stale.
+
+    A metrics outage on the backends would otherwise take every replica out of its Service at
+    once, turning 503-with-Retry-After into connection refused; how requests are routed then is
+    ``policy.metrics_outage``'s business."""
+    gateway = _gateway(request)
+    snapshot = gateway.store.snapshot()
     fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
-    status = 200 if fresh else 503
-    body: dict[str, Any] = {"ready": bool(fresh), "fresh_backends": len(fresh)}
+    draining = request.app.state.lifecycle.draining
+    ready = not draining and bool(snapshot.backends)
+    body: dict[str, Any] = {
+        "ready": ready,
+        "draining": draining,
+        "fresh_backends": len(fresh),
+        "metrics_outage": not fresh,
+        "metrics_outage_mode": gateway.config.policy.metrics_outage,
+    }
     if _principal(request).admin:  # names only for admin keys (or without keys at all)
         body["fresh_backends"] = fresh
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

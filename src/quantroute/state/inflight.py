@@ -113,6 +113,18 @@ class InFlight:
         self.dispatched[backend_id] += 1
         return lease
 
+    def count(self, backend_id: str) -> int:
+        """Requests in flight at one backend now."""
+        account = self._accounts.get(backend_id)
+        return 0 if account is None else account.requests
+
+    def forget(self, backend_id: str) -> None:
+        """Drop the account of a backend that left, once nothing is in flight there (its
+        leases hold the account they count in: one still open keeps it)."""
+        account = self._accounts.get(backend_id)
+        if account is not None and account.requests == 0:
+            del self._accounts[backend_id]
+
     def now(self) -> float:
         """The account's clock (the one ``dispatched_at`` and ``first_byte_at`` are read from)."""
         return self._clock()

@@ -38,8 +38,17 @@ class Scraper:
         self._on_result = on_result
         self._task: asyncio.Task[None] | None = None
 
+    def set_policy(self, policy: PolicyConfig) -> None:
+        """A reloaded config's scrape interval and timeout, from the next round on."""
+        self._policy = policy
+
     async def scrape_once(self) -> None:
-        await asyncio.gather(*(self._scrape(b) for b in self._store.configs()))
+        await asyncio.gather(
+            *(
+                asyncio.create_task(self._scrape(b), name=f"quantroute-scrape-{b.id}")
+                for b in self._store.configs()
+            )
+        )
 
     async def _scrape(self, backend: BackendConfig) -> None:
         started = self._clock()

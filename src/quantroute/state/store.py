@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
-from quantroute.core.model import BackendMetrics, BackendState, Health, Snapshot
+from quantroute.core.model import (
+    SERVING,
+    BackendMetrics,
+    BackendState,
+    Health,
+    PassiveState,
+    Snapshot,
+)
+from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.state.inflight import BackendLoad, InFlight
+from quantroute.state.metric_schema import SchemaReport, check_schema
 
 
 @dataclass(eq=False)
@@ -28,17 +37,28 @@ class _Record:
     failures: int = 0
     last_error: str | None = None
     steered_away: Counter[str] = field(default_factory=Counter)
+    schema: SchemaReport | None = None
+    """The metric-schema self-test of the first successful scrape."""
+    schema_reported: bool = False
 
 
 class StateStore:
     def __init__(
-        self, backends: Iterable[BackendConfig], policy: PolicyConfig, clock: Clock
+        self,
+        backends: Iterable[BackendConfig],
+        policy: PolicyConfig,
+        clock: Clock,
+        passive: PassiveHealthMonitor | None = None,
     ) -> None:
         self._policy = policy
         self._clock = clock
         self._records: dict[str, _Record] = {}
         self.inflight = InFlight(clock)
+        self.passive = passive
         self.set_backends(backends)
+
+    def set_policy(self, policy: PolicyConfig) -> None:
+        self._policy = policy
 
     # -- membership (static config or discovery) ---------------------------------------------
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
@@ -54,15 +74,26 @@ class StateStore:
 
     # -- scrape results ----------------------------------------------------------------------
     def record_scrape(self, backend_id: str, metrics: BackendMetrics, started_at: float) -> None:
+        """Store a successful scrape (the first one also runs the metric-schema self-test)."""
         record = self._records.get(backend_id)
         if record is None:
             return
+        if record.schema is None:
+            record.schema = check_schema(metrics)
         record.metrics = metrics
         record.last_success = self._clock()
         record.last_scrape_started = started_at
         record.failures = 0
         record.last_error = None
         self.inflight.scraped(backend_id, started_at)
+
+    def take_schema_report(self, backend_id: str) -> SchemaReport | None:
+        """The backend's schema self-test, once (None afterwards and before its first scrape)."""
+        record = self._records.get(backend_id)
+        if record is None or record.schema is None or record.schema_reported:
+            return None
+        record.schema_reported = True
+        return record.schema
 
     def record_failure(self, backend_id: str, error: str) -> None:
         record = self._records.get(backend_id)
@@ -105,9 +136,13 @@ class StateStore:
                     pending_requests=load.unseen_requests,
                     pending_kv_tokens=load.unseen_kv_tokens,
                     prefill_backlog_tokens=load.prefill_backlog_tokens,
+                    passive=self._passive(r.config.id),
                 )
             )
         return Snapshot(taken_at=now, backends=tuple(states))
+
+    def _passive(self, backend_id: str) -> PassiveState:
+        return SERVING if self.passive is None else self.passive.state(backend_id)
 
     def admin_view(self) -> list[dict[str, object]]:
         now = self._clock()
@@ -151,4 +186,6 @@ class StateStore:
                 "chosen": self.inflight.dispatched[r.config.id],
                 "steered_away": dict(r.steered_away),
             },
+            "passive_health": None if self.passive is None else self.passive.admin(r.config.id),
+            "metric_schema": None if r.schema is None else r.schema.as_dict(),
         }

@@ -1,0 +1,1 @@
+"""Fault handling: passive health, retry budget, client and upstream limits, drain and reload."""

@@ -1,0 +1,233 @@
+"""ASGI middleware bounding what one client request may cost: concurrency, body size and time.
+
+- More than ``max_concurrent_requests`` requests in progress: 503 with ``Retry-After``.
+- The body is read here, before the application sees it, counting bytes as they arrive (chunked
+  bodies included): over ``max_body_bytes`` is 413 at once (a declared Content-Length over the
+  limit is refused before reading); a gap over ``body_idle_s`` or a body that takes longer than
+  ``body_timeout_s`` is 408. Both close the connection, so a never-ending upload stops. All
+  bodies being read together stay under ``max_buffered_body_bytes`` (else 503, Retry-After).
+- A client that disconnects during its upload ends the request quietly (nothing to answer).
+
+The application then receives the body in one message and, after it, the real ``receive`` (so it
+still notices a disconnect). Errors are in OpenAI's format (Anthropic's on ``/v1/messages``) with
+the request id the access middleware, which runs first, gave the request (it also adds the
+``x-request-id`` header). This is the gateway's one body-size limit. Probe and metrics paths are
+exempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from quantroute.access.middleware import ANTHROPIC_PATHS
+from quantroute.apis import anthropic_errors
+from quantroute.resilience.settings import ClientLimits
+
+log = logging.getLogger("quantroute.limits")
+EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class Rejection(StrEnum):
+    """Why the middleware answered instead of the application (the ``reason`` metric label)."""
+
+    OVERLOADED = "overloaded"
+    BODY_BUFFERS_FULL = "body_buffers_full"
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
+    CLIENT_GONE = "client_gone_during_upload"
+
+
+class _Refused(Exception):
+    def __init__(
+        self, reason: Rejection, status: int, code: str, message: str, retry_after: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.reason, self.status, self.code, self.message = reason, status, code, message
+        self.retry_after = retry_after
+
+
+def _error_body(scope: Scope, status: int, message: str, error_type: str, code: str) -> bytes:
+    rid = (scope.get("state") or {}).get("request_id")
+    if scope["path"] in ANTHROPIC_PATHS:
+        body: dict[str, Any] = anthropic_errors.body(status, message)
+        if rid:
+            body["request_id"] = rid
+    else:
+        error = {"message": message, "type": error_type, "param": None, "code": code}
+        if rid:
+            error["request_id"] = rid
+        body = {"error": error}
+    return json.dumps(body).encode()
+
+
+async def _answer(
+    send: Send, status: int, body: bytes, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class ClientLimitsMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Callable[[], ClientLimits],
+        *,
+        on_reject: Callable[[Rejection], None] | None = None,
+        on_gone: Callable[[Scope], None] | None = None,
+        exempt: frozenset[str] = EXEMPT_PATHS,
+    ) -> None:
+        """``on_gone``: told of a request whose client left during its upload (the application
+        never sees it; the gateway settles its trail as 499 there)."""
+        self.app = app
+        self._limits = limits
+        self._on_reject = on_reject
+        self._on_gone = on_gone
+        self._exempt = exempt
+        self.active = 0
+        self.buffered = 0
+        """Bytes of request bodies being read now, all requests together."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._exempt:
+            await self.app(scope, receive, send)
+            return
+        limits = self._limits()
+        if self.active >= limits.max_concurrent_requests:
+            self._count(Rejection.OVERLOADED)
+            body = _error_body(
+                scope,
+                503,
+                f"The gateway is serving its limit of {limits.max_concurrent_requests} "
+                "concurrent requests; retry shortly.",
+                "service_unavailable",
+                "gateway_overloaded",
+            )
+            await _answer(send, 503, body, [(b"retry-after", str(limits.retry_after_s).encode())])
+            return
+        self.active += 1
+        try:
+            await self._admitted(scope, receive, send, limits)
+        finally:
+            self.active -= 1
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, limits: ClientLimits
+    ) -> None:
+        if scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read_body(scope, receive, limits)
+        except _Refused as refused:
+            self._count(refused.reason)
+            kind = "service_unavailable" if refused.status == 503 else "invalid_request_error"
+            payload = _error_body(scope, refused.status, refused.message, kind, refused.code)
+            extra = [(b"connection", b"close")]
+            if refused.retry_after:
+                extra.append((b"retry-after", str(refused.retry_after).encode()))
+            await _answer(send, refused.status, payload, extra)
+            return
+        if body is None:
+            self._count(Rejection.CLIENT_GONE)
+            if self._on_gone is not None:
+                self._on_gone(scope)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _count(self, reason: Rejection) -> None:
+        if self._on_reject is not None:
+            self._on_reject(reason)
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, limits: ClientLimits
+    ) -> bytes | None:
+        """The whole body within the limits; None if the client went away; raises ``_Refused``."""
+        too_large = _Refused(
+            Rejection.BODY_TOO_LARGE,
+            413,
+            "request_too_large",
+            f"Request body is larger than the limit of {limits.max_body_bytes} bytes.",
+        )
+        declared = _declared_length(scope)
+        if declared is not None and declared > limits.max_body_bytes:
+            raise too_large
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout_s
+        body = bytearray()
+        try:
+            while True:
+                message = await _next_piece(receive, loop, deadline, limits.body_idle_s)
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                if len(body) + len(chunk) > limits.max_body_bytes:
+                    raise too_large
+                if self.buffered + len(chunk) > limits.max_buffered_body_bytes:
+                    raise _Refused(
+                        Rejection.BODY_BUFFERS_FULL,
+                        503,
+                        "gateway_overloaded",
+                        "The gateway is reading too many request bodies at once; retry shortly.",
+                        limits.retry_after_s,
+                    )
+                body += chunk
+                self.buffered += len(chunk)
+                if not message.get("more_body", False):
+                    return bytes(body)
+        finally:
+            self.buffered -= len(body)
+
+
+async def _next_piece(
+    receive: Receive, loop: asyncio.AbstractEventLoop, deadline: float, idle_s: float
+) -> Message:
+    wait = min(idle_s, deadline - loop.time())
+    try:
+        if wait <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(wait):
+            return await receive()
+    except TimeoutError:
+        raise _Refused(
+            Rejection.BODY_TIMEOUT,
+            408,
+            "request_timeout",
+            "The request body was not received in time.",
+        ) from None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,153 @@
+"""Kill one of two real vLLM servers mid-burst: nothing is lost before the first byte, the dead
+server leaves routing (passive health ejects it), and it is re-admitted once it is back.
+
+The tier's session servers stay untouched: this module starts its own pair (same tiny model,
+same variant so the gateway spreads over both) and its own gateway, and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import VllmTier
+from .procs import ManagedProcess, free_port
+from .stack import VLLM_ENV, VLLM_HEALTH_TIMEOUT_S, Variant, VllmServer, start_gateway, vllm_argv
+from .waits import apoll_until, poll_until
+
+pytestmark = pytest.mark.vllm
+
+PAIR = (Variant("kill-a", 1024, cpu_bind="0"), Variant("kill-b", 1024, cpu_bind="1"))
+MAX_TOKENS = 200
+
+
+@dataclass
+class Pair:
+    python: Path
+    model_dir: Path
+    work: Path
+    servers: dict[str, VllmServer]
+    ports: dict[str, int]
+    gateway_url: str
+
+    def start(self, name: str) -> None:
+        variant = next(v for v in PAIR if v.name == name)
+        env = {**os.environ, **VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": variant.cpu_bind}
+        argv = vllm_argv(self.python, self.model_dir, variant, self.ports[name])
+        log = self.work / f"vllm-{name}-{len(list(self.work.glob(f'vllm-{name}*')))}.log"
+        process = ManagedProcess.start(name, argv, log, env)
+        url = f"http://127.0.0.1:{self.ports[name]}"
+        try:
+            process.wait_http_ok(f"{url}/health", VLLM_HEALTH_TIMEOUT_S, interval_s=2.0)
+        except BaseException:
+            process.stop()
+            raise
+        self.servers[name] = VllmServer(variant=variant, url=url, process=process)
+
+    def admin(self) -> dict[str, dict[str, Any]]:
+        rows = httpx.get(self.gateway_url + "/admin/backends", timeout=10).json()["backends"]
+        return {r["id"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def pair(vllm_tier: VllmTier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    work = tmp_path_factory.mktemp("kill")
+    ports = {v.name: free_port() for v in PAIR}
+    p = Pair(vllm_tier.python, vllm_tier.model_dir, work, {}, ports, "")
+    try:
+        for variant in PAIR:
+            p.start(variant.name)
+        backends = [
+            {"id": v.name, "url": p.servers[v.name].url, "served_model_name": v.name,
+             "variant": "tiny", "max_seq_len": v.max_model_len, "capacity": v.max_num_seqs,
+             "gpu": "cpu", "gpu_cost_per_hour": 0.1}
+            for v in PAIR
+        ]  # fmt: skip
+        config = {
+            "backends": backends,
+            "groups": [{"name": "auto", "variants": ["tiny"]}],
+            "policy": {"scrape_interval_s": 0.5, "staleness_limit_s": 10, "retries": 1,
+                       "down_after_failures": 2},
+            "resilience": {"outlier_detection": {"consecutive_failures": 2,
+                                                 "base_ejection_s": 5, "slow_start_s": 5}},
+        }  # fmt: skip
+        process, url = start_gateway(config, work)
+        p.gateway_url = url
+        try:
+            yield p
+        finally:
+            process.stop(grace_s=15.0)
+    finally:
+        for server in p.servers.values():
+            server.process.stop()
+
+
+async def one_stream(client: openai.AsyncOpenAI) -> tuple[str, str]:
+    """("ok" | "cut" | "failed before first byte", backend)."""
+    started = False
+    backend = ""
+    try:
+        async with client.chat.completions.with_streaming_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": "the kalo mira"}],
+            max_tokens=MAX_TOKENS,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        ) as response:
+            backend = response.headers.get("x-quantroute-backend", "")
+            async for _chunk in await response.parse():
+                started = True
+        return "ok", backend
+    except openai.APIError:
+        return ("cut" if started else "failed before first byte"), backend
+
+
+async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
+    victim = "kill-a"
+    client = openai.AsyncOpenAI(
+        base_url=pair.gateway_url + "/v1", api_key="x", max_retries=0, timeout=120
+    )
+    try:
+        burst = [asyncio.create_task(one_stream(client)) for _ in range(12)]
+        await apoll_until(
+            lambda: asyncio.to_thread(lambda: pair.admin()[victim]["in_flight"]["requests"]),
+            lambda n: n >= 2,
+            timeout_s=60,
+        )
+        os.killpg(pair.servers[victim].process.popen.pid, signal.SIGKILL)  # mid-burst
+        after = [asyncio.create_task(one_stream(client)) for _ in range(12)]
+        results = await asyncio.gather(*burst, *after)
+    finally:
+        await client.close()
+    outcomes = [o for o, _ in results]
+    assert "failed before first byte" not in outcomes, results
+    assert all(b == "kill-b" for o, b in results[12:]), results  # after the kill: the survivor
+    row = poll_until(pair.admin, lambda a: a[victim]["state"] == "down", timeout_s=30)[victim]
+    health = row["passive_health"]
+    assert isinstance(health, dict) and health["ejections"] >= 1, row
+
+    pair.servers[victim].process.stop(grace_s=5)
+    pair.start(victim)  # back, on the same port
+    poll_until(
+        pair.admin,
+        lambda a: a[victim]["state"] == "fresh" and not a[victim]["passive_health"]["ejected"],
+        timeout_s=60,
+    )
+    with openai.OpenAI(base_url=pair.gateway_url + "/v1", api_key="x", max_retries=0) as sync:
+
+        def picks() -> str:
+            raw = sync.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": "x"}], max_tokens=2
+            )
+            return raw.headers["x-quantroute-backend"]
+
+        poll_until(picks, lambda b: b == victim, timeout_s=60, interval_s=0.2)  # re-admitted
