@@ -99,3 +99,12 @@ def test_prefill_backlog_lasts_until_the_first_byte() -> None:
     first.release()  # a second release changes nothing
     assert store.snapshot().backends[0].prefill_backlog_tokens == 0
     assert store.inflight.total() == 0
+
+
+def test_admin_view_counts_successful_scrapes_only() -> None:
+    store, clock = make()
+    assert store.admin_view()[0]["scrapes"] == 0
+    store.record_scrape("a", BackendMetrics(kv_cache_usage=0.1), started_at=clock.now)
+    store.record_failure("a", "refused")
+    store.record_scrape("a", BackendMetrics(kv_cache_usage=0.2), started_at=clock.now)
+    assert store.admin_view()[0]["scrapes"] == 2

@@ -35,6 +35,8 @@ class _Record:
     last_success: float | None = None
     last_scrape_started: float | None = None
     failures: int = 0
+    scrapes: int = 0
+    """Successful scrapes so far: two reads with the same count saw the same scraped metrics."""
     last_error: str | None = None
     steered_away: Counter[str] = field(default_factory=Counter)
     schema: SchemaReport | None = None
@@ -82,6 +84,7 @@ class StateStore:
             record.schema = check_schema(metrics)
         record.metrics = metrics
         record.last_success = self._clock()
+        record.scrapes += 1
         record.last_scrape_started = started_at
         record.failures = 0
         record.last_error = None
@@ -161,6 +164,7 @@ class StateStore:
             "variant": r.config.variant_id,
             "state": self._health(r, now).value,
             "age_s": None if r.last_success is None else round(now - r.last_success, 3),
+            "scrapes": r.scrapes,
             "consecutive_failures": r.failures,
             "last_error": r.last_error,
             "metrics": None
