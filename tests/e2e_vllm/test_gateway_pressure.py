@@ -10,7 +10,9 @@ for ``tiny-a`` on its own /metrics.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.vllm
 PRESSURE_EVENTS = "llm_router_cache_pressure_events_total"
 LONG_PROMPT = filler(150)  # a few hundred tokens: fits both backends, ~20% of tiny-a's cache
 Entry = dict[str, Any]
+Routed = tuple[str | None, str]
 
 
 def kv(entry: Entry) -> float:
@@ -63,28 +66,51 @@ async def send_long_prompt(client: openai.AsyncOpenAI, group: str) -> tuple[str 
     return headers.get("x-quantroute-backend"), headers.get("x-quantroute-decision", "")
 
 
+@dataclass
+class Routing:
+    """What :func:`route_while` sent and saw."""
+
+    kept: list[Routed] = field(default_factory=list)
+    """Prompts decided on a scrape for which ``holds`` was true."""
+    seen: list[float] = field(default_factory=list)
+    """Every KV usage read from /admin/backends, for the failure message."""
+
+
+def steered_by_kv(decision: str) -> bool:
+    return f"{SMALL_KV.name}!kv_ceiling" in decision or f"{SMALL_KV.name}!kv_pressure" in decision
+
+
 async def route_while(
     http: httpx.AsyncClient,
     client: openai.AsyncOpenAI,
     group: str,
     holds: Callable[[Entry], bool],
     wanted: int = 3,
-) -> list[tuple[str | None, str]]:
-    """Route long prompts, keeping those sent while `holds` was true just before and after.
+    timeout_s: float = 60.0,
+) -> Routing:
+    """Route long prompts, keeping those whose decision saw a scrape for which `holds` was true.
 
-    Bounded: at most 60 tries.
+    vLLM's usage is a sawtooth under this load (requests end and the next ones are admitted), so
+    a scrape can land between two reads of /admin/backends. A prompt is kept only when the reads
+    just before and just after it show the same scrape (the same ``scrapes`` count): the
+    decision between them then routed on exactly those metrics. Bounded: at most 120 tries and
+    ``timeout_s`` of wall time; stops once ``wanted`` are kept.
     """
-    kept: list[tuple[str | None, str]] = []
-    for _ in range(60):
-        if len(kept) == wanted:
+    routing = Routing()
+    deadline = time.monotonic() + timeout_s
+    for _ in range(120):
+        if len(routing.kept) == wanted or time.monotonic() > deadline:
             break
-        if not holds(await admin_entry(http)):
-            await asyncio.sleep(0.25)
+        before = await admin_entry(http)
+        routing.seen.append(kv(before))
+        if not holds(before):
+            await asyncio.sleep(0.1)
             continue
         routed = await send_long_prompt(client, group)
-        if holds(await admin_entry(http)):
-            kept.append(routed)
-    return kept
+        after = await admin_entry(http)
+        if after["scrapes"] == before["scrapes"]:
+            routing.kept.append(routed)
+    return routing
 
 
 async def vllm_idle(url: str) -> bool:
@@ -108,9 +134,9 @@ async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
         idle_choice, _ = await send_long_prompt(async_client, gateway.group)
         events_before = await pressure_events(http)
 
-        async with one_block_load(small_url, SMALL_KV.name, workers=24, max_seconds=90):
+        async with one_block_load(small_url, SMALL_KV.name, workers=24, max_seconds=150):
             seen = await apoll_until(lambda: admin_entry(http), full_and_queued, timeout_s=60)
-            routed = await route_while(http, async_client, gateway.group, lambda e: kv(e) >= 0.85)
+            routing = await route_while(http, async_client, gateway.group, lambda e: kv(e) >= 0.85)
 
         await settle(http, small_url)
         events_after = await pressure_events(http)
@@ -118,10 +144,13 @@ async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
     assert idle_choice == SMALL_KV.name  # the control: with room, the cheap backend wins
     metrics = seen["metrics"]
     assert (metrics["num_gpu_blocks"], metrics["block_size"]) == (8, 128)  # tiny-a's real cache
-    # The burst may drain before three prompts are sent under full pressure; every one that was
-    # must have gone to the other backend.
-    assert routed and {backend for backend, _ in routed} == {LARGE_KV.name}, routed
-    assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"
+    # Every prompt decided on a scrape that showed the cache full went to the other backend, and
+    # its decision names the KV filter that turned tiny-a away.
+    kept = routing.kept
+    assert kept, f"no prompt was decided on one full-cache scrape; KV seen: {routing.seen}"
+    assert {backend for backend, _ in kept} == {LARGE_KV.name}, kept
+    assert all(steered_by_kv(decision) for _, decision in kept), kept
+    assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {kept}"
 
 
 async def test_mostly_full_kv_cache_counts_pressure_events_for_long_prompts(
@@ -132,12 +161,13 @@ async def test_mostly_full_kv_cache_counts_pressure_events_for_long_prompts(
         await settle(http, small_url)
         events_before = await pressure_events(http)
 
-        async with one_block_load(small_url, SMALL_KV.name, workers=6, max_seconds=90):
+        async with one_block_load(small_url, SMALL_KV.name, workers=6, max_seconds=150):
             await apoll_until(lambda: admin_entry(http), mostly_full, timeout_s=60)
-            routed = await route_while(http, async_client, gateway.group, mostly_full)
+            routing = await route_while(http, async_client, gateway.group, mostly_full)
 
         await settle(http, small_url)
         events_after = await pressure_events(http)
 
-    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, routed
+    routed = routing.kept
+    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, (routed, routing.seen)
     assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"

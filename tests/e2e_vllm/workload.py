@@ -27,12 +27,16 @@ async def one_block_load(
 
     Each worker sends non-streaming requests back to back (cheap for this process, so the
     load stays steady on a busy machine). With more workers than free blocks the cache stays
-    full and the rest wait in vLLM's queue. Bounded: at most 200 requests per worker and
-    ``max_seconds`` of wall time; on exit requests in flight get 60 s, then are cancelled.
+    full and the rest wait in vLLM's queue. A failed request (a timeout on a slow machine) is
+    counted and the worker goes on, so the load does not fade silently; if every request failed,
+    exit raises. Bounded: at most 200 requests per worker and ``max_seconds`` of wall time; on
+    exit requests in flight get 60 s, then are cancelled.
     """
     limits = httpx.Limits(max_connections=workers + 1)
     client = httpx.AsyncClient(base_url=base_url, timeout=120.0, limits=limits)
     stop = asyncio.Event()
+    outcomes = {"ok": 0, "failed": 0}
+    failures: list[str] = []
 
     async def worker(index: int) -> None:
         for turn in range(200):
@@ -44,7 +48,12 @@ async def one_block_load(
                 "max_tokens": LOAD_MAX_TOKENS,
                 "ignore_eos": True,
             }
-            (await client.post("/v1/completions", json=body)).raise_for_status()
+            try:
+                (await client.post("/v1/completions", json=body)).raise_for_status()
+                outcomes["ok"] += 1
+            except httpx.HTTPError as error:
+                outcomes["failed"] += 1
+                failures.append(repr(error))
 
     tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
     stopper = asyncio.get_running_loop().call_later(max_seconds, stop.set)
@@ -60,3 +69,5 @@ async def one_block_load(
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
                 await task
         await client.aclose()
+    if outcomes["failed"] and not outcomes["ok"]:
+        raise AssertionError(f"the background load never got an answer: {failures[:3]}")
