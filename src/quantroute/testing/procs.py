@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,39 @@ STOP_GRACE_S = 15.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Racy: another process can take it before the server binds it. A uvicorn server (``quantroute
+    serve``, the simulator) should rather bind port 0 and be read back with :func:`bound_port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# uvicorn logs the port it really bound when it was asked for port 0
+_UVICORN_LISTENING = re.compile(rb"Uvicorn running on https?://\S+?:(\d+) ")
+
+
+def bound_port(log_path: Path, popen: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """The port a uvicorn server started with ``--port 0`` bound, from its first "Uvicorn running
+    on" line in ``log_path``: the kernel picked it and the server holds it, so no other process
+    can take it in between (the race :func:`free_port` has). Raises AssertionError with the log
+    when the process exits or ``timeout_s`` passes without the line."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = _UVICORN_LISTENING.search(log_path.read_bytes())
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            return int(found.group(1))
+        exited = popen.poll() is not None
+        if exited or time.monotonic() >= deadline:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            why = f"exited with {popen.returncode}" if exited else f"not listening in {timeout_s} s"
+            raise AssertionError(f"{popen.args}: {why}\n{text[-3000:]}")
+        time.sleep(0.05)
 
 
 @dataclass
