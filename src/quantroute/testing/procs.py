@@ -54,7 +54,7 @@ def bound_port(log_path: Path, popen: subprocess.Popen[bytes], timeout_s: float 
         if exited or time.monotonic() >= deadline:
             text = log_path.read_text(errors="replace") if log_path.exists() else ""
             why = f"exited with {popen.returncode}" if exited else f"not listening in {timeout_s} s"
-            raise AssertionError(f"{popen.args}: {why}\n{text[-3000:]}")
+            raise AssertionError(f"{popen.args!r}: {why}\n{text[-3000:]}")
         time.sleep(0.05)
 
 
