@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +125,33 @@ def stop(child: Child, grace_s: float = STOP_GRACE_S) -> int | None:
     if child.popen.stdout is not None:
         child.popen.stdout.close()
     return child.popen.returncode
+
+
+def start_on_free_ports(
+    launch: Callable[[], Child],
+    up: Callable[[Child], bool],
+    *,
+    attempts: int = 3,
+    timeout_s: float = 30.0,
+) -> Child:
+    """Start a server that must be handed its ports (several, or not uvicorn's one that logs
+    what port 0 became): ``launch`` picks them with :func:`free_port` and starts the child; wait
+    until ``up(child)``. When the child exits because a port was taken in between ("address
+    already in use"), it is started again on fresh ports, ``attempts`` times in all; any other
+    failure raises AssertionError with its log."""
+    for attempt in range(1, attempts + 1):
+        child = launch()
+        deadline = time.monotonic() + timeout_s
+        while child.popen.poll() is None and time.monotonic() < deadline:
+            if up(child):
+                return child
+            time.sleep(0.1)
+        stop(child)
+        taken = "address already in use" in child.tail(200).lower()
+        if not taken or attempt == attempts:
+            why = f"exited with {child.popen.returncode}" if taken else "did not come up"
+            raise AssertionError(f"{child.name} {why}:\n{child.tail()}")
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
