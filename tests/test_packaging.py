@@ -30,6 +30,7 @@ EXTRA_OF = {
     "observe/otel.py": "tracing",  # imported once tracing is configured on
     "observe/trail.py": "tracing",  # the SDK's Span type, for type checking only
     "testing/otlp_receiver.py": "dev",  # the tests' OTLP receiver: opentelemetry-proto
+    "testing/anthropic_replies.py": "dev",  # reading the tests' anthropic client's replies
 }
 EXTRA_MODULES = ("openai", "httpx2", "matplotlib")
 

@@ -165,14 +165,15 @@ def test_redis_down_falls_back_to_local_limits_without_hanging(
     assert gate.post(KEY).status_code == 200
     own_redis.pause()  # a Redis that hangs rather than refuses
     try:
-        started = time.monotonic()
+        # each post waits at most the client's 30 s: a hang fails the test, the 0.3 s bound ends
+        # the first request's wait
         with caplog.at_level(logging.WARNING, logger="quantroute.access"):
             statuses = [gate.post(KEY).status_code for _ in range(6)]
-        elapsed = time.monotonic() - started
     finally:
         own_redis.resume()
     assert statuses == [200] * 4 + [429] * 2  # a fresh local window with the same limit
-    assert elapsed < 5, elapsed  # one bounded wait, then Redis is skipped
+    # one bounded wait, then Redis is skipped (the other five requests did not call it)
+    assert _metric(gate, "quantroute_quota_store_errors_total") == 1
     assert _metric(gate, "quantroute_quota_degraded") == 1
     assert "quota store unreachable" in caplog.text
     assert gate.get(ADMIN, "/admin/access").json()["quota_store_degraded"] is True

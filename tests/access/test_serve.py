@@ -15,8 +15,14 @@ from quantroute.access.exposure import check_exposure, is_loopback
 from quantroute.access.keygen import new_key, sha256_hex
 from quantroute.config import parse_config
 from quantroute.errors import ConfigError
-from quantroute.testing.fake_backend import wait_until
-from quantroute.testing.procs import free_port, quantroute_command, running, start
+from quantroute.testing.procs import (
+    Child,
+    free_port,
+    quantroute_command,
+    running,
+    start,
+    start_on_free_ports,
+)
 
 
 @pytest.mark.parametrize(
@@ -76,29 +82,31 @@ def test_serve_refuses_an_open_gateway_on_all_interfaces(tmp_path: Path) -> None
 
 def test_metrics_on_their_own_port_and_keys_from_the_environment(tmp_path: Path) -> None:
     key = new_key()
-    port, metrics_port = free_port(), free_port()
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "access": {
-            "keys": [{"name": "ops", "key_env": "QR_OPS_KEY", "models": ["*"], "admin": True}],
-            "metrics_port": metrics_port,
-        },
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "QR_OPS_KEY": key}
-    cmd = [*quantroute_command(), "serve", "--config", str(path)]
-    with running(start("gateway", cmd, tmp_path, env=env)) as child:
-        base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    ports: dict[str, int] = {}
 
-        def up() -> bool:
-            assert child.popen.poll() is None, child.tail()
-            try:
-                return httpx.get(base + "/health").status_code == 200
-            except httpx.HTTPError:
-                return False
+    def launch() -> Child:
+        ports.update(api=free_port(), metrics=free_port())
+        config = {
+            "listen": {"host": "127.0.0.1", "port": ports["api"]},
+            "access": {
+                "keys": [{"name": "ops", "key_env": "QR_OPS_KEY", "models": ["*"], "admin": True}],
+                "metrics_port": ports["metrics"],
+            },
+        }
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd = [*quantroute_command(), "serve", "--config", str(path)]
+        return start("gateway", cmd, tmp_path, env=env)
 
-        assert wait_until(up, 30), child.tail()
+    def up(_: Child) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{ports['api']}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with running(start_on_free_ports(launch, up)) as child:
+        base, metrics = f"http://127.0.0.1:{ports['api']}", f"http://127.0.0.1:{ports['metrics']}"
         scraped = httpx.get(metrics + "/metrics")
         assert scraped.status_code == 200 and "quantroute_auth_failures_total" in scraped.text
         # the API port has no /metrics any more, for anyone

@@ -12,8 +12,7 @@ from quantroute.config import parse_config
 from quantroute.sim.fleet import FleetHandle, SimBackendSpec, SimFleetConfig, run_fleet_in_thread
 from quantroute.testing.fake_backend import wait_until
 from quantroute.testing.gateway_thread import GatewayThread
-
-from .conftest import RedisServer
+from quantroute.testing.redis_server import RedisServer
 
 KEY = {"Say hello.": ("chat", "Hello there."), "Name a colour.": ("chat", "Blue.")}
 

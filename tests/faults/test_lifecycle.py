@@ -22,15 +22,15 @@ from quantroute.testing.fake_backend import (
     ThreadedServer,
     wait_until,
 )
-from quantroute.testing.procs import free_port
+from quantroute.testing.procs import bound_port
 
 
 class Serve:
     """``quantroute serve --config FILE`` in its own process group; stopped for sure."""
 
-    def __init__(self, config_path: Path, port: int) -> None:
+    def __init__(self, config_path: Path) -> None:
+        """The config listens on port 0; the port the gateway bound is read from its log."""
         self.path = config_path
-        self.url = f"http://127.0.0.1:{port}"
         self.log = config_path.with_suffix(".log")
         cmd = [sys.executable, "-m", "quantroute.cli", "serve", "--config", str(config_path)]
         with self.log.open("wb") as out:  # the child has its own descriptor once started
@@ -41,7 +41,12 @@ class Serve:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        assert wait_until(self.ready_status_is_known, 30, 0.1), self.output()
+        try:
+            self.url = f"http://127.0.0.1:{bound_port(self.log, self.proc)}"
+            assert wait_until(self.ready_status_is_known, 30, 0.1), self.output()
+        except BaseException:
+            self.stop()
+            raise
 
     def ready_status_is_known(self) -> bool:
         try:
@@ -112,10 +117,9 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     running: list[Serve] = []
 
     def start(backends: dict[str, str], **extra: Any) -> Serve:
-        port = free_port()
         path = tmp_path / "gateway.yaml"
-        write_config(path, port, backends, **extra)
-        proc = Serve(path, port)
+        write_config(path, 0, backends, **extra)
+        proc = Serve(path)
         running.append(proc)
         return proc
 
@@ -197,9 +201,7 @@ def test_config_file_change_is_applied_and_a_bad_file_is_not(serve: Any, backend
     urls = {k: s.url for k, (_, s) in backends.items()}
     gw = serve({"a": urls["a"]}, resilience={"reload": {"poll_s": 0.2}})
     assert wait_until(lambda: gw.admin()["a"]["state"] == "fresh", 10)
-    write_config(
-        gw.path, int(gw.url.rsplit(":", 1)[1]), urls, resilience={"reload": {"poll_s": 0.2}}
-    )
+    write_config(gw.path, 0, urls, resilience={"reload": {"poll_s": 0.2}})
     assert wait_until(lambda: gw.metric("quantroute_config_reloads_total", result="ok") == 1, 10)
     assert set(gw.admin()) == {"a", "b"}
     gw.path.write_text("backends: [{id: broken")  # not YAML
@@ -224,7 +226,7 @@ def test_sighup_reload_keeps_in_flight_on_their_config_and_drops_removed_gauges(
     stream = StreamReader(gw.url, max_tokens=40, model="a")  # pinned to backend a, 2 s
     stream.start()
     assert wait_until(lambda: backends["a"][0].state.active == 1, 10)
-    write_config(gw.path, int(gw.url.rsplit(":", 1)[1]), {"b": urls["b"]}, **settings)
+    write_config(gw.path, 0, {"b": urls["b"]}, **settings)
     time.sleep(0.5)
     assert "a" in gw.admin()  # the watcher is off: nothing yet
     gw.proc.send_signal(signal.SIGHUP)

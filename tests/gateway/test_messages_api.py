@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import anthropic
 import httpx
 import pytest
-from anthropic.types import (
-    Message,
-    MessageParam,
-    RawContentBlockDeltaEvent,
-    RawMessageStreamEvent,
-    TextBlock,
-    TextDelta,
-)
+from anthropic.types import MessageParam
 
+from quantroute.testing.anthropic_replies import streamed_text, text_of
 from quantroute.testing.fake_backend import wait_until
 
 from .api_stack import ANSWER_KEY, EMBED, GENERATIVE, ApiStack, api_stack
@@ -24,23 +16,6 @@ from .api_stack import ANSWER_KEY, EMBED, GENERATIVE, ApiStack, api_stack
 __all__ = ["api_stack"]
 PATH = "/v1/messages"
 HELLO: list[MessageParam] = [{"role": "user", "content": "Say hello."}]
-
-
-def text_of(message: Message) -> str:
-    """The text of a message's one content block (a text block, or the test fails)."""
-    (block,) = message.content
-    assert isinstance(block, TextBlock), block
-    return block.text
-
-
-def streamed_text(events: Iterable[RawMessageStreamEvent]) -> str:
-    """The text of a stream's content_block_delta events (text deltas, or the test fails)."""
-    pieces = []
-    for event in events:
-        if isinstance(event, RawContentBlockDeltaEvent):
-            assert isinstance(event.delta, TextDelta), event.delta
-            pieces.append(event.delta.text)
-    return "".join(pieces)
 
 
 def test_non_stream_message_is_routed_answered_and_accounted(api_stack: ApiStack) -> None:

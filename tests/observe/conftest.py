@@ -140,3 +140,20 @@ def _all_fresh(fleet: TracedFleet) -> bool:
     auth = {"Authorization": f"Bearer {API_KEY}"}  # an admin key where keys are configured
     rows = httpx.get(fleet.url + "/admin/backends", headers=auth).json()["backends"]
     return all(r["state"] == "fresh" for r in rows)
+
+
+def continuing_fleet(
+    traced_fleet: FleetFactory, b: FakeState | None = None, **extra: Any
+) -> TracedFleet:
+    """Two replicas of one variant, access log on: ``a`` (the cheaper, so the first pick)
+    breaks its stream after three chunks and ``b`` (default: a healthy one) continues it."""
+    return traced_fleet(
+        {
+            "a": FakeState(served_model_name="m", die_after_chunks=3),
+            "b": b or FakeState(served_model_name="m"),
+        },
+        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
+        policy={"tie_tolerance": 0.0},
+        access_log=True,
+        **extra,
+    )

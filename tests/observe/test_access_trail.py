@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quantroute.testing.fake_backend import FakeState, wait_until
 
-from .conftest import API_KEY, FleetFactory, TracedFleet
+from .conftest import API_KEY, FleetFactory, TracedFleet, continuing_fleet
 
 MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 TIGHT_KEY = "sk-tight-key-one-request-per-minute"
@@ -118,16 +118,7 @@ def test_a_quota_refusal_is_recorded_with_the_request_id_of_its_error_body(
 def test_a_continued_stream_settles_the_trail_and_the_quota_once_for_every_attempt(
     traced_fleet: FleetFactory,
 ) -> None:
-    fleet = traced_fleet(
-        {
-            "a": FakeState(served_model_name="m", die_after_chunks=3),
-            "b": FakeState(served_model_name="m"),
-        },
-        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
-        policy={"tie_tolerance": 0.0},
-        access_log=True,
-        access=ACCESS,
-    )
+    fleet = continuing_fleet(traced_fleet, access=ACCESS)
     before = _key_tokens(fleet, "team-a")
     stream = fleet.client().chat.completions.create(
         model="auto", messages=MSG, max_tokens=8, stream=True
@@ -152,15 +143,8 @@ def test_a_continued_stream_settles_the_trail_and_the_quota_once_for_every_attem
 def test_a_client_gone_during_the_continuation_settles_the_request_once_as_499(
     traced_fleet: FleetFactory,
 ) -> None:
-    fleet = traced_fleet(
-        {
-            "a": FakeState(served_model_name="m", die_after_chunks=3),
-            "b": FakeState(served_model_name="m", chunk_delay_s=0.2),
-        },
-        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
-        policy={"tie_tolerance": 0.0},
-        access_log=True,
-        access=ACCESS,
+    fleet = continuing_fleet(
+        traced_fleet, FakeState(served_model_name="m", chunk_delay_s=0.2), access=ACCESS
     )
     before = _key_tokens(fleet, "team-a")
     body = {"model": "auto", "messages": MSG, "max_tokens": 40, "stream": True}

@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from quantroute.testing.fake_backend import FakeState, wait_until
 
-from .conftest import API_KEY, FleetFactory
+from .conftest import API_KEY, FleetFactory, continuing_fleet
 
 PROMPT = "Write a python function named add_numbers that adds two integers."
 MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
@@ -348,15 +348,7 @@ def test_a_client_that_disconnects_while_sending_the_body_ends_the_span_as_499(
 def test_a_stream_continued_on_another_replica_is_a_second_attempt_in_the_same_trace(
     traced_fleet: FleetFactory,
 ) -> None:
-    fleet = traced_fleet(
-        {
-            "a": FakeState(served_model_name="m", die_after_chunks=3),
-            "b": FakeState(served_model_name="m"),
-        },
-        backend_overrides={"a": {"variant": "v"}, "b": {"variant": "v", "gpu_cost_per_hour": 50.0}},
-        policy={"tie_tolerance": 0.0},
-        access_log=True,
-    )
+    fleet = continuing_fleet(traced_fleet)
     stream = fleet.client().chat.completions.create(
         model="auto", messages=MSG, max_tokens=8, stream=True
     )

@@ -19,7 +19,7 @@ import yaml
 
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer
 from quantroute.testing.otlp_receiver import OtlpReceiver, ReceivedSpan
-from quantroute.testing.procs import free_port
+from quantroute.testing.procs import bound_port
 
 TRACE_ID = "5b8efff798038103d269b633813fc60c"
 # Makes the OpenTelemetry SDK and exporter unimportable, as on an install without
@@ -60,28 +60,34 @@ def _config(tmp_path: Path, backend_url: str, **extra: object) -> Path:
 def _serve(
     config: Path, env: dict[str, str], tmp_path: Path, *, block_otel: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+    """``quantroute serve`` on port 0; the port it bound is read back from its log."""
     code = (NO_OTEL if block_otel else "") + (
         "from quantroute.cli import main\n"
-        f"sys.exit(main(['serve', '--config', {str(config)!r}, '--port', '{port}']))\n"
+        f"sys.exit(main(['serve', '--config', {str(config)!r}, '--port', '0']))\n"
     )
+    log_path = tmp_path / "serve.log"
     # the child writes to its own copy of the descriptor; the test's is closed at once
-    with (tmp_path / "serve.log").open("wb") as log:
+    with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys\n" + code], env=env, stdout=log, stderr=log
         )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    try:
+        url = f"http://127.0.0.1:{bound_port(log_path, proc)}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
     proc.kill()
     proc.wait(10)
-    raise AssertionError((tmp_path / "serve.log").read_text())
+    raise AssertionError(log_path.read_text())
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:

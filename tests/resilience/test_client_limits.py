@@ -25,7 +25,6 @@ from quantroute.resilience.header_timeout import protocol_class
 from quantroute.resilience.json_limits import TooDeep, depth_exceeds, loads_bounded
 from quantroute.resilience.settings import ClientLimits
 from quantroute.testing.fake_backend import wait_until
-from quantroute.testing.procs import free_port
 
 
 class EchoApp:
@@ -66,7 +65,9 @@ class Served:
             Starlette(routes=routes), lambda: limits, on_reject=self.rejections.append
         )
         self.protocol = protocol_class(limits.header_timeout_s)
-        self.port = free_port()
+        # bound here and handed to uvicorn: no window in which another process takes the port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
@@ -85,7 +86,7 @@ class Served:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
+        self.loop.run_until_complete(self.server.serve(sockets=[self._listener]))
         self.loop.close()
 
     def start(self) -> Served:
@@ -100,6 +101,7 @@ class Served:
             self.loop.call_soon_threadsafe(self.echo.release.set)
         self.server.should_exit = True
         self.thread.join(10)
+        self._listener.close()
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 
 import anthropic
 import httpx
 import pytest
-from anthropic.types import (
-    Message,
-    RawContentBlockDeltaEvent,
-    RawMessageStreamEvent,
-    TextBlock,
-    TextDelta,
-)
 
 from quantroute.sim.fleet import SimFleet
 from quantroute.sim.text import chat_prompt_tokens
+from quantroute.testing.anthropic_replies import streamed_text, text_of
 
 from .conftest import ANSWER_KEY
 
 PROMPT = "Say hello."
 ANSWER = ANSWER_KEY[PROMPT][1]
 AnthropicFactory = Callable[[str], anthropic.AsyncAnthropic]
-
-
-def text_of(message: Message) -> str:
-    """The text of a message's one content block (a text block, or the test fails)."""
-    (block,) = message.content
-    assert isinstance(block, TextBlock), block
-    return block.text
-
-
-def streamed_text(events: Iterable[RawMessageStreamEvent]) -> str:
-    """The text of a stream's content_block_delta events (text deltas, or the test fails)."""
-    pieces = []
-    for event in events:
-        if isinstance(event, RawContentBlockDeltaEvent):
-            assert isinstance(event.delta, TextDelta), event.delta
-            pieces.append(event.delta.text)
-    return "".join(pieces)
 
 
 @pytest.fixture

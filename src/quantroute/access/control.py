@@ -19,8 +19,9 @@ from quantroute.access.errors import (
 from quantroute.access.hygiene import caps_for, check_caps
 from quantroute.access.keys import KeyStore, Principal
 from quantroute.access.metrics import AccessMetrics
-from quantroute.access.quotas import Admission, Clock, Quotas
+from quantroute.access.quotas import Admission, Quotas
 from quantroute.access.upstream_auth import BackendCredentials
+from quantroute.base import Clock
 from quantroute.config import BackendConfig, GroupConfig, PolicyConfig
 from quantroute.core.model import RequestFeatures
 

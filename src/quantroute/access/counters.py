@@ -1,9 +1,10 @@
 """Where quota counts live: this process's memory, or a Redis that replicas share.
 
-Both sides count with the ``limits`` library's storage: an atomic increment with an expiry set
-when the window's first unit is counted (a Lua script on Redis), i.e. ``limits``' fixed-window
-strategy. The strategy class itself (``FixedWindowRateLimiter.hit``) is not used because it
-returns only a bool, while the response headers need the count it computed, and the end-of-
+Both sides count fixed windows: an increment with an expiry set when the window's first unit is
+counted. On Redis that is the ``limits`` library's storage (an atomic Lua script; key TTLs, i.e.
+Redis's clock, end the windows); in memory it is the same rule on two dicts read against the
+injected clock. ``limits``' strategy class (``FixedWindowRateLimiter.hit``) is not used because
+it returns only a bool, while the response headers need the count it computed, and the end-of-
 response token correction must be recorded unconditionally.
 
 Concurrent requests are leases: in memory a set per key; on Redis a sorted set per key whose
@@ -13,13 +14,13 @@ them after that bound. Acquire is one server-side script (prune, count, add).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from typing import Protocol
 
 from limits.aio.storage import RedisStorage
-from limits.storage import MemoryStorage
+
+from quantroute.base import Clock
 
 
 class Counters(Protocol):
@@ -42,36 +43,36 @@ class Counters(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _ResidentTimer(threading.Timer):
-    """Never started; reports itself alive so ``MemoryStorage`` starts no sweep thread."""
-
-    def __init__(self) -> None:
-        super().__init__(0, lambda: None)
-
-    def is_alive(self) -> bool:
-        return True
-
-
 class MemoryCounters:
     """Counts in this process (the default, and the fallback when Redis is down).
 
-    ``limits``' synchronous memory storage, called straight from the event loop (the ``*_now``
-    methods; the async ones serve the :class:`Counters` protocol). Its asyncio twin creates a
-    task per increment, and both schedule their expiry sweep by starting a new timer (a thread,
-    here) whenever the last one has run: under load a thread start per request, whose wait for
-    the thread blocked the event loop (27% of the gateway's busy samples in py-spy). The sweep
-    only frees keys that are never read again, and ours are two per key *name*, so the storage
-    gets a timer that never runs and always counts as alive; expired windows are still dropped
-    when read, as ``limits`` does in ``get``."""
+    The fixed-window rule of ``limits``' ``MemoryStorage`` (the window's end set when its first
+    unit is counted; an ended window dropped when its key is read), kept here on two dicts so
+    the injected clock ends the windows. ``MemoryStorage`` reads ``time.time()`` itself, and
+    schedules its expiry sweep by starting a new timer thread whenever the last one has run:
+    under load a thread start per request, whose wait blocked the event loop (27% of the
+    gateway's busy samples in py-spy). No sweep here: the keys are two per key *name*, and an
+    ended window is dropped when read. Synchronous ``*_now`` methods serve the event loop
+    directly; the async ones the :class:`Counters` protocol."""
 
-    def __init__(self) -> None:
-        self._storage = MemoryStorage()
-        self._storage.timer.cancel()
-        self._storage.timer = _ResidentTimer()
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._counts: dict[str, int] = {}
+        self._ends: dict[str, float] = {}
         self._leases: defaultdict[str, set[str]] = defaultdict(set)
 
+    def get_now(self, key: str) -> int:
+        if self._ends.get(key, 0.0) <= self._clock():
+            self._counts.pop(key, None)
+            self._ends.pop(key, None)
+        return self._counts.get(key, 0)
+
     def incr_now(self, key: str, window_s: int, amount: int) -> int:
-        return self._storage.incr(key, window_s, amount)
+        count = self.get_now(key) + amount
+        self._counts[key] = count
+        if count == amount:
+            self._ends[key] = self._clock() + window_s
+        return count
 
     def release_now(self, key: str, lease: str) -> None:
         held = self._leases.get(key)
@@ -81,13 +82,13 @@ class MemoryCounters:
                 del self._leases[key]
 
     async def incr(self, key: str, window_s: int, amount: int) -> int:
-        return self._storage.incr(key, window_s, amount)
+        return self.incr_now(key, window_s, amount)
 
     async def get(self, key: str) -> int:
-        return self._storage.get(key)
+        return self.get_now(key)
 
     async def window_end(self, key: str) -> float:
-        return self._storage.get_expiry(key)
+        return self._ends.get(key, self._clock())
 
     async def acquire(self, key: str, lease: str, limit: int, ttl_s: float) -> tuple[bool, int]:
         held = self._leases[key]
@@ -103,7 +104,8 @@ class MemoryCounters:
         return len(self._leases.get(key, ()))
 
     async def aclose(self) -> None:
-        self._storage.reset()
+        self._counts.clear()
+        self._ends.clear()
 
 
 _ACQUIRE = """
@@ -128,12 +130,18 @@ return redis.call('ZCARD', KEYS[1])
 
 
 class RedisCounters:
-    """Counts in a Redis shared by every replica; every call bounded by ``timeout_s``."""
+    """Counts in a Redis shared by every replica; every call bounded by ``timeout_s``.
 
-    def __init__(self, url: str, *, timeout_s: float, prefix: str) -> None:
+    Windows end by Redis key TTLs and leases by Redis's ``TIME``: one clock for every replica.
+    ``clock`` only turns a TTL into the Unix time a window ends (for the reset headers)."""
+
+    def __init__(
+        self, url: str, *, timeout_s: float, prefix: str, clock: Clock = time.time
+    ) -> None:
         import redis.asyncio as aioredis
 
         self._prefix = prefix
+        self._clock = clock
         # Blocking: past max_connections a call waits for a free connection (within the same
         # bound) rather than failing over to local counting at once.
         self._pool = aioredis.BlockingConnectionPool.from_url(
@@ -155,7 +163,8 @@ class RedisCounters:
         self._acquire = self.client.register_script(_ACQUIRE)
         self._held = self.client.register_script(_HELD)
 
-    def _lease_key(self, key: str) -> str:
+    def _key(self, key: str) -> str:
+        """The key as stored (``limits`` prefixes its counters the same way)."""
         return f"{self._prefix}:{key}"
 
     async def incr(self, key: str, window_s: int, amount: int) -> int:
@@ -165,17 +174,18 @@ class RedisCounters:
         return await self._storage.get(key)
 
     async def window_end(self, key: str) -> float:
-        return await self._storage.get_expiry(key)
+        # what limits' get_expiry computes, with the injected clock for its time.time()
+        return max(int(await self.client.ttl(self._key(key))), 0) + self._clock()
 
     async def acquire(self, key: str, lease: str, limit: int, ttl_s: float) -> tuple[bool, int]:
-        taken, held = await self._acquire(keys=[self._lease_key(key)], args=[lease, limit, ttl_s])
+        taken, held = await self._acquire(keys=[self._key(key)], args=[lease, limit, ttl_s])
         return bool(taken), int(held)
 
     async def release(self, key: str, lease: str) -> None:
-        await self.client.zrem(self._lease_key(key), lease)
+        await self.client.zrem(self._key(key), lease)
 
     async def held(self, key: str) -> int:
-        return int(await self._held(keys=[self._lease_key(key)]))
+        return int(await self._held(keys=[self._key(key)]))
 
     async def warm_up(self) -> None:
         """Connect and load the scripts once, so the first requests pay one round trip each."""
@@ -187,7 +197,3 @@ class RedisCounters:
     async def aclose(self) -> None:
         await self.client.aclose()
         await self._pool.disconnect()
-
-
-def now() -> float:
-    return time.time()

@@ -29,10 +29,10 @@ from quantroute.access.counters import Counters, MemoryCounters, RedisCounters
 from quantroute.access.errors import QuotaUnavailable, RateLimited
 from quantroute.access.keys import Principal
 from quantroute.access.metrics import AccessMetrics
+from quantroute.base import Clock
 
 log = logging.getLogger("quantroute.access")
 T = TypeVar("T")
-Clock = Callable[[], float]
 
 
 def duration(seconds: float) -> str:
@@ -97,7 +97,7 @@ class Quotas:
         self.metrics = metrics
         self.lease_ttl_s = lease_ttl_s
         self._clock = clock
-        self._local = MemoryCounters()
+        self._local = MemoryCounters(clock)
         self._redis: RedisCounters | None = None
         self._store_errors: tuple[type[BaseException], ...] = (
             TimeoutError,
@@ -110,7 +110,10 @@ class Quotas:
             from redis.exceptions import RedisError
 
             self._redis = RedisCounters(
-                config.redis_url, timeout_s=config.redis_timeout_s, prefix=config.key_prefix
+                config.redis_url,
+                timeout_s=config.redis_timeout_s,
+                prefix=config.key_prefix,
+                clock=clock,
             )
             self._store_errors += (RedisError,)
         self._skip_until = 0.0

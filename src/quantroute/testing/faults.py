@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from quantroute.testing.fake_backend import FakeState, metrics_text
-from quantroute.testing.procs import free_port
 
 
 @dataclass
@@ -211,7 +210,9 @@ class RawServer:
         self.metrics_state = metrics or FakeState()
         self.metrics_body = metrics_body
         """Raw /metrics body (garbage, a wrong exporter...); None: healthy vLLM metrics."""
-        self.port = port or free_port()
+        # Bound here, handed to the server: no window in which another process takes the port.
+        self._socket = socket.create_server(("127.0.0.1", port or 0))
+        self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.stats = Stats()
         self._loop = asyncio.new_event_loop()
@@ -223,7 +224,7 @@ class RawServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", self.port)
+            asyncio.start_server(self._handle, sock=self._socket)
         )
         self._ready.set()
         self._loop.run_forever()
@@ -271,6 +272,7 @@ class RawServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        self._socket.close()  # the server's, closed already once it ran
 
     def __enter__(self) -> RawServer:
         return self.start()

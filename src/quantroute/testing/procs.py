@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,39 @@ STOP_GRACE_S = 15.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Racy: another process can take it before the server binds it. A uvicorn server (``quantroute
+    serve``, the simulator) should rather bind port 0 and be read back with :func:`bound_port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# uvicorn logs the port it really bound when it was asked for port 0
+_UVICORN_LISTENING = re.compile(rb"Uvicorn running on https?://\S+?:(\d+) ")
+
+
+def bound_port(log_path: Path, popen: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """The port a uvicorn server started with ``--port 0`` bound, from its first "Uvicorn running
+    on" line in ``log_path``: the kernel picked it and the server holds it, so no other process
+    can take it in between (the race :func:`free_port` has). Raises AssertionError with the log
+    when the process exits or ``timeout_s`` passes without the line."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = _UVICORN_LISTENING.search(log_path.read_bytes())
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            return int(found.group(1))
+        exited = popen.poll() is not None
+        if exited or time.monotonic() >= deadline:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            why = f"exited with {popen.returncode}" if exited else f"not listening in {timeout_s} s"
+            raise AssertionError(f"{popen.args!r}: {why}\n{text[-3000:]}")
+        time.sleep(0.05)
 
 
 @dataclass
@@ -95,6 +125,33 @@ def stop(child: Child, grace_s: float = STOP_GRACE_S) -> int | None:
     if child.popen.stdout is not None:
         child.popen.stdout.close()
     return child.popen.returncode
+
+
+def start_on_free_ports(
+    launch: Callable[[], Child],
+    up: Callable[[Child], bool],
+    *,
+    attempts: int = 3,
+    timeout_s: float = 30.0,
+) -> Child:
+    """Start a server that must be handed its ports (several, or not uvicorn's one that logs
+    what port 0 became): ``launch`` picks them with :func:`free_port` and starts the child; wait
+    until ``up(child)``. When the child exits because a port was taken in between ("address
+    already in use"), it is started again on fresh ports, ``attempts`` times in all; any other
+    failure raises AssertionError with its log."""
+    for attempt in range(1, attempts + 1):
+        child = launch()
+        deadline = time.monotonic() + timeout_s
+        while child.popen.poll() is None and time.monotonic() < deadline:
+            if up(child):
+                return child
+            time.sleep(0.1)
+        stop(child)
+        taken = "address already in use" in child.tail(200).lower()
+        if not taken or attempt == attempts:
+            why = f"exited with {child.popen.returncode}" if taken else "did not come up"
+            raise AssertionError(f"{child.name} {why}:\n{child.tail()}")
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
