@@ -162,6 +162,7 @@ class Forwarder:
             health=self.health,
             number=number,
             stream=features.stream,
+            prior=ctx.decision.latency.get(backend.id) if ctx.decision is not None else None,
         )
         tried = len(ctx.attempts) + 1
         attempt.trail = ctx.trail.attempt(tried, backend, continuation=continuation)
