@@ -178,15 +178,16 @@ def test_time_per_token_counts_when_asked_for() -> None:
     state = dataclasses.replace(backend("a", capacity=10), observed=o)
     est = scorers.latency_estimate(state, ctx(m))
     n = o.per_token_n
-    assert est.per_token_ms == pytest.approx((n * 60.0 + 5.0 * 20.0) / (n + 5.0))
+    blended = (n * 60.0 + 5.0 * 20.0) / (n + 5.0)
+    assert est.per_token_ms == pytest.approx(blended)
     assert est.per_token_weight == pytest.approx(n / (n + 5.0))
     assert scorers.latency(state, [state], ctx(m)) == pytest.approx(500 / 620)  # TTFT alone
     decode = POLICY.model_copy(update={"latency_decode_tokens": 10})
-    expected = 120.0 + 10 * est.per_token_ms
+    expected = 120.0 + 10 * blended
     assert scorers.latency(state, [state], ctx(m, decode)) == pytest.approx(500 / (500 + expected))
 
 
-def test_a_measured_slow_twin_loses_the_decision_and_explain_carries_the_figures() -> None:
+def test_a_measured_slow_twin_loses_the_decision_which_carries_the_figures() -> None:
     """Same variant, same prior: a tie on the prior; the twin measured slower ranks second."""
     m = matrix(a={"ttft": 100.0})
     fast = twin("fast", feed(ratio_samples(1.0, 10)))
