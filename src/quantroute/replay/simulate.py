@@ -234,9 +234,11 @@ def replay(
     scrape_interval_s: float | None = None,
     model_for: Callable[[TraceRow], str] = _auto_model,
     profiles: Mapping[str, str] | None = None,
+    throttle: Mapping[str, float] | None = None,
 ) -> ReplayResult:
-    """Every row through a fresh simulated fleet of ``config`` (same inputs, same result)."""
-    fleet = build_fleet(config, seed=seed, profiles=profiles)
+    """Every row through a fresh simulated fleet of ``config`` (same inputs, same result);
+    ``throttle``: backends slower than their profile (see :func:`build_fleet`)."""
+    fleet = build_fleet(config, seed=seed, profiles=profiles, throttle=throttle)
     interval = scrape_interval_s or config.policy.scrape_interval_s
     sim = _Replay(config, matrix, fleet, interval)
     results = sim.run(rows, model_for)
