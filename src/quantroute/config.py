@@ -195,6 +195,9 @@ class PolicyConfig(FrozenModel):
     latency_prior_samples: PositiveFloat = 5.0
     """How many observations the matrix prior is worth: the measurement's weight is
     n / (n + latency_prior_samples), n the (decayed) count of samples."""
+    latency_half_life_s: PositiveFloat = 120.0
+    """Without new samples, the measurement's weight halves every this many seconds (a replica
+    measured slow, then sent nothing, is tried again in time)."""
     latency_decode_tokens: int = Field(default=0, ge=0)
     """Output tokens whose expected time (blended time per token) the latency scorer adds to the
     expected TTFT; 0 scores on TTFT alone."""

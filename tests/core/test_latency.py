@@ -15,6 +15,7 @@ from quantroute.core.latency import (
     NOTHING,
     LatencySample,
     ObservedLatency,
+    aged,
     blend,
     fit,
     observe,
@@ -103,6 +104,20 @@ def test_queueing_and_prefill_separate_when_the_mix_varies() -> None:
     f = fit(feed(samples), 1.0)
     assert f.queue_factor == pytest.approx(3.0, abs=0.25)
     assert f.prefill_factor == pytest.approx(1.0, abs=0.25)
+
+
+def test_without_new_samples_the_weight_halves_every_half_life() -> None:
+    o = observe(NOTHING, ratio_samples(3.0, 1)[0], DECAY, at=100.0)
+    for _ in range(9):
+        o = observe(o, ratio_samples(3.0, 1)[0], DECAY, at=100.0)
+    assert o.at == 100.0
+    assert aged(o, 0.0, 60.0) is o
+    later = aged(o, 60.0, 60.0)
+    assert later.n == pytest.approx(o.n / 2)
+    assert fit(later, 5.0).weight == pytest.approx((o.n / 2) / (o.n / 2 + 5.0))
+    much_later = fit(aged(o, 6000.0, 60.0), 5.0)
+    assert much_later.queue_factor == pytest.approx(1.0, abs=1e-6)  # back to the prior
+    assert (later.ttft_s, later.ttft_samples) == (o.ttft_s, o.ttft_samples)  # raw: as measured
 
 
 def test_factors_are_bounded() -> None:

@@ -23,7 +23,7 @@ samples that are half queueing and half prefill, the fit is exactly the blend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MIN_FACTOR, MAX_FACTOR = 0.1, 10.0
 """Fitted factors are kept in this range: a 10x slower replica is the outlier ejection's case."""
@@ -62,6 +62,8 @@ class ObservedLatency:
     spp: float = 0.0
     sqy: float = 0.0
     spy: float = 0.0
+    at: float | None = None
+    """When the last sample was taken (the state side's clock): see :func:`aged`."""
 
     @property
     def samples(self) -> int:
@@ -75,8 +77,11 @@ def _ewma(value: float | None, sample: float, decay: float) -> float:
     return sample if value is None else value + decay * (sample - value)
 
 
-def observe(prev: ObservedLatency, sample: LatencySample, decay: float) -> ObservedLatency:
-    """``prev`` with ``sample`` folded in; ``decay``: weight of a new sample (0 < decay < 1)."""
+def observe(
+    prev: ObservedLatency, sample: LatencySample, decay: float, at: float | None = None
+) -> ObservedLatency:
+    """``prev`` with ``sample`` (taken at ``at``) folded in; ``decay``: weight of a new sample
+    (0 < decay < 1)."""
     keep = 1.0 - decay
     o = prev
     ttft, ttft_n = o.ttft_s, o.ttft_samples
@@ -93,8 +98,27 @@ def observe(prev: ObservedLatency, sample: LatencySample, decay: float) -> Obser
         xq, xp, y = q / expected, p / expected, sample.ttft_s / expected
         n, sqq, sqp, spp, sqy, spy = (keep * v for v in fit)
         fit = (n + 1.0, sqq + xq * xq, sqp + xq * xp, spp + xp * xp, sqy + xq * y, spy + xp * y)
-    return ObservedLatency(
-        ttft, ttft_n, tok, tok_samples, tok_n, _ewma(o.load, sample.load, decay), *fit
+    load = _ewma(o.load, sample.load, decay)
+    return ObservedLatency(ttft, ttft_n, tok, tok_samples, tok_n, load, *fit, at=at)
+
+
+def aged(observed: ObservedLatency, age_s: float, half_life_s: float) -> ObservedLatency:
+    """The measurement ``age_s`` after its last sample: its weight against the prior halves every
+    ``half_life_s`` (every statistic of the fit scaled alike). A replica that was measured slow
+    and then drew no traffic is tried again in time instead of being judged on old samples."""
+    if age_s <= 0.0:
+        return observed
+    f = 0.5 ** (age_s / half_life_s)
+    o = observed
+    return replace(
+        o,
+        per_token_n=o.per_token_n * f,
+        n=o.n * f,
+        sqq=o.sqq * f,
+        sqp=o.sqp * f,
+        spp=o.spp * f,
+        sqy=o.sqy * f,
+        spy=o.spy * f,
     )
 
 

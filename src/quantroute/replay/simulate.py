@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from quantroute.config import GatewayConfig
 from quantroute.core.filters import request_kv_tokens
-from quantroute.core.latency import LatencyEstimate
+from quantroute.core.latency import LatencyEstimate, aged
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import Outcome, RequestFeatures, Snapshot
 from quantroute.core.scheduler import Policy, decide
@@ -177,9 +177,14 @@ class _Replay:
 
     def snapshot(self) -> Snapshot:
         snap = self.store.snapshot()
-        observed = self.measured.observed
-        states = tuple(replace(b, observed=observed(b.id)) for b in snap.backends)
-        return replace(snap, backends=states)
+        half_life, now = self.config.policy.latency_half_life_s, self.clock.now
+        states = []
+        for b in snap.backends:
+            o = self.measured.observed(b.id)
+            if o is not None and o.at is not None:
+                o = aged(o, now - o.at, half_life)
+            states.append(replace(b, observed=o))
+        return replace(snap, backends=tuple(states))
 
     def measure(self, backend_id: str, pending: _Pending, end: float, tokens: int) -> None:
         """What the gateway's attempt reports for a streamed answer (proxy/attempt.py)."""

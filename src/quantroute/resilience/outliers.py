@@ -199,7 +199,7 @@ class PassiveHealth:
         if b is None or self._ejected(b, now):
             return None  # answers to requests sent before the ejection say nothing new
         sample = LatencySample(ttft_s, per_token_s, load, prior_queue_s, prior_prefill_s)
-        b.observed = observe(b.observed, sample, s.latency_decay)
+        b.observed = observe(b.observed, sample, s.latency_decay, now)
         if not s.enabled or not s.latency_outliers:
             return None
         o = b.observed

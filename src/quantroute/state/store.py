@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
-from quantroute.core.latency import ObservedLatency, fit
+from quantroute.core.latency import ObservedLatency, aged, fit
 from quantroute.core.model import (
     SERVING,
     BackendMetrics,
@@ -147,7 +147,11 @@ class StateStore:
         return SERVING if self.passive is None else self.passive.state(backend_id)
 
     def _observed(self, backend_id: str) -> ObservedLatency | None:
-        return None if self.passive is None else self.passive.observed(backend_id)
+        """The measurement, its weight aged by the time since its last sample."""
+        o = None if self.passive is None else self.passive.observed(backend_id)
+        if o is None or o.at is None:
+            return o
+        return aged(o, self._clock() - o.at, self._policy.latency_half_life_s)
 
     def admin_view(self) -> list[dict[str, object]]:
         now = self._clock()
