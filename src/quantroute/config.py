@@ -189,6 +189,18 @@ class PolicyConfig(FrozenModel):
     default_ttft_ms: PositiveFloat = 200.0
     default_prefill_tokens_per_s: PositiveFloat = 5000.0
     """Used by the latency estimate when the matrix has no measured prefill rate."""
+    measured_latency: bool = True
+    """Blend the TTFT and time per token the gateway measures per backend into the latency
+    estimate (off: the matrix prior scaled by load alone)."""
+    latency_prior_samples: PositiveFloat = 5.0
+    """How many observations the matrix prior is worth: the measurement's weight is
+    n / (n + latency_prior_samples), n the (decayed) count of samples."""
+    latency_half_life_s: PositiveFloat = 120.0
+    """Without new samples, the measurement's weight halves every this many seconds (a replica
+    measured slow, then sent nothing, is tried again in time)."""
+    latency_decode_tokens: int = Field(default=0, ge=0)
+    """Output tokens whose expected time (blended time per token) the latency scorer adds to the
+    expected TTFT; 0 scores on TTFT alone."""
     retry_after_s: int = Field(default=1, ge=1)
     metrics_outage: MetricsOutage = "fail_open"
     """When no backend a request could go to has fresh metrics: ``fail_open`` routes on the

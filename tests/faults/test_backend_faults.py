@@ -300,7 +300,9 @@ def test_a_backend_far_slower_than_its_peers_is_ejected(make_fleet: FleetFactory
             "fast": FakeState(served_model_name="fake-model", chunk_delay_s=0.002),
             "slow": FakeState(served_model_name="fake-model", chunk_delay_s=0.06),
         },
-        policy={"tie_tolerance": 1.0},  # spread evenly, whatever the scores
+        # Spread evenly: near-ties within 1.0, and the scorer left on the prior (with measured
+        # latency on, the slow backend would lose its traffic before the ejection rule sees it).
+        policy={"tie_tolerance": 1.0, "measured_latency": False},
         resilience={"outlier_detection": {"latency_min_samples": 4, "per_token_floor_s": 0.02}},
     )
     for _ in range(30):

@@ -113,3 +113,18 @@ def test_a_decision_log_and_a_benchmark_trace_read_as_rows(tmp_path: Path) -> No
     bad.write_text('{"t": 1, "task": "poetry", "prompt_tokens": 3}\n')
     with pytest.raises(ConfigError, match=re.escape("bad.jsonl:1: unknown task 'poetry'")):
         load_trace(bad)
+
+
+def test_the_replay_learns_measured_latency_as_the_gateway_does(
+    demo: tuple[GatewayConfig, CapabilityMatrix],
+) -> None:
+    """Each answered request's TTFT reaches the latency scorer (the replay's snapshot carries
+    the measurement): decisions change when it is blended in, and only then."""
+    config, matrix = demo
+    rows = generate(_params(5))
+    off_policy = config.policy.model_copy(update={"measured_latency": False})
+    off = replay(rows, config.model_copy(update={"policy": off_policy}), matrix)
+    again = replay(rows, config.model_copy(update={"policy": off_policy}), matrix)
+    on = replay(rows, config, matrix)
+    assert [r.backend for r in off.results] == [r.backend for r in again.results]
+    assert [r.backend for r in on.results] != [r.backend for r in off.results]

@@ -106,6 +106,10 @@ class CapabilityMatrix(FrozenModel):
         profile = self.variants.get(variant)
         return None if profile is None else profile.ttft_ms.p50
 
+    def itl_p50_ms(self, variant: str) -> float | None:
+        profile = self.variants.get(variant)
+        return None if profile is None else profile.itl_ms.p50
+
     def prefill_tokens_per_s(self, variant: str) -> float | None:
         profile = self.variants.get(variant)
         return None if profile is None else profile.prefill_tokens_per_s

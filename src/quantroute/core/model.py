@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from quantroute.config import ApiName, BackendConfig, TaskType
+from quantroute.core.latency import LatencyEstimate, ObservedLatency
 from quantroute.core.prefix import PrefixView, PromptBlocks
 
 
@@ -83,6 +84,9 @@ class BackendState:
     prefill work queued on the backend that no vLLM gauge shows (a 30k-token prompt is one
     "running" request and a few percent of KV, but seconds of prefill ahead of anything new)."""
     passive: PassiveState = SERVING
+    observed: ObservedLatency | None = None
+    """What the gateway measured of this backend's answers (TTFT, time per token), smoothed:
+    the latency scorer blends it with the matrix prior (:mod:`quantroute.core.latency`)."""
 
     @property
     def id(self) -> str:
@@ -163,6 +167,9 @@ class Decision:
     """Soft filters relaxed because they would have left no candidate."""
     group: str | None = None
     quality_floor: float = 0.0
+    latency: dict[str, LatencyEstimate] = field(default_factory=dict)
+    """Per admitted candidate: the latency estimate (prior, measured factors, blend). The
+    request path keeps the chosen backend's prior split to judge the TTFT it then observes."""
 
     def explain(self) -> str:
         parts = [f"chosen={self.chosen}"]

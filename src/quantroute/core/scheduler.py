@@ -173,4 +173,5 @@ def decide(
         relaxed=relaxed,
         group=group.name if group else None,
         quality_floor=floor,
+        latency={b.id: scorers.latency_estimate(b, ctx) for b in admitted} if not pooling else {},
     )

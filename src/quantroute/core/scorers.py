@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
+from quantroute.core.latency import LatencyEstimate, blend, fit
 from quantroute.core.model import BackendState
 from quantroute.core.prefix import uncached_tokens
 
@@ -57,10 +58,10 @@ def prompt_prefill_tokens(backend: BackendState, ctx: FilterContext) -> int:
     )
 
 
-def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
-    """Matrix TTFT scaled by load and queue, plus the prefill of this prompt (less what is
-    expected to be cached there) and of the prompts already sent to the backend that have not
-    started answering (both at its prefill rate)."""
+def prior_ttft_ms(backend: BackendState, ctx: FilterContext) -> tuple[float, float]:
+    """The matrix prior's TTFT, split: queueing (matrix TTFT scaled by load and queue) and
+    prefill (this prompt, less what is expected to be cached there, and the prompts already sent
+    to the backend that have not started answering, both at its prefill rate)."""
     base = None
     if ctx.matrix is not None:
         base = ctx.matrix.ttft_p50_ms(backend.config.variant_id)
@@ -68,12 +69,48 @@ def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
     load = load_of(backend)
     queued = base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
     prefill = backend.prefill_backlog_tokens + prompt_prefill_tokens(backend, ctx)
-    return queued + 1000.0 * prefill / prefill_rate(backend, ctx)
+    return queued, 1000.0 * prefill / prefill_rate(backend, ctx)
+
+
+def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
+    """The prior split, and the factors and time per token measured at this backend blended in
+    by how much has been observed (:mod:`quantroute.core.latency`)."""
+    policy = ctx.policy
+    queue, prefill = prior_ttft_ms(backend, ctx)
+    observed = backend.observed if policy.measured_latency else None
+    k = policy.latency_prior_samples
+    prior_tok = None
+    if ctx.matrix is not None:
+        prior_tok = ctx.matrix.itl_p50_ms(backend.config.variant_id)
+    measured_tok, n_tok = None, 0.0
+    if observed is not None and observed.per_token_s is not None:
+        measured_tok, n_tok = 1000.0 * observed.per_token_s, observed.per_token_n
+    return LatencyEstimate(
+        queue,
+        prefill,
+        fit(observed, k),
+        per_token_prior_ms=prior_tok,
+        per_token_measured_ms=measured_tok,
+        per_token_weight=n_tok / (n_tok + k) if measured_tok is not None else 0.0,
+        per_token_ms=blend(prior_tok, measured_tok, n_tok, k),
+    )
+
+
+def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
+    return latency_estimate(backend, ctx).ttft_ms
+
+
+def expected_ms(estimate: LatencyEstimate, ctx: FilterContext) -> float:
+    """Expected TTFT, plus ``latency_decode_tokens`` at the blended time per token."""
+    tokens = ctx.policy.latency_decode_tokens
+    if tokens and estimate.per_token_ms is not None:
+        return estimate.ttft_ms + tokens * estimate.per_token_ms
+    return estimate.ttft_ms
 
 
 def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
     ref = ctx.policy.latency_reference_ms
-    return ref / (ref + expected_ttft_ms(backend, ctx))
+    return ref / (ref + expected_ms(latency_estimate(backend, ctx), ctx))
 
 
 def unit_cost(backend: BackendState, ctx: FilterContext) -> float:

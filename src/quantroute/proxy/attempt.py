@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from quantroute.config import BackendConfig
+from quantroute.core.latency import LatencyEstimate
 from quantroute.observe.trail import NO_ATTEMPT
 from quantroute.observe.trail import Attempt as AttemptTrail
 from quantroute.proxy.sse import Usage
@@ -55,6 +56,9 @@ class Attempt:
     error: str | None = None
     """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
     trail: AttemptTrail = NO_ATTEMPT
+    prior: LatencyEstimate | None = None
+    """The decision's latency estimate for this backend: its prior split is what the observed
+    TTFT is judged against (None: no estimate, e.g. a pooling request)."""
 
     def __post_init__(self) -> None:
         kind = "first" if self.number == 0 else "retry"
@@ -149,7 +153,15 @@ class Attempt:
         if self.stream and self.first_at is not None:
             per_token = (ended - self.first_at) / (tokens - 1) if tokens > 1 else None
             ttft = self.first_at - self.started
-            self.health.latency(self.backend_id, ttft_s=ttft, per_token_s=per_token, load=load)
+            prior = self.prior
+            self.health.latency(
+                self.backend_id,
+                ttft_s=ttft,
+                per_token_s=per_token,
+                load=load,
+                prior_queue_s=None if prior is None else prior.prior_queue_ms / 1000.0,
+                prior_prefill_s=None if prior is None else prior.prior_prefill_ms / 1000.0,
+            )
         elif not self.stream:
             # The whole answer arrives at the end: time per token includes the prefill.
             per_token = (ended - self.started) / tokens

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.filters import request_kv_tokens
+from quantroute.core.latency import LatencyEstimate
 from quantroute.core.model import RequestFeatures
 from quantroute.core.prefix import uncached_tokens
 from quantroute.errors import (
@@ -162,6 +163,7 @@ class Forwarder:
             health=self.health,
             number=number,
             stream=features.stream,
+            prior=None if continuation else _prior(ctx, backend.id),
         )
         tried = len(ctx.attempts) + 1
         attempt.trail = ctx.trail.attempt(tried, backend, continuation=continuation)
@@ -294,6 +296,12 @@ async def _read(response: UpstreamResponse) -> tuple[int, str, bytes, str | None
         response.close()
         raise
     return response.status, response.content_type, data, response.retry_after
+
+
+def _prior(ctx: RequestContext, backend_id: str) -> LatencyEstimate | None:
+    """The decision's latency estimate for this backend: what its TTFT is judged against (a
+    continuation's longer prompt was not in it, so it has none)."""
+    return None if ctx.decision is None else ctx.decision.latency.get(backend_id)
 
 
 def _status_of(exc: UpstreamFailure) -> int:

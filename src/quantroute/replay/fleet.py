@@ -55,8 +55,11 @@ def build_fleet(
     seed: int = 0,
     profiles: Mapping[str, str] | None = None,
     book: ProfileBook | None = None,
+    throttle: Mapping[str, float] | None = None,
 ) -> dict[str, SimulatedBackend]:
-    """Fresh engines for the config's generative backends (seeded per backend)."""
+    """Fresh engines for the config's generative backends (seeded per backend). ``throttle``:
+    backend id -> speed in (0, 1], its GPU's FLOPs and memory bandwidth scaled by it (a replica
+    slower than its variant's profile: thermal throttling, a noisy neighbour)."""
     book = book or load_profiles()
     fleet: dict[str, SimulatedBackend] = {}
     for index, backend in enumerate(config.backends):
@@ -64,9 +67,18 @@ def build_fleet(
             continue
         name = profile_for(backend.variant_id, backend.served_model_name, book, profiles or {})
         variant = book.variant(name)
+        gpu = book.gpu_of(variant)
+        speed = (throttle or {}).get(backend.id, 1.0)
+        if speed != 1.0:
+            gpu = gpu.model_copy(
+                update={
+                    "peak_flops": gpu.peak_flops * speed,
+                    "memory_bandwidth": gpu.memory_bandwidth * speed,
+                }
+            )
         engine_config = EngineConfig.from_profile(
             variant,
-            book.gpu_of(variant),
+            gpu,
             book.engine,
             max_model_len=backend.max_seq_len,
             max_num_seqs=backend.capacity,

@@ -8,8 +8,11 @@ snapshot (scraped metrics no older than ``scrape_interval_s`` plus the in-flight
 core's ``decide`` with the config's policy, groups and the matrix, a lease on the chosen backend
 (released at the last token; its prompt leaves the prefill backlog at the first), and the
 request is added to that backend's engine (``quantroute.sim.engine``, the simulator's vLLM V1
-scheduler). Not modelled: retries and continuations (simulated backends do not fail), the
-prefix index (a trace carries no prompt text), network and gateway overhead.
+scheduler). Each answered request's TTFT and time per token are reported to the same pure
+measurement the gateway keeps (:class:`~quantroute.resilience.outliers.PassiveHealth`, its
+ejection rules off), so the latency scorer learns from them as it does behind HTTP. Not
+modelled: retries and continuations (simulated backends do not fail), ejections, the prefix
+index (a trace carries no prompt text), network and gateway overhead.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from quantroute.config import GatewayConfig
 from quantroute.core.filters import request_kv_tokens
+from quantroute.core.latency import LatencyEstimate, aged
 from quantroute.core.matrix import CapabilityMatrix
-from quantroute.core.model import Outcome, RequestFeatures
+from quantroute.core.model import Outcome, RequestFeatures, Snapshot
 from quantroute.core.scheduler import Policy, decide
 from quantroute.replay.fleet import SimulatedBackend, build_fleet
 from quantroute.replay.trace import TraceRow
+from quantroute.resilience.outliers import PassiveHealth
 from quantroute.sim.engine import EngineRequest, StepOutput
 from quantroute.state.inflight import Lease
 from quantroute.state.store import StateStore
@@ -85,6 +90,8 @@ class _Pending:
     result: RequestResult
     lease: Lease
     arrival: float
+    prior: LatencyEstimate | None = None
+    first: float | None = None
 
 
 class _Replay:
@@ -101,6 +108,8 @@ class _Replay:
         self.clock = _Clock()
         backends = [b for b in config.backends if b.id in fleet]
         self.store = StateStore(backends, config.policy, self.clock)
+        measuring = config.resilience.outlier_detection.model_copy(update={"enabled": False})
+        self.measured = PassiveHealth(measuring, {b.id: b.variant_id for b in backends})
         self.policy = Policy(config.policy, config.groups)
         self.interval = scrape_interval_s
         self.events: list[tuple[float, int, int, Callable[[], None]]] = []
@@ -145,7 +154,7 @@ class _Replay:
             latency_class=row.latency_class,
             sequence=number,
         )
-        decision = decide(features, self.store.snapshot(), self.matrix, self.policy)
+        decision = decide(features, self.snapshot(), self.matrix, self.policy)
         if decision.chosen is None:
             result.status = STATUS.get(decision.outcome, 503)
             return
@@ -159,11 +168,38 @@ class _Replay:
             backend.id, request_kv_tokens(features, cfg), row.prompt_tokens
         )
         key = f"q{number}"
-        self.pending[key] = _Pending(result, lease, self.clock.now)
+        prior = decision.latency.get(backend.id)
+        self.pending[key] = _Pending(result, lease, self.clock.now, prior)
         request = EngineRequest(key, row.prompt_tokens, row.max_tokens, row.output_tokens)
         backend.engine.add_request(request, self.clock.now)
         if not backend.busy:
             self.step(backend)
+
+    def snapshot(self) -> Snapshot:
+        snap = self.store.snapshot()
+        half_life, now = self.config.policy.latency_half_life_s, self.clock.now
+        states = []
+        for b in snap.backends:
+            o = self.measured.observed(b.id)
+            if o is not None and o.at is not None:
+                o = aged(o, now - o.at, half_life)
+            states.append(replace(b, observed=o))
+        return replace(snap, backends=tuple(states))
+
+    def measure(self, backend_id: str, pending: _Pending, end: float, tokens: int) -> None:
+        """What the gateway's attempt reports for a streamed answer (proxy/attempt.py)."""
+        if pending.first is None or pending.result.ttft is None or tokens <= 0:
+            return
+        prior = pending.prior
+        self.measured.record_latency(
+            backend_id,
+            end,
+            ttft_s=pending.result.ttft,
+            per_token_s=(end - pending.first) / (tokens - 1) if tokens > 1 else None,
+            load=pending.lease.account.requests,
+            prior_queue_s=None if prior is None else prior.prior_queue_ms / 1000.0,
+            prior_prefill_s=None if prior is None else prior.prior_prefill_ms / 1000.0,
+        )
 
     def step(self, backend: SimulatedBackend) -> None:
         out = backend.engine.step(self.clock.now)
@@ -175,9 +211,11 @@ class _Replay:
             if token.index == 0:
                 pending = self.pending[token.request_id]
                 pending.result.ttft = token.time - pending.arrival
+                pending.first = token.time
                 pending.lease.first_byte()
         for done in out.finished:
             pending = self.pending.pop(done.request_id)
+            self.measure(backend.id, pending, done.finished_time, done.output_tokens)
             pending.lease.release()
             pending.result.status = 200
             pending.result.end = done.finished_time
@@ -201,9 +239,11 @@ def replay(
     scrape_interval_s: float | None = None,
     model_for: Callable[[TraceRow], str] = _auto_model,
     profiles: Mapping[str, str] | None = None,
+    throttle: Mapping[str, float] | None = None,
 ) -> ReplayResult:
-    """Every row through a fresh simulated fleet of ``config`` (same inputs, same result)."""
-    fleet = build_fleet(config, seed=seed, profiles=profiles)
+    """Every row through a fresh simulated fleet of ``config`` (same inputs, same result);
+    ``throttle``: backends slower than their profile (see :func:`build_fleet`)."""
+    fleet = build_fleet(config, seed=seed, profiles=profiles, throttle=throttle)
     interval = scrape_interval_s or config.policy.scrape_interval_s
     sim = _Replay(config, matrix, fleet, interval)
     results = sim.run(rows, model_for)

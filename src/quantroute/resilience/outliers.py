@@ -21,15 +21,21 @@ clock: every method takes ``now``. The rules follow Envoy's outlier detection:
   variant peers' median (and at least a floor slower) is ejected for ``latency_ejection_s`` -
   unless it was busier than they were (in-flight requests over ``latency_load_slack`` times
   theirs): a GPU is slower with more requests in its batch; that is load, not a fault.
+
+The latency averages are the gateway's one measurement of its backends' speed: the same
+:class:`~quantroute.core.latency.ObservedLatency` reaches the routing snapshot (``observed``),
+where the latency scorer blends it with the matrix prior. It is kept whether or not outlier
+ejection is on; an ejection starts it afresh.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
+from quantroute.core.latency import NOTHING, LatencySample, ObservedLatency, observe
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.settings import OutlierDetection
 
@@ -89,16 +95,6 @@ HEALTHY = HealthView()
 
 
 @dataclass
-class _Average:
-    value: float | None = None
-    samples: int = 0
-
-    def add(self, sample: float, decay: float) -> None:
-        self.value = sample if self.value is None else self.value + decay * (sample - self.value)
-        self.samples += 1
-
-
-@dataclass
 class _Backend:
     variant: str
     consecutive: int = 0
@@ -111,10 +107,8 @@ class _Backend:
     backpressure_until: float | None = None
     suspect_until: float | None = None
     last_failure: AttemptOutcome | None = None
-    ttft: _Average = field(default_factory=_Average)
-    per_token: _Average = field(default_factory=_Average)
-    load: _Average = field(default_factory=_Average)
-    """Requests in flight at the backend when its latency samples were taken."""
+    observed: ObservedLatency = NOTHING
+    """Its latency samples, smoothed (with the requests in flight as they were taken)."""
     down: bool = False
     """Known down by other means (its scrapes fail): it holds no capacity either way."""
     unreachable: bool = False
@@ -194,21 +188,27 @@ class PassiveHealth:
         ttft_s: float | None = None,
         per_token_s: float | None = None,
         load: float = 0.0,
+        prior_queue_s: float | None = None,
+        prior_prefill_s: float | None = None,
     ) -> Ejection | None:
-        """A latency sample; ``load``: requests in flight at the backend as it was taken."""
+        """A latency sample; ``load``: requests in flight at the backend as it was taken;
+        ``prior_*``: what the latency prior expected for the request at dispatch (the fit of
+        the measured factors). Kept even with outlier ejection off: routing reads it too."""
         b = self._backends.get(backend_id)
         s = self.settings
-        if b is None or not s.enabled or not s.latency_outliers or self._ejected(b, now):
+        if b is None or self._ejected(b, now):
+            return None  # answers to requests sent before the ejection say nothing new
+        sample = LatencySample(ttft_s, per_token_s, load, prior_queue_s, prior_prefill_s)
+        b.observed = observe(b.observed, sample, s.latency_decay, now)
+        if not s.enabled or not s.latency_outliers:
             return None
-        b.load.add(load, s.latency_decay)
-        if ttft_s is not None:
-            b.ttft.add(ttft_s, s.latency_decay)
-        if per_token_s is not None:
-            b.per_token.add(per_token_s, s.latency_decay)
-        for name, mine, floor in (
-            ("ttft", b.ttft, s.latency_floor_s),
-            ("time per token", b.per_token, s.per_token_floor_s),
+        o = b.observed
+        for name, mine, samples, floor in (
+            ("ttft", o.ttft_s, o.ttft_samples, s.latency_floor_s),
+            ("time per token", o.per_token_s, o.per_token_samples, s.per_token_floor_s),
         ):
+            if mine is None or samples < s.latency_min_samples:
+                continue
             detail = self._latency_outlier(backend_id, b, name, mine, floor, now)
             if detail is not None:
                 return self._eject(backend_id, b, now, EjectionReason.LATENCY_OUTLIER, detail)
@@ -252,9 +252,14 @@ class PassiveHealth:
             suspect=b.consecutive > 0 and now < (b.suspect_until or now),
             consecutive_failures=b.consecutive,
             ejections=b.ejections,
-            ttft_s=b.ttft.value,
-            per_token_s=b.per_token.value,
+            ttft_s=b.observed.ttft_s,
+            per_token_s=b.observed.per_token_s,
         )
+
+    def observed(self, backend_id: str) -> ObservedLatency | None:
+        """The backend's smoothed latency samples (None: unknown backend or nothing yet)."""
+        b = self._backends.get(backend_id)
+        return None if b is None or b.observed.samples == 0 else b.observed
 
     def views(self, now: float) -> dict[str, HealthView]:
         return {backend_id: self.view(backend_id, now) for backend_id in self._backends}
@@ -319,7 +324,7 @@ class PassiveHealth:
         b.consecutive = 0
         b.slow_start_from = until
         b.probation_until = until + s.slow_start_s
-        b.ttft, b.per_token, b.load = _Average(), _Average(), _Average()
+        b.observed = NOTHING
         return Ejection(backend_id, reason, detail, until, count)
 
     def _decayed_count(self, b: _Backend, now: float) -> int:
@@ -330,25 +335,28 @@ class PassiveHealth:
         return max(0, b.ejections - int(served // self.settings.base_ejection_s))
 
     def _latency_outlier(
-        self, backend_id: str, b: _Backend, name: str, mine: _Average, floor: float, now: float
+        self, backend_id: str, b: _Backend, name: str, mine: float, floor: float, now: float
     ) -> str | None:
         s = self.settings
-        if mine.value is None or mine.samples < s.latency_min_samples:
-            return None
         peers, loads = [], []
         for other_id, other in self._backends.items():
             if other_id == backend_id or other.variant != b.variant or self._ejected(other, now):
                 continue
-            average = other.ttft if name == "ttft" else other.per_token
-            if average.value is not None and average.samples >= s.latency_min_samples:
-                peers.append(average.value)
-                loads.append(other.load.value or 0.0)
+            o = other.observed
+            value, samples = (
+                (o.ttft_s, o.ttft_samples)
+                if name == "ttft"
+                else (o.per_token_s, o.per_token_samples)
+            )
+            if value is not None and samples >= s.latency_min_samples:
+                peers.append(value)
+                loads.append(o.load or 0.0)
         if not peers:
             return None
         median = statistics.median(peers)
-        if mine.value <= s.latency_factor * median or mine.value - median <= floor:
+        if mine <= s.latency_factor * median or mine - median <= floor:
             return None
         peer_load = statistics.median(loads)
-        if (b.load.value or 0.0) > s.latency_load_slack * peer_load + 1.0:
+        if (b.observed.load or 0.0) > s.latency_load_slack * peer_load + 1.0:
             return None  # slower because busier than its peers: routing evens that out
-        return f"{name} {mine.value:.3f}s vs peers' median {median:.3f}s"
+        return f"{name} {mine:.3f}s vs peers' median {median:.3f}s"

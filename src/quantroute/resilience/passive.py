@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GroupConfig
+from quantroute.core.latency import ObservedLatency
 from quantroute.core.model import PassiveState
 from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.resilience.outcomes import AttemptOutcome
@@ -56,10 +57,20 @@ class PassiveHealthMonitor:
         ttft_s: float | None = None,
         per_token_s: float | None = None,
         load: float = 0.0,
+        prior_queue_s: float | None = None,
+        prior_prefill_s: float | None = None,
     ) -> None:
+        """An answered attempt's latencies: the one measurement outlier ejection judges on and
+        the latency scorer learns from (``prior_*``: the scorer's expectation at dispatch)."""
         now = self._clock()
         event = self.machine.record_latency(
-            backend_id, now, ttft_s=ttft_s, per_token_s=per_token_s, load=load
+            backend_id,
+            now,
+            ttft_s=ttft_s,
+            per_token_s=per_token_s,
+            load=load,
+            prior_queue_s=prior_queue_s,
+            prior_prefill_s=prior_prefill_s,
         )
         self._report(event)
 
@@ -97,6 +108,9 @@ class PassiveHealthMonitor:
         view = self.machine.view(backend_id, self._clock())
         self._metrics.ejected.labels(backend_id).set(1 if view.ejected else 0)
         return _as_state(view)
+
+    def observed(self, backend_id: str) -> ObservedLatency | None:
+        return self.machine.observed(backend_id)
 
     def admin(self, backend_id: str) -> dict[str, object]:
         v = self.machine.view(backend_id, self._clock())

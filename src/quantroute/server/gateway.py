@@ -251,6 +251,7 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
             "admitted": True,
             "score": scores.total,
             "scores": scores.parts,
+            "latency": _latency(decision, backend_id),
             "reasons": [],
             "rejections": [],
         }
@@ -288,6 +289,12 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
         },
         "prefix": None if f.prefix is None else prefix_explain(f),
     }
+
+
+def _latency(decision: Decision, backend_id: str) -> dict[str, object] | None:
+    """The latency scorer's figures: prior, measured factors, blend weight (None: pooling)."""
+    estimate = decision.latency.get(backend_id)
+    return None if estimate is None else estimate.as_dict()
 
 
 def prefix_explain(f: RequestFeatures) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
+from quantroute.core.latency import ObservedLatency, aged, fit
 from quantroute.core.model import (
     SERVING,
     BackendMetrics,
@@ -140,12 +141,20 @@ class StateStore:
                     pending_kv_tokens=load.unseen_kv_tokens,
                     prefill_backlog_tokens=load.prefill_backlog_tokens,
                     passive=self._passive(r.config.id),
+                    observed=self._observed(r.config.id),
                 )
             )
         return Snapshot(taken_at=now, backends=tuple(states))
 
     def _passive(self, backend_id: str) -> PassiveState:
         return SERVING if self.passive is None else self.passive.state(backend_id)
+
+    def _observed(self, backend_id: str) -> ObservedLatency | None:
+        """The measurement, its weight aged by the time since its last sample."""
+        o = None if self.passive is None else self.passive.observed(backend_id)
+        if o is None or o.at is None:
+            return o
+        return aged(o, self._clock() - o.at, self._policy.latency_half_life_s)
 
     def admin_view(self) -> list[dict[str, object]]:
         now = self._clock()
@@ -154,6 +163,27 @@ class StateStore:
             self._admin_row(r, now, loads.get(r.config.id, BackendLoad()))
             for r in self._records.values()
         ]
+
+    def _latency_row(self, backend_id: str) -> dict[str, object]:
+        """What was measured and how much it counts (the prior itself depends on the request
+        and the matrix: ``POST /v1/route/explain`` shows the blend for one request)."""
+        o = self._observed(backend_id)
+        policy = self._policy
+        k = policy.latency_prior_samples
+        ttft = fit(o if policy.measured_latency else None, k)
+        per_token_n = o.per_token_n if o is not None and policy.measured_latency else 0.0
+        return {
+            "measured": policy.measured_latency,
+            "ttft_s": None if o is None else o.ttft_s,
+            "ttft_samples": 0 if o is None else o.ttft_samples,
+            "per_token_s": None if o is None else o.per_token_s,
+            "per_token_samples": 0 if o is None else o.per_token_samples,
+            "load": None if o is None else o.load,
+            "queue_factor": round(ttft.queue_factor, 4),
+            "prefill_factor": round(ttft.prefill_factor, 4),
+            "weight": round(ttft.weight, 4),
+            "per_token_weight": round(per_token_n / (per_token_n + k), 4),
+        }
 
     def _admin_row(self, r: _Record, now: float, load: BackendLoad) -> dict[str, object]:
         m = r.metrics
@@ -191,5 +221,6 @@ class StateStore:
                 "steered_away": dict(r.steered_away),
             },
             "passive_health": None if self.passive is None else self.passive.admin(r.config.id),
+            "latency": self._latency_row(r.config.id),
             "metric_schema": None if r.schema is None else r.schema.as_dict(),
         }
