@@ -252,6 +252,9 @@ def test_reject_keeps_the_immediate_503(make_fleet: FleetFactory) -> None:
     assert caught.value.response.json()["error"]["code"] == "no_backend_available"
     assert caught.value.response.headers["retry-after"] == "1"
     assert fleet.metric("quantroute_flow_queue_wait_seconds_count") == 0
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    explained = httpx.post(fleet.url + "/v1/route/explain", json=body).json()
+    assert explained["outcome"] == "no_backend" and explained["saturated"] is True
 
 
 def test_what_waiting_cannot_clear_is_answered_at_once(make_fleet: FleetFactory) -> None:

@@ -302,6 +302,7 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
         "quality_floor": decision.quality_floor,
         "relaxed_filters": list(decision.relaxed),
         "kv_pressure": list(decision.kv_pressure),
+        "saturated": decision.saturated,
         "candidates": candidates,
         "features": {
             "kind": parsed.kind,
