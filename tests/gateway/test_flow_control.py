@@ -270,3 +270,22 @@ def test_what_waiting_cannot_clear_is_answered_at_once(make_fleet: FleetFactory)
             model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=1
         )
     assert fleet.metric("quantroute_flow_queue_wait_seconds_count") == 0
+
+
+def test_a_queued_request_whose_backends_go_down_is_answered_without_waiting_out_its_bound(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = make_fleet(
+        saturated(),
+        policy={"metrics_outage": "fail_closed", "down_after_failures": 2},
+    )
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(ask, fleet.client(timeout=30), "still there?")
+        assert wait_until(queued(fleet, 1), 10)
+        for backend in fleet.backends.values():
+            backend.state.metrics_status = 500  # their metrics fail: down, no room to wait for
+        with pytest.raises(openai.InternalServerError) as caught:
+            waiting.result(timeout=20)  # well before max_wait_s (30 s)
+    assert caught.value.response.json()["error"]["code"] == "no_backend_available"
+    assert fleet.metric("quantroute_flow_queue_wait_seconds_count", outcome="refused") == 1
+    assert depth(fleet) == 0

@@ -113,6 +113,7 @@ class StateStore:
         if record is not None:
             record.failures += 1
             record.last_error = error
+            self._changed()  # a backend going down may leave queued requests no hope
 
     # -- decision statistics ------------------------------------------------------------------
     def note_steered_away(self, backend_id: str, filter_name: str) -> None:
