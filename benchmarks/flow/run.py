@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ BODY = {
     "max_tokens": 16,
     "stream": True,
 }
+BODY_MAX_TOKENS = 16
 
 
 @dataclass
@@ -141,7 +143,7 @@ def gateway(cfg: dict[str, object]):  # type: ignore[no-untyped-def]
         path.write_text(yaml.safe_dump(cfg))
         cmd = [sys.executable, "-m", "quantroute.cli", "serve", "--config", str(path)]
         proc = subprocess.Popen(
-            [*cmd, "--port", str(port), "--log-level", "error"],
+            [*cmd, "--port", str(port), "--log-level", os.environ.get("FLOW_BENCH_LOG", "error")],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -166,7 +168,12 @@ def gateway(cfg: dict[str, object]):  # type: ignore[no-untyped-def]
 
 def serve_backends(slots: int, chunk_delay: float) -> None:
     """The ``--backends`` child: two fake backends, their URLs on stdout, until stdin closes."""
-    states = [FakeState(kv_usage=0.0, chunk_delay_s=chunk_delay) for _ in range(2)]
+    # A KV cache as big as `slots` of these requests (the gateway's estimate of one: ~10 prompt
+    # tokens + max_tokens), so its own in-flight account agrees with what the backend reports.
+    blocks = math.ceil(slots * (10 + BODY_MAX_TOKENS) / 16)
+    states = [
+        FakeState(kv_usage=0.0, chunk_delay_s=chunk_delay, num_gpu_blocks=blocks) for _ in range(2)
+    ]
     servers = [ThreadedServer(FakeBackend(s).app).start() for s in states]
     stop = threading.Event()
     follower = threading.Thread(target=follow_load, args=(states, slots, stop), daemon=True)
