@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantroute.core.model import Health, Outcome
+from quantroute.core.model import BackendState, Health, Outcome
 from quantroute.core.saturation import with_dispatched
 from quantroute.core.scheduler import decide
 
@@ -24,7 +24,9 @@ AB = ("a", "b")
     ],
     ids=["all-full", "full-and-down", "all-down", "kv-unknown", "too-long"],
 )
-def test_only_saturation_alone_marks_a_refusal_saturated(a, b, saturated) -> None:  # type: ignore[no-untyped-def]
+def test_only_saturation_alone_marks_a_refusal_saturated(
+    a: BackendState, b: BackendState, saturated: bool
+) -> None:
     d = decide(features(), snapshot(a, b), None, policy(AB, metrics_outage="fail_closed"))
     assert d.outcome is not Outcome.ROUTED and d.saturated is saturated
 
