@@ -32,11 +32,13 @@ CONFIG_BRINGS = (
     "quantroute.access",
     "quantroute.access.config",
     "quantroute.extras",
+    "quantroute.flow",
+    "quantroute.flow.settings",
     "quantroute.resilience",
     "quantroute.resilience.settings",
 )
-"""What ``quantroute.config`` imports beyond base and errors: its ``access`` and ``resilience``
-sections' models (and those packages, docstrings only) and the check that an optional extra is
+"""What ``quantroute.config`` imports beyond base and errors: its ``access``, ``flow`` and
+``resilience`` sections' models (and those packages, docstrings only) and the check that an optional extra is
 installed."""
 
 

@@ -17,6 +17,7 @@ from quantroute.access.config import AccessConfig
 from quantroute.base import FrozenModel
 from quantroute.errors import ConfigError
 from quantroute.extras import REDIS_HINT, installed
+from quantroute.flow.settings import FlowControlConfig, OnSaturation
 from quantroute.resilience.settings import MetricsOutage, ResilienceSettings
 
 TaskType = Literal["coding", "reasoning", "extraction", "chat"]
@@ -70,6 +71,10 @@ class GroupConfig(FrozenModel):
     """A stream that breaks may be continued on another variant of the group (different weights
     or quantization: the continuation is coherent, not the same model's). Default: the same
     variant's replicas only."""
+    on_saturation: OnSaturation | None = None
+    """When every backend that meets the floor is saturated: ``queue``, ``downgrade`` (interactive
+    requests to the best variant below the floor with room) or ``reject``; None:
+    ``policy.flow_control.on_saturation``."""
 
 
 class PluginRef(FrozenModel):
@@ -208,6 +213,8 @@ class PolicyConfig(FrozenModel):
     ``fail_closed`` answers 503 with Retry-After."""
     seed: int = 0
     prefix: PrefixConfig = PrefixConfig()
+    flow_control: FlowControlConfig = FlowControlConfig()
+    """The gateway-side queue for saturated groups (:mod:`quantroute.flow`)."""
 
     @model_validator(mode="after")
     def _ceiling_above_threshold(self) -> PolicyConfig:

@@ -10,6 +10,7 @@ QuantrouteError
 │   ├── ContextLengthExceeded 400 context_length_exceeded: no backend fits prompt + max_tokens
 │   ├── ModelNotFound        404 model_not_found
 │   ├── NoBackendAvailable   503 no backend can take the request now (carries per-backend reasons)
+│   ├── QueueRefused         503 (or 429) the saturated group's queue is full / the wait ran out
 │   ├── UpstreamUnavailable  502 every attempt to reach a backend failed before the first byte
 │   ├── ResponseNotFound     404 a stored Responses API response is unknown, expired or deleted
 │   ├── ConversationStoreUnavailable 503 the store of Responses API conversations cannot answer
@@ -126,6 +127,24 @@ class NoBackendAvailable(RequestError):
     def without_backends(self) -> dict[str, object]:
         """The body for callers who may not see backend names and their state."""
         return super().body()
+
+
+class QueueRefused(RequestError):
+    """Flow control gave up on a request: ``queue_full`` (refused or evicted by a request that
+    outranks it) or ``queue_timeout`` (it waited ``max_wait_s``). 503 or 429 with Retry-After."""
+
+    error_type = "service_unavailable"
+
+    def __init__(self, message: str, *, code: str, status: int, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after_s = retry_after_s
+        if status == 429:
+            self.error_type = "rate_limit_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class UpstreamUnavailable(RequestError):

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from quantroute.config import GatewayConfig
-from quantroute.core.model import Decision, Outcome, RequestFeatures
+from quantroute.core.model import Decision, Outcome, RequestFeatures, Snapshot
 from quantroute.core.scheduler import Policy, decide
 from quantroute.decisionlog import DecisionLog
 from quantroute.errors import ContextLengthExceeded, ModelNotFound, NoBackendAvailable
@@ -60,9 +60,20 @@ class Router:
         """Carry the request numbering over from the router this one replaces (a reload)."""
         self._sequence = sequence
 
-    def decide(self, features: RequestFeatures, *, dry_run: bool = False) -> Decision:
+    def decide(
+        self,
+        features: RequestFeatures,
+        *,
+        dry_run: bool = False,
+        snapshot: Snapshot | None = None,
+        downgrade: bool = False,
+    ) -> Decision:
+        """The decision on ``snapshot`` (default: the store's, now); ``downgrade`` sets the
+        quality floor aside (flow control, for a saturated group that allows it)."""
         started = time.perf_counter()
-        decision = decide(features, self.store.snapshot(), self.matrix.current, self.policy)
+        snapshot = self.store.snapshot() if snapshot is None else snapshot
+        matrix, policy = self.matrix.current, self.policy
+        decision = decide(features, snapshot, matrix, policy, downgrade=downgrade)
         if not dry_run:
             self._record(features, decision, time.perf_counter() - started)
         return decision

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from quantroute import __version__
 from quantroute.core.model import Health
+from quantroute.flow.metrics import FlowMetrics
 from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.state.inflight import InFlight
 
@@ -163,6 +164,7 @@ class Telemetry:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self.resilience = ResilienceMetrics(r)
+        self.flow = FlowMetrics(r)
 
     def child(self, metric: M, *values: str) -> M:
         """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
@@ -212,6 +214,7 @@ class Telemetry:
     def declare_group(self, group: str) -> None:
         self.no_backend.labels(group)
         self.requests.labels("none", group, "503")
+        self.flow.declare_group(group)
 
     def set_backend_state(self, backend: str, state: Health, kv: float | None) -> None:
         for option in Health:

@@ -298,6 +298,7 @@ def test_no_backend_reasons_only_for_those_who_see_decisions(make_gate: GateFact
     gate = make_gate(
         {"keys": keys()},
         states={"a": FakeState(served_model_name="model-a", kv_usage=0.99)},
+        groups=[{"name": "auto", "variants": ["a"], "on_saturation": "reject"}],
     )
     user, admin = gate.post(KEY), gate.post(ADMIN)
     assert user.status_code == admin.status_code == 503

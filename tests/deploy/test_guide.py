@@ -379,6 +379,8 @@ def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
                 # a fleet without fresh metrics answers 503 only when it fails closed (the
                 # runbook says so); the default, fail_open, routes on the gateway's own account
                 **({"metrics_outage": "fail_closed"} if state == "dark" else {}),
+                # the runbook's 503 at once: a saturated group would otherwise queue the request
+                "flow_control": {"on_saturation": "reject"},
             },
             "access": {
                 "keys": [

@@ -80,6 +80,7 @@ def make_fleet() -> Iterator[FleetFactory]:
         groups: list[dict[str, Any]] | None = None,
         resilience: dict[str, Any] | None = None,
         wait: bool = True,
+        matrix_path: str | None = None,
     ) -> Fleet:
         states = states or {
             "a": FakeState(served_model_name="model-a"),
@@ -103,7 +104,13 @@ def make_fleet() -> Iterator[FleetFactory]:
         groups = groups or [{"name": "auto", "variants": [r["id"] for r in rows]}]
         pol = {"scrape_interval_s": 0.1, "staleness_limit_s": 2.0, **(policy or {})}
         config = parse_config(
-            {"backends": rows, "groups": groups, "policy": pol, "resilience": resilience or {}}
+            {
+                "backends": rows,
+                "groups": groups,
+                "policy": pol,
+                "resilience": resilience or {},
+                "matrix_path": matrix_path,
+            }
         )
         gateway = GatewayThread(config).start()
         fleet = Fleet(backends, servers, gateway, config)

@@ -103,7 +103,8 @@ def test_no_backend_is_503_with_reasons_and_retry_after(make_fleet: FleetFactory
         {
             "a": FakeState(served_model_name="a", kv_usage=0.99),
             "b": FakeState(served_model_name="b", kv_usage=0.97),
-        }
+        },
+        policy={"flow_control": {"on_saturation": "reject"}},  # no queue: today's 503 at once
     )
     r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
     error = assert_openai_error(r, 503, "no_backend_available")

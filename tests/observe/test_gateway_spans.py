@@ -224,7 +224,10 @@ def test_a_client_that_disconnects_before_the_first_byte_ends_the_span_as_499(
 def test_client_errors_leave_the_status_unset_and_server_errors_set_it(
     traced_fleet: FleetFactory,
 ) -> None:
-    fleet = traced_fleet({"a": FakeState(served_model_name="a", kv_usage=0.99)})
+    fleet = traced_fleet(
+        {"a": FakeState(served_model_name="a", kv_usage=0.99)},
+        policy={"flow_control": {"on_saturation": "reject"}},  # the 503 at once, not a wait
+    )
     r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "nope", "messages": MSG})
     assert r.status_code == 404
     spans = fleet.wait_spans(_done(0))

@@ -50,6 +50,9 @@ class ApiKeySpec(_Frozen):
     limits: QuotaLimits = QuotaLimits()
     latency_class: Literal["interactive", "batch"] | None = None
     """Used when the request has no ``x-quantroute-priority`` header."""
+    priority: int = Field(default=0, ge=-100, le=100)
+    """Order in the flow-control queue among requests of the same latency class (interactive
+    always before batch): higher first, then first come first served."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeySpec:

@@ -42,6 +42,8 @@ class Principal:
     models: frozenset[str]
     limits: QuotaLimits
     latency_class: str | None = None
+    priority: int = 0
+    """Order in the flow-control queue within a latency class (higher first)."""
 
     @property
     def any_model(self) -> bool:
@@ -112,7 +114,12 @@ def _entries(
                 f"{where}: keys {entries[secret].principal.name!r} and {spec.name!r} are the same key"
             )
         principal = Principal(
-            spec.name, spec.admin, frozenset(spec.models), spec.limits, spec.latency_class
+            spec.name,
+            spec.admin,
+            frozenset(spec.models),
+            spec.limits,
+            spec.latency_class,
+            spec.priority,
         )
         entries[secret] = _Entry(secret, principal, spec.revoked)
     return entries

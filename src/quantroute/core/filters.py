@@ -104,7 +104,8 @@ def kv_ceiling(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     ceiling = ctx.policy.kv_hard_ceiling
     if usage < ceiling:
         return None
-    return Rejection("kv_ceiling", f"usage {usage:.2f} >= ceiling {ceiling:.2f}", kv_pressure=True)
+    detail = f"usage {usage:.2f} >= ceiling {ceiling:.2f}"
+    return Rejection("kv_ceiling", detail, kv_pressure=True, saturated=True)
 
 
 def kv_pressure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
@@ -113,7 +114,18 @@ def kv_pressure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
         return None
     limit = ctx.policy.kv_pressure_threshold
     detail = f"predicted usage {predicted:.2f} > threshold {limit:.2f}"
-    return Rejection("kv_pressure", detail, kv_pressure=True)
+    return Rejection("kv_pressure", detail, kv_pressure=True, saturated=True)
+
+
+def waiting(backend: BackendState, ctx: FilterContext, *, limit: int) -> Rejection | None:
+    """Hard, opt-in (``{name: waiting, parameters: {limit: N}}``): vLLM's own waiting queue
+    (``vllm:num_requests_waiting``) is at ``limit`` or more: the backend is saturated. Unknown
+    (not scraped): admitted, the other filters judge."""
+    metrics = backend.metrics
+    if metrics is None or metrics.num_waiting is None or metrics.num_waiting < limit:
+        return None
+    detail = f"{metrics.num_waiting:.0f} requests waiting >= limit {limit}"
+    return Rejection("waiting", detail, saturated=True)
 
 
 def quality(backend: BackendState, ctx: FilterContext) -> Rejection | None:

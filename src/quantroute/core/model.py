@@ -138,6 +138,9 @@ class Rejection:
     kv_pressure: bool = False
     """The backend was turned away because its KV cache is (or would be) too full: a
     cache-pressure event when another backend is chosen instead."""
+    saturated: bool = False
+    """The backend is turned away for want of room now (KV cache, vLLM's waiting queue), not
+    for what it is: the reason clears by itself as its requests finish (flow control waits)."""
 
     def __str__(self) -> str:
         return f"{self.filter}: {self.detail}"
@@ -170,6 +173,16 @@ class Decision:
     latency: dict[str, LatencyEstimate] = field(default_factory=dict)
     """Per admitted candidate: the latency estimate (prior, measured factors, blend). The
     request path keeps the chosen backend's prior split to judge the TTFT it then observes."""
+    saturated: bool = False
+    """No backend, and at least one would be admitted but for saturation alone (KV cache or
+    waiting queue): room will come, so flow control may hold the request. False for an unknown
+    model, a prompt too long, or backends that are down, ejected or below the floor."""
+
+    @property
+    def downgraded(self) -> bool:
+        """Routed below the group's quality floor because the variants meeting it were
+        saturated (``on_saturation: downgrade``)."""
+        return self.outcome is Outcome.ROUTED and "downgrade" in self.relaxed
 
     def explain(self) -> str:
         parts = [f"chosen={self.chosen}"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from quantroute.base import FrozenModel
 from quantroute.config import PluginRef, PolicyConfig, ScorerRef
@@ -90,6 +91,12 @@ for _name, _picker in pickers.REGISTRY.items():
     register_picker(_name, _constant(_picker))
 
 
+class WaitingParams(FrozenModel):
+    limit: int = Field(ge=1)
+    """Requests in vLLM's waiting queue at which a backend counts as saturated."""
+
+
+register_filter("waiting", lambda p: partial(filters.waiting, limit=p.limit), WaitingParams)
 register_scorer("prefix", affinity.build_prefix, affinity.AffinityParams)
 register_scorer("session", affinity.build_session, affinity.AffinityParams)
 register_scorer("cache_aware", affinity.build_cache_aware, affinity.CacheAwareParams)

@@ -20,6 +20,7 @@ from quantroute.core.model import (
     Snapshot,
 )
 from quantroute.core.plugins import Plan, WeightedScorer, compile_plan
+from quantroute.core.saturation import only_saturated
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,10 @@ def _reject_all(
     )
     outcome = Outcome.TOO_LONG if too_long else Outcome.NO_BACKEND
     name = group.name if group else None
-    return Decision(outcome, None, (), {}, rejected, group=name, quality_floor=floor)
+    saturated = not too_long and only_saturated(rejected)
+    return Decision(
+        outcome, None, (), {}, rejected, group=name, quality_floor=floor, saturated=saturated
+    )
 
 
 def _below_floor(
@@ -122,7 +126,12 @@ def decide(
     snapshot: Snapshot,
     matrix: CapabilityMatrix | None,
     policy: Policy,
+    *,
+    downgrade: bool = False,
 ) -> Decision:
+    """The routing decision. ``downgrade``: the quality floor is set aside (flow control asks
+    for this when the variants meeting it are saturated and the group allows a downgrade); a
+    decision that routes then says ``downgrade`` among its relaxed filters."""
     cfg, plan = policy.config, policy.plan
     pool, group = candidates_for(features.model, snapshot, policy)
     floor = group.quality_floor if group else 0.0
@@ -146,6 +155,9 @@ def decide(
     if metrics_outage(snapshot.backends, cfg):
         hard, soft, profile = plan.outage_hard, plan.outage_soft, plan.even_spread
         relaxed = tuple(sorted(filters.NEED_METRICS))
+    if downgrade:
+        hard = tuple((n, f) for n, f in hard if n != "quality")
+        relaxed = (*relaxed, "downgrade")
     admitted, rejected = _filter(pool, ctx, hard)
     if not admitted and cfg.quality_fallback == "best_available":
         admitted, rejected, relaxed = _below_floor(pool, ctx, hard, rejected)

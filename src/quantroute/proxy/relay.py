@@ -46,6 +46,8 @@ def response_headers(
     ctx: RequestContext, attempt: Attempt, retry_after: str | None = None
 ) -> dict[str, str]:
     headers = {"x-quantroute-backend": attempt.backend_id}
+    if ctx.routed.downgraded:  # flow control sent it below the group's quality floor
+        headers["x-quantroute-downgraded"] = "true"
     if ctx.show_decision:  # built only for a caller who sees it
         headers["x-quantroute-decision"] = ctx.routed.explain()[:1024]
     if retry_after is not None and retry_after.isascii():

@@ -22,7 +22,9 @@ from quantroute.access.keys import OPEN, Principal
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.model import Decision, RequestFeatures
-from quantroute.errors import RequestError
+from quantroute.errors import ClientDisconnected, RequestError
+from quantroute.flow.control import FlowControl
+from quantroute.flow.gate import FlowGate
 from quantroute.observe.observer import Observer
 from quantroute.observe.trail import NO_TRAIL, Trail
 from quantroute.proxy.attempt import CLIENT_CLOSED
@@ -68,9 +70,11 @@ class Gateway:
         clock: Clock | None = None,
         backends: Iterable[BackendConfig] | None = None,
         observer: Observer | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         """One gateway per config: a reload builds a new one (requests in progress keep theirs);
-        the store, in-flight account, passive health, budget and upstream are shared."""
+        the store, in-flight account, passive health, budget, upstream and flow-control queue
+        are shared (without ``flow``, the gateway keeps its own queue)."""
         self.config = config
         self.access = access
         self.observer = observer or Observer()
@@ -91,6 +95,15 @@ class Gateway:
             clock=clock,
         )
         self.continuer = Continuer(config, self.forwarder, self.router.decide)
+        if flow is None:
+            flow = FlowControl(
+                config.policy.flow_control,
+                store.snapshot,
+                telemetry.flow,
+                clock or store.inflight.now,
+            )
+            store.subscribe(flow.pump)
+        self.flow = FlowGate(config, self.router, flow)
         self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
@@ -189,12 +202,25 @@ class Gateway:
             with trail.phase("decide"):
                 decision = self.router.decide(ctx.features)
                 trail.decided(decision)
-            ctx.decision = self.router.routed(decision, ctx.features)
+            try:
+                admitted = await self.flow.admit(
+                    decision, ctx.features, request.receive, principal.priority
+                )
+            except ClientDisconnected:  # gone while it waited for room: nothing was sent
+                return self._gone_while_queued(trail, decision.group or ctx.features.model)
+            if admitted is not decision:
+                trail.decided(admitted)
+            ctx.decision = self.router.routed(admitted, ctx.features)
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
         finally:
             if not ctx.streaming:  # a stream's relay calls done() when the stream ends
                 ctx.done()
+
+    def _gone_while_queued(self, trail: Trail, group: str) -> Response:
+        trail.finish(CLIENT_CLOSED, error="client_disconnected")
+        self.router.telemetry.requests.labels("none", group, str(CLIENT_CLOSED)).inc()
+        return Response(status_code=CLIENT_CLOSED)
 
     def client_gone(self, request: Request) -> None:
         """A client left while sending its body (the client-limits middleware read it, so
@@ -277,6 +303,7 @@ def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
         "quality_floor": decision.quality_floor,
         "relaxed_filters": list(decision.relaxed),
         "kv_pressure": list(decision.kv_pressure),
+        "saturated": decision.saturated,
         "candidates": candidates,
         "features": {
             "kind": parsed.kind,

@@ -111,6 +111,15 @@ async def admin_backends(request: Request) -> Response:
     )
 
 
+async def admin_flow(request: Request) -> Response:
+    """Flow control: its settings, and per saturated group the requests waiting (by latency
+    class) and the oldest wait."""
+    gateway = _gateway(request)
+    view = gateway.flow.flow.admin()
+    view["on_saturation"] = {g.name: gateway.flow.mode(g.name) for g in gateway.config.groups}
+    return JSONResponse(view)
+
+
 async def route_explain(request: Request) -> Response:
     return JSONResponse(await _gateway(request).explain(request))
 
@@ -141,4 +150,5 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/admin/backends", admin_backends, methods=["GET"])
     app.add_api_route("/admin/access", admin_access, methods=["GET"])
+    app.add_api_route("/admin/flow", admin_flow, methods=["GET"])
     app.add_api_route("/openapi.json", openapi, methods=["GET"])

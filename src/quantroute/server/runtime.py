@@ -16,6 +16,7 @@ from quantroute.access.control import AccessControl
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GatewayConfig
 from quantroute.core.plugins import compile_plan
+from quantroute.flow.control import FlowControl
 from quantroute.observe.observer import Observer
 from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
@@ -77,6 +78,9 @@ class Runtime:
         last of those ends (a request finishing later would otherwise create them again)."""
         self._on_swap = on_swap
         self.scraper: Scraper | None = None
+        self.flow = FlowControl(config.policy.flow_control, store.snapshot, telemetry.flow, clock)
+        """The flow-control queue: one for the process, kept across reloads."""
+        store.subscribe(self.flow.pump)
         self.gateway = self._build(config)
         self._declare(config, set())
         on_swap(self.gateway)
@@ -98,6 +102,7 @@ class Runtime:
             clock=self.clock,
             backends=self.backends(),
             observer=self.observer,
+            flow=self.flow,
         )
         gateway.set_backends(self.backends())
         return gateway
@@ -147,6 +152,7 @@ class Runtime:
         if self.scraper is not None:
             self.scraper.set_policy(config.policy)
         self.budget.configure(config.resilience.retry_budget)
+        self.flow.configure(config.policy.flow_control)
         previous = self.gateway.router
         sequence = previous.next_sequence(dry_run=True)
         self.gateway = self._build(config)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quantroute.base import Clock
@@ -65,6 +66,8 @@ class Lease:
     released: bool = False
     first_byte_at: float | None = None
     """When the response started (the account's clock); None before that."""
+    on_release: Callable[[], None] | None = None
+    """Told once the request has left the account (flow control: room may have come)."""
 
     def first_byte(self) -> None:
         """The response has started: its prompt is no longer prefill backlog."""
@@ -88,11 +91,14 @@ class Lease:
         account.requests -= 1
         if account.unseen.pop(self.number, None) is not None:
             account.unseen_kv_tokens -= self.kv_tokens
+        if self.on_release is not None:
+            self.on_release()
 
 
 class InFlight:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, on_release: Callable[[], None] | None = None) -> None:
         self._clock = clock
+        self._on_release = on_release
         self._numbers = itertools.count(1)
         self._accounts: dict[str, _Account] = {}
         self.dispatched: Counter[str] = Counter()
@@ -104,7 +110,14 @@ class InFlight:
             account = self._accounts[backend_id] = _Account()
         number = next(self._numbers)
         lease = Lease(
-            backend_id, number, self._clock(), kv_tokens, prompt_tokens, account, self._clock
+            backend_id,
+            number,
+            self._clock(),
+            kv_tokens,
+            prompt_tokens,
+            account,
+            self._clock,
+            on_release=self._on_release,
         )
         account.requests += 1
         account.prefill_tokens += prompt_tokens

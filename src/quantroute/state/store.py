@@ -10,7 +10,7 @@ backend that looked emptiest at the last scrape. The clock is injected; nothing 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from quantroute.base import Clock
@@ -56,9 +56,20 @@ class StateStore:
         self._policy = policy
         self._clock = clock
         self._records: dict[str, _Record] = {}
-        self.inflight = InFlight(clock)
+        self._listeners: list[Callable[[], None]] = []
+        self.inflight = InFlight(clock, on_release=self._changed)
         self.passive = passive
         self.set_backends(backends)
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (synchronously, no arguments) when room may have come: a fresh
+        scrape, a request in flight ending, the backend set changing. Returns the unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in tuple(self._listeners):
+            listener()
 
     def set_policy(self, policy: PolicyConfig) -> None:
         self._policy = policy
@@ -71,6 +82,7 @@ class StateStore:
             old = self._records.get(config.id)
             new[config.id] = old if old is not None and old.config == config else _Record(config)
         self._records = new
+        self._changed()
 
     def configs(self) -> list[BackendConfig]:
         return [r.config for r in self._records.values()]
@@ -90,6 +102,7 @@ class StateStore:
         record.failures = 0
         record.last_error = None
         self.inflight.scraped(backend_id, started_at)
+        self._changed()
 
     def take_schema_report(self, backend_id: str) -> SchemaReport | None:
         """The backend's schema self-test, once (None afterwards and before its first scrape)."""
@@ -104,6 +117,7 @@ class StateStore:
         if record is not None:
             record.failures += 1
             record.last_error = error
+            self._changed()  # a backend going down may leave queued requests no hope
 
     # -- decision statistics ------------------------------------------------------------------
     def note_steered_away(self, backend_id: str, filter_name: str) -> None:
