@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
 import pytest
 
 from quantroute.testing.fake_backend import FakeBackend, FakeState, ThreadedServer, wait_until
 from quantroute.testing.faults import (
+    LAST_CHUNK,
+    SSE_HEAD,
+    Behaviour,
     RawServer,
+    Request,
+    chat_chunk,
+    chunk,
     endless_event,
     huge_body,
     never_answer,
@@ -315,4 +323,55 @@ def test_a_backend_far_slower_than_its_peers_is_ejected(make_fleet: FleetFactory
     assert "time per token" in health["detail"]
     assert not fleet.admin()["fast"]["passive_health"]["ejected"]
     assert fleet.metric("quantroute_ejections_total", backend="slow", reason="latency_outlier") == 1
+    fleet.assert_no_leaks()
+
+
+def held_stream(release: threading.Semaphore) -> Behaviour:
+    """A stream that sends one chunk, then holds until ``release`` lets it finish (bounded)."""
+
+    async def behaviour(req: Request, _: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        model = str(req.json().get("model", "m"))
+        w.write(SSE_HEAD + chunk(chat_chunk(model, "first")))
+        await w.drain()
+        await asyncio.to_thread(release.acquire, True, 30.0)
+        w.write(chunk(chat_chunk(model, "", "stop")) + chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
+        await w.drain()
+
+    return behaviour
+
+
+def test_streams_begun_before_a_fault_do_not_reset_its_failure_streak(
+    make_fleet: FleetFactory,
+) -> None:
+    """A stream's success counts when it begins: one that began before the backend broke and
+    ends well in the middle of its failures does not clear the streak (it used to, at its end:
+    long streams kept a failing backend in service)."""
+    release = threading.Semaphore(0)
+    a = RawServer(held_stream(release))
+    fleet = make_fleet(
+        {"a": a, "b": FakeState(served_model_name="fake-model")},
+        policy={"retries": 0},
+        overrides={"b": {"gpu_cost_per_hour": 5.0}},
+        resilience={  # no suspect window: every request tries a while it is admitted
+            "outlier_detection": {"consecutive_failures": 3, "base_ejection_s": 60, "suspect_s": 0}
+        },
+    )
+    ok = {"backend": "a", "outcome": "ok"}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            streams = [pool.submit(fleet.post, {"stream": True}) for _ in range(2)]
+            assert wait_until(lambda: fleet.metric("quantroute_upstream_outcomes_total", **ok) == 2)
+            a.behaviour = server_error()
+            assert [fleet.post({}).status_code for _ in range(2)] == [500, 500]
+            release.release()  # one stream begun before the fault ends well between failures
+            done, _ = wait(streams, timeout=30, return_when=FIRST_COMPLETED)
+            assert [f.result().status_code for f in done] == [200]
+            assert fleet.post({}).status_code == 500  # the third failure in a row
+            row = fleet.admin()["a"]["passive_health"]
+            assert row["ejected"] and row["reason"] == "consecutive_failures", row
+            assert fleet.metric("quantroute_upstream_outcomes_total", **ok) == 2  # once each
+            assert fleet.post({}).headers["x-quantroute-backend"] == "b"
+        finally:
+            release.release(2)
+        assert all(f.result(timeout=30).status_code == 200 for f in streams)
     fleet.assert_no_leaks()
