@@ -232,7 +232,19 @@ async def profile_target(
         await profiler.prefill()
         await profiler.sweep(samples)
     finally:
-        await client.close()
+        await close_even_if_cancelled(client)
+
+
+async def close_even_if_cancelled(client: AsyncOpenAI) -> None:
+    """Close ``client``'s connections even when the run is cancelled (Ctrl-C) during the close:
+    a close cut short leaves pooled sockets open. The close runs to its end, then the
+    cancellation goes on."""
+    closing = asyncio.ensure_future(client.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 def _first_error(record: VariantRecord) -> str | None:
