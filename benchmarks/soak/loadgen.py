@@ -2,8 +2,10 @@
 
     python loadgen.py --url http://127.0.0.1:8080 --streams 1000 --duration 60 --out load.json
 
-Every stream is checked frame by frame: each SSE event must be ``data: <JSON object>`` or
-``data: [DONE]``, and a complete stream ends with ``[DONE]``. Per request it records the status,
+Every stream is checked frame by frame: each SSE event must be ``data: <JSON object>``,
+``data: [DONE]`` or a comment (lines starting with ``:``, which SSE clients ignore; the gateway's
+``: quantroute continued on <backend>`` marks a stream continued elsewhere), and a complete
+stream ends with ``[DONE]``. Per request it records the status,
 time to first byte, duration, the backend that answered (``x-quantroute-backend``), whether it
 failed before its first byte (a status other than 200, or a connection error), whether it ended
 with an error event after starting, and malformed frames. Writes a JSON summary.
@@ -34,6 +36,7 @@ class Record:
     error_event: bool = False
     malformed: int = 0
     done: bool = False
+    continued: bool = False
 
 
 @dataclass
@@ -45,6 +48,10 @@ def check_events(buffer: bytes, record: Record) -> bytes:
     """Validate every complete event in ``buffer``; return the incomplete tail."""
     *events, tail = buffer.split(b"\n\n")
     for event in events:
+        if all(line.startswith(b":") for line in event.split(b"\n")):
+            # an SSE comment (valid, ignored by clients): the gateway marks a continuation so
+            record.continued = record.continued or b"continued on" in event
+            continue
         if not event.startswith(b"data: "):
             record.malformed += 1
             continue
@@ -135,6 +142,7 @@ def summarise(records: list[Record]) -> dict[str, object]:
             1 for r in records if r.status == 200 and not r.done and not r.error_event
         ),
         "malformed_frames": sum(r.malformed for r in records),
+        "continued_on_another_backend": sum(1 for r in records if r.continued and r.done),
         "statuses": dict(Counter(str(r.status) for r in records)),
         "backends": dict(Counter(r.backend for r in records)),
         "ttfb_p50_s": percentile(ttfb, 0.5),
