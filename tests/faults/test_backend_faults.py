@@ -375,3 +375,27 @@ def test_streams_begun_before_a_fault_do_not_reset_its_failure_streak(
             release.release(2)
         assert all(f.result(timeout=30).status_code == 200 for f in streams)
     fleet.assert_no_leaks()
+
+
+def test_a_backend_refusing_a_continuation_passes_it_to_the_next(make_fleet: FleetFactory) -> None:
+    """A stream breaks on ``a``; the best candidate to continue it, ``b``, answers 500 at once
+    (it did no work), so ``c`` continues it within the one continuation a request may use."""
+    fleet = make_fleet(
+        {
+            "a": RawServer(stream_then_reset(3)),
+            "b": RawServer(server_error()),
+            "c": FakeState(served_model_name="fake-model"),
+        },
+        overrides={"b": {"gpu_cost_per_hour": 2.0}, "c": {"gpu_cost_per_hour": 5.0}},
+        resilience={"outlier_detection": {"enabled": False}},
+    )
+    r = fleet.post({"stream": True, "max_tokens": 50})
+    events = [e for e in r.content.split(b"\n\n") if e]
+    assert r.status_code == 200 and events[-1] == b"data: [DONE]", events
+    assert not any(b'"error"' in e for e in events), events
+    assert b": quantroute continued on c" in events
+    continued = {"from": "a", "to": "c", "outcome": "completed"}
+    assert fleet.metric("quantroute_continuations_total", **continued) == 1
+    refused = {"from": "a", "to": "b", "outcome": "failed"}
+    assert fleet.metric("quantroute_continuations_total", **refused) == 1
+    fleet.assert_no_leaks()

@@ -217,7 +217,13 @@ class StreamContinuation:
             yield fallback
             return
         source = failed
-        for _ in range(c.config.continuation.max_per_request):
+        used, allowed = 0, c.config.continuation.max_per_request
+        # A backend that refuses the continuation before sending anything (a connect error, a
+        # 5xx or 429 answer) did no work: the next candidate is tried without using one up, as
+        # a retry would be. Bounded by the candidates: every try excludes the backend it tried.
+        for _ in range(allowed + len(c.backends)):
+            if used == allowed:
+                break
             t = read_transcript(recorder.relayed())
             refusal = dynamic_refusal(ctx.parsed, t)
             if refusal is not None:
@@ -245,7 +251,9 @@ class StreamContinuation:
             c.count(source, target.id, run.outcome, reason, t.tokens)
             if run.outcome == "completed":
                 return
-            source, reason = target.id, run.failure or "failed"
+            used += run.began
+            if run.began:
+                source, reason = target.id, run.failure or "failed"
         yield fallback
 
     def _end_locally(self, t: Transcript) -> list[bytes]:
@@ -286,6 +294,8 @@ class _Run:
         self._splicer = Splicer(t, prefix_tokens, ctx.parsed.wants_usage)
         self.outcome = "client_closed"
         self.failure: str | None = None
+        self.began = False
+        """The backend answered 200 and the continuation's bytes began (it did work)."""
 
     async def events(self) -> AsyncGenerator[bytes]:
         fw, ctx, splicer = self._c.forwarder, self._ctx, self._splicer
@@ -306,6 +316,7 @@ class _Run:
                     return
                 attempt.first_byte()
                 attempt.stream_began()
+                self.began = True
                 yield f": quantroute continued on {self._backend.id}\n\n".encode()
                 async for chunk in response.chunks():
                     out = splicer.feed(chunk)
