@@ -56,13 +56,14 @@ class Attempt:
     error: str | None = None
     """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
     trail: AttemptTrail = NO_ATTEMPT
-    serving: bool = False
-    """A stream that began: its success was reported to passive health at its first chunk."""
+    sent_at: float | None = field(init=False, default=None)
+    """When it was sent, on passive health's clock (None without passive health)."""
     prior: LatencyEstimate | None = None
     """The decision's latency estimate for this backend: its prior split is what the observed
     TTFT is judged against (None: no estimate, e.g. a pooling request)."""
 
     def __post_init__(self) -> None:
+        self.sent_at = None if self.health is None else self.health.now()
         kind = "first" if self.number == 0 else "retry"
         self.telemetry.resilience.attempts.labels(self.backend_id, kind).inc()
 
@@ -78,17 +79,6 @@ class Attempt:
             self.telemetry.child(self.telemetry.ttfb, self.backend_id).observe(elapsed)
             self.lease.first_byte()
             self.trail.first_byte()
-
-    def stream_began(self) -> None:
-        """A 200 stream sent its first chunk: the backend is serving, and passive health hears
-        so now, not when the stream ends. A stream lasts minutes; were its success reported at
-        its end, the streams a backend began before it broke would keep ending well and keep
-        clearing the failure streak its new requests build, delaying the ejection (the soak
-        measured 23 s and 190 failures with three backends). A break later is reported when
-        it happens; a good end adds nothing."""
-        if not self.serving:
-            self.serving = True
-            self._report(AttemptOutcome.OK, None)
 
     def finish(
         self,
@@ -125,8 +115,7 @@ class Attempt:
             outcome = (
                 AttemptOutcome.CLIENT_GONE if status == CLIENT_CLOSED else classify_status(status)
             )
-        if not (self.serving and outcome is AttemptOutcome.OK):
-            self._report(outcome, retry_after)
+        self._report(outcome, retry_after)
         if outcome is AttemptOutcome.OK and usage is not None:
             self._latencies(usage.completion_tokens)
         self.release()
@@ -157,7 +146,8 @@ class Attempt:
 
     def _report(self, outcome: AttemptOutcome, retry_after: str | None) -> None:
         if self.health is not None:
-            self.health.outcome(self.backend_id, outcome, retry_after_seconds(retry_after))
+            retry_after_s = retry_after_seconds(retry_after)
+            self.health.outcome(self.backend_id, outcome, retry_after_s, self.sent_at)
 
     def _latencies(self, tokens: int) -> None:
         if self.health is None or tokens <= 0:

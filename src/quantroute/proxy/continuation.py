@@ -315,7 +315,6 @@ class _Run:
                     self.failure = f"continuation answered HTTP {response.status}"
                     return
                 attempt.first_byte()
-                attempt.stream_began()
                 self.began = True
                 yield f": quantroute continued on {self._backend.id}\n\n".encode()
                 async for chunk in response.chunks():

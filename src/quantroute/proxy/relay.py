@@ -161,7 +161,6 @@ class _Stream:
             async for chunk in self._chunks():
                 self._cap.check(chunk)
                 attempt.first_byte()
-                attempt.stream_began()
                 out = tap.feed(chunk)
                 if cont is not None:
                     out = cont.take(out)

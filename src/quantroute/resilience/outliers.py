@@ -107,6 +107,8 @@ class _Backend:
     backpressure_until: float | None = None
     suspect_until: float | None = None
     last_failure: AttemptOutcome | None = None
+    failed_at: float | None = None
+    """When its latest failure was recorded."""
     observed: ObservedLatency = NOTHING
     """Its latency samples, smoothed (with the requests in flight as they were taken)."""
     down: bool = False
@@ -153,12 +155,19 @@ class PassiveHealth:
         outcome: AttemptOutcome,
         now: float,
         retry_after_s: float | None = None,
+        sent_at: float | None = None,
     ) -> Ejection | None:
+        """``sent_at``: when the attempt was sent. A success of a request sent before the
+        backend's latest failure says nothing about it since: a stream lasts minutes, and the
+        streams a backend began before it broke would keep ending well and clearing the streak
+        its new requests build (the soak: 190 to 254 failures before an ejection)."""
         b = self._backends.get(backend_id)
         if b is None or not self.settings.enabled:
             return None
         if outcome is AttemptOutcome.OK:
-            b.consecutive = 0
+            stale = sent_at is not None and b.failed_at is not None and sent_at < b.failed_at
+            if not stale:
+                b.consecutive = 0
             return None
         if outcome is AttemptOutcome.BACKPRESSURE:
             self._backpressure(b, now, retry_after_s)
@@ -169,6 +178,7 @@ class PassiveHealth:
             return None  # answers to requests sent before the ejection
         b.consecutive += 1
         b.last_failure = outcome
+        b.failed_at = now
         b.suspect_until = now + self.settings.suspect_s
         if self._probation(b, now):
             return self._eject(backend_id, b, now, EjectionReason.PROBATION_FAILURE, outcome.value)

@@ -44,11 +44,22 @@ class PassiveHealthMonitor:
         self.machine.set_topology(variants, members)
 
     # -- events from the request path ----------------------------------------------------------
+    def now(self) -> float:
+        """This monitor's time: an attempt notes when it was sent (see :meth:`outcome`)."""
+        return self._clock()
+
     def outcome(
-        self, backend_id: str, outcome: AttemptOutcome, retry_after_s: float | None = None
+        self,
+        backend_id: str,
+        outcome: AttemptOutcome,
+        retry_after_s: float | None = None,
+        sent_at: float | None = None,
     ) -> None:
+        """``sent_at``: when the attempt was sent (:meth:`now`), so that a success of a request
+        sent before the backend's latest failure does not clear its failure streak."""
         self._metrics.outcomes.labels(backend_id, outcome.value).inc()
-        self._report(self.machine.record(backend_id, outcome, self._clock(), retry_after_s))
+        event = self.machine.record(backend_id, outcome, self._clock(), retry_after_s, sent_at)
+        self._report(event)
 
     def latency(
         self,
