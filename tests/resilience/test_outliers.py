@@ -80,6 +80,26 @@ def test_consecutive_failures_eject(outcomes: list[AttemptOutcome], ejected: boo
     assert [e.reason for e in events if e] == ([EjectionReason.CONSECUTIVE_FAILURES] * ejected)
 
 
+@pytest.mark.parametrize(
+    ("sent_at", "ejected"),
+    [
+        (0.5, True),  # sent before the first failure (t=1): its late success clears nothing
+        (2.5, False),  # sent after the latest failure (t=2): the backend serves again
+        (None, False),  # when it was sent is unknown: a success clears, as before
+    ],
+)
+def test_a_success_clears_the_streak_only_if_sent_after_the_latest_failure(
+    sent_at: float | None, ejected: bool
+) -> None:
+    health = machine(consecutive_failures=3)
+    health.record("a", F, now=1.0)
+    health.record("a", F, now=2.0)
+    health.record("a", OK, now=3.0, sent_at=sent_at)
+    event = health.record("a", F, now=4.0)
+    assert (event is not None and not event.suppressed) is ejected
+    assert health.view("a", now=4.0).ejected is ejected
+
+
 def test_ejection_lasts_base_times_count_capped() -> None:
     health = machine(base_ejection_s=10, max_ejection_s=25, slow_start_s=0)
     durations = []
