@@ -118,3 +118,22 @@ def test_usage_from_event(raw: bytes, expected: Usage | None) -> None:
 )
 def test_usage_from_body(body: bytes, expected: Usage | None) -> None:
     assert usage_from_body(body) == expected
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_usage_null_in_every_chunk_passes_and_only_the_usage_event_is_stripped(
+    spaced: bool,
+) -> None:
+    """vLLM (like OpenAI) puts ``"usage":null`` in every chunk once usage is asked for."""
+    dumps: dict[str, object] = {"separators": (", ", ": ")} if spaced else {}
+
+    def ev(obj: object) -> bytes:
+        return b"data: " + json.dumps(obj, **dumps).encode() + b"\n\n"  # type: ignore[arg-type]
+
+    head = b"".join(ev({**chunk(t), "usage": None}) for t in ("Hel", "lo"))
+    done = b"data: [DONE]\n\n"
+    sent = head + ev(USAGE) + done
+    for cut in range(len(sent)):
+        tap = SSEUsageTap(strip_usage=True)
+        assert feed_all(tap, [sent[:cut], sent[cut:]]) == head + done, cut
+        assert tap.finish() == Usage(12, 3)

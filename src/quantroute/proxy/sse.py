@@ -17,6 +17,8 @@ from quantroute.errors import UpstreamTooLarge
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
 """The end of an SSE event: an empty line (vLLM frames with LF; CRLF framing is valid SSE too)."""
 _USAGE_MARK = b'"usage":{'
+_USAGE_MARK_SPACED = b'"usage": {'
+"""The two spellings :func:`usage_from_event` recognises a usage object by."""
 _TAIL_KEEP = 8192
 
 
@@ -28,7 +30,7 @@ class Usage:
 
 def usage_from_event(event: bytes) -> Usage | None:
     """``data: {...}`` with a ``usage`` object -> Usage; anything else -> None."""
-    if _USAGE_MARK not in event.replace(b'": {', b'":{'):
+    if _USAGE_MARK not in event and _USAGE_MARK_SPACED not in event:
         return None
     payload = event.strip()
     if payload.startswith(b"data:"):
@@ -78,7 +80,9 @@ class SSEUsageTap:
             self._pending = data
             return b""
         complete, self._pending = data[:cut], data[cut:]
-        if b'"usage"' not in complete:
+        if _USAGE_MARK not in complete and _USAGE_MARK_SPACED not in complete:
+            # no usage object (vLLM puts "usage":null in every chunk once usage is asked for):
+            # no event here can be the usage event, nothing to split
             return complete
         kept = []
         start = 0
