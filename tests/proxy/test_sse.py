@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -137,3 +138,25 @@ def test_usage_null_in_every_chunk_passes_and_only_the_usage_event_is_stripped(
         tap = SSEUsageTap(strip_usage=True)
         assert feed_all(tap, [sent[:cut], sent[cut:]]) == head + done, cut
         assert tap.finish() == Usage(12, 3)
+
+
+def _strip_by_splitting_everything(data: bytes) -> bytes:
+    """The reference: every event split out and looked at (what the tap did before it skipped
+    the events ahead of the first usage object)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    cut = max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+    complete, rest = data[:cut], data[cut:]  # the events that ended; the rest waits
+    out, start = [], 0
+    for boundary in re.finditer(rb"\r\n\r\n|\n\n", complete):
+        ev, start = complete[start : boundary.end()], boundary.end()
+        if usage_from_event(ev) is None or b'"choices":[]' not in ev.replace(b" ", b""):
+            out.append(ev)
+    return b"".join(out) + rest
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n", b"\n\n\n", b"\n\r\n\r\n"])
+def test_a_read_holding_a_whole_stream_is_stripped_as_by_splitting_every_event(sep: bytes) -> None:
+    sent, _ = stream(sep)
+    tap = SSEUsageTap(strip_usage=True)
+    assert feed_all(tap, [sent]) == _strip_by_splitting_everything(sent)
+    assert tap.finish() == Usage(12, 3)

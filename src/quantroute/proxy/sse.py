@@ -84,9 +84,18 @@ class SSEUsageTap:
             # no usage object (vLLM puts "usage":null in every chunk once usage is asked for):
             # no event here can be the usage event, nothing to split
             return complete
-        kept = []
-        start = 0
-        for boundary in _BOUNDARY.finditer(complete):
+        # the events before the first usage object pass whole (a read may hold a whole
+        # stream's events when the gateway is busy): only the rest is split and looked at
+        first = min(
+            i for i in (complete.find(_USAGE_MARK), complete.find(_USAGE_MARK_SPACED)) if i >= 0
+        )
+        head = complete[:first]
+        # where finditer from 0 would have cut: unambiguous for plain LF framing (vLLM's)
+        plain = b"\r" not in head and b"\n\n\n" not in head
+        cut = head.rfind(b"\n\n") if plain else -1
+        start = cut + 2 if cut >= 0 else 0
+        kept = [complete[:start]]
+        for boundary in _BOUNDARY.finditer(complete, start):
             event, start = complete[start : boundary.end()], boundary.end()
             usage = usage_from_event(event)
             if usage is not None and b'"choices":[]' in event.replace(b" ", b""):
