@@ -61,6 +61,7 @@ class SSEUsageTap:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.usage: Usage | None = None
+        self._done = False
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._strip:
@@ -78,6 +79,8 @@ class SSEUsageTap:
             self._pending = data
             return b""
         complete, self._pending = data[:cut], data[cut:]
+        if _DONE.search(complete):
+            self._done = True
         if b'"usage"' not in complete:
             return complete
         kept = []
@@ -95,6 +98,11 @@ class SSEUsageTap:
         rest, self._pending = self._pending, b""
         return rest
 
+    def complete(self) -> bool:
+        if self._strip:
+            return self._done
+        return _DONE.search(b"".join(self._tail)[-_DONE_WINDOW:]) is not None
+
     def finish(self) -> Usage | None:
         if self.usage is None and self._tail:
             tail = b"".join(self._tail)[-_TAIL_KEEP:]
@@ -104,6 +112,12 @@ class SSEUsageTap:
                     self.usage = usage
                     break
         return self.usage
+
+
+_DONE_WINDOW = 32
+"""The terminal ``data: [DONE]`` event and its blank line fit in the stream's last bytes."""
+_DONE = re.compile(rb"(?:^|\n)data: ?\[DONE\]\r?\n\r?\n\Z")
+"""The stream's terminal event, as the last bytes (``[DONE]`` inside a text is JSON)."""
 
 
 def _last_boundary_end(data: bytes) -> int:
