@@ -97,8 +97,8 @@ def _markdown(result: dict[str, Any]) -> str:
             "alone on the fastest backend its floor allows)",
             "",
             "| policy | served | p50 TTFT | p99 TTFT | × floor | × static tier | batch p99 | "
-            "$/1M profiled | × all-70B | meets floor | preempt. |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "$/1M profiled | × all-70B | meets floor | preempt. | queued in gateway |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for row in trace["policies"].values():
             lines.append(
@@ -107,7 +107,7 @@ def _markdown(result: dict[str, Any]) -> str:
                 f"×{_fmt(row['p99_x_floor'], '.2f')} | ×{_fmt(row['p99_x_static'], '.3f')} | "
                 f"{_fmt(row['batch_ttft_p99_s'], '.2f')} s | {_fmt(row['cost_per_1m'], '.3f')} | "
                 f"×{_fmt(row['cost_x_70b'], '.2f')} | {_fmt(row['quality_share'], '.1%')} | "
-                f"{row['preemptions']} |"
+                f"{row['preemptions']} | {row['queued']} |"
             )
         lines.append("")
     h = result["http_run"]

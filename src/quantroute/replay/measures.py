@@ -51,6 +51,10 @@ class Summary:
     quality_share: float | None
     preemptions: int
     output_tokens: int
+    queued: int = 0
+    """Requests that waited in the gateway's flow-control queue (served or not)."""
+    downgraded: int = 0
+    """Interactive requests sent below the floor because the group was saturated."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +120,8 @@ def summarise(run: ReplayResult, config: GatewayConfig, matrix: CapabilityMatrix
         quality_share=share,
         preemptions=run.preemptions,
         output_tokens=sum(r.output_tokens for r in served),
+        queued=sum(r.queued_s is not None for r in results),
+        downgraded=sum(r.downgraded for r in results),
     )
 
 
