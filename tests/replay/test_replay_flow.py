@@ -4,6 +4,7 @@ refused at once (``reject``), in simulated time."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from quantroute.core.model import LatencyClass
 from quantroute.replay.measures import summarise
 from quantroute.replay.simulate import RequestResult, replay
 from quantroute.replay.trace import TraceRow
+from quantroute.state.matrix_source import load_matrix
 
 B, INTER = LatencyClass.BATCH, LatencyClass.INTERACTIVE
 
@@ -96,3 +98,39 @@ def test_the_queue_bounds_refuse_with_the_configured_status() -> None:
         x.status == 503 and x.queued_s == pytest.approx(0.3) for x in timed_out
     )
     assert summarise(hurried, _config("queue"), None).refused == len(timed_out)
+
+
+def test_downgrade_sends_saturated_interactive_requests_below_the_floor_and_queues_batch() -> None:
+    """The 70B meets the chat floor (0.9), the 8B AWQ does not: with the 70B saturated,
+    ``downgrade`` serves interactive requests on the 8B at once (marked), batch ones wait."""
+    matrix_path = (Path(__file__).resolve().parents[2] / "src" / "quantroute" / "demo"
+                   / "capability_matrix.json")  # fmt: skip
+
+    def config(mode: str) -> GatewayConfig:
+        backends = [
+            {"id": v, "url": "http://127.0.0.1:9", "served_model_name": v, "variant": v,
+             "max_seq_len": 8192, "capacity": 128}
+            for v in ("llama3-70b-awq", "llama3-8b-awq")
+        ]  # fmt: skip
+        return parse_config(
+            {"backends": backends, "matrix_path": str(matrix_path),
+             "groups": [{"name": "auto", "variants": ["llama3-70b-awq", "llama3-8b-awq"],
+                         "quality_floor": 0.9, "on_saturation": mode}],
+             "policy": {"scrape_interval_s": 0.5}},
+            "<test>",
+        )  # fmt: skip
+
+    matrix = load_matrix(matrix_path)
+    queued = replay(_burst(), config("queue"), matrix)
+    down = replay(_burst(), config("downgrade"), matrix)
+    assert not any(x.downgraded for x in queued.results)
+    assert all(x.variant == "llama3-70b-awq" for x in queued.results if x.ok)
+    lowered = [x for x in down.results if x.downgraded]
+    assert lowered and all(x.variant == "llama3-8b-awq" and x.ok for x in lowered)
+    assert all(x.row.latency_class is INTER and "downgrade" in x.relaxed for x in lowered)
+    assert all(x.variant == "llama3-70b-awq" for x in down.results if x.row.latency_class is B)
+    assert summarise(down, config("downgrade"), matrix).downgraded == len(lowered)
+    # served at once on the 8B instead of waiting for the 70B: a lower interactive p99
+    q = summarise(queued, config("queue"), matrix).ttft_p99_s
+    d = summarise(down, config("downgrade"), matrix).ttft_p99_s
+    assert q is not None and d is not None and d < q
