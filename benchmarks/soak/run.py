@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,7 @@ class Monitor:
     gateway: str
     pid: int
     started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
     rss: list[tuple[float, float]] = field(default_factory=list)
     admin: list[tuple[float, dict[str, Row]]] = field(default_factory=list)
     attempts: list[tuple[float, dict[str, float]]] = field(default_factory=list)
@@ -148,13 +150,15 @@ class Monitor:
     def run(self) -> None:
         polls = 0
         while not self._stop.is_set():
-            now = time.monotonic() - self.started
-            self.rss.append((now, rss_mb(self.pid)))
+            self.rss.append((time.monotonic() - self.started, rss_mb(self.pid)))
             try:
+                # stamped when the answer came: a loaded gateway may take seconds to answer,
+                # and what it shows may be that recent
                 rows = get_json(self.gateway + "/admin/backends")["backends"]
-                self.admin.append((now, {r["id"]: r for r in rows}))
+                self.admin.append((time.monotonic() - self.started, {r["id"]: r for r in rows}))
                 if polls % 4 == 0:
-                    self.attempts.append((now, first_attempts(self.gateway)))
+                    counters = first_attempts(self.gateway)
+                    self.attempts.append((time.monotonic() - self.started, counters))
             except (OSError, ValueError):
                 pass
             polls += 1
@@ -243,6 +247,24 @@ def ejected(row: Row) -> bool:
 
 FAULT_PHASES = ("faults", "faults_no_continuation")
 """Each runs on a fresh stack (backends and gateway), so the two start from the same state."""
+
+
+EJECTED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING quantroute\.health: backend (\S+) ejected"
+)
+
+
+def logged_ejections(log: Path, monitor: Monitor) -> list[tuple[float, str]]:
+    """The gateway's own ejection log lines (WARNING, stamped when it ejected), as seconds into
+    the phase: exact where the admin polls wait on a busy gateway."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = EJECTED.match(line)
+        if m is not None:
+            wall = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+            if wall >= monitor.started_wall:
+                found.append((wall - monitor.started_wall, m[3]))
+    return found
 
 
 def killed_streams(records: list[Row], killed_at: float) -> dict[str, object]:
@@ -446,6 +468,9 @@ class Soak:
     def fault_figures(
         self, monitor: Monitor, events: dict[str, float], served: list[Row]
     ) -> dict[str, object]:
+        logged = logged_ejections(self.stack_logs / "gateway.log", monitor)
+        b3_logged = next((t for t, b in logged if b == "b3" and t >= events["b3_500_at"]), None)
+        b2_logged = next((t for t, b in logged if b == "b2" and t >= events["b2_killed_at"]), None)
         b3_out = monitor.first_time("b3", ejected, events["b3_500_at"])
         b2_out = monitor.first_time("b2", lambda r: not routable(r), events["b2_killed_at"])
         b2_down = monitor.first_time("b2", lambda r: r["state"] == "down", events["b2_killed_at"])
@@ -461,6 +486,13 @@ class Soak:
         return {
             **events,
             "b3_time_to_eject_s": None if b3_out is None else b3_out - events["b3_500_at"],
+            "ejections_logged_at": [(round(t, 3), b) for t, b in logged],
+            "b3_time_to_eject_logged_s": None
+            if b3_logged is None
+            else b3_logged - events["b3_500_at"],
+            "b2_time_to_eject_logged_s": None
+            if b2_logged is None
+            else b2_logged - events["b2_killed_at"],
             "b2_time_to_leave_routing_s": None
             if b2_out is None
             else b2_out - events["b2_killed_at"],
