@@ -43,7 +43,7 @@ def test_the_snapshot_makes_an_ejection_held_until_the_slot_holders_ended() -> N
     store = StateStore(configs, PolicyConfig(), clock, monitor)
     for _ in range(5):
         monitor.outcome("b", AttemptOutcome.SERVER_ERROR)  # ejected until 1030
-    clock.now = 1020.0
+    clock.now = 1027.0
     for _ in range(5):
         monitor.outcome("c", AttemptOutcome.SERVER_ERROR)  # held: b has the slot
     ejected = {s.id: s.passive.ejected is not None for s in store.snapshot().backends}

@@ -103,7 +103,7 @@ class _Held:
     reason: EjectionReason
     detail: str
     at: float
-    """When it was (last) suppressed: evidence older than ``base_ejection_s`` is let go."""
+    """When it was (last) suppressed: evidence older than ``held_ejection_s`` is let go."""
 
 
 @dataclass
@@ -278,8 +278,11 @@ class PassiveHealth:
     def release_held(self, now: float) -> list[Ejection]:
         """Make the ejections the group share held back, where the group has room at ``now``
         (a backend went down, an ejection ended). Held evidence older than
-        ``base_ejection_s`` is let go (the backend's next failure decides), and so is a hold
-        on a backend that was ejected or succeeded since. Returns the ejections made."""
+        ``held_ejection_s`` is let go (the backend's next failure decides): a backend that
+        failed in a burst and serves again would show it only as its streams end, which may
+        take minutes, and must not be ejected on its old failures (the soak saw the one healthy
+        backend ejected 23 s after a burst of connect timeouts). So is a hold on a backend that
+        was ejected or succeeded since. Returns the ejections made."""
         made: list[Ejection] = []
         if not self._held:
             return made
@@ -288,7 +291,7 @@ class PassiveHealth:
             if (
                 b is None
                 or not self.settings.enabled
-                or now - held.at > self.settings.base_ejection_s
+                or now - held.at > self.settings.held_ejection_s
                 or self._ejected(b, now)
             ):
                 del self._held[backend_id]
