@@ -139,6 +139,8 @@ class StateStore:
         return Health.FRESH
 
     def snapshot(self) -> Snapshot:
+        if self.passive is not None:
+            self.passive.tick()  # an ejection held for want of room, made once there is room
         now = self._clock()
         loads = self.inflight.loads()
         idle = BackendLoad()
@@ -205,6 +207,8 @@ class StateStore:
         return aged(o, self._clock() - o.at, self._policy.latency_half_life_s)
 
     def admin_view(self) -> list[dict[str, object]]:
+        if self.passive is not None:
+            self.passive.tick()
         now = self._clock()
         loads = self.inflight.loads()
         peers = self._peers(
