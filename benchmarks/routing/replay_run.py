@@ -27,7 +27,13 @@ from routingbench import policies  # noqa: E402
 
 from quantroute.config import GatewayConfig  # noqa: E402
 from quantroute.core.matrix import CapabilityMatrix  # noqa: E402
-from quantroute.replay.measures import Summary, floor_p99, floor_ttfts, summarise  # noqa: E402
+from quantroute.replay.measures import (  # noqa: E402
+    Summary,
+    assignment_floor_p99,
+    floor_p99,
+    floor_ttfts,
+    summarise,
+)
 from quantroute.replay.simulate import replay  # noqa: E402
 from quantroute.replay.synth import TraceParams, generate  # noqa: E402
 from quantroute.replay.trace import TraceRow, load_trace  # noqa: E402
@@ -39,6 +45,10 @@ from quantroute.tune.search import evaluate, search  # noqa: E402
 REPO = HERE.parent.parent
 MATRIX = HERE / "capability_matrix.json"
 FLOOR = 0.80
+WAITING_LIMITS = (2, 4)
+"""Replay-only rows: quantroute with the ``waiting`` filter, so a request whose every allowed
+backend has this many requests in vLLM's waiting queue is saturated and waits in the gateway's
+flow-control queue (interactive before batch) instead."""
 MARKERS = ("<!-- replay-results:start -->", "<!-- replay-results:end -->")
 
 
@@ -61,6 +71,15 @@ def _run_policies(
         out[spec.key] = {"label": spec.label, **summarise(run, reference, matrix).as_dict()}
         # quality share against the quantroute group's floor for every policy (static tier's
         # groups have none of their own): the run's variant per request, judged alike
+    for limit in WAITING_LIMITS:  # replay only: the gateway's queue in front of vLLM's
+        filters = [*(f.model_dump(exclude_defaults=True) | {"name": f.name}
+                     for f in reference.policy.filters),
+                   {"name": "waiting", "parameters": {"limit": limit}}]  # fmt: skip
+        cand = Candidate(f"waiting{limit}", {"policy": {"filters": filters}})
+        out[f"flow_waiting_{limit}"] = {
+            "label": f"quantroute + waiting filter ≥ {limit} (gateway queue)",
+            **evaluate(rows, reference, matrix, cand).as_dict(),
+        }
     if tuned is not None:
         cand = Candidate("tuned", tuned)
         out["tune_chosen"] = {"label": "quantroute, tuned by `quantroute tune` on seed 7",
@@ -94,11 +113,13 @@ def _markdown(result: dict[str, Any]) -> str:
     for name, trace in result["traces"].items():
         lines += [
             f"**{name}** (floor: p99 TTFT {_fmt(trace['floor_p99_s'], '.3f')} s, each request "
-            "alone on the fastest backend its floor allows)",
+            "alone on the fastest backend its floor allows; offline assignment bound: "
+            f"{_fmt(trace['assignment_p99_s'], '.3f')} s; 1/6 of static tier: "
+            f"{_fmt(trace['policies']['static_tier']['ttft_p99_s'] / 6, '.3f')} s)",
             "",
             "| policy | served | p50 TTFT | p99 TTFT | × floor | × static tier | batch p99 | "
-            "$/1M profiled | × all-70B | meets floor | preempt. |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "$/1M profiled | × all-70B | meets floor | preempt. | queued in gateway |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for row in trace["policies"].values():
             lines.append(
@@ -107,7 +128,7 @@ def _markdown(result: dict[str, Any]) -> str:
                 f"×{_fmt(row['p99_x_floor'], '.2f')} | ×{_fmt(row['p99_x_static'], '.3f')} | "
                 f"{_fmt(row['batch_ttft_p99_s'], '.2f')} s | {_fmt(row['cost_per_1m'], '.3f')} | "
                 f"×{_fmt(row['cost_x_70b'], '.2f')} | {_fmt(row['quality_share'], '.1%')} | "
-                f"{row['preemptions']} |"
+                f"{row['preemptions']} | {row['queued']} |"
             )
         lines.append("")
     h = result["http_run"]
@@ -208,12 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"requests": args.requests, "traces": {}, "tuning": tuning}
     reference = _config(next(s for s in policies.specs() if s.key == "quantroute"))
     for name, rows in traces.items():
-        floor = floor_p99(floor_ttfts(rows, reference, matrix), rows)
+        floors = floor_ttfts(rows, reference, matrix)
+        floor = floor_p99(floors, rows)
+        bound = assignment_floor_p99(rows, reference, matrix, floors)
         table = _run_policies(
             rows, matrix, tuning["fragment_p99_ttft"] if name == "seed 8" else None
         )
         _ratios(table, floor)
-        result["traces"][name] = {"floor_p99_s": floor, "policies": table}
+        result["traces"][name] = {
+            "floor_p99_s": floor,
+            "assignment_p99_s": bound,
+            "policies": table,
+        }
         print(
             name,
             json.dumps({k: (v["ttft_p99_s"], v["p99_x_floor"]) for k, v in table.items()}),

@@ -123,7 +123,8 @@ def _serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    listen_host, listen_port = host or config.listen.host, port or config.listen.port
+    listen_host = host if host is not None else config.listen.host
+    listen_port = port if port is not None else config.listen.port  # 0: any free port
     check_exposure(config, listen_host)
     tune_allocator()
     lifecycle = Lifecycle()

@@ -159,3 +159,40 @@ def test_gen_key_and_hash_key_agree() -> None:
     )
     assert hashed.stdout.strip() == sha256_hex(key)
     assert len(key) >= 40 and key.startswith("qr-")
+
+
+def test_port_zero_on_the_command_line_means_any_free_port(tmp_path: Path) -> None:
+    """``--port 0`` is not "unset": it overrides the config's port (which here is taken)."""
+    import socket
+    import sys
+
+    from quantroute.testing.procs import bound_port
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        config_port = taken.getsockname()[1]
+        path = tmp_path / "gateway.yaml"
+        data = {
+            "listen": {"host": "127.0.0.1", "port": config_port},
+            "backends": [
+                {
+                    "id": "a",
+                    "url": "http://127.0.0.1:9",
+                    "served_model_name": "m",
+                    "max_seq_len": 4096,
+                    "capacity": 8,
+                }
+            ],
+            "groups": [{"name": "auto", "variants": ["a"]}],
+        }
+        path.write_text(yaml.safe_dump(data))
+        log = tmp_path / "serve.log"
+        cmd = [sys.executable, "-m", "quantroute.cli", "serve", "--config", str(path)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen([*cmd, "--port", "0"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            port = bound_port(log, proc)
+            assert port != config_port
+            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        finally:
+            proc.kill()
+            proc.wait(10)

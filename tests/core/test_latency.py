@@ -13,12 +13,15 @@ from quantroute.core.filters import FilterContext
 from quantroute.core.latency import (
     MAX_FACTOR,
     NOTHING,
+    PRIOR,
     LatencySample,
     ObservedLatency,
     aged,
     blend,
     fit,
     observe,
+    peer_fit,
+    pool,
 )
 from quantroute.core.matrix import CapabilityMatrix, Percentiles
 from quantroute.core.model import BackendState
@@ -215,3 +218,53 @@ def test_a_measured_slow_twin_loses_the_decision_which_carries_the_figures() -> 
     assert decision.ranked == ("fast", "slow")
     assert decision.latency["slow"].fit.queue_factor > 1.5
     assert decision.latency["fast"].fit.queue_factor == pytest.approx(1.0)
+
+
+def test_pooling_adds_the_fit_statistics_and_weighs_time_per_token() -> None:
+    a = feed(ratio_samples(0.5, 10) + [LatencySample(per_token_s=0.02)] * 3)
+    b = feed([*ratio_samples(0.5, 4), LatencySample(per_token_s=0.04)])
+    pooled = pool([a, b])
+    assert pooled is not None
+    assert (pooled.n, pooled.sqy) == pytest.approx((a.n + b.n, a.sqy + b.sqy))
+    expected_tok = (a.per_token_n * 0.02 + b.per_token_n * 0.04) / (a.per_token_n + b.per_token_n)
+    assert pooled.per_token_s == pytest.approx(expected_tok)
+    assert fit(pooled, 5.0).queue_factor == pytest.approx(
+        fit(feed(ratio_samples(0.5, 14)), 5.0).queue_factor, rel=0.05
+    )
+    assert pool([]) is None and pool([NOTHING]) is None
+
+
+def test_an_unmeasured_replica_starts_from_its_measured_peers_not_the_bare_prior() -> None:
+    peers = pool([feed(ratio_samples(0.5, 40))])
+    start = peer_fit(peers, 5.0)
+    assert peers is not None
+    w_peers = peers.n / (peers.n + 5.0)
+    assert start.queue_factor == pytest.approx(w_peers * 0.5 + (1 - w_peers) * 1.0)
+    assert start.n == pytest.approx(peers.n)
+    alone = fit(None, 5.0, start)
+    assert (alone.queue_factor, alone.prefill_factor) == (start.queue_factor, start.prefill_factor)
+    assert (alone.weight, alone.n) == (0.0, 0.0)
+    assert fit(None, 5.0, peer_fit(None, 5.0)) == PRIOR  # no peer measured: the matrix prior
+    # its own samples then pull away from the peers' factors, by n / (n + k) as before
+    own = feed(ratio_samples(2.0, 200))
+    w = own.n / (own.n + 5.0)
+    seeded = fit(own, 5.0, start)
+    assert seeded.queue_factor == pytest.approx(w * 2.0 + (1 - w) * start.queue_factor)
+    assert seeded.peer_n == pytest.approx(peers.n)
+
+
+def test_a_revived_replica_of_a_measured_fast_variant_is_not_starved_at_low_load() -> None:
+    """The kill-test case: the twin measured faster than the prior wins every request over a
+    replica with no samples, unless the latter starts from its peers' factors."""
+    m = matrix(a={"ttft": 100.0})
+    fast = twin("fast", feed(ratio_samples(0.5, 40)))
+    fresh = twin("fresh")
+    pol = policy(("a",), tie_tolerance=0.0, default_max_tokens=100)
+    decision = decide(features(), snapshot(fast, fresh), m, pol)
+    assert decision.ranked[0] == "fast"  # on the bare prior the new replica always loses
+    seeded = dataclasses.replace(fresh, peers=pool([fast.observed] if fast.observed else []))
+    decision = decide(features(), snapshot(fast, seeded), m, pol)
+    est = decision.latency["fresh"]
+    assert est.ttft_ms == pytest.approx(decision.latency["fast"].ttft_ms, rel=0.15)
+    assert est.fit.peer_n > 0 and est.as_dict()["peer_samples"] == round(est.fit.peer_n, 3)
+    assert decision.scores["fresh"].total == pytest.approx(decision.scores["fast"].total, rel=0.02)

@@ -49,6 +49,29 @@ def test_the_waiting_filter_saturates_a_backend_over_its_limit() -> None:
     assert d.chosen == "a"
 
 
+@pytest.mark.parametrize(
+    ("running", "pending", "waiting", "admitted"),
+    [
+        (6, 0, 0, True),  # room: 2 of 8 slots free
+        (6, 2, 0, True),  # sent since the scrape: they fill the free slots, none waits yet
+        (6, 5, 0, True),  # 3 will wait: under the limit of 4
+        (6, 6, 0, False),  # 4 will wait
+        (8, 1, 3, False),  # full slots: what was sent joins the 3 waiting
+        (0, 11, 0, True),  # idle at the scrape, 11 sent since: 8 run, 3 wait
+        (0, 12, 0, False),  # an idle scrape does not release a whole queue: 4 would wait
+    ],
+)
+def test_the_waiting_filter_counts_what_was_sent_since_the_scrape(
+    running: float, pending: int, waiting: float, admitted: bool
+) -> None:
+    pol = policy(
+        ("a",), filters=["context", "kv_ceiling", {"name": "waiting", "parameters": {"limit": 4}}]
+    )
+    a = backend("a", running=running, waiting=waiting, pending=pending, capacity=8)
+    d = decide(features(), snapshot(a), None, pol)
+    assert (d.chosen == "a") is admitted, d.rejected
+
+
 def test_below_the_floor_and_full_is_not_saturated_but_the_floor_variant_full_is() -> None:
     m = matrix(a={"quality": {"chat": 0.9}}, b={"quality": {"chat": 0.4}})
     pol = policy(AB, floor=0.7)

@@ -80,9 +80,8 @@ def pair(vllm_tier: VllmTier, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "groups": [{"name": "auto", "variants": ["tiny"]}],
             "policy": {"scrape_interval_s": 0.5, "staleness_limit_s": 10, "retries": 1,
                        "down_after_failures": 2,
-                       # Re-admission is judged by picks at low load: a measured-fast twin would
-                       # out-score the revived server's bare prior (see the README, measured latency)
-                       "measured_latency": False,
+                       # measured latency on (the default): the revived server starts from its
+                       # twin's measured factors, so picks at low load re-admit it
                        # a slow CPU must not turn a queued stream into a 504: not under test here
                        "upstream_timeouts": {"first_byte_s": 300, "stream_idle_s": 300}},
             "resilience": {"outlier_detection": {"consecutive_failures": 2,

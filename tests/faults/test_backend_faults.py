@@ -399,3 +399,38 @@ def test_a_backend_refusing_a_continuation_passes_it_to_the_next(make_fleet: Fle
     refused = {"from": "a", "to": "b", "outcome": "failed"}
     assert fleet.metric("quantroute_continuations_total", **refused) == 1
     fleet.assert_no_leaks()
+
+
+def test_an_ejection_held_for_want_of_room_is_made_when_the_holder_goes_down(
+    make_fleet: FleetFactory,
+) -> None:
+    """The soak's sequence: ``b`` holds the group's one ejection slot, ``a`` answers 500 and its
+    ejection is held back; then no request comes. When ``b``'s scrapes fail (it is down, it
+    holds no share), ``a`` is ejected at once, not at its next failure: in the soak traffic
+    came in waves, and the next request to ``a`` came 25 s later."""
+    b = FakeState(served_model_name="fake-model", fail_status=500, fail_times=-1)
+    a = FakeState(served_model_name="fake-model")
+    fleet = make_fleet(
+        {"a": a, "b": b, "c": FakeState(served_model_name="fake-model")},
+        policy={"retries": 0, "down_after_failures": 2},
+        overrides={"a": {"gpu_cost_per_hour": 2.0}, "c": {"gpu_cost_per_hour": 5.0}},
+        resilience={  # three backends, one slot; no suspect window: the cheapest is tried
+            "outlier_detection": {"consecutive_failures": 3, "base_ejection_s": 60, "suspect_s": 0}
+        },
+    )
+    assert [fleet.post({}).status_code for _ in range(3)] == [500] * 3  # b, the cheapest
+    assert fleet.admin()["b"]["passive_health"]["ejected"]
+    a.fail_status, a.fail_times = 500, -1
+    assert [fleet.post({}).status_code for _ in range(3)] == [500] * 3  # a, next cheapest
+    row = fleet.admin()["a"]["passive_health"]
+    assert not row["ejected"] and row["consecutive_failures"] == 3  # held: b has the slot
+    assert fleet.metric("quantroute_ejections_suppressed_total", backend="a") == 1
+    b.metrics_status = 500  # b's scrapes fail: marked down after two
+    assert wait_until(lambda: fleet.admin()["b"]["state"] == "down", 10)
+    assert wait_until(lambda: fleet.admin()["a"]["passive_health"]["ejected"], 5)
+    assert fleet.upstream_calls("a") == 3  # no request was needed to eject it
+    reason = {"backend": "a", "reason": "consecutive_failures"}
+    assert fleet.metric("quantroute_ejections_total", **reason) == 1
+    r = fleet.post({})
+    assert r.status_code == 200 and r.headers["x-quantroute-backend"] == "c"
+    fleet.assert_no_leaks()

@@ -66,7 +66,8 @@ def test_record_fields() -> None:
         30,
     )
     assert line["timings_ms"] == {
-        "parse": 0.1, "decide": 0.05, "first_byte": 12.0, "upstream_ttfb": 10.0, "total": 200.0
+        "parse": 0.1, "decide": 0.05, "queue": None, "first_byte": 12.0, "upstream_ttfb": 10.0,
+        "total": 200.0,
     }  # fmt: skip
     assert [a["status"] for a in line["attempts"]] == [500, 200]
     assert line["attempts"][0]["ttfb_ms"] is None and line["attempts"][1]["ttfb_ms"] == 10.0

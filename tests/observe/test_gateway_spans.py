@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -384,3 +385,70 @@ def test_a_stream_continued_on_another_replica_is_a_second_attempt_in_the_same_t
         ("a", 502, False),
         ("b", 200, True),
     ]
+
+
+def test_a_request_held_by_flow_control_has_a_queue_span_and_its_wait_in_the_log(
+    traced_fleet: FleetFactory,
+) -> None:
+    fleet = traced_fleet(
+        {"a": FakeState(served_model_name="a", kv_usage=0.99)},  # over the ceiling: saturated
+        access_log=True,
+    )
+    assert fleet.access_log_path is not None
+    with httpx.Client(timeout=30) as http, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(
+            http.post,
+            fleet.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": MSG, "max_tokens": 2},
+        )
+        assert wait_until(lambda: http.get(fleet.url + "/admin/flow").json()["groups"], 10)
+        assert not waiting.done()
+        fleet.backends["a"].state.kv_usage = 0.1  # room: dispatched at the next scrape
+        assert waiting.result(timeout=30).status_code == 200
+    spans = fleet.wait_spans(_done(1))
+    queue = _one(spans, "quantroute.queue")
+    assert queue.parent is not None and queue.parent.span_id == _server(spans).context.span_id
+    assert queue.end_time is not None and queue.start_time is not None
+    decide, upstream = _one(spans, "quantroute.decide"), _upstreams(spans)[0]
+    assert decide.end_time is not None and upstream.start_time is not None
+    assert decide.end_time <= queue.start_time and queue.end_time <= upstream.start_time
+    assert wait_until(lambda: fleet.access_log_path is not None and fleet.access_log_path.exists())
+    [line] = _log_lines(fleet)
+    assert line["status"] == 200 and line["timings_ms"]["queue"] > 0
+
+
+def test_a_request_the_queue_gives_up_on_is_logged_with_its_wait_and_refusal(
+    traced_fleet: FleetFactory,
+) -> None:
+    fleet = traced_fleet(
+        {"a": FakeState(served_model_name="a", kv_usage=0.99)},
+        policy={"flow_control": {"max_wait_s": 0.2}},
+        access_log=True,
+    )
+    r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "queue_timeout"
+    spans = fleet.wait_spans(_done(0))
+    assert _attrs(_one(spans, "quantroute.queue"))["error.type"] == "queue_timeout"
+    assert _attrs(_server(spans))["error.type"] == "queue_timeout"
+    assert _upstreams(spans) == []
+    [line] = _log_lines(fleet)
+    assert (line["status"], line["error"], line["outcome"]) == (503, "queue_timeout", "no_backend")
+    assert line["decision"]["saturated"] is True  # full, not unable: so it waited
+    assert line["timings_ms"]["queue"] >= 200.0 and line["attempts"] == []
+
+
+def test_a_request_routed_at_once_has_no_queue_span_or_wait(traced_fleet: FleetFactory) -> None:
+    fleet = traced_fleet(access_log=True)
+    fleet.client().chat.completions.create(model="auto", messages=MSG, max_tokens=2)
+    spans = fleet.wait_spans(_done(1))
+    assert [s for s in spans if s.name == "quantroute.queue"] == []
+    [line] = _log_lines(fleet)
+    assert line["timings_ms"]["queue"] is None
+
+
+def _log_lines(fleet: Any) -> list[dict[str, Any]]:
+    """The access log's lines, once the writer thread has written one per finished request."""
+    path = fleet.access_log_path
+    assert path is not None
+    assert wait_until(lambda: path.exists() and path.read_text().strip() != "", 5.0)
+    return [json.loads(x) for x in path.read_text().splitlines()]

@@ -160,3 +160,26 @@ def test_a_read_holding_a_whole_stream_is_stripped_as_by_splitting_every_event(s
     tap = SSEUsageTap(strip_usage=True)
     assert feed_all(tap, [sent]) == _strip_by_splitting_everything(sent)
     assert tap.finish() == Usage(12, 3)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+@pytest.mark.parametrize(
+    ("chunks", "complete"),
+    [
+        ([b'data: {"a":1}\n\n', b"data: [DONE]\n\n"], True),  # the last event alone in a read
+        ([b'data: {"a":1}\n\ndata: [DONE]\n\n'], True),
+        ([b"data: [DONE]\n\n"], True),
+        ([b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n'], True),
+        ([b'data: {"a":1}\n\n', b"data: [DO"], False),  # not whole yet
+        ([b'data: {"a":1}\n\n'], False),
+        ([b'data: {"content":"see data: [DONE]\n\n'], False),  # inside a text, no event
+        ([b"data: [DONE]\n\n", b'data: {"a":1}\n\n'], False),  # not the last event
+    ],
+)
+def test_the_tap_knows_when_the_terminal_event_has_passed(
+    chunks: list[bytes], complete: bool, strip: bool
+) -> None:
+    tap = SSEUsageTap(strip)
+    for chunk in chunks:
+        tap.feed(chunk)
+    assert tap.complete() is complete

@@ -128,3 +128,38 @@ def test_the_replay_learns_measured_latency_as_the_gateway_does(
     on = replay(rows, config, matrix)
     assert [r.backend for r in off.results] == [r.backend for r in again.results]
     assert [r.backend for r in on.results] != [r.backend for r in off.results]
+
+
+def test_the_assignment_bound_counts_prompts_only_one_backend_holds_and_no_replay_beats_it(
+    demo: tuple[GatewayConfig, CapabilityMatrix],
+) -> None:
+    """Three 20k-token prompts 0.1 s apart fit only Qwen's 32k context: whatever the policy,
+    Qwen's GPU computes them one after the other, so the slowest of them waits for about two
+    others' prefill; the idle floor does not see that, the assignment bound does."""
+    from quantroute.replay.measures import assignment_floor_p99
+    from quantroute.replay.trace import TraceRow
+
+    config, matrix = demo
+    long = [TraceRow(f"l{i}", 0.1 * i, "coding", 20_000, 1024, 50) for i in range(3)]
+    short = [TraceRow(f"s{i}", 0.05 + 0.3 * i, "chat", 200, 256, 30) for i in range(10)]
+    rows = sorted(long + short, key=lambda r: r.t)
+    floors = floor_ttfts(rows, config, matrix)
+    floor = floor_p99(floors, rows)
+    bound = assignment_floor_p99(rows, config, matrix, floors)
+    assert floor is not None and bound is not None
+    assert bound > 2.5 * floor  # the third long prompt waits for the other two
+    for mode in ("queue", "reject"):
+        flow = config.policy.flow_control.model_copy(update={"on_saturation": mode})
+        policy = config.policy.model_copy(update={"flow_control": flow})
+        run = replay(rows, config.model_copy(update={"policy": policy}), matrix)
+        summary = summarise(run, config, matrix)
+        assert summary.served == 13 and summary.ttft_p99_s is not None
+        assert summary.ttft_p99_s >= bound
+    # on a trace where nothing overlaps, the bound is the floor
+    apart = [r if r.id[0] == "s" else TraceRow(r.id, 100.0 * (1 + int(r.id[1])), r.task,
+             r.prompt_tokens, r.max_tokens, r.output_tokens) for r in rows]  # fmt: skip
+    apart.sort(key=lambda r: r.t)
+    apart_floors = floor_ttfts(apart, config, matrix)
+    assert assignment_floor_p99(apart, config, matrix, apart_floors) == pytest.approx(
+        floor_p99(apart_floors, apart)
+    )

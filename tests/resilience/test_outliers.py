@@ -333,3 +333,82 @@ def test_a_backend_slower_because_busier_is_no_outlier() -> None:
         if event:
             break
     assert event is not None and event.reason is EjectionReason.LATENCY_OUTLIER
+
+
+def test_a_held_ejection_is_made_when_the_slot_holder_goes_down() -> None:
+    """The soak's sequence: b dies and is ejected (its streams reset), c's failures find the
+    group's one slot taken, then no traffic comes until long after b is marked down. c must be
+    ejected when b goes down, not at its next failure (which came 25 s later in the soak)."""
+    health = machine(max_ejection_share=0.5)  # three backends: one may be ejected
+    for _ in range(5):
+        health.record("b", AttemptOutcome.RESET, 10.0)
+    events = [health.record("c", F, 10.5) for _ in range(5)]
+    assert events[-1] is not None and events[-1].suppressed and health.holding
+    assert not health.view("c", 12.0).ejected
+    made = health.set_down("b", True, 12.6)  # its scrapes fail: it holds no share
+    assert [(e.backend_id, e.reason, e.suppressed) for e in made] == [
+        ("c", EjectionReason.CONSECUTIVE_FAILURES, False)
+    ]
+    view = health.view("c", 12.6)
+    assert view.ejected and view.ejected_for_s == 30.0 and not health.holding
+    assert not health.view("a", 12.6).ejected
+
+
+def test_a_held_ejection_is_made_when_the_holders_ejection_ends() -> None:
+    health = machine(max_ejection_share=0.5, base_ejection_s=30.0)
+    for _ in range(5):
+        health.record("b", F, 0.0)  # ejected until 30
+    for _ in range(5):
+        health.record("c", F, 26.0)  # held
+    assert health.release_held(29.9) == [] and health.holding
+    made = health.release_held(30.0)
+    assert [e.backend_id for e in made] == ["c"] and health.view("c", 30.0).ejected
+    assert not health.view("b", 30.0).ejected and health.view("b", 30.0).on_probation
+
+
+def test_recovery_from_an_unreachable_ejection_makes_the_held_one() -> None:
+    health = machine(max_ejection_share=0.5)
+    for _ in range(5):
+        health.record("b", AttemptOutcome.RESET, 0.0)
+    for _ in range(5):
+        health.record("c", F, 1.0)  # held: b holds the slot (it is not known down yet)
+    made = health.recovered("b", 2.0)  # b's process is back before its scrapes ever failed
+    assert [e.backend_id for e in made] == ["c"]
+    assert not health.view("b", 2.0).ejected and health.view("c", 2.0).ejected
+
+
+@pytest.mark.parametrize(
+    ("between", "then", "made"),
+    [
+        (None, 12.0, True),
+        (OK, 12.0, False),  # it served a request sent after its failures: nothing is owed
+        (None, 10.5 + 5.0, True),
+        # older than held_ejection_s: a backend that failed in a burst and serves again shows
+        # it only when its streams end (the soak: b1 ejected 23 s after its connect timeouts)
+        (None, 10.5 + 5.1, False),
+    ],
+)
+def test_when_a_held_ejection_is_made_or_let_go(
+    between: AttemptOutcome | None, then: float, made: bool
+) -> None:
+    health = machine(max_ejection_share=0.5, base_ejection_s=30.0, held_ejection_s=5.0)
+    for _ in range(5):
+        health.record("b", F, 10.0)
+    for _ in range(5):
+        health.record("c", F, 10.5)
+    if between is not None:
+        health.record("c", between, 11.0, sent_at=11.0)
+    health.set_down("b", True, then)
+    assert health.view("c", then).ejected is made
+    assert not health.holding
+
+
+def test_a_backend_back_up_does_not_release_what_it_takes_room_from() -> None:
+    health = machine(max_ejection_share=0.5)
+    health.set_down("b", True, 0.0)
+    for _ in range(5):
+        health.record("a", F, 1.0)  # ejected: two backends alive, one may go
+    for _ in range(5):
+        health.record("c", F, 1.0)  # held
+    assert health.set_down("b", False, 2.0) == [] and health.holding
+    assert not health.view("c", 2.0).ejected

@@ -34,6 +34,14 @@ class StoredResponse:
     """This turn's own input items (text input stored as one user message)."""
     response: Mapping[str, Any]
     """The response object as the client received it; its ``output`` continues the chat."""
+    owner: str | None = None
+    """The name of the API key that created it (None: stored while no keys were configured):
+    only that key may read, continue or delete it."""
+
+    def visible_to(self, owner: str | None) -> bool:
+        """Whether the caller (its key's name; None without keys) may see this response. A
+        response of another key is answered as unknown: its existence is not disclosed."""
+        return self.owner is None or self.owner == owner
 
     def output_items(self) -> list[Item]:
         output = self.response.get("output")
@@ -46,6 +54,7 @@ class StoredResponse:
                 "ancestors": list(self.ancestors),
                 "input_items": list(self.input_items),
                 "response": self.response,
+                "owner": self.owner,
             },
             separators=(",", ":"),
         )
@@ -54,7 +63,11 @@ class StoredResponse:
     def from_json(cls, text: str | bytes) -> StoredResponse:
         data = json.loads(text)
         return cls(
-            data["id"], tuple(data["ancestors"]), tuple(data["input_items"]), data["response"]
+            data["id"],
+            tuple(data["ancestors"]),
+            tuple(data["input_items"]),
+            data["response"],
+            data.get("owner"),
         )
 
 
@@ -90,14 +103,17 @@ class Continuation:
     """The whole conversation so far as input items, oldest first."""
 
 
-async def continuation(store: ConversationStore, previous_id: str) -> Continuation | None:
-    """The conversation up to and including ``previous_id``'s output; None if it is unknown.
+async def continuation(
+    store: ConversationStore, previous_id: str, owner: str | None = None
+) -> Continuation | None:
+    """The conversation up to and including ``previous_id``'s output; None if it is unknown
+    (or belongs to another key than ``owner``).
 
     Reading refreshes every turn's expiry. Raises :class:`ConversationGone` when an earlier
     turn is no longer stored (the conversation cannot be rebuilt whole).
     """
     head = await store.get(previous_id)
-    if head is None:
+    if head is None or not head.visible_to(owner):
         return None
     turns = await store.get_many(head.ancestors)
     items: list[Item] = []

@@ -53,8 +53,10 @@ class ResponsesExchange(_Forwarded):
         own_items: list[Item],
         ancestors: tuple[str, ...],
         conversations: ConversationStore,
+        owner: str | None = None,
     ) -> None:
         super().__init__(parsed, "/v1/responses")
+        self._owner = owner
         previous = client_body.get("previous_response_id")
         self._restore = {"previous_response_id": previous} if previous else {}
         self._keep = client_body.get("store") is not False
@@ -91,7 +93,7 @@ class ResponsesExchange(_Forwarded):
         final = self._tap.final if self._tap is not None else self._final
         if status != 200 or not self._keep or final is None or not isinstance(final.get("id"), str):
             return
-        record = StoredResponse(final["id"], self._ancestors, tuple(self._own), final)
+        record = StoredResponse(final["id"], self._ancestors, tuple(self._own), final, self._owner)
         try:
             await self._store.put(record)
         except Exception as exc:  # the answer went out; only its continuation is lost

@@ -17,12 +17,14 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from quantroute.access.keys import OPEN, Principal
 from quantroute.apis import anthropic_errors, parsing
 from quantroute.apis.conversations import (
     ConversationGone,
     ConversationStore,
     Item,
     MemoryConversations,
+    StoredResponse,
     continuation,
 )
 from quantroute.apis.exchanges import MessagesExchange, PoolingExchange, ResponsesExchange
@@ -76,6 +78,19 @@ def _store(request: Request) -> ConversationStore:
     return cast(ConversationStore, request.app.state.conversations)
 
 
+def _owner(request: Request) -> str | None:
+    """The caller's key name, which owns the responses it stores (None: no keys configured)."""
+    principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
+    return None if principal is OPEN else principal.name
+
+
+async def _visible(request: Request, rid: str) -> StoredResponse:
+    record = await _store(request).get(rid)
+    if record is None or not record.visible_to(_owner(request)):
+        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    return record
+
+
 def _headers(request: Request) -> dict[str, str]:
     """The routing headers, and the session header the prefix index reads."""
     session = _gateway(request).config.policy.prefix.session_header.lower()
@@ -96,7 +111,7 @@ async def create_response(request: Request) -> Response:
     previous = body.get("previous_response_id")
     if previous:
         try:
-            found = await continuation(store, previous)
+            found = await continuation(store, previous, _owner(request))
         except ConversationGone:
             found = None
         if found is None:
@@ -109,7 +124,12 @@ async def create_response(request: Request) -> Response:
         body, history, _headers(request), gateway.config.policy, sequence, _prefix(request)
     )
     exchange = ResponsesExchange(
-        parsed, client_body=body, own_items=own, ancestors=ancestors, conversations=store
+        parsed,
+        client_body=body,
+        own_items=own,
+        ancestors=ancestors,
+        conversations=store,
+        owner=_owner(request),
     )
     return await gateway.dispatch(parsed, exchange, request)
 
@@ -119,24 +139,20 @@ def _response_id(request: Request) -> str:
 
 
 async def retrieve_response(request: Request) -> Response:
-    rid = _response_id(request)
-    record = await _store(request).get(rid)
-    if record is None:
-        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    record = await _visible(request, _response_id(request))
     return JSONResponse(dict(record.response))
 
 
 async def delete_response(request: Request) -> Response:
     rid = _response_id(request)
+    await _visible(request, rid)
     if not await _store(request).delete(rid):
         raise ResponseNotFound(rid, param="response_id", code="response_not_found")
     return JSONResponse({"id": rid, "object": "response", "deleted": True})
 
 
 async def cancel_response(request: Request) -> Response:
-    rid = _response_id(request)
-    if await _store(request).get(rid) is None:
-        raise ResponseNotFound(rid, param="response_id", code="response_not_found")
+    await _visible(request, _response_id(request))
     return JSONResponse(
         {"error": {"message": "Only background responses can be cancelled, and this gateway "
                    "runs none: this response is already complete.",

@@ -113,15 +113,21 @@ class ResponsesTap:
     def finish(self) -> Usage | None:
         return None if self.final is None else responses_usage(self.final)
 
+    def complete(self) -> bool:
+        return self.final is not None
+
 
 class MessagesTap:
     def __init__(self) -> None:
         self._frames = _Frames()
         self._input = 0
         self._output: int | None = None
+        self._stopped = False
 
     def _read(self, frame: bytes) -> None:
         kind = frame_event(frame)
+        if kind == b"message_stop":
+            self._stopped = True
         if kind not in (b"message_start", b"message_delta"):
             return
         event = frame_data(frame)
@@ -147,6 +153,9 @@ class MessagesTap:
 
     def finish(self) -> Usage | None:
         return None if self._output is None else Usage(self._input, self._output)
+
+    def complete(self) -> bool:
+        return self._stopped
 
 
 def messages_usage(body: Mapping[str, Any]) -> Usage | None:

@@ -119,12 +119,20 @@ def kv_pressure(backend: BackendState, ctx: FilterContext) -> Rejection | None:
 
 def waiting(backend: BackendState, ctx: FilterContext, *, limit: int) -> Rejection | None:
     """Hard, opt-in (``{name: waiting, parameters: {limit: N}}``): vLLM's own waiting queue
-    (``vllm:num_requests_waiting``) is at ``limit`` or more: the backend is saturated. Unknown
+    (``vllm:num_requests_waiting``) is, or will be once what this gateway sent since the scrape
+    arrives, at ``limit`` or more: the backend is saturated. Requests sent since the scrape
+    join the waiting queue once the running slots (``capacity``, vLLM's ``max_num_seqs``) are
+    full, so one scrape showing room does not release a whole queue onto one backend. Unknown
     (not scraped): admitted, the other filters judge."""
     metrics = backend.metrics
-    if metrics is None or metrics.num_waiting is None or metrics.num_waiting < limit:
+    if metrics is None or metrics.num_waiting is None:
         return None
-    detail = f"{metrics.num_waiting:.0f} requests waiting >= limit {limit}"
+    running = metrics.num_running or 0.0
+    overflow = max(0.0, running + backend.pending_requests - backend.config.capacity)
+    expected = metrics.num_waiting + overflow
+    if expected < limit:
+        return None
+    detail = f"{expected:.0f} requests waiting (scraped {metrics.num_waiting:.0f}) >= limit {limit}"
     return Rejection("waiting", detail, saturated=True)
 
 

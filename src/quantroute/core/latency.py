@@ -23,6 +23,7 @@ samples that are half queueing and half prefill, the fit is exactly the blend
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 MIN_FACTOR, MAX_FACTOR = 0.1, 10.0
@@ -129,25 +130,67 @@ class TtftFit:
     weight: float = 0.0
     """n / (n + prior_samples): how much the measurement counts against the prior."""
     n: float = 0.0
+    peer_n: float = 0.0
+    """The variant peers' samples behind the factors the fit started from (0: the matrix's)."""
 
 
 PRIOR = TtftFit()
 
 
-def fit(observed: ObservedLatency | None, prior_samples: float) -> TtftFit:
-    """The TTFT factors: least squares on the observed ratios, ridge towards 1 with strength
-    ``prior_samples / 2`` per factor (a sample's two fractions add up to 1: samples split half and
-    half get exactly the n / (n + prior_samples) blend)."""
+def fit(observed: ObservedLatency | None, prior_samples: float, toward: TtftFit = PRIOR) -> TtftFit:
+    """The TTFT factors: least squares on the observed ratios, ridge towards ``toward``'s
+    factors (1, the matrix prior itself, unless the variant's peers were measured: see
+    :func:`peer_fit`) with strength ``prior_samples / 2`` per factor (a sample's two fractions
+    add up to 1: samples split half and half get exactly the n / (n + prior_samples) blend)."""
     if observed is None or observed.n <= 0.0:
-        return PRIOR
+        return PRIOR if toward is PRIOR else replace(toward, weight=0.0, n=0.0, peer_n=toward.n)
     c = prior_samples / 2.0
     a, b, d = observed.sqq + c, observed.sqp, observed.spp + c
-    u, v = observed.sqy + c, observed.spy + c
+    u = observed.sqy + c * toward.queue_factor
+    v = observed.spy + c * toward.prefill_factor
     det = a * d - b * b
     queue = (d * u - b * v) / det
     prefill = (a * v - b * u) / det
     weight = observed.n / (observed.n + prior_samples)
-    return TtftFit(_bounded(queue), _bounded(prefill), weight, observed.n)
+    return TtftFit(_bounded(queue), _bounded(prefill), weight, observed.n, toward.n)
+
+
+def pool(peers: Iterable[ObservedLatency]) -> ObservedLatency | None:
+    """The measurements of several replicas of one variant as one: the fit's statistics and the
+    per-token counts added up, the per-token time averaged by its weight (None: none measured).
+    Replicas of one variant run the same weights on the same kind of GPU, so what the gateway
+    saw of them is the best guess for a replica it has not measured yet."""
+    n = sqq = sqp = spp = sqy = spy = tok_n = tok_sum = 0.0
+    measured = False
+    for o in peers:
+        measured = measured or o.n > 0.0 or o.per_token_n > 0.0
+        n, sqq, sqp, spp, sqy, spy = (
+            n + o.n,
+            sqq + o.sqq,
+            sqp + o.sqp,
+            spp + o.spp,
+            sqy + o.sqy,
+            spy + o.spy,
+        )
+        if o.per_token_s is not None and o.per_token_n > 0.0:
+            tok_n, tok_sum = tok_n + o.per_token_n, tok_sum + o.per_token_n * o.per_token_s
+    if not measured:
+        return None
+    per_token = tok_sum / tok_n if tok_n > 0.0 else None
+    return ObservedLatency(
+        per_token_s=per_token, per_token_n=tok_n, n=n, sqq=sqq, sqp=sqp, spp=spp, sqy=sqy, spy=spy
+    )
+
+
+def peer_fit(peers: ObservedLatency | None, prior_samples: float) -> TtftFit:
+    """Where a replica's own fit starts: its variant's pooled factors (ridge towards 1, as any
+    fit), or the matrix prior (factors 1) when no other replica of the variant was measured.
+    The matrix's error is the variant's (profiled once, elsewhere); what one replica's samples
+    add is its deviation from its twins. And a new replica, or one back from an ejection (its own
+    measurement reset), is scored like its measured twins instead of on the bare prior, which a
+    twin measured faster than the prior out-scores on every request at low load: it would never
+    be tried."""
+    return PRIOR if peers is None else fit(peers, prior_samples)
 
 
 def _bounded(factor: float) -> float:
@@ -206,6 +249,7 @@ class LatencyEstimate:
             "prefill_factor": round(self.fit.prefill_factor, 4),
             "weight": round(self.fit.weight, 4),
             "samples": round(self.fit.n, 3),
+            "peer_samples": round(self.fit.peer_n, 3),
             "per_token_ms": _rounded(self.per_token_ms),
             "per_token_prior_ms": _rounded(self.per_token_prior_ms),
             "per_token_measured_ms": _rounded(self.per_token_measured_ms),

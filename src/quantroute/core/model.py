@@ -87,6 +87,9 @@ class BackendState:
     observed: ObservedLatency | None = None
     """What the gateway measured of this backend's answers (TTFT, time per token), smoothed:
     the latency scorer blends it with the matrix prior (:mod:`quantroute.core.latency`)."""
+    peers: ObservedLatency | None = None
+    """The other replicas of its variant, measured (pooled): where its own blend starts from
+    instead of the bare prior (None: no peer measured, or ``measured_latency`` off)."""
 
     @property
     def id(self) -> str:

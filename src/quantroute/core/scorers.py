@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
-from quantroute.core.latency import LatencyEstimate, blend, fit
+from quantroute.core.latency import LatencyEstimate, blend, fit, peer_fit
 from quantroute.core.model import BackendState
 from quantroute.core.prefix import uncached_tokens
 
@@ -78,17 +78,20 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
     policy = ctx.policy
     queue, prefill = prior_ttft_ms(backend, ctx)
     observed = backend.observed if policy.measured_latency else None
+    peers = backend.peers if policy.measured_latency else None
     k = policy.latency_prior_samples
     prior_tok = None
     if ctx.matrix is not None:
         prior_tok = ctx.matrix.itl_p50_ms(backend.config.variant_id)
+    if peers is not None and peers.per_token_s is not None:  # the twins' time per token first
+        prior_tok = blend(prior_tok, 1000.0 * peers.per_token_s, peers.per_token_n, k)
     measured_tok, n_tok = None, 0.0
     if observed is not None and observed.per_token_s is not None:
         measured_tok, n_tok = 1000.0 * observed.per_token_s, observed.per_token_n
     return LatencyEstimate(
         queue,
         prefill,
-        fit(observed, k),
+        fit(observed, k, peer_fit(peers, k)),
         per_token_prior_ms=prior_tok,
         per_token_measured_ms=measured_tok,
         per_token_weight=n_tok / (n_tok + k) if measured_tok is not None else 0.0,

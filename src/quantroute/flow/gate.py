@@ -35,17 +35,25 @@ class FlowGate:
     def mode(self, group: str) -> OnSaturation:
         return self._modes.get(group, self._default)
 
+    def may_queue(self, decision: Decision, features: RequestFeatures) -> bool:
+        """Whether :meth:`admit` may hold this request (or downgrade it): its group is
+        saturated, or others already wait there, and its mode is not ``reject``. False: admit
+        returns ``decision`` at once (the trail records a queue phase only when this is True)."""
+        group = decision.group or features.model
+        if self.mode(group) == "reject":
+            return False
+        if decision.outcome is Outcome.ROUTED:
+            return self.flow.busy(group)
+        return decision.saturated
+
     async def admit(
         self, decision: Decision, features: RequestFeatures, receive: Receive, priority: int = 0
     ) -> Decision:
+        if not self.may_queue(decision, features):
+            return decision
         group = decision.group or features.model
         mode = self.mode(group)
-        routed = decision.outcome is Outcome.ROUTED
-        if mode == "reject" or (routed and not self.flow.busy(group)):
-            return decision
-        if not routed and not decision.saturated:
-            return decision
-        if not routed:
+        if decision.outcome is not Outcome.ROUTED:
             downgraded = self._downgrade(features, mode, None)
             if downgraded is not None:
                 return self._noted(downgraded, group)

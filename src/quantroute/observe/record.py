@@ -76,6 +76,8 @@ class RequestRecord:
     decision: Decision | None = None
     parse_s: float | None = None
     decide_s: float | None = None
+    queue_s: float | None = None
+    """How long flow control held the request (None: it never waited in the gateway's queue)."""
     attempts: list[AttemptRecord] = field(default_factory=list)
     status: int | None = None
     error: str | None = None
@@ -117,6 +119,7 @@ class RequestRecord:
         return {
             "parse": _ms(self.parse_s),
             "decide": _ms(self.decide_s),
+            "queue": _ms(self.queue_s),
             "first_byte": _ms(None if first_byte is None else first_byte - self.started),
             "upstream_ttfb": _ms(
                 None if first_byte is None or last is None else first_byte - last.started
@@ -164,6 +167,7 @@ def _decision(d: Decision | None) -> dict[str, Any] | None:
         "relaxed": list(d.relaxed),
         "kv_pressure": list(d.kv_pressure),
         "quality_floor": d.quality_floor,
+        "saturated": d.saturated,
     }
 
 

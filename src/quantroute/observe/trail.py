@@ -9,6 +9,7 @@ nothing recorded, only the trace context passed on. Otherwise a :class:`Recordin
     POST /v1/chat/completions        SERVER  (continues an incoming traceparent)
     ├── quantroute.parse             INTERNAL
     ├── quantroute.decide            INTERNAL  event quantroute.decision (top scores, rejections)
+    ├── quantroute.queue             INTERNAL  only when flow control holds the request
     ├── quantroute.upstream #1       CLIENT    HTTP 500, event retry
     ├── quantroute.upstream #2       CLIENT    event first_byte; its context goes to the backend
     │                                          (``traceparent``), so vLLM's span is its child;
@@ -211,6 +212,8 @@ class RecordingTrail(Trail):
                 self.record.parse_s = elapsed
             elif name == "decide":
                 self.record.decide_s = elapsed
+            elif name == "queue":
+                self.record.queue_s = elapsed
             self._phase_span = None
             if span is not None:
                 span.end()

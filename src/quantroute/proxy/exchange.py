@@ -29,6 +29,11 @@ class Tap(Protocol):
         """Token usage, once the stream is over (None when it never said)."""
         ...
 
+    def complete(self) -> bool:
+        """Whether the stream's terminal event has passed (``[DONE]``, ``response.completed``,
+        ``message_stop``): the answer is whole, whatever happens to the connection next."""
+        ...
+
 
 class Exchange(Protocol):
     path: str

@@ -227,6 +227,10 @@ class _Stream:
             return
         self._closed = True
         self._upstream.close()
+        if self._outcome == CLIENT_CLOSED and not self._continuing and self._tap.complete():
+            # The terminal event was relayed and the client hung up before the backend's
+            # connection reached its end: the answer was whole, no generation was cut short.
+            self._outcome = self._upstream.status
         usage = self._tap.finish() if self._outcome == 200 else None
         if usage is None and self._outcome == 502 and self._cont is not None:
             usage = Usage(0, self._cont.relayed_tokens())  # what it generated before it broke

@@ -63,6 +63,7 @@ class SSEUsageTap:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.usage: Usage | None = None
+        self._done = False
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._strip:
@@ -80,6 +81,7 @@ class SSEUsageTap:
             self._pending = data
             return b""
         complete, self._pending = data[:cut], data[cut:]
+        self._done = _ends_done(complete)  # the last whole event read so far
         if _USAGE_MARK not in complete and _USAGE_MARK_SPACED not in complete:
             # no usage object (vLLM puts "usage":null in every chunk once usage is asked for):
             # no event here can be the usage event, nothing to split
@@ -108,6 +110,11 @@ class SSEUsageTap:
         rest, self._pending = self._pending, b""
         return rest
 
+    def complete(self) -> bool:
+        if self._strip:
+            return self._done
+        return _ends_done(b"".join(self._tail)[-_DONE_WINDOW:])
+
     def finish(self) -> Usage | None:
         if self.usage is None and self._tail:
             tail = b"".join(self._tail)[-_TAIL_KEEP:]
@@ -117,6 +124,21 @@ class SSEUsageTap:
                     self.usage = usage
                     break
         return self.usage
+
+
+_DONE_WINDOW = 32
+"""The terminal ``data: [DONE]`` event and its blank line fit in the stream's last bytes."""
+_DONE_EVENTS = (b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"data: [DONE]\r\n\r\n")
+
+
+def _ends_done(data: bytes) -> bool:
+    """Whether ``data`` ends with the stream's terminal event, as an event of its own (at the
+    start of ``data`` or after a line break; a ``[DONE]`` inside a text is JSON-quoted)."""
+    for event in _DONE_EVENTS:
+        if data.endswith(event):
+            before = len(data) - len(event)
+            return before == 0 or data[before - 1] == 0x0A
+    return False
 
 
 def _last_boundary_end(data: bytes) -> int:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from quantroute.replay.fleet import SimulatedBackend, build_fleet
 from quantroute.replay.simulate import ReplayResult, RequestResult
 from quantroute.replay.trace import TraceRow
 from quantroute.sim.engine import EngineRequest
+from quantroute.sim.roofline import ScheduledChunk
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -51,6 +53,10 @@ class Summary:
     quality_share: float | None
     preemptions: int
     output_tokens: int
+    queued: int = 0
+    """Requests that waited in the gateway's flow-control queue (served or not)."""
+    downgraded: int = 0
+    """Interactive requests sent below the floor because the group was saturated."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +122,8 @@ def summarise(run: ReplayResult, config: GatewayConfig, matrix: CapabilityMatrix
         quality_share=share,
         preemptions=run.preemptions,
         output_tokens=sum(r.output_tokens for r in served),
+        queued=sum(r.queued_s is not None for r in results),
+        downgraded=sum(r.downgraded for r in results),
     )
 
 
@@ -189,3 +197,102 @@ def floor_p99(floors: Sequence[float | None], rows: Sequence[TraceRow]) -> float
         if f is not None and r.latency_class is LatencyClass.INTERACTIVE
     ]  # fmt: skip
     return percentile(values, 99)
+
+
+# -- the offline assignment bound ----------------------------------------------------------------
+MAX_CLUSTER = 6
+"""Requests forced onto one backend whose idle-fleet intervals overlap are bounded together, at
+most this many at a time (every completion order of a cluster is tried: 6! = 720)."""
+
+
+def _prefill_compute_s(backend: SimulatedBackend, prompt_tokens: int) -> float:
+    """The pure compute time of a prompt's prefill on ``backend``'s simulated GPU: its FLOPs
+    (dense layers and causal attention, the same however it is chunked or batched) over the
+    GPU's effective FLOPs. Every engine step lasts at least its chunks' FLOPs over that rate
+    (:mod:`quantroute.sim.roofline`: max(memory, compute) + host overhead), so prompts prefilled
+    on one backend take at least the sum of these, in any schedule."""
+    cost = backend.engine.config.cost
+    return cost.flop_count([ScheduledChunk(0, prompt_tokens)]) / cost.flops
+
+
+def _cluster_bounds(
+    members: Sequence[tuple[float, float, float, bool]],
+) -> list[list[tuple[float, bool]]]:
+    """Per completion order of ``members`` (arrival, idle floor, compute s, interactive): each
+    member's TTFT lower bound. A member finishes no earlier than its idle floor after its arrival,
+    nor before every member finished up to it, those arrived at or after any ρ, were computed
+    from ρ on: completion ≥ ρ + the sum of their compute times."""
+    out = []
+    for order in itertools.permutations(range(len(members))):
+        bounds = []
+        for j, m in enumerate(order):
+            arrival, floor, _, interactive = members[m]
+            done = arrival + floor
+            prefix = [members[i] for i in order[: j + 1]]
+            for rho in {p[0] for p in prefix}:
+                done = max(done, rho + sum(p[2] for p in prefix if p[0] >= rho))
+            bounds.append((done - arrival, interactive))
+        out.append(bounds)
+    return out
+
+
+def assignment_floor_p99(
+    rows: Sequence[TraceRow],
+    config: GatewayConfig,
+    matrix: CapabilityMatrix | None,
+    floors: Sequence[float | None],
+    *,
+    model_for: Callable[[TraceRow], str] | None = None,
+    profiles: Mapping[str, str] | None = None,
+) -> float | None:
+    """A lower bound on the interactive p99 TTFT of *any* assignment and order, knowing every
+    arrival in advance (the floor's rules: the backends a request's group, context and quality
+    floor allow; the simulated GPUs' roofline): the idle floor of each request, raised where
+    requests that only one backend may serve overlap, since that backend's GPU must compute
+    their prompts one FLOP after another. A policy chooses which of them waits; the bound takes,
+    per cluster of overlapping ones, the completion order that is best for the p99. Clusters
+    are bounded apart (a relaxation: a valid bound, maybe not the tightest)."""
+    fleet = build_fleet(config, profiles=profiles)
+    backends = {b.id: b for b in config.backends if b.id in fleet}
+    inter_free: list[float] = []
+    forced: dict[str, list[tuple[float, float, float, bool]]] = {}
+    for row, floor in zip(rows, floors, strict=True):
+        if floor is None:
+            continue
+        interactive = row.latency_class is LatencyClass.INTERACTIVE
+        model = model_for(row) if model_for is not None else row.model
+        allowed = _allowed(row, model, config, matrix, backends)
+        if len(allowed) == 1:
+            compute = _prefill_compute_s(fleet[allowed[0]], row.prompt_tokens)
+            forced.setdefault(allowed[0], []).append((row.t, floor, compute, interactive))
+        elif interactive:
+            inter_free.append(floor)
+    clusters: list[list[list[tuple[float, bool]]]] = []
+    for members in forced.values():
+        members.sort()
+        group: list[tuple[float, float, float, bool]] = []
+        for m in [*members, None]:
+            if (
+                m is not None
+                and group
+                and len(group) < MAX_CLUSTER
+                and m[0] < max(g[0] + g[1] for g in group)
+            ):
+                group.append(m)
+                continue
+            if group:
+                clusters.append(_cluster_bounds(group))
+            group = [] if m is None else [m]
+    n = len(inter_free) + sum(sum(i for _, i in c[0]) for c in clusters)
+    if not n:
+        return None
+    allowed_above = n - max(1, math.ceil(0.99 * n))
+    """p99 (nearest rank) ≤ T when at most this many interactive TTFTs exceed T."""
+    values = sorted({*inter_free, *(b for c in clusters for o in c for b, i in o if i)})
+    for t in values:
+        above = sum(f > t for f in inter_free) + sum(
+            min(sum(b > t for b, i in order if i) for order in c) for c in clusters
+        )
+        if above <= allowed_above:
+            return t
+    return values[-1]

@@ -10,9 +10,23 @@ core's ``decide`` with the config's policy, groups and the matrix, a lease on th
 request is added to that backend's engine (``quantroute.sim.engine``, the simulator's vLLM V1
 scheduler). Each answered request's TTFT and time per token are reported to the same pure
 measurement the gateway keeps (:class:`~quantroute.resilience.outliers.PassiveHealth`, its
-ejection rules off), so the latency scorer learns from them as it does behind HTTP. Not
-modelled: retries and continuations (simulated backends do not fail), ejections, the prefix
-index (a trace carries no prompt text), network and gateway overhead.
+ejection rules off), so the latency scorer learns from them as it does behind HTTP.
+
+Flow control (``policy.flow_control`` and each group's ``on_saturation``) is applied as the
+gateway's :class:`~quantroute.flow.gate.FlowGate` applies it: a request whose group is
+saturated (every backend it may use turned away for want of room alone) is downgraded below the
+floor (``downgrade``, interactive only), refused at once (``reject``) or held in the group's
+queue, the same pure :class:`~quantroute.flow.queue.FlowQueue` the gateway uses (interactive
+before batch, then first come; bounded length, evictions, a deadline ``max_wait_s`` after it was
+queued). The queue is re-tried, best first, whenever the state store says room may have come (a
+scrape, a lease released), as :class:`~quantroute.flow.control.FlowControl` does, each request
+dispatched counted in the snapshot the next is decided on; a request still saturated stops its
+group's walk; while a group has requests waiting, a new one joins them. A request refused by the
+queue (full, timed out) gets ``flow_control.reject_status``. Its TTFT runs from its arrival, so
+the wait in the gateway is in it.
+
+Not modelled: retries and continuations (simulated backends do not fail), ejections, the prefix
+index (a trace carries no prompt text), network and gateway overhead, clients that leave.
 """
 
 from __future__ import annotations
@@ -26,8 +40,11 @@ from quantroute.config import GatewayConfig
 from quantroute.core.filters import request_kv_tokens
 from quantroute.core.latency import LatencyEstimate, aged
 from quantroute.core.matrix import CapabilityMatrix
-from quantroute.core.model import Outcome, RequestFeatures, Snapshot
+from quantroute.core.model import Decision, LatencyClass, Outcome, RequestFeatures, Snapshot
+from quantroute.core.saturation import with_dispatched
 from quantroute.core.scheduler import Policy, decide
+from quantroute.flow.queue import FlowQueue, Ticket
+from quantroute.flow.settings import OnSaturation
 from quantroute.replay.fleet import SimulatedBackend, build_fleet
 from quantroute.replay.trace import TraceRow
 from quantroute.resilience.outliers import PassiveHealth
@@ -37,8 +54,9 @@ from quantroute.state.store import StateStore
 
 STATUS = {Outcome.NO_BACKEND: 503, Outcome.TOO_LONG: 400,
           Outcome.UNKNOWN_MODEL: 404, Outcome.UNSUPPORTED_API: 404}  # fmt: skip
-_SCRAPE, _ARRIVAL, _STEP = 0, 1, 2
-"""Order of events at the same simulated moment: a scrape, then arrivals, then step ends."""
+_SCRAPE, _ARRIVAL, _STEP, _DEADLINE = 0, 1, 2, 3
+"""Order of events at the same simulated moment: a scrape, arrivals, step ends, then queued
+requests whose ``max_wait_s`` ran out."""
 
 
 @dataclass(slots=True)
@@ -54,6 +72,12 @@ class RequestResult:
     end: float | None = None
     output_tokens: int = 0
     preemptions: int = 0
+    queued_s: float | None = None
+    """Simulated seconds it waited in the gateway's flow-control queue (None: never queued)."""
+    downgraded: bool = False
+    """Sent below its group's floor because the variants meeting it were saturated."""
+    refusal: str | None = None
+    """Why flow control refused it: ``queue_full`` or ``queue_timeout``."""
 
     @property
     def ok(self) -> bool:
@@ -83,6 +107,17 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A request waiting in the flow-control queue (a ticket's item)."""
+
+    number: int
+    result: RequestResult
+    features: RequestFeatures
+    mode: OnSaturation
+    kv_tokens: int
 
 
 @dataclass(eq=False)
@@ -116,6 +151,13 @@ class _Replay:
         self.order = itertools.count()
         self.pending: dict[str, _Pending] = {}
         self.arrivals_left = 0
+        flow = config.policy.flow_control
+        self.queue: FlowQueue[_Queued] = FlowQueue(flow, self.clock)
+        self.modes: dict[str, OnSaturation] = {
+            g.name: g.on_saturation or flow.on_saturation for g in config.groups
+        }
+        self.pumping = False
+        self.store.subscribe(self.pump)
 
     def push(self, at: float, kind: int, action: Callable[[], None]) -> None:
         heapq.heappush(self.events, (at, kind, next(self.order), action))
@@ -139,7 +181,7 @@ class _Replay:
         for backend in self.fleet.values():
             self.store.record_scrape(backend.id, backend.metrics(), started_at=now)
         busy = any(b.busy for b in self.fleet.values())
-        if self.arrivals_left or busy:
+        if self.arrivals_left or busy or len(self.queue):
             self.push(now + self.interval, _SCRAPE, self.scrape)
 
     def arrive(self, number: int, result: RequestResult) -> None:
@@ -154,22 +196,112 @@ class _Replay:
             latency_class=row.latency_class,
             sequence=number,
         )
-        decision = decide(features, self.snapshot(), self.matrix, self.policy)
+        snapshot = self.snapshot()
+        decision = decide(features, snapshot, self.matrix, self.policy)
+        # What FlowGate.admit does with the first decision (src/quantroute/flow/gate.py).
+        group = decision.group or features.model
+        mode = self.modes.get(group, cfg.flow_control.on_saturation)
+        routed = decision.outcome is Outcome.ROUTED
+        if mode == "reject" or (routed and not self.queue.depth(group)):
+            self.settle(number, result, features, decision)
+            return
+        if not routed and not decision.saturated:
+            self.settle(number, result, features, decision)
+            return
+        if not routed:
+            downgraded = self.downgrade(features, mode, snapshot)
+            if downgraded is not None:
+                self.settle(number, result, features, downgraded)
+                return
+        self.enqueue(_Queued(number, result, features, mode, request_kv_tokens(features, cfg)))
+
+    def downgrade(
+        self, features: RequestFeatures, mode: OnSaturation, snapshot: Snapshot
+    ) -> Decision | None:
+        """Interactive only, where the group allows it: the best variant below the floor."""
+        if mode != "downgrade" or features.latency_class is not LatencyClass.INTERACTIVE:
+            return None
+        decision = decide(features, snapshot, self.matrix, self.policy, downgrade=True)
+        return decision if decision.outcome is Outcome.ROUTED else None
+
+    def enqueue(self, queued: _Queued) -> None:
+        group = queued.features.model  # the group (decision.group is its name) or model name
+        batch = queued.features.latency_class is LatencyClass.BATCH
+        admission = self.queue.admit(group, queued, batch=batch)
+        if admission.evicted is not None:
+            self.refuse(admission.evicted, "queue_full")
+        ticket = admission.ticket
+        if ticket is None:
+            queued.result.queued_s = 0.0
+            self.refuse_result(queued.result, "queue_full")
+            return
+        self.push(ticket.deadline, _DEADLINE, lambda: self.expire(ticket))
+        self.pump()
+
+    def expire(self, ticket: Ticket[_Queued]) -> None:
+        if self.queue.remove(ticket):
+            self.refuse(ticket, "queue_timeout")
+
+    def refuse(self, ticket: Ticket[_Queued], reason: str) -> None:
+        self.queue.remove(ticket)
+        ticket.item.result.queued_s = self.queue.waited_s(ticket)
+        self.refuse_result(ticket.item.result, reason)
+
+    def refuse_result(self, result: RequestResult, reason: str) -> None:
+        result.status = self.config.policy.flow_control.reject_status
+        result.refusal = reason
+
+    def pump(self) -> None:
+        """Dispatch every queued request that can go now, best first per group (the rule of
+        :meth:`quantroute.flow.control.FlowControl.pump`)."""
+        if self.pumping or not len(self.queue):
+            return
+        self.pumping = True
+        try:
+            snapshot = self.snapshot()
+            for group in self.queue.groups():
+                for ticket in self.queue.waiting(group):
+                    queued = ticket.item
+                    decision = self.attempt(queued, snapshot)
+                    if decision is None:
+                        break
+                    self.queue.remove(ticket)
+                    queued.result.queued_s = self.queue.waited_s(ticket)
+                    self.settle(queued.number, queued.result, queued.features, decision)
+                    if decision.chosen is not None:
+                        snapshot = with_dispatched(snapshot, decision.chosen, queued.kv_tokens)
+        finally:
+            self.pumping = False
+
+    def attempt(self, queued: _Queued, snapshot: Snapshot) -> Decision | None:
+        """A queued request's decision now: routed, downgraded, None while saturated, or a
+        failure waiting cannot clear (FlowGate._attempt)."""
+        decision = decide(queued.features, snapshot, self.matrix, self.policy)
+        if decision.outcome is Outcome.ROUTED or not decision.saturated:
+            return decision
+        return self.downgrade(queued.features, queued.mode, snapshot)
+
+    def settle(
+        self, number: int, result: RequestResult, features: RequestFeatures, decision: Decision
+    ) -> None:
+        """Dispatch a routed decision to its backend's engine, or answer the router's error."""
         if decision.chosen is None:
             result.status = STATUS.get(decision.outcome, 503)
             return
+        row = result.row
         backend = self.fleet[decision.chosen]
         result.backend, result.variant, result.relaxed = (
             backend.id,
             backend.variant,
             decision.relaxed,
         )
+        result.downgraded = decision.downgraded
         lease = self.store.inflight.begin(
-            backend.id, request_kv_tokens(features, cfg), row.prompt_tokens
+            backend.id, request_kv_tokens(features, self.config.policy), row.prompt_tokens
         )
         key = f"q{number}"
         prior = decision.latency.get(backend.id)
-        self.pending[key] = _Pending(result, lease, self.clock.now, prior)
+        self.pending[key] = _Pending(result, lease, row.t, prior)
         request = EngineRequest(key, row.prompt_tokens, row.max_tokens, row.output_tokens)
         backend.engine.add_request(request, self.clock.now)
         if not backend.busy:

@@ -8,9 +8,11 @@ clock: every method takes ``now``. The rules follow Envoy's outlier detection:
   ejection count, capped at ``max_ejection_s``; the count falls by one for every
   ``base_ejection_s`` the backend then stays in service.
 - An ejection never takes a group past ``max_ejection_share`` of its backends (at least one may
-  go, never the last); a suppressed ejection is reported as such. Backends known to be down
-  (their scrapes fail) count neither way, and a backend whose last failure was a refused
-  connection is ejected regardless: neither serves anything.
+  go, never the last); a suppressed ejection is reported as such, and *held*: made as soon as
+  the group has room (a backend went down, another ejection ended; :meth:`release_held`), not
+  only at the backend's next failure, which may be long in coming when traffic comes in waves.
+  Backends known to be down (their scrapes fail) count neither way, and a backend whose last
+  failure was a refused connection is ejected regardless: neither serves anything.
 - Back from an ejection a backend is on probation for ``slow_start_s``: its weight ramps from
   ``slow_start_min_weight`` to 1, and a single failure ejects it again.
 - 429/503 mark backpressure for a moment (the answer's Retry-After, bounded); they never eject.
@@ -94,6 +96,16 @@ class HealthView:
 HEALTHY = HealthView()
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An ejection the group share suppressed, kept to be made when there is room."""
+
+    reason: EjectionReason
+    detail: str
+    at: float
+    """When it was (last) suppressed: evidence older than ``held_ejection_s`` is let go."""
+
+
 @dataclass
 class _Backend:
     variant: str
@@ -127,6 +139,7 @@ class PassiveHealth:
         self.settings = settings
         self._backends: dict[str, _Backend] = {}
         self._groups: dict[str, frozenset[str]] = {}
+        self._held: dict[str, _Held] = {}
         self.set_topology(variants or {}, groups or {})
 
     # -- topology ------------------------------------------------------------------------------
@@ -144,6 +157,7 @@ class PassiveHealth:
         self._groups = {
             name: frozenset(b for b in members if b in kept) for name, members in groups.items()
         }
+        self._held = {k: v for k, v in self._held.items() if k in kept}
 
     def configure(self, settings: OutlierDetection) -> None:
         self.settings = settings
@@ -168,6 +182,7 @@ class PassiveHealth:
             stale = sent_at is not None and b.failed_at is not None and sent_at < b.failed_at
             if not stale:
                 b.consecutive = 0
+                self._held.pop(backend_id, None)  # it serves again: no ejection is owed
             return None
         if outcome is AttemptOutcome.BACKPRESSURE:
             self._backpressure(b, now, retry_after_s)
@@ -181,12 +196,18 @@ class PassiveHealth:
         b.failed_at = now
         b.suspect_until = now + self.settings.suspect_s
         if self._probation(b, now):
-            return self._eject(backend_id, b, now, EjectionReason.PROBATION_FAILURE, outcome.value)
+            return self._hold_if_suppressed(
+                self._eject(backend_id, b, now, EjectionReason.PROBATION_FAILURE, outcome.value),
+                now,
+            )
         if b.consecutive >= self.settings.consecutive_failures:
             detail = f"{b.consecutive} consecutive failures, last {outcome.value}"
             unreachable = outcome is AttemptOutcome.CONNECT_ERROR
-            return self._eject(
-                backend_id, b, now, EjectionReason.CONSECUTIVE_FAILURES, detail, unreachable
+            return self._hold_if_suppressed(
+                self._eject(
+                    backend_id, b, now, EjectionReason.CONSECUTIVE_FAILURES, detail, unreachable
+                ),
+                now,
             )
         return None
 
@@ -221,30 +242,70 @@ class PassiveHealth:
                 continue
             detail = self._latency_outlier(backend_id, b, name, mine, floor, now)
             if detail is not None:
-                return self._eject(backend_id, b, now, EjectionReason.LATENCY_OUTLIER, detail)
+                return self._hold_if_suppressed(
+                    self._eject(backend_id, b, now, EjectionReason.LATENCY_OUTLIER, detail), now
+                )
         return None
 
-    def set_down(self, backend_id: str, down: bool) -> None:
+    def set_down(self, backend_id: str, down: bool, now: float | None = None) -> list[Ejection]:
         """Whether the backend is known down (e.g. its /metrics cannot be reached). A down
         backend counts neither for a group's size nor for its ejected share: ejecting a live
-        backend while a dead one holds the group's ejection slot would leave it serving 5xx."""
-        b = self._backends.get(backend_id)
-        if b is not None:
-            b.down = down
-
-    def recovered(self, backend_id: str, now: float) -> None:
-        """The backend came back (its scrapes succeed again after it was down): ramp it up, do
-        not flood it. An ejection for being unreachable (refused, reset) ends here, since the
-        evidence it rested on is gone; it goes on probation as after any ejection."""
+        backend while a dead one holds the group's ejection slot would leave it serving 5xx.
+        With ``now``, the ejections held for want of room that its going down allows are made
+        (returned)."""
         b = self._backends.get(backend_id)
         if b is None:
-            return
+            return []
+        b.down = down
+        return self.release_held(now) if down and now is not None else []
+
+    def recovered(self, backend_id: str, now: float) -> list[Ejection]:
+        """The backend came back (its scrapes succeed again after it was down): ramp it up, do
+        not flood it. An ejection for being unreachable (refused, reset) ends here, since the
+        evidence it rested on is gone; it goes on probation as after any ejection, and the
+        ejections held for want of room that this allows are made (returned)."""
+        b = self._backends.get(backend_id)
+        if b is None:
+            return []
         if self._ejected(b, now):
             if not b.unreachable:
-                return
+                return []
             b.ejected_until = now
         b.slow_start_from = now
         b.probation_until = now + self.settings.slow_start_s
+        return self.release_held(now)
+
+    def release_held(self, now: float) -> list[Ejection]:
+        """Make the ejections the group share held back, where the group has room at ``now``
+        (a backend went down, an ejection ended). Held evidence older than
+        ``held_ejection_s`` is let go (the backend's next failure decides): a backend that
+        failed in a burst and serves again would show it only as its streams end, which may
+        take minutes, and must not be ejected on its old failures (the soak saw the one healthy
+        backend ejected 23 s after a burst of connect timeouts). So is a hold on a backend that
+        was ejected or succeeded since. Returns the ejections made."""
+        made: list[Ejection] = []
+        if not self._held:
+            return made
+        for backend_id, held in list(self._held.items()):
+            b = self._backends.get(backend_id)
+            if (
+                b is None
+                or not self.settings.enabled
+                or now - held.at > self.settings.held_ejection_s
+                or self._ejected(b, now)
+            ):
+                del self._held[backend_id]
+                continue
+            event = self._eject(backend_id, b, now, held.reason, held.detail)
+            if not event.suppressed:
+                del self._held[backend_id]
+                made.append(event)
+        return made
+
+    @property
+    def holding(self) -> bool:
+        """Whether some ejection waits for room in its group."""
+        return bool(self._held)
 
     # -- reading -------------------------------------------------------------------------------
     def view(self, backend_id: str, now: float) -> HealthView:
@@ -308,6 +369,13 @@ class PassiveHealth:
             if ejected + 1 > allowed:
                 return False
         return True
+
+    def _hold_if_suppressed(self, event: Ejection, now: float) -> Ejection:
+        if event.suppressed:
+            self._held[event.backend_id] = _Held(event.reason, event.detail, now)
+        else:
+            self._held.pop(event.backend_id, None)
+        return event
 
     def _eject(
         self,

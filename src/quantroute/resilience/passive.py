@@ -86,11 +86,22 @@ class PassiveHealthMonitor:
         self._report(event)
 
     def set_down(self, backend_id: str, down: bool) -> None:
-        self.machine.set_down(backend_id, down)
+        """Its scrapes fail (or succeed again): a down backend holds no ejection share, so an
+        ejection held for want of room may be made now."""
+        for event in self.machine.set_down(backend_id, down, self._clock()):
+            self._report(event)
 
     def recovered(self, backend_id: str) -> None:
         """Scrapes succeed again after the backend was down: ramp it up (slow start)."""
-        self.machine.recovered(backend_id, self._clock())
+        for event in self.machine.recovered(backend_id, self._clock()):
+            self._report(event)
+
+    def tick(self) -> None:
+        """Bring time-driven changes in: an ejection that ended leaves room for one held back
+        (the store calls this once per snapshot; nothing to do while nothing is held)."""
+        if self.machine.holding:
+            for event in self.machine.release_held(self._clock()):
+                self._report(event)
 
     def _report(self, event: Ejection | None) -> None:
         if event is None:

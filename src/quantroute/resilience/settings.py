@@ -33,6 +33,11 @@ class OutlierDetection(_Settings):
     max_ejection_s: Seconds = 300.0
     max_ejection_share: Share = 0.5
     """Never eject more than this share of a group's backends (at least one, never the last)."""
+    held_ejection_s: Seconds = 5.0
+    """An ejection the share held back is made when the group has room within this long of the
+    backend's latest failure (a dead backend holding the slot is marked down within
+    ``policy.down_after_failures`` scrapes); older evidence is let go, since a backend's
+    successes may take a whole stream to come in and so cannot be waited for."""
     backpressure_s: Seconds = 2.0
     """429 and 503 steer traffic away for this long (or the answer's Retry-After, up to
     ``max_backpressure_s``); they are backpressure, not breakage, and never eject."""

@@ -203,10 +203,14 @@ class Gateway:
             with trail.phase("decide"):
                 decision = self.router.decide(ctx.features)
                 trail.decided(decision)
+            queue = (
+                trail.phase("queue") if self.flow.may_queue(decision, ctx.features) else _NOT_QUEUED
+            )
             try:
-                admitted = await self.flow.admit(
-                    decision, ctx.features, request.receive, principal.priority
-                )
+                with queue:
+                    admitted = await self.flow.admit(
+                        decision, ctx.features, request.receive, principal.priority
+                    )
             except ClientDisconnected:  # gone while it waited for room: nothing was sent
                 return self._gone_while_queued(trail, decision.group or ctx.features.model)
             if admitted is not decision:
@@ -253,6 +257,9 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
+
+
+_NOT_QUEUED = contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
-from quantroute.core.latency import ObservedLatency, aged, fit
+from quantroute.core.latency import ObservedLatency, aged, fit, peer_fit, pool
 from quantroute.core.model import (
     SERVING,
     BackendMetrics,
@@ -139,10 +139,14 @@ class StateStore:
         return Health.FRESH
 
     def snapshot(self) -> Snapshot:
+        if self.passive is not None:
+            self.passive.tick()  # an ejection held for want of room, made once there is room
         now = self._clock()
         loads = self.inflight.loads()
         idle = BackendLoad()
         states = []
+        observed = {r.config.id: self._observed(r.config.id) for r in self._records.values()}
+        peers = self._peers(observed)
         for r in self._records.values():
             load = loads.get(r.config.id, idle)
             states.append(
@@ -155,10 +159,42 @@ class StateStore:
                     pending_kv_tokens=load.unseen_kv_tokens,
                     prefill_backlog_tokens=load.prefill_backlog_tokens,
                     passive=self._passive(r.config.id),
-                    observed=self._observed(r.config.id),
+                    observed=observed[r.config.id],
+                    peers=peers.get(r.config.id),
                 )
             )
         return Snapshot(taken_at=now, backends=tuple(states))
+
+    def _peers(self, observed: dict[str, ObservedLatency | None]) -> dict[str, ObservedLatency]:
+        """Per backend, the pooled measurement of its variant: every replica measured and not
+        ejected (an ejected one may be the slow replica the rule caught), itself included.
+        Each replica's factors are then shrunk towards its variant's measured mean rather than
+        the matrix prior: the matrix's error is the variant's, a replica's own deviation is what
+        its samples show. Nothing for a replica that would only pool its own samples (one
+        replica measured in its variant: they would count twice)."""
+        if not self._policy.measured_latency or len(observed) < 2:
+            return {}
+        members: dict[str, list[str]] = {}
+        for r in self._records.values():
+            o = observed[r.config.id]
+            if (
+                o is not None
+                and o.n + o.per_token_n > 0.0
+                and not self._passive(r.config.id).ejected
+            ):
+                members.setdefault(r.config.variant_id, []).append(r.config.id)
+        pooled: dict[str, ObservedLatency | None] = {}
+        found: dict[str, ObservedLatency] = {}
+        for r in self._records.values():
+            variant, ids = r.config.variant_id, members.get(r.config.variant_id, [])
+            if not ids or ids == [r.config.id]:
+                continue
+            if variant not in pooled:
+                pooled[variant] = pool(o for i in ids if (o := observed[i]) is not None)
+            mean = pooled[variant]
+            if mean is not None:
+                found[r.config.id] = mean
+        return found
 
     def _passive(self, backend_id: str) -> PassiveState:
         return SERVING if self.passive is None else self.passive.state(backend_id)
@@ -171,20 +207,27 @@ class StateStore:
         return aged(o, self._clock() - o.at, self._policy.latency_half_life_s)
 
     def admin_view(self) -> list[dict[str, object]]:
+        if self.passive is not None:
+            self.passive.tick()
         now = self._clock()
         loads = self.inflight.loads()
+        peers = self._peers(
+            {r.config.id: self._observed(r.config.id) for r in self._records.values()}
+        )
         return [
-            self._admin_row(r, now, loads.get(r.config.id, BackendLoad()))
+            self._admin_row(r, now, loads.get(r.config.id, BackendLoad()), peers.get(r.config.id))
             for r in self._records.values()
         ]
 
-    def _latency_row(self, backend_id: str) -> dict[str, object]:
+    def _latency_row(self, backend_id: str, peers: ObservedLatency | None) -> dict[str, object]:
         """What was measured and how much it counts (the prior itself depends on the request
-        and the matrix: ``POST /v1/route/explain`` shows the blend for one request)."""
+        and the matrix: ``POST /v1/route/explain`` shows the blend for one request); factors
+        start from the variant peers' when those were measured (``peer_samples``)."""
         o = self._observed(backend_id)
         policy = self._policy
         k = policy.latency_prior_samples
-        ttft = fit(o if policy.measured_latency else None, k)
+        measured = policy.measured_latency
+        ttft = fit(o if measured else None, k, peer_fit(peers if measured else None, k))
         per_token_n = o.per_token_n if o is not None and policy.measured_latency else 0.0
         return {
             "measured": policy.measured_latency,
@@ -196,10 +239,13 @@ class StateStore:
             "queue_factor": round(ttft.queue_factor, 4),
             "prefill_factor": round(ttft.prefill_factor, 4),
             "weight": round(ttft.weight, 4),
+            "peer_samples": round(ttft.peer_n, 3),
             "per_token_weight": round(per_token_n / (per_token_n + k), 4),
         }
 
-    def _admin_row(self, r: _Record, now: float, load: BackendLoad) -> dict[str, object]:
+    def _admin_row(
+        self, r: _Record, now: float, load: BackendLoad, peers: ObservedLatency | None
+    ) -> dict[str, object]:
         m = r.metrics
         return {
             "id": r.config.id,
@@ -235,6 +281,6 @@ class StateStore:
                 "steered_away": dict(r.steered_away),
             },
             "passive_health": None if self.passive is None else self.passive.admin(r.config.id),
-            "latency": self._latency_row(r.config.id),
+            "latency": self._latency_row(r.config.id, peers),
             "metric_schema": None if r.schema is None else r.schema.as_dict(),
         }

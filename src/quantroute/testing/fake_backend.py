@@ -47,6 +47,9 @@ class FakeState:
     drop_requests: bool = False
     """Close the connection on every API request without answering (a backend whose /metrics
     still answers but whose engine is gone): the gateway sees a connect-class error."""
+    linger: threading.Event | None = None
+    """Keep a stream's connection open after ``data: [DONE]`` until this is set (bounded by
+    GATE_LIMIT_S): the client has the whole answer before the backend's connection ends."""
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
     aborted: int = 0
@@ -258,6 +261,8 @@ class FakeBackend:
                     b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
                 )
             await response.write(b"data: [DONE]\n\n")
+            if self.state.linger is not None:
+                await asyncio.to_thread(self.state.linger.wait, GATE_LIMIT_S)
             await response.write_eof()
         except ConnectionResetError:
             self.state.aborted += 1

@@ -1,5 +1,5 @@
-"""Candidate policies: the config's own, and seeded variations of its weights, thresholds and
-floors, each a config fragment merged over the config (:func:`apply`)."""
+"""Candidate policies: the config's own, and seeded variations of its weights, thresholds,
+floors and flow control, each a config fragment merged over the config (:func:`apply`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from quantroute.config import GatewayConfig, ScorerRef, parse_config
+from quantroute.config import GatewayConfig, PluginRef, ScorerRef, parse_config
 
 TUNED_SCORERS = ("headroom", "latency", "cost")
 REFERENCES_MS = (150.0, 250.0, 500.0, 1000.0)
@@ -15,6 +15,13 @@ PRESSURE = (0.75, 0.8, 0.85, 0.9)
 FLOOR_SHIFTS = (0.0, 0.0, -0.05)
 """A candidate may lower every group's floor a little; its quality is still judged against the
 config's own floors, so that costs it on the quality axis."""
+ON_SATURATION = ("queue", "queue", "downgrade", "reject")
+MAX_WAIT_S = (10.0, 30.0, 60.0)
+MAX_QUEUE = (100, 1000)
+WAITING_LIMITS: tuple[int | None, ...] = (None, None, 4, 8, 16)
+"""The ``waiting`` filter's limit (vLLM's waiting queue at which a backend counts as saturated,
+so requests wait in the gateway's queue, interactive first, instead of vLLM's); None: no
+``waiting`` filter (saturation is the KV cache alone)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,23 @@ def _profile(refs: tuple[ScorerRef, ...], weights: dict[str, float]) -> list[dic
     return out
 
 
+def _filters(refs: tuple[PluginRef, ...], limit: int | None) -> list[dict[str, Any]]:
+    """``refs`` with the ``waiting`` filter set to ``limit`` (removed for None)."""
+    out = [r.model_dump(exclude_defaults=True) | {"name": r.name} for r in refs
+           if r.name != "waiting"]  # fmt: skip
+    if limit is not None:
+        out.append({"name": "waiting", "parameters": {"limit": limit}})
+    return out
+
+
+def _flow(rng: random.Random) -> dict[str, Any]:
+    return {
+        "on_saturation": rng.choice(ON_SATURATION),
+        "max_wait_s": rng.choice(MAX_WAIT_S),
+        "max_queue_length": rng.choice(MAX_QUEUE),
+    }
+
+
 def _draw(config: GatewayConfig, rng: random.Random, number: int) -> Candidate:
     scorers = config.policy.scorers
     policy: dict[str, Any] = {
@@ -52,14 +76,25 @@ def _draw(config: GatewayConfig, rng: random.Random, number: int) -> Candidate:
         "latency_reference_ms": rng.choice(REFERENCES_MS),
         "kv_pressure_threshold": rng.choice(PRESSURE),
         "quality_fallback": rng.choice(("reject", "best_available")),
+        "flow_control": _flow(rng),
     }
+    limit = rng.choice(WAITING_LIMITS)
+    current = next((r.parameters.get("limit") for r in config.policy.filters
+                    if r.name == "waiting"), None)  # fmt: skip
+    if limit != current:
+        policy["filters"] = _filters(config.policy.filters, limit)
     fragment: dict[str, Any] = {"policy": policy}
     shift = rng.choice(FLOOR_SHIFTS)
-    if shift and any(g.quality_floor > 0 for g in config.groups):
+    floors = shift and any(g.quality_floor > 0 for g in config.groups)
+    own_modes = any(g.on_saturation is not None for g in config.groups)
+    if floors or own_modes:
+        # a group's own on_saturation would hide the drawn default: the candidate sets it too
+        mode = policy["flow_control"]["on_saturation"]
         fragment["groups"] = [
             {
-                **g.model_dump(mode="json"),
+                **g.model_dump(mode="json", exclude_none=True),
                 "quality_floor": round(max(0.0, g.quality_floor + shift), 3),
+                **({"on_saturation": mode} if g.on_saturation is not None else {}),
             }
             for g in config.groups
         ]

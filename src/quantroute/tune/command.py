@@ -96,7 +96,7 @@ def _secs(v: float | None) -> str:
 
 def _table(title: str, rows: Sequence[Scored], chosen: Scored | None = None) -> Table:
     table = Table(title=title)
-    for col in ("policy", "p99 TTFT", "p50 TTFT", "$/1M out", "quality share", "refused"):
+    for col in ("policy", "p99 TTFT", "p50 TTFT", "$/1M out", "quality share", "refused", "queued"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for s in rows:
         m = s.summary
@@ -105,6 +105,7 @@ def _table(title: str, rows: Sequence[Scored], chosen: Scored | None = None) -> 
             s.candidate.name + mark, _secs(m.ttft_p99_s), _secs(m.ttft_p50_s),
             "–" if m.cost_per_1m is None else f"{m.cost_per_1m:.3f}",
             "–" if m.quality_share is None else f"{m.quality_share:.1%}", str(m.refused),
+            str(m.queued),
         )  # fmt: skip
     return table
 
