@@ -14,7 +14,13 @@ from quantroute.extras import MissingExtra, require
 def _serve(args: argparse.Namespace) -> int:
     from quantroute.serve import serve
 
-    return serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
+    return serve(
+        args.config,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=args.workers,
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -69,6 +75,12 @@ def _parser(command: str = "") -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="override listen.host")
     p.add_argument("--port", type=int, default=None, help="override listen.port")
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT), each with its own state",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a gateway config and print it resolved")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
+import socket
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -16,7 +18,7 @@ from quantroute.observe.settings import resolve_tracing
 from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
 from quantroute.resilience.memory import tune_allocator
 from quantroute.server.app import create_app
-from quantroute.serving import EmbeddedServer, uvicorn_config
+from quantroute.serving import EmbeddedServer, reuse_port_socket, run_workers, uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
 
 
@@ -68,19 +70,55 @@ def metrics_server(registry: CollectorRegistry, host: str, port: int) -> Embedde
     return EmbeddedServer(config)
 
 
-async def _serve_both(main: uvicorn.Server, metrics: uvicorn.Server | None) -> None:
+async def _serve_both(
+    main: uvicorn.Server,
+    metrics: uvicorn.Server | None,
+    sockets: tuple[socket.socket | None, socket.socket | None] = (None, None),
+) -> None:
     """The API server owns the signals; the metrics server stops when it has stopped."""
-    task = asyncio.create_task(metrics.serve()) if metrics is not None else None
+    own, theirs = ([s] if s is not None else None for s in sockets)
+    task = asyncio.create_task(metrics.serve(theirs)) if metrics is not None else None
     try:
-        await main.serve()
+        await main.serve(own)
     finally:
         if metrics is not None and task is not None:
             metrics.should_exit = True
             await task
 
 
-def serve(path: str, *, host: str | None, port: int | None, log_level: str = "info") -> int:
-    """Run the gateway until SIGTERM (drain, exit 0) or Ctrl-C; SIGHUP reloads ``path``."""
+def serve(
+    path: str,
+    *,
+    host: str | None,
+    port: int | None,
+    log_level: str = "info",
+    workers: int = 1,
+) -> int:
+    """Run the gateway until SIGTERM (drain, exit 0) or Ctrl-C; SIGHUP reloads ``path``.
+
+    ``workers`` > 1: that many gateway processes on the one port (``SO_REUSEPORT``), each with
+    its own scraper, in-flight account, queue and metrics (README "Several worker processes")."""
+    if workers <= 1:
+        return _serve(path, host, port, log_level)
+    config = load_config(path)
+    listen_host, listen_port = host or config.listen.host, port or config.listen.port
+    check_exposure(config, listen_host)
+    worker = functools.partial(_worker, path, listen_host, log_level, workers)
+    return run_workers(workers, worker, listen_host, listen_port)
+
+
+def _worker(path: str, host: str, log_level: str, count: int, index: int, port: int) -> int:
+    """One of ``count`` workers (a spawned process): the gateway on the shared port."""
+    return _serve(path, host, port, log_level, worker=(index, count))
+
+
+def _serve(
+    path: str,
+    host: str | None,
+    port: int | None,
+    log_level: str,
+    worker: tuple[int, int] | None = None,
+) -> int:
     config = load_config(path)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,10 +142,28 @@ def serve(path: str, *, host: str | None, port: int | None, log_level: str = "in
         if metrics_port is not None
         else None
     )
-    if metrics is None:
+    sockets: tuple[socket.socket | None, socket.socket | None] = (None, None)
+    if worker is not None:  # every worker binds the shared ports itself
+        app.state.telemetry.set_worker(*worker, os.getpid())
+        sockets = (
+            reuse_port_socket(listen_host, listen_port),
+            None if metrics_port is None else reuse_port_socket(listen_host, metrics_port),
+        )
+        for sock in sockets:
+            if sock is not None:
+                sock.listen(settings.backlog)  # connections wait in the backlog from here
+        # uvicorn logs no address for sockets it is given: this worker's own line
+        logging.getLogger("quantroute.serve").info(
+            "Uvicorn running on http://%s:%d (worker %d of %d, pid %d)",
+            listen_host,
+            listen_port,
+            *worker,
+            os.getpid(),
+        )
+    if metrics is None and worker is None:
         server.run()
     else:
         loop_factory = server.config.get_loop_factory()
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve_both(server, metrics))
+            runner.run(_serve_both(server, metrics, sockets))
     return 0

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -43,3 +48,60 @@ def uvicorn_config(
         timeout_graceful_shutdown=drain_s,  # type: ignore[arg-type]  # a float works
         lifespan="on",
     )
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with ``SO_REUSEPORT`` (not yet listening): several processes bind the
+    same port, and the kernel spreads new connections over those that listen (by a hash of the
+    connection's addresses, so one connection stays with one process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run_workers(count: int, worker: Callable[[int, int], object], host: str, port: int) -> int:
+    """``worker(index, port)`` in ``count`` processes sharing ``host:port`` (``SO_REUSEPORT``);
+    returns the highest exit code. Port 0 is resolved here first, so all share the one port (the
+    parent keeps that socket bound, never listening, so the port stays theirs). SIGTERM, SIGHUP
+    and SIGINT are passed on (SIGINT as SIGTERM: a drain); when one worker exits, the others are
+    told to drain too, so the pod restarts whole rather than serving on fewer processes."""
+    holder = reuse_port_socket(host, port)
+    port = holder.getsockname()[1]
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=worker, args=(i, port), name=f"quantroute-{i}") for i in range(count)]  # fmt: skip
+
+    stopping = False
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        sent = signal.SIGTERM if sig == signal.SIGINT else sig
+        if sent == signal.SIGTERM:
+            if stopping:  # once: a worker past its drain has its default handler back
+                return
+            stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, sent)
+
+    originals = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}  # fmt: skip
+    try:
+        for proc in procs:
+            proc.start()
+        while any(proc.is_alive() for proc in procs):
+            multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()])
+            if any(p.exitcode is not None for p in procs):
+                forward(signal.SIGTERM, None)
+                for proc in procs:
+                    proc.join()
+    finally:
+        for sig, original in originals.items():
+            signal.signal(sig, original)
+        holder.close()
+    return max(abs(p.exitcode or 0) for p in procs)

@@ -166,6 +166,17 @@ class Telemetry:
         self.resilience = ResilienceMetrics(r)
         self.flow = FlowMetrics(r)
 
+    def set_worker(self, index: int, count: int, pid: int) -> None:
+        """``serve --workers``: which worker's /metrics this is (each worker has its own)."""
+        info = Gauge(
+            "quantroute_worker_info",
+            "This gateway worker process (serve --workers: one series per scrape, the "
+            "answering worker's own counters)",
+            ["worker", "workers", "pid"],
+            registry=self.registry,
+        )
+        info.labels(str(index), str(count), str(pid)).set(1)
+
     def child(self, metric: M, *values: str) -> M:
         """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
         a key on every ``labels()`` call. For per-request counters and histograms only, whose

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -118,3 +119,67 @@ def test_usage_from_event(raw: bytes, expected: Usage | None) -> None:
 )
 def test_usage_from_body(body: bytes, expected: Usage | None) -> None:
     assert usage_from_body(body) == expected
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_usage_null_in_every_chunk_passes_and_only_the_usage_event_is_stripped(
+    spaced: bool,
+) -> None:
+    """vLLM (like OpenAI) puts ``"usage":null`` in every chunk once usage is asked for."""
+    dumps: dict[str, object] = {"separators": (", ", ": ")} if spaced else {}
+
+    def ev(obj: object) -> bytes:
+        return b"data: " + json.dumps(obj, **dumps).encode() + b"\n\n"  # type: ignore[arg-type]
+
+    head = b"".join(ev({**chunk(t), "usage": None}) for t in ("Hel", "lo"))
+    done = b"data: [DONE]\n\n"
+    sent = head + ev(USAGE) + done
+    for cut in range(len(sent)):
+        tap = SSEUsageTap(strip_usage=True)
+        assert feed_all(tap, [sent[:cut], sent[cut:]]) == head + done, cut
+        assert tap.finish() == Usage(12, 3)
+
+
+def _strip_by_splitting_everything(data: bytes) -> bytes:
+    """The reference: every event split out and looked at (what the tap did before it skipped
+    the events ahead of the first usage object)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    cut = max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+    complete, rest = data[:cut], data[cut:]  # the events that ended; the rest waits
+    out, start = [], 0
+    for boundary in re.finditer(rb"\r\n\r\n|\n\n", complete):
+        ev, start = complete[start : boundary.end()], boundary.end()
+        if usage_from_event(ev) is None or b'"choices":[]' not in ev.replace(b" ", b""):
+            out.append(ev)
+    return b"".join(out) + rest
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n", b"\n\n\n", b"\n\r\n\r\n"])
+def test_a_read_holding_a_whole_stream_is_stripped_as_by_splitting_every_event(sep: bytes) -> None:
+    sent, _ = stream(sep)
+    tap = SSEUsageTap(strip_usage=True)
+    assert feed_all(tap, [sent]) == _strip_by_splitting_everything(sent)
+    assert tap.finish() == Usage(12, 3)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+@pytest.mark.parametrize(
+    ("chunks", "complete"),
+    [
+        ([b'data: {"a":1}\n\n', b"data: [DONE]\n\n"], True),  # the last event alone in a read
+        ([b'data: {"a":1}\n\ndata: [DONE]\n\n'], True),
+        ([b"data: [DONE]\n\n"], True),
+        ([b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n'], True),
+        ([b'data: {"a":1}\n\n', b"data: [DO"], False),  # not whole yet
+        ([b'data: {"a":1}\n\n'], False),
+        ([b'data: {"content":"see data: [DONE]\n\n'], False),  # inside a text, no event
+        ([b"data: [DONE]\n\n", b'data: {"a":1}\n\n'], False),  # not the last event
+    ],
+)
+def test_the_tap_knows_when_the_terminal_event_has_passed(
+    chunks: list[bytes], complete: bool, strip: bool
+) -> None:
+    tap = SSEUsageTap(strip)
+    for chunk in chunks:
+        tap.feed(chunk)
+    assert tap.complete() is complete

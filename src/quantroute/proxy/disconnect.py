@@ -1,7 +1,7 @@
-"""Noticing a client that goes away, without extra tasks on the hot path beyond one watcher.
+"""Noticing a client that goes away, without a task per request.
 
-:class:`DisconnectGuard` watches ``receive`` for ``http.disconnect`` in one small task and cancels
-the task that entered it. Used around the upstream exchange (:func:`race_disconnect`) and around
+:class:`DisconnectGuard` watches ``receive`` for ``http.disconnect`` through a callback on the
+future ``receive()`` waits on, and cancels the task that entered it. Used around the upstream exchange (:func:`race_disconnect`) and around
 a streamed body (:class:`RelayResponse`): in both, the cancellation lands in the code that owns
 the upstream response, whose ``finally`` closes it, so vLLM aborts the request.
 
@@ -13,42 +13,136 @@ per response: measured, both cost a visible share of the gateway's CPU per reque
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TypeVar
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from quantroute.errors import ClientDisconnected
 
 T = TypeVar("T")
+MAX_MESSAGES = 64
+"""Request messages a guard reads past (a body still arriving) before it stops watching."""
 
 
 class DisconnectGuard:
+    """Cancels the task that entered it when ``receive`` yields ``http.disconnect``.
+
+    No task per request: ``receive()`` is stepped by hand up to the future it waits on (the
+    server's "a message arrived" event), and this guard's callback on that future takes the
+    next step, as a task would, only when the future completes (a message, or the client
+    gone). On exit the pending ``receive()`` is closed, which removes its waiter. A server whose
+    ``receive`` waits on anything but an asyncio future gets the one watcher task instead."""
+
+    __slots__ = (
+        "_coro",
+        "_entering",
+        "_fut",
+        "_gone",
+        "_open",
+        "_receive",
+        "_steps",
+        "_task",
+        "_watcher",
+    )
+
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._gone = False
+        self._open = False
+        self._entering = False
+        self._steps = 0
         self._task: asyncio.Task[object] | None = None
+        self._coro: Coroutine[object, None, Message] | None = None
+        self._fut: asyncio.Future[object] | None = None
         self._watcher: asyncio.Task[None] | None = None
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        assert self._task is not None
-        self._task.cancel()
 
     def __enter__(self) -> DisconnectGuard:
         self._task = asyncio.current_task()
-        self._watcher = asyncio.create_task(self._watch())
+        self._open = self._entering = True
+        try:
+            self._next()
+        finally:
+            self._entering = False
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._watcher is not None
-        self._watcher.cancel()
+        self._open = False
+        self._stop_waiting()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def _stop_waiting(self) -> None:
+        if self._fut is not None:
+            self._fut.remove_done_callback(self._wake)
+            self._fut = None
+        if self._coro is not None:
+            self._coro.close()  # GeneratorExit where it waits: its waiter is removed
+            self._coro = None
+
+    def _wake(self, fut: asyncio.Future[object]) -> None:
+        self._fut = None
+        if self._open:
+            self._step()
+
+    def _step(self) -> None:
+        """Run ``receive()`` on until it waits again (callback on that future) or returns."""
+        coro = self._coro
+        assert coro is not None
+        try:
+            waits_on = coro.send(None)
+        except StopIteration as done:
+            self._coro = None
+            self._received(done.value)
+            return
+        except BaseException:  # receive itself failed: nothing more to watch
+            self._coro = None
+            return
+        if isinstance(waits_on, asyncio.Future):
+            waits_on._asyncio_future_blocking = False  # what a task does with what it awaits
+            self._fut = waits_on
+            waits_on.add_done_callback(self._wake)
+            return
+        # not an asyncio future (another event loop's receive): the task-based watcher
+        self._stop_waiting()
+        self._watcher = asyncio.create_task(self._watch())
+
+    def _received(self, message: Message) -> None:
+        if message["type"] == "http.disconnect":
+            self._disconnected()
+            return
+        self._steps += 1
+        if self._steps < MAX_MESSAGES:  # a body message, read past: wait for the next one
+            self._next()
+
+    def _next(self) -> None:
+        waiting = self._receive()
+        if not asyncio.iscoroutine(waiting):  # some other awaitable: the watcher task
+            self._watcher = asyncio.create_task(self._watch())
+            return
+        self._coro = waiting
+        self._step()
+
+    def _disconnected(self) -> None:
+        if self._entering:  # gone already: cancel from the loop, as a watcher task would
+            asyncio.get_running_loop().call_soon(self._cancel)
+        else:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._open and not self._gone:
+            self._gone = True
+            assert self._task is not None
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._cancel()
 
     def caused(self, exc: asyncio.CancelledError) -> bool:
         """True when ``exc`` is this guard's doing (and nobody else also cancelled the task)."""

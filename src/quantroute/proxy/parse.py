@@ -7,16 +7,19 @@ the rest with its own error bodies). Problems raise :class:`InvalidRequest` nami
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from quantroute.config import PolicyConfig
 from quantroute.core import features as feat
 from quantroute.core.model import LatencyClass, RequestFeatures
 from quantroute.core.prefix import PrefixSettings, PromptBlocks, chat_prefix_text
 from quantroute.errors import InvalidRequest
-from quantroute.resilience.json_limits import TooDeep, loads_bounded
+from quantroute.resilience.json_limits import TooDeep, depth_exceeds, loads_bounded
 from quantroute.resilience.settings import ClientLimits
 
 DEFAULT_LIMITS = ClientLimits()
@@ -37,11 +40,32 @@ class ParsedRequest:
     wants_usage: bool
 
 
+_LONG_INT = re.compile(rb"[0-9]{20}")
+"""A digit run that may be an integer of 64 bits or more: orjson reads those as floats."""
+
+
+def _loads(raw: bytes, max_depth: int) -> Any:
+    """``json.loads``' result, parsed by orjson when that gives the same value: orjson refuses
+    what ``json`` accepts beyond the standard (NaN, lone surrogates, UTF-16 bodies) and reads
+    integers of 64 bits or more as floats, so those bodies (and any error) take ``json``'s path,
+    which also gives the error messages and the depth verdict."""
+    if _LONG_INT.search(raw) is None:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(value, dict | list) and depth_exceeds(value, max_depth):
+                raise TooDeep(f"JSON nests deeper than {max_depth} levels")
+            return value
+    return loads_bounded(raw, max_depth)
+
+
 def load_body(raw: bytes, max_depth: int = DEFAULT_LIMITS.max_json_depth) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:
-        body = loads_bounded(raw, max_depth)
+        body = _loads(raw, max_depth)
     except TooDeep as exc:
         raise InvalidRequest(f"Request body is not accepted: {exc}.") from None
     except (ValueError, UnicodeDecodeError) as exc:

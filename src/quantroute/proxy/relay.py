@@ -149,25 +149,37 @@ class _Stream:
         self._closed = False
         self._continuing = False
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self._first is not None:
-            yield self._first
-        async for chunk in self._upstream.chunks():
-            yield chunk
+    def _pass(self, chunk: bytes) -> bytes:
+        """One read of the backend's stream: checked, tapped; what the client gets of it."""
+        self._cap.check(chunk)
+        self._attempt.first_byte()
+        out = self._tap.feed(chunk)
+        return out if self._cont is None else self._cont.take(out)
+
+    def _recorded_error(self) -> bool:
+        """The continuation's recorder saw the backend's own error event: the stream ends."""
+        cont = self._cont
+        return cont is not None and cont.recorder is not None and bool(cont.recorder.error)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # one generator per stream: the backend's reads are consumed here directly (the first
+        # one, already read by the forwarder, before them), each yielded as it came (aiohttp's
+        # read returns every byte that arrived, so chunks that came together go out together)
         attempt, tap, cont = self._attempt, self._tap, self._cont
         try:
-            async for chunk in self._chunks():
-                self._cap.check(chunk)
-                attempt.first_byte()
-                out = tap.feed(chunk)
-                if cont is not None:
-                    out = cont.take(out)
+            ended = False
+            if self._first is not None:
+                out = self._pass(self._first)
                 if out:
                     yield out
-                if cont is not None and cont.recorder is not None and cont.recorder.error:
-                    break
+                ended = self._recorded_error()
+            if not ended:
+                async for chunk in self._upstream.chunks():
+                    out = self._pass(chunk)
+                    if out:
+                        yield out
+                    if self._recorded_error():
+                        break
             rest = tap.flush()
             if cont is not None:
                 rest = cont.take(rest)

@@ -17,6 +17,8 @@ from quantroute.errors import UpstreamTooLarge
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
 """The end of an SSE event: an empty line (vLLM frames with LF; CRLF framing is valid SSE too)."""
 _USAGE_MARK = b'"usage":{'
+_USAGE_MARK_SPACED = b'"usage": {'
+"""The two spellings :func:`usage_from_event` recognises a usage object by."""
 _TAIL_KEEP = 8192
 
 
@@ -28,7 +30,7 @@ class Usage:
 
 def usage_from_event(event: bytes) -> Usage | None:
     """``data: {...}`` with a ``usage`` object -> Usage; anything else -> None."""
-    if _USAGE_MARK not in event.replace(b'": {', b'":{'):
+    if _USAGE_MARK not in event and _USAGE_MARK_SPACED not in event:
         return None
     payload = event.strip()
     if payload.startswith(b"data:"):
@@ -79,13 +81,23 @@ class SSEUsageTap:
             self._pending = data
             return b""
         complete, self._pending = data[:cut], data[cut:]
-        if _DONE.search(complete):
-            self._done = True
-        if b'"usage"' not in complete:
+        self._done = _ends_done(complete)  # the last whole event read so far
+        if _USAGE_MARK not in complete and _USAGE_MARK_SPACED not in complete:
+            # no usage object (vLLM puts "usage":null in every chunk once usage is asked for):
+            # no event here can be the usage event, nothing to split
             return complete
-        kept = []
-        start = 0
-        for boundary in _BOUNDARY.finditer(complete):
+        # the events before the first usage object pass whole (a read may hold a whole
+        # stream's events when the gateway is busy): only the rest is split and looked at
+        first = min(
+            i for i in (complete.find(_USAGE_MARK), complete.find(_USAGE_MARK_SPACED)) if i >= 0
+        )
+        head = complete[:first]
+        # where finditer from 0 would have cut: unambiguous for plain LF framing (vLLM's)
+        plain = b"\r" not in head and b"\n\n\n" not in head
+        cut = head.rfind(b"\n\n") if plain else -1
+        start = cut + 2 if cut >= 0 else 0
+        kept = [complete[:start]]
+        for boundary in _BOUNDARY.finditer(complete, start):
             event, start = complete[start : boundary.end()], boundary.end()
             usage = usage_from_event(event)
             if usage is not None and b'"choices":[]' in event.replace(b" ", b""):
@@ -101,7 +113,7 @@ class SSEUsageTap:
     def complete(self) -> bool:
         if self._strip:
             return self._done
-        return _DONE.search(b"".join(self._tail)[-_DONE_WINDOW:]) is not None
+        return _ends_done(b"".join(self._tail)[-_DONE_WINDOW:])
 
     def finish(self) -> Usage | None:
         if self.usage is None and self._tail:
@@ -116,8 +128,17 @@ class SSEUsageTap:
 
 _DONE_WINDOW = 32
 """The terminal ``data: [DONE]`` event and its blank line fit in the stream's last bytes."""
-_DONE = re.compile(rb"(?:^|\n)data: ?\[DONE\]\r?\n\r?\n\Z")
-"""The stream's terminal event, as the last bytes (``[DONE]`` inside a text is JSON)."""
+_DONE_EVENTS = (b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"data: [DONE]\r\n\r\n")
+
+
+def _ends_done(data: bytes) -> bool:
+    """Whether ``data`` ends with the stream's terminal event, as an event of its own (at the
+    start of ``data`` or after a line break; a ``[DONE]`` inside a text is JSON-quoted)."""
+    for event in _DONE_EVENTS:
+        if data.endswith(event):
+            before = len(data) - len(event)
+            return before == 0 or data[before - 1] == 0x0A
+    return False
 
 
 def _last_boundary_end(data: bytes) -> int:

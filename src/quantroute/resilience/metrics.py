@@ -11,6 +11,7 @@ from quantroute.resilience.outliers import EjectionReason
 class ResilienceMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
+        self._ejected_shown: dict[str, bool] = {}
         self.ejections = Counter(
             "quantroute_ejections",
             "Backends ejected from routing by passive health, by reason.",
@@ -81,7 +82,7 @@ class ResilienceMetrics:
     def declare_backend(self, backend: str) -> None:
         for reason in EjectionReason:
             self.ejections.labels(backend, reason.value)
-        self.ejected.labels(backend).set(0)
+        self.set_ejected(backend, False)
         for outcome in (AttemptOutcome.OK, AttemptOutcome.SERVER_ERROR):
             self.outcomes.labels(backend, outcome.value)
         for attempt in ("first", "retry"):
@@ -91,3 +92,11 @@ class ResilienceMetrics:
         """Its gauges go; its counters stay (rates need them), as for the other metrics."""
         for metric in (self.ejected, self.schema_ok):
             metric.remove_by_labels({"backend": backend})
+        self._ejected_shown.pop(backend, None)
+
+    def set_ejected(self, backend: str, ejected: bool) -> None:
+        """The ``ejected`` gauge, written only when it changes: it is read on every snapshot
+        (every request), and prometheus-client's ``labels()`` takes a lock each time."""
+        if self._ejected_shown.get(backend) is not ejected:
+            self.ejected.labels(backend).set(1 if ejected else 0)
+            self._ejected_shown[backend] = ejected

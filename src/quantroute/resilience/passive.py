@@ -128,7 +128,7 @@ class PassiveHealthMonitor:
     # -- reading -------------------------------------------------------------------------------
     def state(self, backend_id: str) -> PassiveState:
         view = self.machine.view(backend_id, self._clock())
-        self._metrics.ejected.labels(backend_id).set(1 if view.ejected else 0)
+        self._metrics.set_ejected(backend_id, view.ejected)
         return _as_state(view)
 
     def observed(self, backend_id: str) -> ObservedLatency | None:

@@ -5,14 +5,16 @@ starts the scrape loop, the matrix and keys watchers and (with a config file) th
 watcher, and closes all of them on shutdown. The running config and gateway live in a
 :class:`~quantroute.server.runtime.Runtime`, swapped on reload.
 
-Two ASGI middlewares wrap the app, outermost first:
+Three ASGI middlewares wrap the app, outermost first:
 
 1. :class:`~quantroute.access.middleware.AccessMiddleware`: the request id (so every answer,
    refusals included, carries ``x-request-id``), authentication (401/403) and the media type
    (415), before the request costs anything;
 2. :class:`~quantroute.resilience.client_limits.ClientLimitsMiddleware`: the concurrency limit
    (503 + ``Retry-After``), then the body, read counting its bytes (the one body-size limit,
-   ``resilience.client.max_body_bytes``: 413) within the body timeouts (408).
+   ``resilience.client.max_body_bytes``: 413) within the body timeouts (408);
+3. :class:`~quantroute.server.edge.ProxyRoutes`: the two proxy routes handed straight to the
+   gateway (no router, no Starlette ``Request`` per request); everything else goes on to FastAPI.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.reload import ConfigReloader
 from quantroute.resilience.settings import ReloadSettings
 from quantroute.server import errors, routes
+from quantroute.server.edge import ProxyRoutes
 from quantroute.server.gateway import Gateway
 from quantroute.server.runtime import Runtime
 from quantroute.state.matrix_source import MatrixSource
@@ -291,7 +294,9 @@ def create_app(
     errors.install(app)
     routes.install(app)
     api_routes.install(app)
-    # the last added runs first: access (request id, key) outside the client limits
+    # the last added runs first: access (request id, key) outside the client limits, and the
+    # proxy routes' own edge inside both, ahead of FastAPI's router
+    app.add_middleware(ProxyRoutes, gateway=lambda: getattr(app.state, "gateway", None))
     app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected, on_gone=gone)
     app.add_middleware(AccessMiddleware, access=guard)
     return app

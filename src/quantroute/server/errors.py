@@ -47,6 +47,11 @@ def error_response(
 
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
+    return await request_error(request, exc)
+
+
+async def request_error(request: Request, exc: RequestError) -> Response:
+    """A :class:`RequestError` as its HTTP answer (also the proxy routes' own edge's)."""
     body = exc.body()
     if isinstance(exc, NoBackendAvailable):
         access: AccessControl = request.app.state.access

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from quantroute.access.control import AccessControl
@@ -36,6 +36,7 @@ from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
+from quantroute.server.edge import HttpRequest
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.prefix import PrefixTracker
 from quantroute.state.store import StateStore
@@ -50,7 +51,7 @@ TRACED_FROM_THE_BODY: dict[str, Kind] = {
 FORWARD_HEADERS = {"Content-Type": "application/json"}
 
 
-def _principal(request: Request) -> Principal:
+def _principal(request: HttpRequest) -> Principal:
     principal: Principal = (request.scope.get("state") or {}).get("principal", OPEN)
     return principal
 
@@ -121,7 +122,7 @@ class Gateway:
         self,
         kind: Kind | None,
         raw: bytes,
-        request: Request,
+        request: HttpRequest,
         *,
         dry_run: bool = False,
         principal: Principal = OPEN,
@@ -145,7 +146,7 @@ class Gateway:
         ids = [b.id for b in self.store.configs()]
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
-    async def handle(self, kind: Kind, request: Request) -> Response:
+    async def handle(self, kind: Kind, request: HttpRequest) -> Response:
         """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
         log, spans) is settled when the request is over (:meth:`RequestContext.done`), or by
         :func:`_settles` when it ends in an error the gateway answers itself."""
@@ -160,7 +161,7 @@ class Gateway:
         self,
         parsed: ParsedRequest,
         exchange: Exchange,
-        request: Request,
+        request: HttpRequest,
         trail: Trail | None = None,
     ) -> Response:
         """Decide and forward a parsed request of any API (``exchange`` says how): the key's
@@ -173,7 +174,7 @@ class Gateway:
             return await self._dispatch(parsed, exchange, request, trail)
 
     async def _dispatch(
-        self, parsed: ParsedRequest, exchange: Exchange, request: Request, trail: Trail
+        self, parsed: ParsedRequest, exchange: Exchange, request: HttpRequest, trail: Trail
     ) -> Response:
         state = request.scope.get("state") or {}
         principal = _principal(request)
@@ -226,14 +227,14 @@ class Gateway:
         self.router.telemetry.requests.labels("none", group, str(CLIENT_CLOSED)).inc()
         return Response(status_code=CLIENT_CLOSED)
 
-    def client_gone(self, request: Request) -> None:
+    def client_gone(self, request: HttpRequest) -> None:
         """A client left while sending its body (the client-limits middleware read it, so
         :meth:`handle` never ran): the trail says 499, as when ``handle`` notices it itself."""
         kind = TRACED_FROM_THE_BODY.get(request.scope["path"])
         if kind is not None:
             self._begin(kind, request).finish(CLIENT_CLOSED, error="client_disconnected")
 
-    def _begin(self, kind: str, request: Request) -> Trail:
+    def _begin(self, kind: str, request: HttpRequest) -> Trail:
         """The request's trail, under the access middleware's request id and the key's name
         (never the key itself; none when no keys are configured)."""
         if not self.observer.active:
@@ -249,7 +250,7 @@ class Gateway:
             key=None if principal is OPEN else principal.name,
         )
 
-    async def explain(self, request: Request) -> dict[str, Any]:
+    async def explain(self, request: HttpRequest) -> dict[str, Any]:
         """The decision a request would get now, recording nothing (chat or completions body)."""
         raw = await request.body()
         parsed = self.parse(None, raw, request, dry_run=True, principal=_principal(request))
