@@ -28,6 +28,10 @@ pytestmark = pytest.mark.vllm
 
 PAIR = (Variant("kill-a", 1024, cpu_bind="0"), Variant("kill-b", 1024, cpu_bind="1"))
 MAX_TOKENS = 200
+BURST_TOKENS = 800
+"""The streams sent before the kill are as long as the 1,024-token context allows with room to
+spare: on a quiet machine the tiny model finishes 200 tokens in well under a second, before a
+poll can see two of them in flight on the victim (a CI run missed it that way)."""
 BURST = 8
 """Streams sent before the kill, and as many right after it: enough for two in flight on the
 victim, few enough that the survivor serves them all well within the timeouts on a loaded CPU."""
@@ -98,7 +102,7 @@ def pair(vllm_tier: VllmTier, tmp_path_factory: pytest.TempPathFactory) -> Itera
             server.process.stop()
 
 
-async def one_stream(client: openai.AsyncOpenAI) -> tuple[str, str]:
+async def one_stream(client: openai.AsyncOpenAI, max_tokens: int = MAX_TOKENS) -> tuple[str, str]:
     """("ok" | "cut: <error>" | "failed before first byte: <error>", backend)."""
     started = False
     backend = ""
@@ -106,7 +110,7 @@ async def one_stream(client: openai.AsyncOpenAI) -> tuple[str, str]:
         async with client.chat.completions.with_streaming_response.create(
             model="auto",
             messages=[{"role": "user", "content": "the kalo mira"}],
-            max_tokens=MAX_TOKENS,
+            max_tokens=max_tokens,
             stream=True,
             extra_body={"ignore_eos": True},
         ) as response:
@@ -126,11 +130,12 @@ async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
         base_url=pair.gateway_url + "/v1", api_key="x", max_retries=0, timeout=300
     )
     try:
-        burst = [asyncio.create_task(one_stream(client)) for _ in range(BURST)]
+        burst = [asyncio.create_task(one_stream(client, BURST_TOKENS)) for _ in range(BURST)]
         await apoll_until(
             lambda: asyncio.to_thread(lambda: pair.admin()[victim]["in_flight"]["requests"]),
             lambda n: n >= 2,
             timeout_s=60,
+            interval_s=0.05,
         )
         os.killpg(pair.servers[victim].process.popen.pid, signal.SIGKILL)  # mid-burst
         after = [asyncio.create_task(one_stream(client)) for _ in range(BURST)]

@@ -11,6 +11,10 @@ import httpx
 
 WORDS = ("the", "kalo", "mira", "tuvel", "and", "sadorpe", "an", "of", "quizen", "ra")
 LOAD_MAX_TOKENS = 90  # with a ~30-token prompt: under 128 tokens, one KV block per request
+LOAD_TURNS = 2000
+"""Requests per load worker at most: the wall-time bound is the one meant to end the load. On a
+quiet machine the tiny model answers a request in a fraction of a second, and 200 per worker
+ran out before a test was done with the load (a CI run saw the cache empty mid-test)."""
 
 
 def filler(words: int, salt: str = "") -> str:
@@ -29,7 +33,7 @@ async def one_block_load(
     load stays steady on a busy machine). With more workers than free blocks the cache stays
     full and the rest wait in vLLM's queue. A failed request (a timeout on a slow machine) is
     counted and the worker goes on, so the load does not fade silently; if every request failed,
-    exit raises. Bounded: at most 200 requests per worker and ``max_seconds`` of wall time; on
+    exit raises. Bounded: at most LOAD_TURNS requests per worker and ``max_seconds`` of wall time; on
     exit requests in flight get 60 s, then are cancelled.
     """
     limits = httpx.Limits(max_connections=workers + 1)
@@ -39,7 +43,7 @@ async def one_block_load(
     failures: list[str] = []
 
     async def worker(index: int) -> None:
-        for turn in range(200):
+        for turn in range(LOAD_TURNS):
             if stop.is_set():
                 return
             body = {

@@ -160,6 +160,9 @@ def test_a_retry_is_two_attempt_spans_the_first_failed_with_a_retry_event(
         fleet.exporter.clear()
         for h in fleet.headers_seen.values():
             h.clear()
+        # the first round's request to a counts in a's load until a scrape has seen it (then
+        # the cheaper a would not be the first pick): wait for a scrape after it
+        assert wait_until(lambda: _unseen(fleet) == 0, 5.0), _unseen(fleet)
         reply = fleet.client().chat.completions.with_raw_response.create(
             model="auto", messages=MSG, max_tokens=2, stream=stream
         )
@@ -452,3 +455,9 @@ def _log_lines(fleet: Any) -> list[dict[str, Any]]:
     assert path is not None
     assert wait_until(lambda: path.exists() and path.read_text().strip() != "", 5.0)
     return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _unseen(fleet: Any) -> int:
+    """Requests the gateway sent since each backend's last scrape (its own load account)."""
+    rows = httpx.get(fleet.url + "/admin/backends").json()["backends"]
+    return sum(int(r["in_flight"]["since_last_scrape"]) for r in rows)
