@@ -485,23 +485,13 @@ class Soak:
         )
         return {
             **events,
-            "b3_time_to_eject_s": None if b3_out is None else b3_out - events["b3_500_at"],
+            "b3_time_to_eject_s": _after(b3_out, events["b3_500_at"]),
             "ejections_logged_at": [(round(t, 3), b) for t, b in logged],
-            "b3_time_to_eject_logged_s": None
-            if b3_logged is None
-            else b3_logged - events["b3_500_at"],
-            "b2_time_to_eject_logged_s": None
-            if b2_logged is None
-            else b2_logged - events["b2_killed_at"],
-            "b2_time_to_leave_routing_s": None
-            if b2_out is None
-            else b2_out - events["b2_killed_at"],
-            "b2_time_to_readmit_s": None
-            if b2_back is None
-            else b2_back - events["b2_restarted_at"],
-            "b2_first_request_after_restart_s": None
-            if b2_first is None
-            else b2_first - events["b2_restarted_at"],
+            "b3_time_to_eject_logged_s": _after(b3_logged, events["b3_500_at"]),
+            "b2_time_to_eject_logged_s": _after(b2_logged, events["b2_killed_at"]),
+            "b2_time_to_leave_routing_s": _after(b2_out, events["b2_killed_at"]),
+            "b2_time_to_readmit_s": _after(b2_back, events["b2_restarted_at"]),
+            "b2_first_request_after_restart_s": _after(b2_first, events["b2_restarted_at"]),
             "b3_first_attempt_share_after_ejection": monitor.attempts_share_after("b3", b3_out),
             "b3_failed_attempts_until_ejected": monitor.value_at("b3:failed", b3_out),
             "b3_first_failure_at": monitor.first_above("b3:failed", events["b3_500_at"]),
@@ -575,6 +565,11 @@ def main() -> int:
         }
     (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _after(moment: float | None, since: float) -> float | None:
+    """Seconds from ``since`` to ``moment`` (None: it never happened)."""
+    return None if moment is None else moment - since
 
 
 if __name__ == "__main__":
