@@ -145,8 +145,10 @@ class StateStore:
         loads = self.inflight.loads()
         idle = BackendLoad()
         states = []
-        observed = {r.config.id: self._observed(r.config.id) for r in self._records.values()}
-        peers = self._peers(observed)
+        ids = list(self._records)
+        observed = {i: self._observed(i) for i in ids}
+        passive = {i: self._passive(i) for i in ids}
+        peers = self._peers(observed, passive)
         for r in self._records.values():
             load = loads.get(r.config.id, idle)
             states.append(
@@ -158,14 +160,16 @@ class StateStore:
                     pending_requests=load.unseen_requests,
                     pending_kv_tokens=load.unseen_kv_tokens,
                     prefill_backlog_tokens=load.prefill_backlog_tokens,
-                    passive=self._passive(r.config.id),
+                    passive=passive[r.config.id],
                     observed=observed[r.config.id],
                     peers=peers.get(r.config.id),
                 )
             )
         return Snapshot(taken_at=now, backends=tuple(states))
 
-    def _peers(self, observed: dict[str, ObservedLatency | None]) -> dict[str, ObservedLatency]:
+    def _peers(
+        self, observed: dict[str, ObservedLatency | None], passive: dict[str, PassiveState]
+    ) -> dict[str, ObservedLatency]:
         """Per backend, the pooled measurement of its variant: every replica measured and not
         ejected (an ejected one may be the slow replica the rule caught), itself included.
         Each replica's factors are then shrunk towards its variant's measured mean rather than
@@ -177,11 +181,7 @@ class StateStore:
         members: dict[str, list[str]] = {}
         for r in self._records.values():
             o = observed[r.config.id]
-            if (
-                o is not None
-                and o.n + o.per_token_n > 0.0
-                and not self._passive(r.config.id).ejected
-            ):
+            if o is not None and o.n + o.per_token_n > 0.0 and not passive[r.config.id].ejected:
                 members.setdefault(r.config.variant_id, []).append(r.config.id)
         pooled: dict[str, ObservedLatency | None] = {}
         found: dict[str, ObservedLatency] = {}
@@ -211,9 +211,8 @@ class StateStore:
             self.passive.tick()
         now = self._clock()
         loads = self.inflight.loads()
-        peers = self._peers(
-            {r.config.id: self._observed(r.config.id) for r in self._records.values()}
-        )
+        ids = list(self._records)
+        peers = self._peers({i: self._observed(i) for i in ids}, {i: self._passive(i) for i in ids})
         return [
             self._admin_row(r, now, loads.get(r.config.id, BackendLoad()), peers.get(r.config.id))
             for r in self._records.values()
