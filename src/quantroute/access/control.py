@@ -149,6 +149,17 @@ class AccessControl:
             return features.prompt_tokens
         return features.prompt_tokens + (features.max_tokens or policy.default_max_tokens)
 
+    @staticmethod
+    def counted(principal: Principal) -> bool:
+        """Whether the key has a limit to count (:meth:`admit` returns None for one that has
+        none: the request path skips it)."""
+        limits = principal.limits
+        return not (
+            limits.requests_per_minute is None
+            and limits.tokens_per_minute is None
+            and limits.concurrent_requests is None
+        )
+
     async def admit(self, principal: Principal, tokens: int) -> Admission | None:
         return await self.quotas.admit(principal, tokens)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,11 @@ from quantroute.access.config import RequestCaps
 from quantroute.errors import InvalidRequest
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_IDS = random.Random(os.urandom(32))
+"""Request ids: 128 random bits from a generator seeded once per process from the OS (an id
+names a request in logs and errors, it guards nothing). ``uuid.uuid4`` asks the OS for entropy
+on every call: measured, a getrandom system call per request cost more than the whole routing
+decision at low load on this VM."""
 
 
 def is_json(content_type: str | None) -> bool:
@@ -29,7 +35,7 @@ def request_id(headers: Mapping[str, str]) -> str:
     given = headers.get("x-request-id")
     if given is not None and _REQUEST_ID.match(given):
         return given
-    return "req_" + uuid.uuid4().hex
+    return f"req_{_IDS.getrandbits(128):032x}"
 
 
 def caps_for(caps: Mapping[str, RequestCaps], group: str) -> RequestCaps | None:

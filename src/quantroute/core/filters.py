@@ -7,13 +7,17 @@ relaxed (the hard ``kv_ceiling`` still protects the backends) and the decision r
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from quantroute.config import PolicyConfig
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import BackendState, Health, Rejection, RequestFeatures
 from quantroute.core.pickers import mix
+
+if TYPE_CHECKING:
+    from quantroute.core.latency import LatencyEstimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,15 @@ class FilterContext:
     policy: PolicyConfig
     matrix: CapabilityMatrix | None
     quality_floor: float
+    estimates: dict[str, LatencyEstimate] = field(default_factory=dict, compare=False)
+    """The latency estimate per backend, computed once per decision (the latency scorer and
+    the decision's ``latency`` read the same one): a memo of a pure function of the
+    context and the backend's state, never carried from one decision to the next."""
+    cheapest: dict[int, tuple[Sequence[BackendState], float]] = field(
+        default_factory=dict, compare=False
+    )
+    """The cost scorer's cheapest unit cost per candidate list scored (keyed by its id, the
+    list kept with it): computed once per decision instead of once per candidate."""
 
 
 Filter = Callable[[BackendState, FilterContext], Rejection | None]

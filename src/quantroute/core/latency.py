@@ -111,15 +111,20 @@ def aged(observed: ObservedLatency, age_s: float, half_life_s: float) -> Observe
         return observed
     f = 0.5 ** (age_s / half_life_s)
     o = observed
-    return replace(
-        o,
-        per_token_n=o.per_token_n * f,
-        n=o.n * f,
-        sqq=o.sqq * f,
-        sqp=o.sqp * f,
-        spp=o.spp * f,
-        sqy=o.sqy * f,
-        spy=o.spy * f,
+    return ObservedLatency(  # not dataclasses.replace: this runs per backend per request
+        o.ttft_s,
+        o.ttft_samples,
+        o.per_token_s,
+        o.per_token_samples,
+        o.per_token_n * f,
+        o.load,
+        o.n * f,
+        o.sqq * f,
+        o.sqp * f,
+        o.spp * f,
+        o.sqy * f,
+        o.spy * f,
+        o.at,
     )
 
 

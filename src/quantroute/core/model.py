@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from quantroute.config import ApiName, BackendConfig, TaskType
-from quantroute.core.latency import LatencyEstimate, ObservedLatency
+from quantroute.core.latency import LatencyEstimate, ObservedLatency, TtftFit
 from quantroute.core.prefix import PrefixView, PromptBlocks
 
 
@@ -90,6 +90,10 @@ class BackendState:
     peers: ObservedLatency | None = None
     """The other replicas of its variant, measured (pooled): where its own blend starts from
     instead of the bare prior (None: no peer measured, or ``measured_latency`` off)."""
+    ttft_fit: TtftFit | None = None
+    """The TTFT factors of ``observed`` started from ``peers`` (:func:`~quantroute.core.latency.fit`)
+    under the snapshot's policy, worked out once by the state store while neither changes
+    (None: the latency scorer works them out)."""
 
     @property
     def id(self) -> str:

@@ -62,11 +62,15 @@ def _filter(
     admitted: list[BackendState] = []
     rejected: dict[str, tuple[Rejection, ...]] = {}
     for backend in backends:
-        reasons = tuple(r for r in (f(backend, ctx) for _, f in chain) if r is not None)
-        if reasons:
-            rejected[backend.id] = reasons
-        else:
+        reasons: list[Rejection] | None = None
+        for _, f in chain:
+            reason = f(backend, ctx)
+            if reason is not None:
+                reasons = [reason] if reasons is None else [*reasons, reason]
+        if reasons is None:
             admitted.append(backend)
+        else:
+            rejected[backend.config.id] = tuple(reasons)
     return admitted, rejected
 
 
@@ -185,5 +189,5 @@ def decide(
         relaxed=relaxed,
         group=group.name if group else None,
         quality_floor=floor,
-        latency={b.id: scorers.latency_estimate(b, ctx) for b in admitted} if not pooling else {},
+        latency={b.id: scorers.estimate(b, ctx) for b in admitted} if not pooling else {},
     )

@@ -88,10 +88,13 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
     measured_tok, n_tok = None, 0.0
     if observed is not None and observed.per_token_s is not None:
         measured_tok, n_tok = 1000.0 * observed.per_token_s, observed.per_token_n
+    ttft = backend.ttft_fit
+    if ttft is None:
+        ttft = fit(observed, k, peer_fit(peers, k))
     return LatencyEstimate(
         queue,
         prefill,
-        fit(observed, k, peer_fit(peers, k)),
+        ttft,
         per_token_prior_ms=prior_tok,
         per_token_measured_ms=measured_tok,
         per_token_weight=n_tok / (n_tok + k) if measured_tok is not None else 0.0,
@@ -99,8 +102,16 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
     )
 
 
+def estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
+    """:func:`latency_estimate`, once per backend and decision (``ctx.estimates``)."""
+    found = ctx.estimates.get(backend.config.id)
+    if found is None:
+        found = ctx.estimates[backend.config.id] = latency_estimate(backend, ctx)
+    return found
+
+
 def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
-    return latency_estimate(backend, ctx).ttft_ms
+    return estimate(backend, ctx).ttft_ms
 
 
 def expected_ms(estimate: LatencyEstimate, ctx: FilterContext) -> float:
@@ -113,7 +124,7 @@ def expected_ms(estimate: LatencyEstimate, ctx: FilterContext) -> float:
 
 def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
     ref = ctx.policy.latency_reference_ms
-    return ref / (ref + expected_ms(latency_estimate(backend, ctx), ctx))
+    return ref / (ref + expected_ms(estimate(backend, ctx), ctx))
 
 
 def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
@@ -127,8 +138,17 @@ def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
 
 def cost(backend: BackendState, candidates: Sequence[BackendState], ctx: FilterContext) -> float:
     mine = unit_cost(backend, ctx)
-    cheapest = min(unit_cost(c, ctx) for c in candidates)
-    return 1.0 if mine <= 0.0 else clamp(cheapest / mine)
+    if mine <= 0.0:
+        return 1.0
+    if len(candidates) == 1:
+        return 1.0
+    memo = ctx.cheapest.get(id(candidates))
+    if memo is None or memo[0] is not candidates:  # once per decision, not once per candidate
+        memo = ctx.cheapest[id(candidates)] = (
+            candidates,
+            min(unit_cost(c, ctx) for c in candidates),
+        )
+    return clamp(memo[1] / mine)
 
 
 def least_loaded(backend: BackendState, _all: Sequence[BackendState], _c: FilterContext) -> float:

@@ -129,6 +129,11 @@ KEEPALIVE_S = 4.0
 to a connection the backend is closing (seen as "Connection reset by peer" -> 502)."""
 
 
+MAX_TIMEOUTS = 512
+"""Distinct :class:`Deadlines` whose aiohttp timeouts are kept (non-streamed requests' deadlines
+depend on ``max_tokens``: a handful of values in practice, bounded here whatever clients send)."""
+
+
 class AiohttpUpstream:
     def __init__(self, *, connections_per_backend: int = 0) -> None:
         self._session = aiohttp.ClientSession(
@@ -141,21 +146,38 @@ class AiohttpUpstream:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._timeouts: dict[Deadlines, aiohttp.ClientTimeout] = {}
 
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=deadlines.total_s, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
-        )
+        timeout = self._timeouts.get(deadlines)
+        if timeout is None:
+            timeout = self._timeout(deadlines)
         try:
-            async with asyncio.timeout(deadlines.headers_s):
+            if deadlines.headers_s < deadlines.total_s:  # a stream's first-byte limit
+                async with asyncio.timeout(deadlines.headers_s):
+                    response = await self._session.post(
+                        url, data=body, headers=headers, timeout=timeout
+                    )
+            else:  # the whole exchange's limit covers the headers too: one timer, not two
                 response = await self._session.post(
-                    url, data=body, headers=dict(headers), timeout=timeout
+                    url, data=body, headers=headers, timeout=timeout
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc, before_answer=True) from exc
         return _AiohttpResponse(response, deadlines)
+
+    def _timeout(self, deadlines: Deadlines) -> aiohttp.ClientTimeout:
+        """aiohttp's timeout for ``deadlines``, built once per distinct set (a frozen dataclass
+        whose construction showed in the profile when built per request); a few hundred kept."""
+        timeout = aiohttp.ClientTimeout(
+            total=deadlines.total_s, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
+        )
+        if len(self._timeouts) >= MAX_TIMEOUTS:
+            self._timeouts.clear()
+        self._timeouts[deadlines] = timeout
+        return timeout
 
     async def aclose(self) -> None:
         await self._session.close()

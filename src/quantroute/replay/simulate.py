@@ -315,7 +315,7 @@ class _Replay:
             o = self.measured.observed(b.id)
             if o is not None and o.at is not None:
                 o = aged(o, now - o.at, half_life)
-            states.append(replace(b, observed=o))
+            states.append(replace(b, observed=o, ttft_fit=None))  # the scorer fits it
         return replace(snap, backends=tuple(states))
 
     def measure(self, backend_id: str, pending: _Pending, end: float, tokens: int) -> None:

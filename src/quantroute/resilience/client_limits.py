@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -202,15 +202,54 @@ class ClientLimitsMiddleware:
             self.buffered -= len(body)
 
 
+class _Rest:
+    """The rest of a coroutine already stepped once by hand to ``waits`` (what it awaits):
+    awaiting this hands ``waits`` to the task and runs the coroutine on from there, as if the
+    task had run it from the start (a cancellation is thrown into it where it waits)."""
+
+    __slots__ = ("_coro", "_waits")
+
+    def __init__(self, coro: Coroutine[Any, Any, Message], waits: Any) -> None:
+        self._coro = coro
+        self._waits = waits
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        coro, waits = self._coro, self._waits
+        while True:
+            try:
+                sent = yield waits
+            except BaseException as exc:  # thrown into the coroutine, as a task would
+                try:
+                    waits = coro.throw(exc)
+                except StopIteration as done:
+                    return cast(Message, done.value)
+                continue
+            try:
+                waits = coro.send(sent)
+            except StopIteration as done:
+                return cast(Message, done.value)
+
+
 async def _next_piece(
     receive: Receive, loop: asyncio.AbstractEventLoop, deadline: float, idle_s: float
 ) -> Message:
+    """The next request message within the time left. One that has arrived already (a small
+    body comes with its headers) is taken without arming a timer: ``receive()`` is stepped by
+    hand once, and only if it has to wait does the rest run under the timeout."""
     wait = min(idle_s, deadline - loop.time())
     try:
         if wait <= 0:
             raise TimeoutError
+        pending = receive()
+        if not asyncio.iscoroutine(pending):
+            async with asyncio.timeout(wait):
+                return await pending
+        try:
+            waits = pending.send(None)
+        except StopIteration as done:
+            return cast(Message, done.value)
         async with asyncio.timeout(wait):
-            return await receive()
+            return await _Rest(pending, waits)
     except TimeoutError:
         raise _Refused(
             Rejection.BODY_TIMEOUT,

@@ -327,6 +327,20 @@ class PassiveHealth:
             per_token_s=b.observed.per_token_s,
         )
 
+    def serving(self, backend_id: str, now: float) -> bool:
+        """Whether :meth:`view` would show nothing routing acts on at ``now``: not ejected, not
+        on probation, no backpressure, not suspect (the common case, answered without building
+        a view: the routing snapshot asks per backend per request)."""
+        b = self._backends.get(backend_id)
+        if b is None or not self.settings.enabled:
+            return True
+        return not (
+            (b.ejected_until is not None and now < b.ejected_until)
+            or (b.probation_until is not None and now < b.probation_until)
+            or (b.backpressure_until is not None and now < b.backpressure_until)
+            or (b.consecutive > 0 and b.suspect_until is not None and now < b.suspect_until)
+        )
+
     def observed(self, backend_id: str) -> ObservedLatency | None:
         """The backend's smoothed latency samples (None: unknown backend or nothing yet)."""
         b = self._backends.get(backend_id)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GroupConfig
 from quantroute.core.latency import ObservedLatency
-from quantroute.core.model import PassiveState
+from quantroute.core.model import SERVING, PassiveState
 from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.outliers import Ejection, HealthView, PassiveHealth
@@ -127,7 +127,11 @@ class PassiveHealthMonitor:
 
     # -- reading -------------------------------------------------------------------------------
     def state(self, backend_id: str) -> PassiveState:
-        view = self.machine.view(backend_id, self._clock())
+        now = self._clock()
+        if self.machine.serving(backend_id, now):
+            self._metrics.set_ejected(backend_id, False)
+            return SERVING
+        view = self.machine.view(backend_id, now)
         self._metrics.set_ejected(backend_id, view.ejected)
         return _as_state(view)
 

@@ -51,7 +51,7 @@ from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.reload import ConfigReloader
 from quantroute.resilience.settings import ReloadSettings
 from quantroute.server import errors, routes
-from quantroute.server.edge import ProxyRoutes
+from quantroute.server.edge import GatewayApp, ProxyRoutes
 from quantroute.server.gateway import Gateway
 from quantroute.server.runtime import Runtime
 from quantroute.state.matrix_source import MatrixSource
@@ -263,7 +263,9 @@ def create_app(
             await guard.aclose()
             await asyncio.to_thread(observer.stop)  # flushes spans and the access log
 
-    app = FastAPI(
+    app = GatewayApp(
+        entry=AccessMiddleware,
+        last_resort=errors.unexpected,
         title="quantroute",
         version="0.1.0",
         lifespan=lifespan,

@@ -11,15 +11,24 @@ by :class:`Incoming`; the answer (a response object, itself an ASGI callable) is
 answers it (:func:`quantroute.server.errors.request_error`); anything else propagates to the
 app's last-resort handler (500) as before. Every other request, and any other method on these
 paths (405), goes on to the FastAPI app.
+
+:class:`GatewayApp` goes one step further out: a POST on these paths enters the user middlewares
+(access, client limits, then :class:`ProxyRoutes`) directly, without FastAPI's and Starlette's
+outer layers (the server-error, native-telemetry and body-limit middlewares: measured, FastAPI's
+telemetry check alone looked up OpenTelemetry's tracer provider on every request once the SDK was
+imported). The one thing those layers did for these requests, the last-resort 500, is done here
+the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quantroute.errors import RequestError
 from quantroute.proxy.parse import Kind
@@ -106,3 +115,67 @@ class ProxyRoutes:
         except RequestError as exc:  # rare: a Starlette Request is fine here
             response = await errors.request_error(Request(scope, receive), exc)
         await response(scope, receive, send)
+
+
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app: a POST on :data:`PROXY_PATHS` goes straight to the first
+    middleware of type ``entry`` in the built stack (with the last-resort handler around it);
+    everything else takes FastAPI's usual way. Without such a middleware, or with a
+    ``root_path``, every request takes FastAPI's way."""
+
+    def __init__(
+        self,
+        *args: Any,
+        entry: type,
+        last_resort: Callable[[Request, Exception], Awaitable[Response]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._entry_type = entry
+        self._entry: ASGIApp | None = None
+        self._looked = False
+        self._last_resort = last_resort
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] in PROXY_PATHS
+            and scope["method"] == "POST"
+            and not self.root_path
+        ):
+            entry = self._entry if self._looked else self._find_entry()
+            if entry is not None:
+                scope["app"] = self
+                await self._guarded(entry, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _find_entry(self) -> ASGIApp | None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        app: Any = self.middleware_stack
+        for _ in range(16):  # the stack is a short chain of ``.app`` links
+            if app is None or isinstance(app, self._entry_type):
+                break
+            app = getattr(app, "app", None)
+        self._entry = cast("ASGIApp", app) if isinstance(app, self._entry_type) else None
+        self._looked = True
+        return self._entry
+
+    async def _guarded(self, entry: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """As Starlette's ServerErrorMiddleware: an exception before the answer started gets the
+        app's 500, and is raised on for the server to log."""
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await entry(scope, receive, sender)
+        except Exception as exc:
+            if not started:
+                response = await self._last_resort(Request(scope), exc)
+                await response(scope, receive, send)
+            raise

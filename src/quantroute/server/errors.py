@@ -85,7 +85,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+async def unexpected(request: Request, exc: Exception) -> Response:
     """The last resort (outside the access middleware): log the details, answer without them."""
     rid = _state(request).get("request_id", "")
     log.exception("request %s: unexpected error", rid, exc_info=exc)
@@ -104,4 +104,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, unexpected)

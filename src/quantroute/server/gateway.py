@@ -143,7 +143,7 @@ class Gateway:
         before the decision (unchanged without an index or prompt blocks)."""
         if self.prefix is None or parsed.features.prompt is None:
             return parsed
-        ids = [b.id for b in self.store.configs()]
+        ids = [b.id for b in self.store.config_view()]
         return replace(parsed, features=self.prefix.annotate(parsed.features, ids))
 
     async def handle(self, kind: Kind, request: HttpRequest) -> Response:
@@ -155,7 +155,8 @@ class Gateway:
             with trail.phase("parse"):
                 raw = await request.body()
                 parsed = self.parse(kind, raw, request, principal=_principal(request))
-            return await self.dispatch(parsed, OpenAIExchange(parsed), request, trail)
+            trail.parsed(parsed.features)  # as dispatch does, one coroutine layer less
+            return await self._dispatch(parsed, OpenAIExchange(parsed), request, trail)
 
     async def dispatch(
         self,
@@ -178,7 +179,7 @@ class Gateway:
     ) -> Response:
         state = request.scope.get("state") or {}
         principal = _principal(request)
-        access, model, backends = self.access, parsed.features.model, self.store.configs()
+        access, model, backends = self.access, parsed.features.model, self.store.config_view()
         access.authorize_model(principal, model, self.config.groups, backends)
         access.check_caps(model, parsed.body, self.config.groups, backends)
         # The client's Authorization stays here: a backend gets the gateway's own key.
@@ -193,26 +194,26 @@ class Gateway:
             show_decision=access.sees_decision(principal),
         )
         ctx.on_done(self.router.settled)  # the decision log (a no-op when it is off)
-        admission = await access.admit(
-            principal, access.admission_tokens(ctx.features, self.config.policy)
-        )
-        if admission is not None:
-            state["ratelimit"] = admission.headers
-            ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
+        if access.counted(principal):  # a key without limits has nothing to count
+            admission = await access.admit(
+                principal, access.admission_tokens(ctx.features, self.config.policy)
+            )
+            if admission is not None:
+                state["ratelimit"] = admission.headers
+                ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
         try:
             with trail.phase("decide"):
                 decision = self.router.decide(ctx.features)
                 trail.decided(decision)
-            queue = (
-                trail.phase("queue") if self.flow.may_queue(decision, ctx.features) else _NOT_QUEUED
-            )
-            try:
-                with queue:
-                    admitted = await self.flow.admit(
-                        decision, ctx.features, request.receive, principal.priority
-                    )
-            except ClientDisconnected:  # gone while it waited for room: nothing was sent
-                return self._gone_while_queued(trail, decision.group or ctx.features.model)
+            admitted = decision
+            if self.flow.may_queue(decision, ctx.features):  # else admit would return it as is
+                try:
+                    with trail.phase("queue"):
+                        admitted = await self.flow.admit(
+                            decision, ctx.features, request.receive, principal.priority
+                        )
+                except ClientDisconnected:  # gone while it waited for room: nothing was sent
+                    return self._gone_while_queued(trail, decision.group or ctx.features.model)
             if admitted is not decision:
                 trail.decided(admitted)
             ctx.decision = self.router.routed(admitted, ctx.features)
@@ -257,9 +258,6 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
-
-
-_NOT_QUEUED = contextlib.nullcontext()
 
 
 @contextlib.contextmanager

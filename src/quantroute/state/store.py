@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, PolicyConfig
-from quantroute.core.latency import ObservedLatency, aged, fit, peer_fit, pool
+from quantroute.core.latency import ObservedLatency, TtftFit, aged, fit, peer_fit, pool
 from quantroute.core.model import (
     SERVING,
     BackendMetrics,
@@ -27,6 +27,16 @@ from quantroute.core.model import (
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.state.inflight import BackendLoad, InFlight
 from quantroute.state.metric_schema import SchemaReport, check_schema
+
+MEASURED_REUSE_S = 0.1
+"""How long a snapshot's aged measurements may be reused while nothing new was measured."""
+_MeasuredCache = tuple[
+    object,
+    float,
+    dict[str, "ObservedLatency | None"],
+    dict[str, ObservedLatency],
+    dict[str, TtftFit],
+]
 
 
 @dataclass(eq=False)
@@ -57,6 +67,7 @@ class StateStore:
         self._clock = clock
         self._records: dict[str, _Record] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._measured_cache: _MeasuredCache | None = None
         self.inflight = InFlight(clock, on_release=self._changed)
         self.passive = passive
         self.set_backends(backends)
@@ -82,10 +93,16 @@ class StateStore:
             old = self._records.get(config.id)
             new[config.id] = old if old is not None and old.config == config else _Record(config)
         self._records = new
+        self._configs = tuple(r.config for r in new.values())
         self._changed()
 
     def configs(self) -> list[BackendConfig]:
-        return [r.config for r in self._records.values()]
+        """The backends' configs, in order (a new list: the caller may keep or change it)."""
+        return list(self._configs)
+
+    def config_view(self) -> tuple[BackendConfig, ...]:
+        """The same, as the store's own tuple (no copy: the request path reads it per request)."""
+        return self._configs
 
     # -- scrape results ----------------------------------------------------------------------
     def record_scrape(self, backend_id: str, metrics: BackendMetrics, started_at: float) -> None:
@@ -146,26 +163,55 @@ class StateStore:
         idle = BackendLoad()
         states = []
         ids = list(self._records)
-        observed = {i: self._observed(i) for i in ids}
         passive = {i: self._passive(i) for i in ids}
-        peers = self._peers(observed, passive)
+        observed, peers, fits = self._measured(ids, passive, now)
+        health = self._health
         for r in self._records.values():
-            load = loads.get(r.config.id, idle)
+            i = r.config.id
+            load = loads.get(i, idle)
             states.append(
-                BackendState(
-                    config=r.config,
-                    health=self._health(r, now),
-                    metrics=r.metrics,
-                    age_s=None if r.last_success is None else now - r.last_success,
-                    pending_requests=load.unseen_requests,
-                    pending_kv_tokens=load.unseen_kv_tokens,
-                    prefill_backlog_tokens=load.prefill_backlog_tokens,
-                    passive=passive[r.config.id],
-                    observed=observed[r.config.id],
-                    peers=peers.get(r.config.id),
+                BackendState(  # positional, in field order: built per backend per request
+                    r.config,
+                    health(r, now),
+                    r.metrics,
+                    None if r.last_success is None else now - r.last_success,
+                    load.unseen_requests,
+                    load.unseen_kv_tokens,
+                    load.prefill_backlog_tokens,
+                    passive[i],
+                    observed[i],
+                    peers.get(i),
+                    fits[i],
                 )
             )
         return Snapshot(taken_at=now, backends=tuple(states))
+
+    def _measured(
+        self, ids: list[str], passive: dict[str, PassiveState], now: float
+    ) -> tuple[dict[str, ObservedLatency | None], dict[str, ObservedLatency], dict[str, TtftFit]]:
+        """Each backend's measurement, aged, its variant peers' (:meth:`_peers`) and the TTFT
+        fit of the two (as the latency scorer works it out under this policy). Kept
+        from one snapshot to the next while no backend has a new sample, none was ejected or
+        let back and at most :data:`MEASURED_REUSE_S` went by (the ageing that time adds is
+        then under 0.1% of the weight at the default two-minute half-life): building them is
+        most of a snapshot's cost, and a snapshot is taken for every request."""
+        raw = None if self.passive is None else self.passive.observed
+        key = (
+            self._policy,
+            tuple((i, None if raw is None else raw(i), passive[i].ejected is None) for i in ids),
+        )
+        cached = self._measured_cache
+        if cached is not None and cached[0] == key and 0.0 <= now - cached[1] < MEASURED_REUSE_S:
+            return cached[2], cached[3], cached[4]
+        observed = {i: self._observed(i) for i in ids}
+        peers = self._peers(observed, passive)
+        k, on = self._policy.latency_prior_samples, self._policy.measured_latency
+        fits = {
+            i: fit(observed[i] if on else None, k, peer_fit(peers.get(i) if on else None, k))
+            for i in ids
+        }
+        self._measured_cache = (key, now, observed, peers, fits)
+        return observed, peers, fits
 
     def _peers(
         self, observed: dict[str, ObservedLatency | None], passive: dict[str, PassiveState]
