@@ -53,14 +53,14 @@ def states(store: StateStore) -> dict[str, BackendState]:
     return {s.id: s for s in store.snapshot().backends}
 
 
-def fresh_fit(store: StateStore, state: BackendState) -> object:
+def fresh_fit(state: BackendState) -> object:
     """The TTFT fit as the latency scorer works it out from the state's own fields."""
     k = PolicyConfig(latency_half_life_s=10.0).latency_prior_samples
     return fit(state.observed, k, peer_fit(state.peers, k))
 
 
 def test_a_new_sample_shows_in_the_next_snapshot_without_waiting() -> None:
-    store, monitor, clock = stack()
+    store, monitor, _ = stack()
     for _ in range(4):
         sample(monitor, "a", 0.1)
     before = states(store)["a"]
@@ -70,7 +70,7 @@ def test_a_new_sample_shows_in_the_next_snapshot_without_waiting() -> None:
     assert after.observed.ttft_samples == before.observed.ttft_samples + 1
     assert after.ttft_fit is not None and before.ttft_fit is not None
     assert after.ttft_fit.queue_factor > before.ttft_fit.queue_factor
-    assert after.ttft_fit == fresh_fit(store, after)
+    assert after.ttft_fit == fresh_fit(after)
 
 
 def test_within_the_window_the_same_objects_after_it_aged_afresh() -> None:
@@ -88,11 +88,11 @@ def test_within_the_window_the_same_objects_after_it_aged_afresh() -> None:
     assert later["a"].observed is not None and first["a"].observed is not None
     assert later["a"].observed.n < first["a"].observed.n
     for state in later.values():
-        assert state.ttft_fit == fresh_fit(store, state)
+        assert state.ttft_fit == fresh_fit(state)
 
 
 def test_an_ejection_takes_the_replica_out_of_its_peers_at_once() -> None:
-    store, monitor, clock = stack()
+    store, monitor, _ = stack()
     for _ in range(4):
         sample(monitor, "a", 0.1)
     for _ in range(4):
@@ -104,11 +104,11 @@ def test_an_ejection_takes_the_replica_out_of_its_peers_at_once() -> None:
     now = states(store)
     assert now["b"].passive.ejected is not None
     assert now["c"].peers is not None and now["c"].peers.n < pooled.n
-    assert now["c"].ttft_fit == fresh_fit(store, now["c"])
+    assert now["c"].ttft_fit == fresh_fit(now["c"])
 
 
 def test_a_policy_change_is_not_served_from_the_old_policy() -> None:
-    store, monitor, clock = stack()
+    store, monitor, _ = stack()
     for _ in range(4):
         sample(monitor, "a", 0.4)
     on = states(store)["a"]
