@@ -16,7 +16,7 @@ from quantroute.access.exposure import check_exposure
 from quantroute.config import GatewayConfig, load_config
 from quantroute.observe.settings import resolve_tracing
 from quantroute.resilience.lifecycle import GatewayServer, Lifecycle
-from quantroute.resilience.memory import tune_allocator
+from quantroute.resilience.memory import tune_allocator, tune_gc
 from quantroute.server.app import create_app
 from quantroute.serving import EmbeddedServer, reuse_port_socket, run_workers, uvicorn_config
 from quantroute.state.matrix_source import MatrixSource
@@ -160,6 +160,7 @@ def _serve(
             *worker,
             os.getpid(),
         )
+    tune_gc()  # after everything start-up builds, before the first request
     if metrics is None and worker is None:
         server.run()
     else:

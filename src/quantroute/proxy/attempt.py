@@ -65,7 +65,8 @@ class Attempt:
     def __post_init__(self) -> None:
         self.sent_at = None if self.health is None else self.health.now()
         kind = "first" if self.number == 0 else "retry"
-        self.telemetry.resilience.attempts.labels(self.backend_id, kind).inc()
+        t = self.telemetry
+        t.child(t.resilience.attempts, self.backend_id, kind).inc()
 
     @property
     def backend_id(self) -> str:

@@ -238,4 +238,18 @@ def upstream_body(parsed: ParsedRequest, served_model_name: str) -> tuple[bytes,
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
         body["stream_options"] = options
-    return json.dumps(body, separators=(",", ":")).encode(), strip
+    return dumps(body, parsed.raw), strip
+
+
+def dumps(body: dict[str, Any], raw: bytes) -> bytes:
+    """``body`` (parsed from ``raw``) as compact JSON: by orjson (about five times faster than
+    ``json`` on a request body) except where it would not say what ``json`` says: ``NaN`` and
+    ``Infinity``, which it writes as ``null`` (looked for in ``raw``), and what it refuses (an
+    integer beyond 64 bits, a lone surrogate), which ``json`` writes. Non-ASCII text stays UTF-8
+    rather than ``\\u`` escapes: the same JSON value."""
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            pass
+    return json.dumps(body, separators=(",", ":")).encode()

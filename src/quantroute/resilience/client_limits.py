@@ -166,15 +166,9 @@ class ClientLimitsMiddleware:
         self, scope: Scope, receive: Receive, limits: ClientLimits
     ) -> bytes | None:
         """The whole body within the limits; None if the client went away; raises ``_Refused``."""
-        too_large = _Refused(
-            Rejection.BODY_TOO_LARGE,
-            413,
-            "request_too_large",
-            f"Request body is larger than the limit of {limits.max_body_bytes} bytes.",
-        )
         declared = _declared_length(scope)
         if declared is not None and declared > limits.max_body_bytes:
-            raise too_large
+            raise _too_large(limits)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.body_timeout_s
         body = bytearray()
@@ -185,7 +179,7 @@ class ClientLimitsMiddleware:
                     return None
                 chunk = message.get("body", b"")
                 if len(body) + len(chunk) > limits.max_body_bytes:
-                    raise too_large
+                    raise _too_large(limits)
                 if self.buffered + len(chunk) > limits.max_buffered_body_bytes:
                     raise _Refused(
                         Rejection.BODY_BUFFERS_FULL,
@@ -194,12 +188,24 @@ class ClientLimitsMiddleware:
                         "The gateway is reading too many request bodies at once; retry shortly.",
                         limits.retry_after_s,
                     )
+                if not message.get("more_body", False):
+                    if not body:  # the whole body in one message (the usual case): no copy
+                        return bytes(chunk)
+                    body += chunk
+                    return bytes(body)
                 body += chunk
                 self.buffered += len(chunk)
-                if not message.get("more_body", False):
-                    return bytes(body)
         finally:
             self.buffered -= len(body)
+
+
+def _too_large(limits: ClientLimits) -> _Refused:
+    return _Refused(
+        Rejection.BODY_TOO_LARGE,
+        413,
+        "request_too_large",
+        f"Request body is larger than the limit of {limits.max_body_bytes} bytes.",
+    )
 
 
 class _Rest:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger("quantroute.memory")
@@ -31,6 +32,25 @@ def _libc() -> ctypes.CDLL | None:
     if not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
         return None  # not glibc
     return libc
+
+
+GC_THRESHOLDS = (5000, 20, 20)
+"""The cyclic collector's thresholds in ``quantroute serve`` (CPython's default: 700, 10, 10)."""
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Keep the cyclic garbage collector off the hot path: what start-up built (the app, the
+    config, the metrics, the libraries' modules) is moved out of its reach (``gc.freeze``), so
+    a full collection no longer walks it, and the young generation is collected every 5,000
+    new objects instead of 700. Each request makes a few hundred container objects (dicts,
+    dataclasses, coroutines), so the default collected several times per request batch and
+    promoted survivors into ever larger full collections. Measured with the overhead harness,
+    same run, c=32: freezing alone ×1.05 requests per second; with these thresholds ×1.09-1.14
+    (20,000 measured ×1.03-1.16, so no larger). Memory held by cycles waits a little longer for
+    its collection; the overhead benchmark's RSS with 1,000 open streams is the check."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 def tune_allocator() -> bool:

@@ -80,6 +80,17 @@ class Incoming:
             self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
         return self._headers
 
+    def pick(self, names: frozenset[bytes]) -> dict[str, str]:
+        """The headers named in ``names`` (lower-case, as ASGI gives them), the first of
+        repeated ones: only those decoded."""
+        found: dict[str, str] = {}
+        for key, value in self.scope["headers"]:
+            if key in names:
+                name = key.decode("latin-1")
+                if name not in found:
+                    found[name] = value.decode("latin-1")
+        return found
+
     async def body(self) -> bytes:
         """The whole body; raises ``ClientDisconnect`` if the client leaves before its end."""
         if self._body is None:

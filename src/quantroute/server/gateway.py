@@ -36,7 +36,7 @@ from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
 from quantroute.proxy.upstream import Upstream
 from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
-from quantroute.server.edge import HttpRequest
+from quantroute.server.edge import HttpRequest, Incoming
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.prefix import PrefixTracker
 from quantroute.state.store import StateStore
@@ -106,6 +106,7 @@ class Gateway:
             store.subscribe(flow.pump)
         self.flow = FlowGate(config, self.router, flow)
         self._headers = (*ROUTING_HEADERS, config.policy.prefix.session_header.lower())
+        self._wanted = frozenset(h.encode("latin-1") for h in self._headers)
 
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
         backends = list(backends)
@@ -128,7 +129,10 @@ class Gateway:
         principal: Principal = OPEN,
     ) -> ParsedRequest:
         """Parse and validate (with a prefix index: the prompt's blocks and session id too)."""
-        headers = {k: request.headers[k] for k in self._headers if k in request.headers}
+        if isinstance(request, Incoming):  # the proxy routes: only these headers decoded
+            headers = request.pick(self._wanted)
+        else:
+            headers = {k: request.headers[k] for k in self._headers if k in request.headers}
         if principal.latency_class is not None:  # the key's default latency class
             headers.setdefault(ROUTING_HEADERS[1], principal.latency_class)
         sequence = self.router.next_sequence(dry_run=dry_run)
