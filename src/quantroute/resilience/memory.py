@@ -34,7 +34,7 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-GC_THRESHOLDS = (5000, 20, 20)
+GC_THRESHOLDS = (5000, 10, 10)
 """The cyclic collector's thresholds in ``quantroute serve`` (CPython's default: 700, 10, 10)."""
 
 
@@ -43,11 +43,14 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     config, the metrics, the libraries' modules) is moved out of its reach (``gc.freeze``), so
     a full collection no longer walks it, and the young generation is collected every 5,000
     new objects instead of 700. Each request makes a few hundred container objects (dicts,
-    dataclasses, coroutines), so the default collected several times per request batch and
+    dataclasses, coroutines): the default collected several times per batch of requests and
     promoted survivors into ever larger full collections. Measured with the overhead harness,
-    same run, c=32: freezing alone ×1.05 requests per second; with these thresholds ×1.09-1.14
-    (20,000 measured ×1.03-1.16, so no larger). Memory held by cycles waits a little longer for
-    its collection; the overhead benchmark's RSS with 1,000 open streams is the check."""
+    same runs, non-stream c=32: freezing alone ×1.05 requests per second; with a young
+    generation of 5,000, ×1.09-1.14; of 20,000, ×1.03-1.16 (so no larger). The older
+    generations keep CPython's factor of 10: with 20, the overhead benchmark's RSS with 1,000
+    open streams was 149 MB (the code before this: 122 MB in the same run); with 10, 123 MB
+    (before: 114 MB).
+    """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
