@@ -222,6 +222,13 @@ def test_matrix_show_rejects_bad_files(
     assert message in capsys.readouterr().err
 
 
+def _sigint_default() -> None:
+    """In the child, before exec: SIGINT as a fresh process has it (default, unblocked),
+    whatever disposition or mask the test process passed on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_writes_a_partial_matrix(tmp_path: Path, hanging_socket: socket.socket) -> None:
     config = tmp_path / "gw.yaml"
     row = backend_row("llama3-8b-awq", url_of(hanging_socket))
@@ -229,7 +236,7 @@ def test_ctrl_c_writes_a_partial_matrix(tmp_path: Path, hanging_socket: socket.s
     out = tmp_path / "partial.json"
     cmd = [sys.executable, "-m", "quantroute.cli", "profile", "--config", str(config)]
     cmd += ["-o", str(out), "--quiet", "--timeout-s", "600"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     conn: socket.socket | None = None
     try:
         hanging_socket.settimeout(60)
@@ -240,9 +247,12 @@ def test_ctrl_c_writes_a_partial_matrix(tmp_path: Path, hanging_socket: socket.s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
         if conn is not None:
             conn.close()
     assert proc.returncode == 130, err
+
     assert "PARTIAL" in err
     matrix = load_matrix(out)
     assert matrix.partial and set(matrix.variants) == {"llama3-8b-awq"}

@@ -99,6 +99,13 @@ def test_fleet_in_a_thread_serves_and_stops() -> None:
         httpx.get(urls["a"] + "/health")
 
 
+def _sigint_default() -> None:
+    """In the child, before exec: SIGINT as a fresh process has it (default, unblocked),
+    whatever disposition or mask the test process passed on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_simulate_main_runs_until_interrupted(tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text("backends:\n  - {id: only, profile: qwen25-7b-gptq}\n")
@@ -108,7 +115,11 @@ def test_simulate_main_runs_until_interrupted(tmp_path: Path) -> None:
     )
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_sigint_default,
     )
     try:
         assert proc.stdout is not None
@@ -125,6 +136,8 @@ def test_simulate_main_runs_until_interrupted(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0
     assert "simulated fleet stopped" in out
     assert "time scale 10x" in "".join(lines)

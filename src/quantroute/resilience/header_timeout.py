@@ -37,39 +37,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
-        self._header_deadline: float | None = None
-        """When the headers being read are late (None: none are being read)."""
 
     def _arm(self) -> None:
-        """Start the clock for one request's headers. The timer is not cancelled when they
-        arrive, only the deadline cleared: on a keep-alive connection a request comes every
-        millisecond or so, and one timer firing every ``header_timeout_s`` (re-armed for the
-        deadline then current, if any) costs less than a timer made and cancelled per request."""
-        self._header_deadline = self.loop.time() + self.header_timeout_s
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_at(self._header_deadline, self._check)
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
     def _disarm(self) -> None:
-        self._header_deadline = None
-
-    def _cancel(self) -> None:
-        self._header_deadline = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _check(self) -> None:
-        self._header_timer = None
-        deadline = self._header_deadline
-        if deadline is None:
-            return  # the headers came in time: the next request arms it again
-        if deadline > self.loop.time():  # a later request's headers: wait for its deadline
-            self._header_timer = self.loop.call_at(deadline, self._check)
-            return
-        self._headers_late()
-
     def _headers_late(self) -> None:
-        self._header_deadline = None
+        self._header_timer = None
         if self.transport.is_closing():
             return
         self.timeouts[0] += 1
@@ -91,7 +70,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
+        self._disarm()
         super().connection_lost(exc)
 
 
