@@ -45,6 +45,7 @@ class Pair:
     servers: dict[str, VllmServer]
     ports: dict[str, int]
     gateway_url: str
+    gateway: ManagedProcess | None = None
 
     def start(self, name: str) -> None:
         variant = next(v for v in PAIR if v.name == name)
@@ -63,6 +64,26 @@ class Pair:
     def admin(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(self.gateway_url + "/admin/backends", timeout=10).json()["backends"]
         return {r["id"]: r for r in rows}
+
+    async def in_flight(self, client: httpx.AsyncClient, backend: str) -> int:
+        """The gateway's in-flight count at ``backend``, read on the test's own event loop
+        through one kept-open client (a thread making a new client per read took seconds per
+        read on a loaded machine, long enough to miss a whole burst)."""
+        rows = (await client.get(self.gateway_url + "/admin/backends")).json()["backends"]
+        return int(next(r for r in rows if r["id"] == backend)["in_flight"]["requests"])
+
+    def report(self, results: list[tuple[str, str]]) -> str:
+        """What a failed assertion shows: every stream's outcome, whether the gateway still
+        runs, and what it logged (scrape lines left out)."""
+        gateway = self.gateway
+        lines: list[str] = []
+        if gateway is not None:
+            code = gateway.popen.poll()
+            lines.append("gateway: " + ("running" if code is None else f"exited with {code}"))
+            logged = gateway.log_path.read_text(errors="replace").splitlines()
+            lines += [line for line in logged if "/metrics" not in line][-80:]
+        outcomes = "\n".join(f"  {backend or '-'}: {outcome}" for outcome, backend in results)
+        return f"streams (outcome by backend):\n{outcomes}\n" + "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +113,7 @@ def pair(vllm_tier: VllmTier, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                                  "base_ejection_s": 5, "slow_start_s": 5}},
         }  # fmt: skip
         process, url = start_gateway(config, work)
-        p.gateway_url = url
+        p.gateway_url, p.gateway = url, process
         try:
             yield p
         finally:
@@ -121,6 +142,8 @@ async def one_stream(client: openai.AsyncOpenAI, max_tokens: int = MAX_TOKENS) -
     except openai.APIError as error:
         status = getattr(error, "status_code", None)
         detail = f"{type(error).__name__} {status or ''} {error.message[:200]}"
+        if error.__cause__ is not None:  # a connection error: what the HTTP client saw
+            detail += f" ({type(error.__cause__).__name__}: {str(error.__cause__)[:200]})"
         return (f"cut: {detail}" if started else f"failed before first byte: {detail}"), backend
 
 
@@ -130,21 +153,23 @@ async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
         base_url=pair.gateway_url + "/v1", api_key="x", max_retries=0, timeout=300
     )
     try:
-        burst = [asyncio.create_task(one_stream(client, BURST_TOKENS)) for _ in range(BURST)]
-        await apoll_until(
-            lambda: asyncio.to_thread(lambda: pair.admin()[victim]["in_flight"]["requests"]),
-            lambda n: n >= 2,
-            timeout_s=60,
-            interval_s=0.05,
-        )
+        async with httpx.AsyncClient(timeout=30) as admin:
+            await pair.in_flight(admin, victim)  # the probe's connection is open before the burst
+            burst = [asyncio.create_task(one_stream(client, BURST_TOKENS)) for _ in range(BURST)]
+            await apoll_until(
+                lambda: pair.in_flight(admin, victim),
+                lambda n: n >= 2,
+                timeout_s=60,
+                interval_s=0.05,
+            )
         os.killpg(pair.servers[victim].process.popen.pid, signal.SIGKILL)  # mid-burst
         after = [asyncio.create_task(one_stream(client)) for _ in range(BURST)]
         results = await asyncio.gather(*burst, *after)
     finally:
         await client.close()
     lost = [o for o, _ in results if o.startswith("failed before first byte")]
-    assert not lost, results
-    assert all(b == "kill-b" for o, b in results[BURST:]), results  # after the kill: the survivor
+    assert not lost, pair.report(results)
+    assert all(b == "kill-b" for o, b in results[BURST:]), pair.report(results)  # the survivor
     row = poll_until(pair.admin, lambda a: a[victim]["state"] == "down", timeout_s=30)[victim]
     health = row["passive_health"]
     assert isinstance(health, dict) and health["ejections"] >= 1, row
