@@ -21,7 +21,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejection
-from quantroute.resilience.header_timeout import protocol_class
+from quantroute.resilience.header_timeout import (
+    HeaderTimeoutProtocol,
+    bytes_waiting,
+    protocol_class,
+)
 from quantroute.resilience.json_limits import TooDeep, depth_exceeds, loads_bounded
 from quantroute.resilience.settings import ClientLimits
 from quantroute.testing.fake_backend import wait_until
@@ -64,7 +68,7 @@ class Served:
         app = ClientLimitsMiddleware(
             Starlette(routes=routes), lambda: limits, on_reject=self.rejections.append
         )
-        self.protocol = protocol_class(limits.header_timeout_s)
+        self.protocol = protocol_class(limits.header_timeout_s, limits.keep_alive_s)
         # bound here and handed to uvicorn: no window in which another process takes the port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -257,6 +261,85 @@ def test_header_timer_restarts_for_each_request_on_a_kept_alive_connection(serve
             assert client.get("/health").status_code == 200
             time.sleep(0.2)
     assert served.protocol.timeouts == [0]
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+def read_one(sock: socket.socket) -> int:
+    """The status of one keep-alive response (its body is small: read up to its length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    return int(lines[0].split()[1])
+
+
+def hold_loop_then(served: Served, sent: threading.Event, act: Any) -> list[bool]:
+    """On the server's loop: wait (holding the loop, so nothing is read) until the test has
+    sent its bytes and they wait on the connection's socket, then ``act(protocol)``; returns
+    [is_closing after it], filled once it ran."""
+    done: list[bool] = []
+
+    def held() -> None:
+        assert sent.wait(10)
+        (proto,) = served.server.server_state.connections
+        assert isinstance(proto, HeaderTimeoutProtocol)
+        assert wait_until(lambda: bytes_waiting(proto.transport) > 0, 5)  # sent, unread
+        act(proto)
+        done.append(proto.transport.is_closing())
+
+    assert wait_until(lambda: len(served.server.server_state.connections) == 1, 5)  # accepted
+    assert served.loop is not None
+    served.loop.call_soon_threadsafe(held)
+    return done
+
+
+def test_keep_alive_s_is_the_idle_time_allowed_between_requests(serve: Any) -> None:
+    served = serve(keep_alive_s=0.3)
+    sock = served.connect()
+    sock.sendall(HEALTH)
+    assert read_one(sock) == 200
+    (proto,) = served.server.server_state.connections
+    assert proto.timeout_keep_alive == 0.3
+    assert sock.recv(1) == b""  # closed by the gateway once idle (the socket's timeout: 10 s)
+    assert served.protocol.timeouts == [0]  # not a header timeout
+    assert serve().protocol.keep_alive_s == 75.0  # the default: longer than clients keep idle
+
+
+def test_a_request_waiting_when_the_keep_alive_timer_fires_is_served(serve: Any) -> None:
+    """The loop runs due timers before it reads its sockets: a keep-alive timer that fires
+    while the next request waits unread leaves the connection to the read (a close would reset
+    the connection under a request sent in time)."""
+    served = serve()
+    sock = served.connect()
+    sock.sendall(HEALTH)
+    assert read_one(sock) == 200
+    sent = threading.Event()
+    closing = hold_loop_then(served, sent, lambda proto: proto.timeout_keep_alive_handler())
+    sock.sendall(HEALTH)
+    sent.set()
+    assert read_one(sock) == 200
+    assert closing == [False]
+
+
+def test_headers_waiting_when_the_header_timer_fires_get_a_grace(serve: Any) -> None:
+    served = serve()
+    sock = served.connect()
+    sent = threading.Event()
+    closing = hold_loop_then(served, sent, lambda proto: proto._headers_late())
+    sock.sendall(HEALTH)  # the whole request, arrived as the timer fires
+    sent.set()
+    assert read_one(sock) == 200
+    assert closing == [False] and served.protocol.timeouts == [0]
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,10 @@ class ClientLimits(_Settings):
 
     header_timeout_s: Seconds = 10.0
     """From the first byte of a request (or the connection's opening) to its last header."""
+    keep_alive_s: Seconds = 75.0
+    """Idle time allowed between two requests on one connection. Longer than clients keep idle
+    connections (httpx, and so the OpenAI SDK: 5 s), as nginx's 75 s is: a server that closes
+    first races the client's next request on that connection (uvicorn's default is 5 s)."""
     body_idle_s: Seconds = 30.0
     """Longest gap between two pieces of a request body."""
     body_timeout_s: Seconds = 120.0

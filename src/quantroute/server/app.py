@@ -185,7 +185,8 @@ def create_app(
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
     holder: dict[str, Any] = {}
-    http_protocol = protocol_class(config.resilience.client.header_timeout_s)
+    conn_limits = config.resilience.client
+    http_protocol = protocol_class(conn_limits.header_timeout_s, conn_limits.keep_alive_s)
     http_protocol.hooks.append(telemetry.resilience.client_rejections.labels("header_timeout").inc)
 
     prefix = _prefix_tracker(config, clock)
@@ -195,6 +196,7 @@ def create_app(
         app.state.config = gateway.config
         app.state.matrix = gateway.matrix
         http_protocol.header_timeout_s = gateway.config.resilience.client.header_timeout_s
+        http_protocol.keep_alive_s = gateway.config.resilience.client.keep_alive_s
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
