@@ -134,9 +134,10 @@ async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
         idle_choice, _ = await send_long_prompt(async_client, gateway.group)
         events_before = await pressure_events(http)
 
-        async with one_block_load(small_url, SMALL_KV.name, workers=24, max_seconds=150):
+        async with one_block_load(small_url, SMALL_KV.name, workers=24, max_seconds=150) as load:
             seen = await apoll_until(lambda: admin_entry(http), full_and_queued, timeout_s=60)
             routing = await route_while(http, async_client, gateway.group, lambda e: kv(e) >= 0.85)
+            during = str(load)
 
         await settle(http, small_url)
         events_after = await pressure_events(http)
@@ -147,7 +148,9 @@ async def test_full_kv_cache_is_scraped_and_long_prompts_go_elsewhere(
     # Every prompt decided on a scrape that showed the cache full went to the other backend, and
     # its decision names the KV filter that turned tiny-a away.
     kept = routing.kept
-    assert kept, f"no prompt was decided on one full-cache scrape; KV seen: {routing.seen}"
+    assert kept, (
+        f"no prompt was decided on one full-cache scrape; KV seen: {routing.seen}, {during}"
+    )
     assert {backend for backend, _ in kept} == {LARGE_KV.name}, kept
     assert all(steered_by_kv(decision) for _, decision in kept), kept
     assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {kept}"
@@ -161,13 +164,19 @@ async def test_mostly_full_kv_cache_counts_pressure_events_for_long_prompts(
         await settle(http, small_url)
         events_before = await pressure_events(http)
 
-        async with one_block_load(small_url, SMALL_KV.name, workers=6, max_seconds=150):
+        async with one_block_load(small_url, SMALL_KV.name, workers=6, max_seconds=150) as load:
             await apoll_until(lambda: admin_entry(http), mostly_full, timeout_s=60)
             routing = await route_while(http, async_client, gateway.group, mostly_full)
+            during = str(load)
 
         await settle(http, small_url)
         events_after = await pressure_events(http)
 
+    # Every prompt decided on a scrape that showed 5 or 6 of 7 blocks in use went to the other
+    # backend. How many such scrapes come depends on the load's sawtooth (a CI run kept two, then
+    # saw the cache drain), so the test asks for at least one and checks all it kept.
     routed = routing.kept
-    assert [backend for backend, _ in routed] == [LARGE_KV.name] * 3, (routed, routing.seen)
+    why = (routed, routing.seen, during)
+    assert routed, f"no prompt was decided on one mostly-full scrape: {why}"
+    assert {backend for backend, _ in routed} == {LARGE_KV.name}, why
     assert events_after > events_before, f"{PRESSURE_EVENTS} did not rise; decisions: {routed}"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -23,10 +24,27 @@ def filler(words: int, salt: str = "") -> str:
     return f"{salt} {body}" if salt else body
 
 
+@dataclass
+class LoadOutcomes:
+    """What :func:`one_block_load` has seen so far (for a test's failure message)."""
+
+    ok: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    workers_done: int = 0
+
+    def __str__(self) -> str:
+        first = "; ".join(self.failures[:3])
+        return (
+            f"load: {self.ok} answered, {self.failed} failed, {self.workers_done} workers done"
+            + (f" (first failures: {first})" if first else "")
+        )
+
+
 @asynccontextmanager
 async def one_block_load(
     base_url: str, model: str, workers: int, max_seconds: float
-) -> AsyncIterator[None]:
+) -> AsyncIterator[LoadOutcomes]:
     """Keep ``workers`` one-KV-block completions in flight against one vLLM server until exit.
 
     Each worker sends non-streaming requests back to back (cheap for this process, so the
@@ -39,13 +57,12 @@ async def one_block_load(
     limits = httpx.Limits(max_connections=workers + 1)
     client = httpx.AsyncClient(base_url=base_url, timeout=120.0, limits=limits)
     stop = asyncio.Event()
-    outcomes = {"ok": 0, "failed": 0}
-    failures: list[str] = []
+    outcomes = LoadOutcomes()
 
     async def worker(index: int) -> None:
         for turn in range(LOAD_TURNS):
             if stop.is_set():
-                return
+                break
             body = {
                 "model": model,
                 "prompt": filler(12, salt=f"w{index}t{turn}"),
@@ -54,15 +71,17 @@ async def one_block_load(
             }
             try:
                 (await client.post("/v1/completions", json=body)).raise_for_status()
-                outcomes["ok"] += 1
+                outcomes.ok += 1
             except httpx.HTTPError as error:
-                outcomes["failed"] += 1
-                failures.append(repr(error))
+                outcomes.failed += 1
+                said = error.response.text[:200] if isinstance(error, httpx.HTTPStatusError) else ""
+                outcomes.failures.append(f"{error!r} {said}".strip())
+        outcomes.workers_done += 1
 
     tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
     stopper = asyncio.get_running_loop().call_later(max_seconds, stop.set)
     try:
-        yield
+        yield outcomes
     finally:
         stopper.cancel()
         stop.set()
@@ -73,5 +92,5 @@ async def one_block_load(
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
                 await task
         await client.aclose()
-    if outcomes["failed"] and not outcomes["ok"]:
-        raise AssertionError(f"the background load never got an answer: {failures[:3]}")
+    if outcomes.failed and not outcomes.ok:
+        raise AssertionError(f"the background load never got an answer: {outcomes}")

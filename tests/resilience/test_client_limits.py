@@ -22,6 +22,8 @@ from starlette.routing import Route
 
 from quantroute.resilience.client_limits import ClientLimitsMiddleware, Rejection
 from quantroute.resilience.header_timeout import (
+    LINGER_BYTES,
+    LINGER_S,
     HeaderTimeoutProtocol,
     bytes_waiting,
     protocol_class,
@@ -163,6 +165,60 @@ def test_declared_length_over_the_limit_is_413_before_reading(serve: Any) -> Non
     assert status == 413 and headers["connection"] == "close"
     assert openai_error(body)["code"] == "request_too_large"
     assert served.echo.calls == 0 and served.rejections == [Rejection.BODY_TOO_LARGE]
+
+
+def send_all_or_reset(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data`` unless the server resets the connection; whether it all went."""
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("ends_its_side", [True, False])
+def test_refused_upload_still_reads_its_answer_to_a_clean_end(
+    serve: Any, ends_its_side: bool
+) -> None:
+    """413 before the body is read: the body the client keeps sending is read and dropped, so
+    the answer arrives followed by an end of stream, not a reset (which loses it)."""
+    served = serve(max_body_bytes=2048)
+    sock = served.connect()
+    head = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\n\r\n"
+    assert send_all_or_reset(sock, head + b"b" * 512 * 1024)  # more than the server buffers
+    assert wait_until(lambda: served.rejections == [Rejection.BODY_TOO_LARGE], 5)
+    time.sleep(0.2)  # the answer was sent and the connection closed (or lingering)
+    assert send_all_or_reset(sock, b"b" * 64 * 1024)  # a client still writing is not reset
+    if ends_its_side:
+        sock.shutdown(socket.SHUT_WR)
+    status, headers, body = read_response(sock)  # ECONNRESET here without the lingering close
+    assert status == 413 and headers["connection"] == "close"
+    assert openai_error(body)["code"] == "request_too_large"
+
+
+def test_lingering_close_is_bounded_in_bytes(serve: Any) -> None:
+    served = serve(max_body_bytes=2048)
+    sock = served.connect()
+    sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 500000000\r\n\r\n")
+    assert wait_until(lambda: served.rejections == [Rejection.BODY_TOO_LARGE], 5)
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        for _ in range(10_000):  # 640 MB if the server read forever
+            sock.sendall(b"c" * 65536)
+            sent += 65536
+    assert sent < LINGER_BYTES + 16 * 1024 * 1024  # the drop limit, plus the kernel's buffers
+
+
+def test_lingering_close_is_bounded_in_time(serve: Any) -> None:
+    served = serve(max_body_bytes=2048)
+    sock = served.connect()
+    sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\n\r\n")
+    assert read_one(sock) == 413
+    assert sock.recv(1) == b""  # the server ended its side after the answer
+    assert send_all_or_reset(sock, b"c")  # and still reads, for a while
+    # the client neither ends its side nor stops: once LINGER_S is over the server closes, and
+    # a byte sent then is answered with a reset
+    assert wait_until(lambda: not send_all_or_reset(sock, b"c"), LINGER_S + 10)
 
 
 def test_never_ending_chunked_upload_is_cut_at_the_limit(serve: Any) -> None:

@@ -16,6 +16,15 @@ requests they sent at 0.5 s). Both timers therefore look at the socket before th
 bytes waiting, the keep-alive timer leaves the connection to the read that follows (a partial
 request then runs under the header timer), and the header timer grants those bytes one short
 grace (:data:`GRACE_S`) before its 408, so a slowloris client still goes.
+
+A connection closed right after an answer that refused a request (413, 408: the answer says
+``connection: close``) usually has request bytes still coming. Closing a socket with unread
+bytes makes the kernel send a reset instead of an end of stream, and a client that is still
+writing, or that reads after the reset arrived, loses the answer and reports a connection error
+instead of the 413 or 408 (a CI run saw exactly that). So the gateway closes such connections
+as nginx does ("lingering close"): it ends its side after the answer and reads and drops what
+the client still sends, until the client ends its side, for at most :data:`LINGER_S` and
+:data:`LINGER_BYTES`, then closes. A request that was read whole closes at once.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import termios
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 _BODY = (
     b'{"error":{"message":"Request headers were not received in time.",'
@@ -39,6 +48,10 @@ RESPONSE_408 = (
 )
 GRACE_S = 0.5
 """What the header timer adds, once per request, when bytes are waiting as it fires."""
+LINGER_S = 2.0
+"""How long a refused request's connection stays open, reading and dropping, after the answer."""
+LINGER_BYTES = 1024 * 1024
+"""How much a lingering connection reads and drops before it closes anyway."""
 
 
 def bytes_waiting(transport: asyncio.BaseTransport) -> int:
@@ -70,6 +83,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.keep_alive_s  # type: ignore[assignment]  # float: call_later
         self._header_timer: asyncio.TimerHandle | None = None
         self._graced = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_left = -1
+        """Bytes a lingering close still drops; -1 when the connection is not lingering."""
 
     def _arm(self) -> None:
         self._disarm()
@@ -93,7 +109,41 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         for hook in self.hooks:
             hook()
         self.transport.write(RESPONSE_408)
-        self.transport.close()
+        self.close_lingering()
+
+    def close_lingering(self) -> None:
+        """End the gateway's side after what was written, drop what still comes, then close."""
+        transport = self.transport
+        if transport.is_closing() or self._linger_left >= 0:
+            return
+        if not transport.can_write_eof():  # pragma: no cover  # TLS: a plain close
+            transport.close()
+            return
+        self._disarm()
+        self._unset_keepalive_if_required()
+        self._linger_left = LINGER_BYTES
+        transport.write_eof()
+        transport.resume_reading()  # the body may have paused reading: drain it now
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger_left < 0:
+            super().data_received(data)
+            return
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self.transport.close()
+            self._linger_left = 0
+
+    def eof_received(self) -> None:
+        if self._linger_left >= 0:
+            self.transport.close()  # the client has ended its side too
+
+    def on_response_complete(self) -> None:
+        if self._linger_left >= 0:
+            self.server_state.total_requests += 1
+            return  # no keep-alive timer and no pipelined request on a closing connection
+        super().on_response_complete()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -106,15 +156,44 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle.more_body:  # a body follows: a refusal mid-body closes lingering
+            cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
     def timeout_keep_alive_handler(self) -> None:
         if not self.transport.is_closing() and bytes_waiting(self.transport):
             return  # the next request is here: the read that follows takes it
         super().timeout_keep_alive_handler()
+
+
+class _LingerOnClose:
+    """The transport as a request cycle with a body sees it: ``close`` (uvicorn's, after an
+    answer with ``connection: close``) closes lingering when the body was not read whole."""
+
+    __slots__ = ("_protocol", "_transport", "is_closing", "write")
+
+    def __init__(self, protocol: HeaderTimeoutProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self.write = self._transport.write
+        self.is_closing = self._transport.is_closing
+
+    def close(self) -> None:
+        cycle: RequestResponseCycle | None = self._protocol.cycle
+        if (cycle is not None and cycle.more_body) or bytes_waiting(self._transport):
+            self._protocol.close_lingering()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol_class(
