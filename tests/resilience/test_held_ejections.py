@@ -6,39 +6,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from quantroute.config import BackendConfig, GroupConfig, PolicyConfig
+from quantroute.config import GroupConfig, PolicyConfig
 from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.settings import OutlierDetection
 from quantroute.state.store import StateStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def backend(backend_id: str) -> BackendConfig:
-    return BackendConfig(
-        id=backend_id,
-        url=f"http://{backend_id}:8000",
-        served_model_name="m",
-        variant="v",
-        max_seq_len=8192,
-        capacity=8,
-    )
+from quantroute.testing.state import ManualClock, plain_backend
 
 
 def test_the_snapshot_makes_an_ejection_held_until_the_slot_holders_ended() -> None:
-    clock = Clock()
+    clock = ManualClock()
     registry = CollectorRegistry()
     settings = OutlierDetection(max_ejection_share=0.5, base_ejection_s=30.0, suspect_s=0.0)
     monitor = PassiveHealthMonitor(settings, clock, ResilienceMetrics(registry))
-    configs = [backend(b) for b in ("a", "b", "c")]
+    configs = [plain_backend(b) for b in ("a", "b", "c")]
     monitor.configure(settings, configs, [GroupConfig(name="auto", variants=("v",))])
     store = StateStore(configs, PolicyConfig(), clock, monitor)
     for _ in range(5):

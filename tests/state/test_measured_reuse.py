@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from quantroute.config import BackendConfig, GroupConfig, PolicyConfig
+from quantroute.config import GroupConfig, PolicyConfig
 from quantroute.core.latency import fit, peer_fit
 from quantroute.core.model import BackendState
 from quantroute.resilience.metrics import ResilienceMetrics
@@ -14,32 +14,14 @@ from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.settings import OutlierDetection
 from quantroute.state.store import MEASURED_REUSE_S, StateStore
+from quantroute.testing.state import ManualClock, plain_backend
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def backend(backend_id: str) -> BackendConfig:
-    return BackendConfig(
-        id=backend_id,
-        url=f"http://{backend_id}:8000",
-        served_model_name="m",
-        variant="v",
-        max_seq_len=8192,
-        capacity=8,
-    )
-
-
-def stack() -> tuple[StateStore, PassiveHealthMonitor, Clock]:
-    clock = Clock()
+def stack() -> tuple[StateStore, PassiveHealthMonitor, ManualClock]:
+    clock = ManualClock()
     settings = OutlierDetection(base_ejection_s=30.0, suspect_s=0.0, max_ejection_share=0.5)
     monitor = PassiveHealthMonitor(settings, clock, ResilienceMetrics(CollectorRegistry()))
-    configs = [backend(b) for b in ("a", "b", "c")]
+    configs = [plain_backend(b) for b in ("a", "b", "c")]
     monitor.configure(settings, configs, [GroupConfig(name="auto", variants=("v",))])
     policy = PolicyConfig(latency_half_life_s=10.0)
     return StateStore(configs, policy, clock, monitor), monitor, clock

@@ -38,6 +38,10 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from quantroute.resilience.settings import ClientLimits
+
+_DEFAULTS = ClientLimits()
+
 _BODY = (
     b'{"error":{"message":"Request headers were not received in time.",'
     b'"type":"invalid_request_error","param":null,"code":"request_timeout"}}'
@@ -70,8 +74,8 @@ def bytes_waiting(transport: asyncio.BaseTransport) -> int:
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline on reading request headers."""
 
-    header_timeout_s: ClassVar[float] = 10.0
-    keep_alive_s: ClassVar[float] = 75.0
+    header_timeout_s: ClassVar[float] = _DEFAULTS.header_timeout_s
+    keep_alive_s: ClassVar[float] = _DEFAULTS.keep_alive_s
     """Idle time between two requests on a connection before it is closed."""
     timeouts: ClassVar[list[int]] = [0]
     """How many connections were cut (shared by the class made by :func:`protocol_class`)."""
@@ -197,7 +201,7 @@ class _LingerOnClose:
 
 
 def protocol_class(
-    header_timeout_s: float, keep_alive_s: float = 75.0
+    header_timeout_s: float, keep_alive_s: float = _DEFAULTS.keep_alive_s
 ) -> type[HeaderTimeoutProtocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with these timeouts and its own
     counter."""
