@@ -6,7 +6,9 @@
 #                         extras named (comma- or space-separated, may be empty),
 #                         then: debug symbols out of the compiled extensions (not auditwheel's
 #                         vendored *.libs, which strip breaks), every shared object must still
-#                         load, and bytecode compiled in (the image's user cannot write it, and
+#                         load, what only type checkers and C compilers read taken out (type
+#                         stubs *.pyi: 4 MB in kubernetes-asyncio alone; Cython and C sources),
+#                         and bytecode compiled in (the image's user cannot write it, and
 #                         compiling at each start costs seconds)
 #   venv.sh package       quantroute itself, nothing the deps step did not install (pip check),
 #                         its bytecode; its files are also staged under /opt/quantroute-package,
@@ -32,6 +34,8 @@ EOF
     find "$venv" -name '*.so' ! -path '*.libs/*' -exec strip --strip-unneeded {} +
     # os._exit: libraries loaded without their module's initialisation must not run finalisers.
     "$venv/bin/python" -c "import ctypes, os, pathlib; [ctypes.CDLL(str(p)) for p in pathlib.Path('$venv').rglob('*.so')]; os._exit(0)"
+    find "$site" -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \
+      -o -name '*.c' -o -name '*.h' \) -delete
     compile "$site"
     ;;
   package)
