@@ -203,6 +203,10 @@ def gateway_config(servers: Sequence[VllmServer], group: str) -> dict[str, objec
             "staleness_limit_s": 10,
             "weights": {"interactive": weights, "batch": weights},
         },
+        # The tests' own clients share an event loop with a busy background load: a connection
+        # they open may stay silent for seconds (the kill test's capture showed 10 s), which the
+        # default 10 s header timeout would cut as a slow client. That limit has its own tests.
+        "resilience": {"client": {"header_timeout_s": 120}},
     }
 
 

@@ -162,6 +162,7 @@ async def one_stream(client: openai.AsyncOpenAI, max_tokens: int = MAX_TOKENS) -
         return (f"cut: {detail}" if started else f"failed before first byte: {detail}"), backend
 
 
+@pytest.mark.timeout(900, func_only=True)  # a burst, a vLLM restart (bounded at 300 s), polls
 async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
     victim = "kill-a"
     client = openai.AsyncOpenAI(

@@ -166,20 +166,23 @@ def refuses(url: str) -> bool:
 
 def test_sigterm_drains_streams_and_exits_0(serve: Any, backends: Any) -> None:
     fake, server = backends["a"]
-    gw = serve({"a": server.url}, resilience={"drain": {"announce_s": 1.0, "deadline_s": 20}})
+    # Generous on a loaded machine: the announcement (5 s) must outlast the /ready and /health
+    # reads after SIGTERM (each a new client: seconds under load), and the stream (15 s) the
+    # announcement and the wait for refused connections.
+    gw = serve({"a": server.url}, resilience={"drain": {"announce_s": 5.0, "deadline_s": 40}})
     assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 200, 10)
-    stream = StreamReader(gw.url, max_tokens=60)  # 3 s of tokens
+    stream = StreamReader(gw.url, max_tokens=300)  # 15 s of tokens
     stream.start()
     assert wait_until(lambda: fake.state.active == 1, 10)
     gw.proc.send_signal(signal.SIGTERM)
-    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 503, 2)
+    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 503, 4)
     assert fake.state.active == 1  # /ready turned while the stream was still running
     assert httpx.get(gw.url + "/health").status_code == 200  # still listening: the announcement
-    assert wait_until(lambda: refuses(gw.url), 5)  # then new connections are refused...
+    assert wait_until(lambda: refuses(gw.url), 15)  # then new connections are refused...
     assert stream.is_alive()  # ...while the open stream goes on
-    stream.join(30)
+    stream.join(60)
     assert stream.error is None and stream.body.endswith(b"data: [DONE]\n\n")
-    assert stream.body.count(b'"content":" tok"') == 60
+    assert stream.body.count(b'"content":" tok"') == 300
     assert gw.proc.wait(20) == 0, gw.output()
     assert "Traceback" not in gw.output()
 
