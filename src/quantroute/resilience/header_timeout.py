@@ -160,9 +160,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle.more_body:  # a body follows: a refusal mid-body closes lingering
-            cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
+        # Every cycle: whether its body was read whole is known only when its answer closes.
+        self.cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -15,13 +15,14 @@ class ManualClock:
         return self.now
 
 
-def plain_backend(backend_id: str, variant: str = "v") -> BackendConfig:
-    """A backend of model ``m`` at ``http://<id>:8000`` (never contacted: state-only tests)."""
+def plain_backend(backend_id: str) -> BackendConfig:
+    """A backend of model ``m``, variant ``v``, at ``http://<id>:8000`` (never contacted: state-only
+    tests)."""
     return BackendConfig(
         id=backend_id,
         url=f"http://{backend_id}:8000",
         served_model_name="m",
-        variant=variant,
+        variant="v",
         max_seq_len=8192,
         capacity=8,
     )
