@@ -1,6 +1,7 @@
 """The snapshot's measurements (aged latency, variant peers, TTFT fit) are kept from one request
-to the next while nothing new was measured: a new sample, an ejection or time past the reuse
-window shows in the very next snapshot, and a reused value is the one computed afresh."""
+to the next: a new sample shows in the first snapshot once the last fold is MEASURED_FOLD_S old
+(not in every snapshot of a busy gateway), an ejection or time past the reuse window in the very
+next snapshot, and a reused value is the one computed afresh."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from quantroute.resilience.metrics import ResilienceMetrics
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.settings import OutlierDetection
-from quantroute.state.store import MEASURED_REUSE_S, StateStore
+from quantroute.state.store import MEASURED_FOLD_S, MEASURED_REUSE_S, StateStore
 from quantroute.testing.state import ManualClock, plain_backend
 
 
@@ -41,18 +42,32 @@ def fresh_fit(state: BackendState) -> object:
     return fit(state.observed, k, peer_fit(state.peers, k))
 
 
-def test_a_new_sample_shows_in_the_next_snapshot_without_waiting() -> None:
-    store, monitor, _ = stack()
+def test_a_new_sample_is_folded_in_once_the_last_fold_is_old_enough() -> None:
+    store, monitor, clock = stack()
     for _ in range(4):
         sample(monitor, "a", 0.1)
+    folded_at = clock.now
     before = states(store)["a"]
-    sample(monitor, "a", 0.5)  # same instant: inside the reuse window
+    sample(monitor, "a", 0.5)  # same instant: the fold just made is kept
+    assert states(store)["a"].observed is before.observed
+    clock.now = folded_at + MEASURED_FOLD_S * 0.9
+    assert states(store)["a"].observed is before.observed
+    clock.now = folded_at + MEASURED_FOLD_S * 1.001  # the fold is MEASURED_FOLD_S old: folded in
     after = states(store)["a"]
     assert before.observed is not None and after.observed is not None
     assert after.observed.ttft_samples == before.observed.ttft_samples + 1
     assert after.ttft_fit is not None and before.ttft_fit is not None
     assert after.ttft_fit.queue_factor > before.ttft_fit.queue_factor
     assert after.ttft_fit == fresh_fit(after)
+
+
+def test_with_nothing_new_the_fold_is_kept_past_the_fold_interval() -> None:
+    store, monitor, clock = stack()
+    for _ in range(4):
+        sample(monitor, "a", 0.1)
+    before = states(store)["a"]
+    clock.now += MEASURED_FOLD_S * 3
+    assert states(store)["a"].observed is before.observed
 
 
 def test_within_the_window_the_same_objects_after_it_aged_afresh() -> None:

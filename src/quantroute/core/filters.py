@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from quantroute.base import quick_init
 from quantroute.config import PolicyConfig
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import BackendState, Health, Rejection, RequestFeatures
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from quantroute.core.latency import LatencyEstimate
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FilterContext:
     features: RequestFeatures

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from quantroute.base import quick_init
+
 MIN_FACTOR, MAX_FACTOR = 0.1, 10.0
 """Fitted factors are kept in this range: a 10x slower replica is the outlier ejection's case."""
 
@@ -214,6 +216,7 @@ def blend(
     return (n * measured + prior_samples * prior) / (n + prior_samples)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LatencyEstimate:
     """The latency scorer's figures for one candidate: prior, measured factors, blend."""

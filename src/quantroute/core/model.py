@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from quantroute.base import quick_init
 from quantroute.config import ApiName, BackendConfig, TaskType
 from quantroute.core.latency import LatencyEstimate, ObservedLatency, TtftFit
 from quantroute.core.prefix import PrefixView, PromptBlocks
@@ -69,6 +70,7 @@ class PassiveState:
 SERVING = PassiveState()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BackendState:
     """One backend as the router sees it at snapshot time."""
@@ -100,12 +102,14 @@ class BackendState:
         return self.config.id
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     taken_at: float
     backends: tuple[BackendState, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestFeatures:
     model: str
@@ -126,12 +130,14 @@ class RequestFeatures:
     """Expected hit share per backend, filled in by the gateway just before the decision."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Scores:
     total: float
     parts: dict[str, float] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why one filter turned one backend away: the filter's name and a human-readable detail.
@@ -162,6 +168,7 @@ class Outcome(StrEnum):
     NO_BACKEND = "no_backend"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     outcome: Outcome

@@ -29,12 +29,18 @@ class Policy:
     groups: tuple[GroupConfig, ...] = ()
     plan: Plan = field(init=False, repr=False, compare=False)
     """The policy's plugins, looked up and built once (ConfigError if one is unknown)."""
+    by_name: dict[str, GroupConfig] = field(init=False, repr=False, compare=False)
+    """The groups by name (the first of a name, as a scan would find it): one lookup per request."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", compile_plan(self.config))
+        by_name: dict[str, GroupConfig] = {}
+        for g in self.groups:
+            by_name.setdefault(g.name, g)
+        object.__setattr__(self, "by_name", by_name)
 
     def group(self, name: str) -> GroupConfig | None:
-        return next((g for g in self.groups if g.name == name), None)
+        return self.by_name.get(name)
 
 
 def candidates_for(
@@ -78,11 +84,16 @@ def _score(
     admitted: Sequence[BackendState], ctx: FilterContext, profile: Sequence[WeightedScorer]
 ) -> dict[str, Scores]:
     total_weight = sum(s.weight for s in profile)
+    clamp = scorers.clamp
     result: dict[str, Scores] = {}
     for backend in admitted:
-        parts = {s.name: scorers.clamp(s.score(backend, admitted, ctx)) for s in profile}
-        total = sum(s.weight * parts[s.name] for s in profile) / total_weight
-        result[backend.id] = Scores(total=total, parts=parts)
+        parts: dict[str, float] = {}
+        for s in profile:
+            parts[s.name] = clamp(s.score(backend, admitted, ctx))
+        total = 0.0
+        for s in profile:  # by name: a name given twice weighs its last value twice
+            total += s.weight * parts[s.name]
+        result[backend.id] = Scores(total / total_weight, parts)
     return result
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
 from quantroute.core.latency import LatencyEstimate, blend, fit, peer_fit
@@ -13,8 +13,9 @@ from quantroute.core.prefix import uncached_tokens
 Scorer = Callable[[BackendState, Sequence[BackendState], FilterContext], float]
 
 
-@dataclass(frozen=True, slots=True)
-class Load:
+class Load(NamedTuple):
+    """A backend's load as the scorers read it (a tuple: built several times per decision)."""
+
     running: float
     waiting: float
     pending: float

@@ -24,9 +24,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quantroute.base import Clock
+from quantroute.base import Clock, quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BackendLoad:
     """What the gateway itself has in flight at one backend."""

@@ -30,8 +30,15 @@ from quantroute.state.metric_schema import SchemaReport, check_schema
 
 MEASURED_REUSE_S = 0.1
 """How long a snapshot's aged measurements may be reused while nothing new was measured."""
+MEASURED_FOLD_S = 0.01
+"""New latency samples are folded into the snapshot's measurements at most this often: a
+sample shows in the first snapshot taken this long after the last fold (at once when traffic is
+lighter than one request per fold), so a busy gateway rebuilds them about a hundred times a
+second instead of for every request. An ejection or a policy change shows at once."""
+_IDLE = BackendLoad()
 _MeasuredCache = tuple[
     object,
+    tuple[object, ...],
     float,
     dict[str, "ObservedLatency | None"],
     dict[str, ObservedLatency],
@@ -160,7 +167,7 @@ class StateStore:
             self.passive.tick()  # an ejection held for want of room, made once there is room
         now = self._clock()
         loads = self.inflight.loads()
-        idle = BackendLoad()
+        idle = _IDLE
         states = []
         ids = list(self._records)
         passive = {i: self._passive(i) for i in ids}
@@ -190,19 +197,27 @@ class StateStore:
         self, ids: list[str], passive: dict[str, PassiveState], now: float
     ) -> tuple[dict[str, ObservedLatency | None], dict[str, ObservedLatency], dict[str, TtftFit]]:
         """Each backend's measurement, aged, its variant peers' (:meth:`_peers`) and the TTFT
-        fit of the two (as the latency scorer works it out under this policy). Kept
-        from one snapshot to the next while no backend has a new sample, none was ejected or
-        let back and at most :data:`MEASURED_REUSE_S` went by (the ageing that time adds is
-        then under 0.1% of the weight at the default two-minute half-life): building them is
-        most of a snapshot's cost, and a snapshot is taken for every request."""
+        fit of the two (as the latency scorer works it out under this policy). Kept from one
+        snapshot to the next while none was ejected or let back, for at most
+        :data:`MEASURED_REUSE_S` (the ageing that time adds is then under 0.1% of the weight at
+        the default two-minute half-life), and while no backend has a new sample or the last
+        fold is under :data:`MEASURED_FOLD_S` old: building them is most of a snapshot's cost,
+        a snapshot is taken for every request, and a busy gateway gets a sample with nearly
+        every answer."""
         raw = None if self.passive is None else self.passive.observed
-        key = (
-            self._policy,
-            tuple((i, None if raw is None else raw(i), passive[i].ejected is None) for i in ids),
-        )
+        key = (self._policy, tuple((i, passive[i].ejected is None) for i in ids))
         cached = self._measured_cache
-        if cached is not None and cached[0] == key and 0.0 <= now - cached[1] < MEASURED_REUSE_S:
-            return cached[2], cached[3], cached[4]
+        samples: tuple[object, ...] | None = None
+        if cached is not None and cached[0] == key:
+            age = now - cached[2]
+            if 0.0 <= age < MEASURED_FOLD_S:
+                return cached[3], cached[4], cached[5]
+            if 0.0 <= age < MEASURED_REUSE_S:
+                samples = () if raw is None else tuple(raw(i) for i in ids)
+                if samples == cached[1]:
+                    return cached[3], cached[4], cached[5]
+        if samples is None:
+            samples = () if raw is None else tuple(raw(i) for i in ids)
         observed = {i: self._observed(i) for i in ids}
         peers = self._peers(observed, passive)
         k, on = self._policy.latency_prior_samples, self._policy.measured_latency
@@ -210,7 +225,7 @@ class StateStore:
             i: fit(observed[i] if on else None, k, peer_fit(peers.get(i) if on else None, k))
             for i in ids
         }
-        self._measured_cache = (key, now, observed, peers, fits)
+        self._measured_cache = (key, samples, now, observed, peers, fits)
         return observed, peers, fits
 
     def _peers(
