@@ -57,6 +57,9 @@ def test_the_same_value_as_dataclasses_own_init(
     quick, plain = Quick(*args, **kwargs), Plain(*args, **kwargs)  # type: ignore[arg-type]
     assert dataclasses.astuple(quick) == dataclasses.astuple(plain)
     assert quick == Quick(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_equal_and_hashable_as_before() -> None:
     assert Quick(1) != Quick(2)
     assert hash(Checked(1, 2)) == hash(Checked(1, 2)) != hash(Checked(1, 3))
 

@@ -207,17 +207,15 @@ class StateStore:
         raw = None if self.passive is None else self.passive.observed
         key = (self._policy, tuple((i, passive[i].ejected is None) for i in ids))
         cached = self._measured_cache
-        samples: tuple[object, ...] | None = None
-        if cached is not None and cached[0] == key:
-            age = now - cached[2]
-            if 0.0 <= age < MEASURED_FOLD_S:
-                return cached[3], cached[4], cached[5]
-            if 0.0 <= age < MEASURED_REUSE_S:
-                samples = () if raw is None else tuple(raw(i) for i in ids)
-                if samples == cached[1]:
-                    return cached[3], cached[4], cached[5]
-        if samples is None:
-            samples = () if raw is None else tuple(raw(i) for i in ids)
+        if cached is not None and (
+            cached[0] != key or not 0.0 <= now - cached[2] < MEASURED_REUSE_S
+        ):
+            cached = None  # another policy or ejection, or aged too long: built afresh
+        if cached is not None and now - cached[2] < MEASURED_FOLD_S:
+            return cached[3], cached[4], cached[5]
+        samples = () if raw is None else tuple(raw(i) for i in ids)
+        if cached is not None and samples == cached[1]:
+            return cached[3], cached[4], cached[5]
         observed = {i: self._observed(i) for i in ids}
         peers = self._peers(observed, passive)
         k, on = self._policy.latency_prior_samples, self._policy.measured_latency
