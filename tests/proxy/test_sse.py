@@ -115,6 +115,11 @@ def test_usage_from_event(raw: bytes, expected: Usage | None) -> None:
         (b'{"usage":null}', None),
         (b"[1,2]", None),
         (b"not json", None),
+        # orjson refuses these; json reads them (the fallback keeps json's answers)
+        (b'{"usage":{"prompt_tokens":5,"completion_tokens":7},"logprob":NaN}', Usage(5, 7)),
+        (b'{"usage":{"prompt_tokens":5,"completion_tokens":7},"text":"\\ud800"}', Usage(5, 7)),
+        ('{"usage":{"prompt_tokens":4,"completion_tokens":2}}'.encode("utf-16"), Usage(4, 2)),
+        (b'{"usage":{"prompt_tokens":5,"completion_tokens":7}} trailing', None),
     ],
 )
 def test_usage_from_body(body: bytes, expected: Usage | None) -> None:

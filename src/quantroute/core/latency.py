@@ -32,6 +32,7 @@ MIN_FACTOR, MAX_FACTOR = 0.1, 10.0
 """Fitted factors are kept in this range: a 10x slower replica is the outlier ejection's case."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LatencySample:
     """One answered attempt, as the request path measured it."""
@@ -46,6 +47,7 @@ class LatencySample:
     """What the prior expected for this request at dispatch, split (None: no decision estimate)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ObservedLatency:
     """Smoothed figures for one backend. Raw moving averages (what the outlier rule compares
@@ -130,6 +132,7 @@ def aged(observed: ObservedLatency, age_s: float, half_life_s: float) -> Observe
     )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TtftFit:
     queue_factor: float = 1.0

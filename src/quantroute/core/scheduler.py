@@ -84,12 +84,12 @@ def _score(
     admitted: Sequence[BackendState], ctx: FilterContext, profile: Sequence[WeightedScorer]
 ) -> dict[str, Scores]:
     total_weight = sum(s.weight for s in profile)
-    clamp = scorers.clamp
     result: dict[str, Scores] = {}
     for backend in admitted:
         parts: dict[str, float] = {}
         for s in profile:
-            parts[s.name] = clamp(s.score(backend, admitted, ctx))
+            value = s.score(backend, admitted, ctx)  # clamped to [0, 1], inline: 6+ calls saved
+            parts[s.name] = 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
         total = 0.0
         for s in profile:  # by name: a name given twice weighs its last value twice
             total += s.weight * parts[s.name]

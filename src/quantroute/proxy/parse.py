@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
+from quantroute.base import quick_init
 from quantroute.config import PolicyConfig
 from quantroute.core import features as feat
 from quantroute.core.model import LatencyClass, RequestFeatures
@@ -31,6 +32,7 @@ TASK_HEADER = "x-quantroute-task"
 PRIORITY_HEADER = "x-quantroute-priority"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     kind: Kind

@@ -11,6 +11,9 @@ import json
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from quantroute.errors import UpstreamTooLarge
 
@@ -35,20 +38,26 @@ def usage_from_event(event: bytes) -> Usage | None:
     payload = event.strip()
     if payload.startswith(b"data:"):
         payload = payload[5:].strip()
-    try:
-        usage = json.loads(payload).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return _usage(payload)
 
 
 def usage_from_body(body: bytes) -> Usage | None:
+    return _usage(body)
+
+
+def _usage(payload: bytes) -> Usage | None:
+    """The ``usage`` object of a JSON document, read by orjson (a fifth of ``json``'s time for
+    a short answer); what orjson refuses and ``json`` reads (NaN, lone surrogates, other
+    encodings) takes ``json``'s path."""
+    value: Any
     try:
-        usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError):
-        return None
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return None
+    usage = value.get("usage") if isinstance(value, dict) else None
     if not isinstance(usage, dict):
         return None
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

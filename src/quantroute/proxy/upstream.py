@@ -20,6 +20,7 @@ from typing import Protocol
 
 import aiohttp
 
+from quantroute.base import quick_init
 from quantroute.errors import (
     UpstreamConnectError,
     UpstreamFailure,
@@ -29,6 +30,7 @@ from quantroute.errors import (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Deadlines:
     connect_s: float = 2.0
