@@ -412,3 +412,20 @@ def test_a_backend_back_up_does_not_release_what_it_takes_room_from() -> None:
         health.record("c", F, 1.0)  # held
     assert health.set_down("b", False, 2.0) == [] and health.holding
     assert not health.view("c", 2.0).ejected
+
+
+def test_a_backend_known_down_is_ejected_on_its_own_failures() -> None:
+    """The real-vLLM kill test's sequence on a loaded CPU: the victim's scrapes fail first (it is
+    marked down), then its streams break. With two backends the group's share leaves no room,
+    but ejecting a backend that serves nothing costs none, so it is ejected and goes on
+    probation when it returns."""
+    health = machine({"a": "v", "b": "v"}, consecutive_failures=2, max_ejection_share=0.5)
+    health.set_down("a", True, 0.0)
+    events = [health.record("a", F, 1.0) for _ in range(2)]
+    assert events[0] is None
+    assert events[1] is not None and not events[1].suppressed
+    assert health.view("a", 1.0).ejected and health.view("a", 1.0).ejections == 1
+    assert not health.holding
+    for _ in range(5):
+        health.record("b", F, 1.0)
+    assert not health.view("b", 1.0).ejected  # the one backend serving is never ejected

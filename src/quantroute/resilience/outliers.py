@@ -372,6 +372,11 @@ class PassiveHealth:
         b.backpressure_until = max(until, b.backpressure_until or until)
 
     def _room_to_eject(self, backend_id: str, now: float) -> bool:
+        """Whether ejecting the backend keeps its groups within their ejection share. A backend
+        known down takes no room: it serves nothing either way (its scrapes failing first, then
+        its streams breaking, must still eject it, or its return would skip probation)."""
+        if self._backends[backend_id].down:
+            return True
         share = self.settings.max_ejection_share
         for members in self._groups.values():
             if backend_id not in members:
