@@ -373,8 +373,9 @@ class PassiveHealth:
 
     def _room_to_eject(self, backend_id: str, now: float) -> bool:
         """Whether ejecting the backend keeps its groups within their ejection share. A backend
-        known down takes no room: it serves nothing either way (its scrapes failing first, then
-        its streams breaking, must still eject it, or its return would skip probation)."""
+        known down takes no room: it serves nothing either way. A vLLM that is killed may have
+        its scrapes fail before its streams break; it is still ejected, so the ejection is
+        logged and counted, and a backend that keeps dying is ejected for longer each time."""
         if self._backends[backend_id].down:
             return True
         share = self.settings.max_ejection_share
