@@ -4,10 +4,10 @@ CPU time per request moves by 15-25% between runs on a shared VM, more than most
 to the request path are worth. This counts instead: each proxy is started with a profile hook
 (``callcount/sitecustomize.py``), warmed up, then counts the Python function calls (coroutine
 resumptions included) and C function calls of its event-loop thread over ``--requests``
-sequential requests. The counts are the same from run to run (background work such as scrapes
-adds a fraction of a call per request), so an A/B of a change of a few calls is exact. They say
-how much Python runs per request, not what each call costs: read them beside the CPU ratios of
-``run.py``.
+sequential requests, less the same length of time with no traffic. The bare proxy's counts are
+the same in every run; the gateway's move by about 3% (its scrapes come whole), far less than
+CPU time does. They say how much Python runs per request, not what each call costs: read them
+beside the CPU ratios of ``run.py``.
 
     python calls.py                                # the installed gateway and the bare proxy
     python calls.py --src /tmp/base/src ../../src  # gateways importing quantroute from each
@@ -125,14 +125,9 @@ def main() -> None:
                 proc, target, _ = baselines.start_bare(stack, work, 1, ports, fleet.MODEL, env)
                 name = "bare proxy"
             else:
-                port = procs.free_port()
-                serve = [*procs.quantroute_command(), "serve", "--config", str(config)]
-                serve += ["--port", str(port), "--log-level", "warning"]
                 env = _hooked(fleet.environment(src), out)
-                proc = procs.start(f"gateway{i}", serve, fleet.GATEWAY_CPU, work, env)
-                stack.callback(procs.stop, proc)
-                procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", fleet.START_TIMEOUT_S)
-                target = loadgen.Target(f"gateway{i}", f"http://127.0.0.1:{port}", fleet.GROUP)
+                gateway = fleet.start_gateway(stack, work, config, f"gateway{i}", src, env)
+                proc, target = gateway.proc, gateway.target
                 name = f"gateway ({src or 'installed'})"
             events, functions = _count(proc, target, out, a)
             rows.append((name, events["call"], events["c_call"]))

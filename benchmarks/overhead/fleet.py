@@ -170,13 +170,19 @@ def environment(pythonpath: str | None) -> dict[str, str]:
     return env
 
 
-def _start_gateway(
-    stack: contextlib.ExitStack, workdir: Path, config: Path, name: str, pythonpath: str | None
+def start_gateway(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    config: Path,
+    name: str,
+    pythonpath: str | None,
+    env: dict[str, str] | None = None,
 ) -> GatewayProc:
+    """A gateway on the gateway's core, ready; ``env`` defaults to :func:`environment`."""
     port = procs.free_port()
     cmd = [*procs.quantroute_command(), "serve", "--config", str(config), "--port", str(port)]
     cmd += ["--log-level", "warning"]
-    env = environment(pythonpath)
+    env = environment(pythonpath) if env is None else env
     proc = procs.start(name, cmd, GATEWAY_CPU, workdir, env)
     stack.callback(procs.stop, proc)
     procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", START_TIMEOUT_S)
@@ -206,17 +212,17 @@ def start(
     stack.callback(procs.stop, backend)
     procs.wait_log(backend, "READY", START_TIMEOUT_S)
     config = write_files(workdir, procs.free_port(), ports)
-    gateways = [_start_gateway(stack, workdir, config, "gateway", source)]
+    gateways = [start_gateway(stack, workdir, config, "gateway", source)]
     if candidate is not None:
-        gateways.append(_start_gateway(stack, workdir, config, "candidate", candidate))
+        gateways.append(start_gateway(stack, workdir, config, "candidate", candidate))
     if access:  # the same gateway with API keys and quotas on, measured in the same run
         keyed = write_files(workdir, procs.free_port(), ports, access=True)
-        gateways.append(_start_gateway(stack, workdir, keyed, "access", source))
+        gateways.append(start_gateway(stack, workdir, keyed, "access", source))
     receiver = _start_receiver(stack, workdir, source) if tracing else None
     for ratio in tracing:
         assert receiver is not None
         traced = write_tracing_config(config, ratio, receiver)
-        gateways.append(_start_gateway(stack, workdir, traced, tracing_name(ratio), source))
+        gateways.append(start_gateway(stack, workdir, traced, tracing_name(ratio), source))
     for started in (
         baselines.start_bare(stack, workdir, GATEWAY_CPU, ports, MODEL, environment(source)),
         baselines.start_nginx(stack, workdir, GATEWAY_CPU, ports, MODEL) if nginx else None,

@@ -417,8 +417,8 @@ def test_a_backend_back_up_does_not_release_what_it_takes_room_from() -> None:
 def test_a_backend_known_down_is_ejected_on_its_own_failures() -> None:
     """The real-vLLM kill test's sequence on a loaded CPU: the victim's scrapes fail first (it is
     marked down), then its streams break. With two backends the group's share leaves no room,
-    but ejecting a backend that serves nothing costs none, so it is ejected and goes on
-    probation when it returns."""
+    but ejecting a backend that serves nothing costs none, so it is ejected; the one backend
+    still serving is not."""
     health = machine({"a": "v", "b": "v"}, consecutive_failures=2, max_ejection_share=0.5)
     health.set_down("a", True, 0.0)
     events = [health.record("a", F, 1.0) for _ in range(2)]
