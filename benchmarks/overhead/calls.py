@@ -53,15 +53,6 @@ def _hooked(env: dict[str, str], out: Path) -> dict[str, str]:
     return env
 
 
-async def _drive(target: loadgen.Target, requests: int, stream: bool) -> None:
-    body = loadgen.payload(target.model, stream)
-    async with loadgen.new_session(1) as session:
-        for _ in range(requests):
-            status, _, _ = await loadgen.fetch(session, target.chat_url, body)
-            if status != 200:
-                raise RuntimeError(f"{target.name}: status {status}")
-
-
 def _window(proc: procs.Proc, out: Path, during: Callable[[], None]) -> Counts:
     """The counts of ``proc`` while ``during`` runs, and how long it ran."""
     out.unlink(missing_ok=True)
@@ -87,8 +78,8 @@ def _count(
     """Events and functions per request, net of what the proxy does with no traffic (scrapes,
     timers) over as long as the requests took: background work runs per second, not per
     request, and would otherwise move the count with the machine's speed."""
-    asyncio.run(_drive(target, WARM_UP, a.stream))
-    busy = _window(proc, out, lambda: asyncio.run(_drive(target, a.requests, a.stream)))
+    asyncio.run(loadgen.sequential(target, WARM_UP, a.stream))
+    busy = _window(proc, out, lambda: asyncio.run(loadgen.sequential(target, a.requests, a.stream)))
     idle = _window(proc, out, lambda: time.sleep(busy.elapsed))
     scale = busy.elapsed / idle.elapsed if idle.elapsed > 0 else 1.0
 

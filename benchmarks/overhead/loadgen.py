@@ -121,6 +121,18 @@ async def fetch(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[
         return response.status, response.headers.get("Content-Type", ""), await response.read()
 
 
+async def sequential(target: Target, requests: int, stream: bool) -> None:
+    """``requests`` requests one after another on one connection (``calls.py`` and
+    ``instructions.py`` count the proxy's work per request over these); any status but 200
+    raises."""
+    body = payload(target.model, stream)
+    async with new_session(1) as session:
+        for _ in range(requests):
+            status, _, _ = await fetch(session, target.chat_url, body)
+            if status != 200:
+                raise RuntimeError(f"{target.name}: status {status}")
+
+
 async def _one(
     session: aiohttp.ClientSession, url: str, body: bytes, expected: int
 ) -> tuple[float, float, bool]:
