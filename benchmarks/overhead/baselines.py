@@ -19,6 +19,10 @@ from pathlib import Path
 import procs
 from loadgen import Target
 
+START_TIMEOUT_S = 30.0
+"""How long a baseline may take to answer ``/ready`` (``instructions.py`` raises it: under
+valgrind a proxy takes about 20 s to start)."""
+
 NGINX_CONF = """\
 daemon off;
 master_process off;
@@ -62,7 +66,7 @@ def start_bare(
     cmd += [f"http://127.0.0.1:{p}" for p in backend_ports]
     proc = procs.start("bare", cmd, cpu, workdir, env)
     stack.callback(procs.stop, proc)
-    procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", 30.0)
+    procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", START_TIMEOUT_S)
     return proc, Target("bare", f"http://127.0.0.1:{port}", model), cmd
 
 
@@ -85,5 +89,5 @@ def start_nginx(
     cmd = [binary, "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
     proc = procs.start("nginx", cmd, cpu, workdir)
     stack.callback(procs.stop, proc)
-    procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", 30.0)
+    procs.wait_http(proc, f"http://127.0.0.1:{port}/ready", START_TIMEOUT_S)
     return proc, Target("nginx", f"http://127.0.0.1:{port}", model), cmd

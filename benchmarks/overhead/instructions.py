@@ -41,7 +41,7 @@ import loadgen
 import procs
 
 WARM_UP = 100
-START_TIMEOUT_S = 240.0  # a gateway starting under valgrind: about 20 s here
+START_TIMEOUT_S = 240.0  # a proxy starting under valgrind: about 20 s here
 CONTROL_TIMEOUT_S = 120.0
 TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
@@ -118,6 +118,7 @@ def main() -> None:
 
     procs.start = start  # fleet and baselines start their proxies through it
     fleet.START_TIMEOUT_S = START_TIMEOUT_S
+    baselines.START_TIMEOUT_S = START_TIMEOUT_S
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="qr-instructions-"))
         ports = [procs.free_port() for _ in range(2)]
