@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from quantroute.core.model import BackendState, Health, Outcome, PassiveState
+from quantroute.core import filters
+from quantroute.core.filters import FilterContext
+from quantroute.core.model import SERVING, BackendState, Health, Outcome, PassiveState
 from quantroute.core.scheduler import decide
 
 from .helpers import backend, features, policy, snapshot
@@ -113,3 +115,33 @@ def test_one_fresh_backend_anywhere_is_no_outage() -> None:
     # down, the metrics are not broken; no fail-open for it.
     d = decide(features(), snap, None, policy(("a",)))
     assert d.outcome is Outcome.NO_BACKEND
+
+
+def test_the_filters_decide_skips_for_a_serving_backend_admit_every_serving_backend() -> None:
+    """``decide`` leaves the passive filters out for a backend whose passive state is
+    ``SERVING``: sound only while each of them admits such a backend whatever else it shows.
+    Hard and soft passive filters both, on backends that other filters reject."""
+    assert {f.__name__ for f in filters.PASSIVE_FILTERS} == {
+        "ejection",
+        "backpressure",
+        "recent_failure",
+        "slow_start",
+    }
+    p = policy(AB)
+    for state in (backend("a"), backend("b", health=Health.DOWN, kv=0.99, max_seq_len=16)):
+        assert state.passive is SERVING
+        for i in range(50):
+            ctx = FilterContext(features(sequence=i), p.config, None, 0.0)
+            assert all(f(state, ctx) is None for f in filters.PASSIVE_FILTERS)
+
+
+def test_a_passive_state_equal_to_serving_but_not_it_still_runs_the_passive_filters() -> None:
+    """The skip is by identity: an ejected backend is never let through by it, and a state
+    built afresh with the defaults decides as ``SERVING`` does."""
+    fresh = with_passive(backend("a", cost=0.1))
+    assert fresh.passive is not SERVING and fresh.passive == SERVING
+    d = decide(features(), snapshot(fresh, backend("b")), None, policy(AB))
+    assert d.chosen == "a" and d.rejected == {}
+    ejected = with_passive(backend("a", cost=0.1), ejected="consecutive_failures: 5 in a row")
+    d = decide(features(), snapshot(ejected, backend("b")), None, policy(AB))
+    assert d.chosen == "b" and [r.filter for r in d.rejected["a"]] == ["ejection"]

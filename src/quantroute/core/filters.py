@@ -32,11 +32,12 @@ class FilterContext:
     """The latency estimate per backend, computed once per decision (the latency scorer and
     the decision's ``latency`` read the same one): a memo of a pure function of the
     context and the backend's state, never carried from one decision to the next."""
-    cheapest: dict[int, tuple[Sequence[BackendState], float]] = field(
+    cheapest: dict[int, tuple[Sequence[BackendState], float, dict[str, float]]] = field(
         default_factory=dict, compare=False
     )
     """The cost scorer's cheapest unit cost per candidate list scored (keyed by its id, the
-    list kept with it): computed once per decision instead of once per candidate."""
+    list kept with it), and each candidate's: computed once per decision instead of once per
+    candidate."""
 
 
 Filter = Callable[[BackendState, FilterContext], Rejection | None]
@@ -55,10 +56,10 @@ def kv_after(backend: BackendState, extra_tokens: int) -> float | None:
     metrics = backend.metrics
     if metrics is None or metrics.kv_cache_usage is None:
         return None
-    capacity = metrics.kv_capacity_tokens
-    if not capacity:
+    blocks, size = metrics.num_gpu_blocks, metrics.block_size  # kv_capacity_tokens, inline
+    if not blocks or not size:
         return metrics.kv_cache_usage
-    return metrics.kv_cache_usage + (backend.pending_kv_tokens + extra_tokens) / capacity
+    return metrics.kv_cache_usage + (backend.pending_kv_tokens + extra_tokens) / (blocks * size)
 
 
 def health(backend: BackendState, ctx: FilterContext) -> Rejection | None:
@@ -154,16 +155,25 @@ def waiting(backend: BackendState, ctx: FilterContext, *, limit: int) -> Rejecti
 def quality(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     if ctx.matrix is None:
         return None
-    variant, task = backend.config.variant_id, ctx.features.task
-    if ctx.matrix.stable(variant, task) is False:
+    config, task = backend.config, ctx.features.task
+    variant = config.variant or config.id  # variant_id, inline
+    profile = ctx.matrix.variants.get(variant)  # one lookup for stable() and quality()
+    measured = None if profile is None else profile.tasks.get(task)
+    if measured is None:
+        return None
+    if measured.stable is False:
         return Rejection("quality", f"variant {variant} is unstable for {task}")
-    score = ctx.matrix.quality(variant, task)
+    score = measured.quality
     if score is not None and score < ctx.quality_floor:
         return Rejection(
             "quality", f"{task} quality {score:.2f} below floor {ctx.quality_floor:.2f}"
         )
     return None
 
+
+PASSIVE_FILTERS: frozenset[Filter] = frozenset({ejection, backpressure, recent_failure, slow_start})
+"""Filters that admit every backend whose passive state is
+:data:`~quantroute.core.model.SERVING`: ``decide`` skips them for such a backend."""
 
 REGISTRY: dict[str, Filter] = {
     "context": context,

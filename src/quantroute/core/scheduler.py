@@ -10,6 +10,7 @@ from quantroute.core import filters, pickers, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.matrix import CapabilityMatrix
 from quantroute.core.model import (
+    SERVING,
     BackendState,
     Decision,
     Health,
@@ -62,14 +63,33 @@ def candidates_for(
 Filters = Sequence[tuple[str, Filter]]
 
 
+_SERVING_CHAINS: dict[tuple[tuple[str, Filter], ...], tuple[tuple[str, Filter], ...]] = {}
+"""Each filter chain without its passive-health filters, by chain (a handful per policy)."""
+
+
+def _serving_chain(chain: Filters) -> tuple[tuple[str, Filter], ...]:
+    """``chain`` less the filters that admit every backend whose passive state is
+    :data:`SERVING` (most backends, most of the time): four calls per backend saved."""
+    key = tuple(chain)
+    found = _SERVING_CHAINS.get(key)
+    if found is None:
+        if len(_SERVING_CHAINS) >= 64:  # policies reloaded many times: start over
+            _SERVING_CHAINS.clear()
+        found = _SERVING_CHAINS[key] = tuple(
+            (n, f) for n, f in key if f not in filters.PASSIVE_FILTERS
+        )
+    return found
+
+
 def _filter(
     backends: Sequence[BackendState], ctx: FilterContext, chain: Filters
 ) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]]]:
     admitted: list[BackendState] = []
     rejected: dict[str, tuple[Rejection, ...]] = {}
+    serving = _serving_chain(chain)
     for backend in backends:
         reasons: list[Rejection] | None = None
-        for _, f in chain:
+        for _, f in serving if backend.passive is SERVING else chain:
             reason = f(backend, ctx)
             if reason is not None:
                 reasons = [reason] if reasons is None else [*reasons, reason]
@@ -93,7 +113,7 @@ def _score(
         total = 0.0
         for s in profile:  # by name: a name given twice weighs its last value twice
             total += s.weight * parts[s.name]
-        result[backend.id] = Scores(total / total_weight, parts)
+        result[backend.config.id] = Scores(total / total_weight, parts)
     return result
 
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
 from quantroute.core.latency import LatencyEstimate, blend, fit, peer_fit
+from quantroute.core.matrix import VariantProfile
 from quantroute.core.model import BackendState
 from quantroute.core.prefix import uncached_tokens
 
@@ -36,16 +37,21 @@ def clamp(value: float) -> float:
 def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
     """Free KV (after this request) and free sequence slots; waiting requests count double."""
     kv = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
-    kv_free = 0.0 if kv is None else clamp(1.0 - kv)
-    load = load_of(backend)
-    busy = (load.running + load.pending + 2.0 * load.waiting) / load.capacity
-    return 0.5 * kv_free + 0.5 * clamp(1.0 - busy)
+    kv_free = 0.0 if kv is None else 1.0 - kv
+    kv_free = 0.0 if kv_free < 0.0 else 1.0 if kv_free > 1.0 else kv_free  # clamp, inline
+    m = backend.metrics  # load_of, inline: run per candidate per decision
+    running = (m.num_running if m is not None else None) or 0.0
+    waiting = (m.num_waiting if m is not None else None) or 0.0
+    busy = (running + backend.pending_requests + 2.0 * waiting) / backend.config.capacity
+    slots = 1.0 - busy
+    return 0.5 * kv_free + 0.5 * (0.0 if slots < 0.0 else 1.0 if slots > 1.0 else slots)
 
 
 def prefill_rate(backend: BackendState, ctx: FilterContext) -> float:
     rate = None
     if ctx.matrix is not None:
-        rate = ctx.matrix.prefill_tokens_per_s(backend.config.variant_id)
+        config = backend.config
+        rate = ctx.matrix.prefill_tokens_per_s(config.variant or config.id)
     return rate if rate else ctx.policy.default_prefill_tokens_per_s
 
 
@@ -59,31 +65,58 @@ def prompt_prefill_tokens(backend: BackendState, ctx: FilterContext) -> int:
     )
 
 
+def _variant(backend: BackendState, ctx: FilterContext) -> VariantProfile | None:
+    """The matrix's profile of the backend's variant (None: no matrix, or not profiled)."""
+    if ctx.matrix is None:
+        return None
+    config = backend.config
+    return ctx.matrix.variants.get(config.variant or config.id)  # variant_id, inline
+
+
+def _prior(
+    backend: BackendState, ctx: FilterContext, profile: VariantProfile | None
+) -> tuple[float, float]:
+    """:func:`prior_ttft_ms` with the variant's profile looked up once (by the caller, which
+    reads it too): the helpers it stands for are inlined, since it runs per candidate per
+    decision."""
+    policy = ctx.policy
+    base = None if profile is None else profile.ttft_ms.p50
+    if base is None:
+        base = policy.default_ttft_ms
+    m = backend.metrics  # load_of, inline
+    running = (m.num_running if m is not None else None) or 0.0
+    waiting = (m.num_waiting if m is not None else None) or 0.0
+    capacity = backend.config.capacity
+    queued = base * (1.0 + (running + backend.pending_requests) / capacity) + waiting * base
+    features = ctx.features  # prompt_prefill_tokens, inline
+    prompt = features.prompt_tokens
+    if features.prefix is not None:
+        share = features.prefix.share(backend.id)
+        if share > 0.0:
+            prompt = uncached_tokens(prompt, share)
+    rate = None if profile is None else profile.prefill_tokens_per_s  # prefill_rate, inline
+    if not rate:
+        rate = policy.default_prefill_tokens_per_s
+    return queued, 1000.0 * (backend.prefill_backlog_tokens + prompt) / rate
+
+
 def prior_ttft_ms(backend: BackendState, ctx: FilterContext) -> tuple[float, float]:
     """The matrix prior's TTFT, split: queueing (matrix TTFT scaled by load and queue) and
     prefill (this prompt, less what is expected to be cached there, and the prompts already sent
     to the backend that have not started answering, both at its prefill rate)."""
-    base = None
-    if ctx.matrix is not None:
-        base = ctx.matrix.ttft_p50_ms(backend.config.variant_id)
-    base = base if base is not None else ctx.policy.default_ttft_ms
-    load = load_of(backend)
-    queued = base * (1.0 + (load.running + load.pending) / load.capacity) + load.waiting * base
-    prefill = backend.prefill_backlog_tokens + prompt_prefill_tokens(backend, ctx)
-    return queued, 1000.0 * prefill / prefill_rate(backend, ctx)
+    return _prior(backend, ctx, _variant(backend, ctx))
 
 
 def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
     """The prior split, and the factors and time per token measured at this backend blended in
     by how much has been observed (:mod:`quantroute.core.latency`)."""
     policy = ctx.policy
-    queue, prefill = prior_ttft_ms(backend, ctx)
+    profile = _variant(backend, ctx)
+    queue, prefill = _prior(backend, ctx, profile)
     observed = backend.observed if policy.measured_latency else None
     peers = backend.peers if policy.measured_latency else None
     k = policy.latency_prior_samples
-    prior_tok = None
-    if ctx.matrix is not None:
-        prior_tok = ctx.matrix.itl_p50_ms(backend.config.variant_id)
+    prior_tok = None if profile is None else profile.itl_ms.p50
     if peers is not None and peers.per_token_s is not None:  # the twins' time per token first
         prior_tok = blend(prior_tok, 1000.0 * peers.per_token_s, peers.per_token_n, k)
     measured_tok, n_tok = None, 0.0
@@ -124,37 +157,48 @@ def expected_ms(estimate: LatencyEstimate, ctx: FilterContext) -> float:
 
 
 def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
-    ref = ctx.policy.latency_reference_ms
-    return ref / (ref + expected_ms(estimate(backend, ctx), ctx))
+    policy = ctx.policy
+    found = ctx.estimates.get(backend.config.id)  # estimate() and expected_ms(), inline
+    if found is None:
+        found = ctx.estimates[backend.config.id] = latency_estimate(backend, ctx)
+    f = found.fit
+    ms = f.queue_factor * found.prior_queue_ms + f.prefill_factor * found.prior_prefill_ms
+    tokens = policy.latency_decode_tokens
+    if tokens and found.per_token_ms is not None:
+        ms += tokens * found.per_token_ms
+    ref = policy.latency_reference_ms
+    return ref / (ref + ms)
 
 
 def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
     """Matrix cost per 1M output tokens; without one, GPU price per sequence slot as a proxy."""
-    if ctx.matrix is not None:
-        cost = ctx.matrix.cost_per_1m(backend.config.variant_id)
-        if cost is not None:
-            return cost
+    profile = _variant(backend, ctx)
+    if profile is not None and profile.cost_per_1m_output_tokens is not None:
+        return profile.cost_per_1m_output_tokens
     return backend.config.gpu_cost_per_hour / backend.config.capacity
 
 
 def cost(backend: BackendState, candidates: Sequence[BackendState], ctx: FilterContext) -> float:
-    mine = unit_cost(backend, ctx)
-    if mine <= 0.0:
-        return 1.0
     if len(candidates) == 1:
         return 1.0
     memo = ctx.cheapest.get(id(candidates))
     if memo is None or memo[0] is not candidates:  # once per decision, not once per candidate
-        memo = ctx.cheapest[id(candidates)] = (
-            candidates,
-            min(unit_cost(c, ctx) for c in candidates),
-        )
-    return clamp(memo[1] / mine)
+        units = {c.config.id: unit_cost(c, ctx) for c in candidates}
+        memo = ctx.cheapest[id(candidates)] = (candidates, min(units.values()), units)
+    mine = memo[2].get(backend.config.id)
+    if mine is None:  # not one of the candidates it is compared with
+        mine = unit_cost(backend, ctx)
+    if mine <= 0.0:
+        return 1.0
+    ratio = memo[1] / mine
+    return 0.0 if ratio < 0.0 else 1.0 if ratio > 1.0 else ratio  # clamp, inline
 
 
 def least_loaded(backend: BackendState, _all: Sequence[BackendState], _c: FilterContext) -> float:
-    load = load_of(backend)
-    return 1.0 / (1.0 + load.running + load.waiting + load.pending)
+    m = backend.metrics  # load_of, inline
+    running = (m.num_running if m is not None else None) or 0.0
+    waiting = (m.num_waiting if m is not None else None) or 0.0
+    return 1.0 / (1.0 + running + waiting + backend.pending_requests)
 
 
 REGISTRY: dict[str, Scorer] = {
