@@ -49,9 +49,12 @@ def candidates_for(
 ) -> tuple[list[BackendState], GroupConfig | None]:
     """Backends that serve ``model``: a group's variants, or a backend by served name/id/variant
     (whatever APIs they serve: ``decide`` keeps those of the request's API)."""
-    group = policy.group(model)
+    group = policy.by_name.get(model)
     if group is not None:
-        return [b for b in snapshot.backends if b.config.variant_id in group.variants], group
+        variants = group.variants  # variant_id, inline: per backend per request
+        return [
+            b for b in snapshot.backends if (b.config.variant or b.config.id) in variants
+        ], group
     named = [
         b
         for b in snapshot.backends
@@ -103,7 +106,9 @@ def _filter(
 def _score(
     admitted: Sequence[BackendState], ctx: FilterContext, profile: Sequence[WeightedScorer]
 ) -> dict[str, Scores]:
-    total_weight = sum(s.weight for s in profile)
+    total_weight = 0.0
+    for s in profile:
+        total_weight += s.weight
     result: dict[str, Scores] = {}
     for backend in admitted:
         parts: dict[str, float] = {}
@@ -115,6 +120,10 @@ def _score(
             total += s.weight * parts[s.name]
         result[backend.config.id] = Scores(total / total_weight, parts)
     return result
+
+
+def _kv_pressure(rejected: dict[str, tuple[Rejection, ...]]) -> tuple[str, ...]:
+    return tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
 
 
 def _reject_all(
@@ -153,7 +162,12 @@ def metrics_outage(backends: Sequence[BackendState], cfg: PolicyConfig) -> bool:
     group's backends) and the policy says to fail open: route on the gateway's own account
     (least loaded: an even spread), without the filters that need live metrics; passive health
     still keeps backends that fail out."""
-    return cfg.metrics_outage == "fail_open" and not any(b.health is Health.FRESH for b in backends)
+    if cfg.metrics_outage != "fail_open":
+        return False
+    for b in backends:  # noqa: SIM110 (a loop, not all() of a generator: once per request)
+        if b.health is Health.FRESH:
+            return False
+    return True
 
 
 def decide(
@@ -205,7 +219,7 @@ def decide(
     elif soft_rejected:
         used = {r.filter for reasons in soft_rejected.values() for r in reasons}
         relaxed = (*relaxed, *(name for name, _ in soft if name in used))
-    pressure = tuple(k for k, v in rejected.items() if any(r.kv_pressure for r in v))
+    pressure = _kv_pressure(rejected) if rejected else ()
     scores = _score(admitted, ctx, profile)
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
