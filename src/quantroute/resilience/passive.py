@@ -135,13 +135,22 @@ class PassiveHealthMonitor:
 
     # -- reading -------------------------------------------------------------------------------
     def state(self, backend_id: str) -> PassiveState:
+        return self.states((backend_id,))[backend_id]
+
+    def states(self, backend_ids: Iterable[str]) -> dict[str, PassiveState]:
+        """:meth:`state` of each backend at one instant (the snapshot's, once per request)."""
         now = self._clock()
-        if self.machine.serving(backend_id, now):
-            self._metrics.set_ejected(backend_id, False)
-            return SERVING
-        view = self.machine.view(backend_id, now)
-        self._metrics.set_ejected(backend_id, view.ejected)
-        return _as_state(view)
+        serving, set_ejected = self.machine.serving, self._metrics.set_ejected
+        found: dict[str, PassiveState] = {}
+        for backend_id in backend_ids:
+            if serving(backend_id, now):
+                set_ejected(backend_id, False)
+                found[backend_id] = SERVING
+            else:
+                view = self.machine.view(backend_id, now)
+                set_ejected(backend_id, view.ejected)
+                found[backend_id] = _as_state(view)
+        return found
 
     def observed(self, backend_id: str) -> ObservedLatency | None:
         return self.machine.observed(backend_id)

@@ -30,11 +30,13 @@ from quantroute.state.metric_schema import SchemaReport, check_schema
 
 MEASURED_REUSE_S = 0.1
 """How long a snapshot's aged measurements may be reused while nothing new was measured."""
-MEASURED_FOLD_S = 0.01
+MEASURED_FOLD_S = 0.05
 """New latency samples are folded into the snapshot's measurements at most this often: a
 sample shows in the first snapshot taken this long after the last fold (at once when traffic is
-lighter than one request per fold), so a busy gateway rebuilds them about a hundred times a
-second instead of for every request. An ejection or a policy change shows at once."""
+lighter than one request per fold), so a busy gateway rebuilds them about twenty times a
+second instead of for every request (a fold of two backends costs about as much as a
+decision; the measurements it folds are smoothed over minutes, so 50 ms later changes no
+route that matters). An ejection or a policy change shows at once."""
 _IDLE = BackendLoad()
 _MeasuredCache = tuple[
     object,
@@ -170,7 +172,7 @@ class StateStore:
         idle = _IDLE
         states = []
         ids = list(self._records)
-        passive = {i: self._passive(i) for i in ids}
+        passive = dict.fromkeys(ids, SERVING) if self.passive is None else self.passive.states(ids)
         observed, peers, fits = self._measured(ids, passive, now)
         health = self._health
         for r in self._records.values():
@@ -205,7 +207,7 @@ class StateStore:
         a snapshot is taken for every request, and a busy gateway gets a sample with nearly
         every answer."""
         raw = None if self.passive is None else self.passive.observed
-        key = (self._policy, tuple((i, passive[i].ejected is None) for i in ids))
+        key = (self._policy, tuple([(i, passive[i].ejected is None) for i in ids]))
         cached = self._measured_cache
         if cached is not None and (
             cached[0] != key or not 0.0 <= now - cached[2] < MEASURED_REUSE_S
