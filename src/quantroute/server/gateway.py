@@ -9,9 +9,9 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
+from types import TracebackType
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -153,9 +153,9 @@ class Gateway:
     async def handle(self, kind: Kind, request: HttpRequest) -> Response:
         """Chat and completions: parsed here, so the trail has a parse phase. The trail (access
         log, spans) is settled when the request is over (:meth:`RequestContext.done`), or by
-        :func:`_settles` when it ends in an error the gateway answers itself."""
+        :class:`_Settles` when it ends in an error the gateway answers itself."""
         trail = self._begin(kind, request)
-        with _settles(trail):
+        with _Settles(trail):
             with trail.phase("parse"):
                 raw = await request.body()
                 parsed = self.parse(kind, raw, request, principal=_principal(request))
@@ -174,7 +174,7 @@ class Gateway:
         parse before they call this, so their trail starts here."""
         if trail is None:
             trail = self._begin(parsed.kind, request)
-        with _settles(trail):
+        with _Settles(trail):
             trail.parsed(parsed.features)
             return await self._dispatch(parsed, exchange, request, trail)
 
@@ -264,20 +264,29 @@ class Gateway:
         return explain_body(parsed, decision)
 
 
-@contextlib.contextmanager
-def _settles(trail: Trail) -> Iterator[None]:
-    """A request that ends in an exception settles its trail here (once: finish is idempotent)."""
-    try:
-        yield
-    except RequestError as exc:
-        trail.finish(exc.status, error=exc.code)
-        raise
-    except ClientDisconnect:  # gone while the body was still being read
-        trail.finish(CLIENT_CLOSED, error="client_disconnected")
-        raise
-    except BaseException as exc:
-        trail.finish(500, error=type(exc).__name__)
-        raise
+class _Settles:
+    """A request that ends in an exception settles its trail here (once: finish is idempotent).
+    A class rather than a generator context manager: it wraps every request."""
+
+    __slots__ = ("trail",)
+
+    def __init__(self, trail: Trail) -> None:
+        self.trail = trail
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, RequestError):
+            self.trail.finish(exc.status, error=exc.code)
+        elif isinstance(exc, ClientDisconnect):  # gone while the body was still being read
+            self.trail.finish(CLIENT_CLOSED, error="client_disconnected")
+        else:
+            self.trail.finish(500, error=type(exc).__name__)
 
 
 def explain_body(parsed: ParsedRequest, decision: Decision) -> dict[str, Any]:
