@@ -55,7 +55,9 @@ def message_text(content: object) -> str:
 
 
 def estimate_chat_tokens(messages: Sequence[Mapping[str, object]], chars_per_token: float) -> int:
-    chars = sum(len(message_text(m.get("content"))) for m in messages)
+    chars = 0
+    for m in messages:
+        chars += len(message_text(m.get("content")))
     return PRIMING_TOKENS + PER_MESSAGE_TOKENS * len(messages) + math.ceil(chars / chars_per_token)
 
 
@@ -81,13 +83,17 @@ def classify_task(text: str, *, wants_json: bool = False, override: str | None =
     if len(text) > 2 * CUE_WINDOW_CHARS:
         text = text[:CUE_WINDOW_CHARS] + "\n" + text[-CUE_WINDOW_CHARS:]
     lowered = text.lower()
-    counts = {task: len(_CUES[task].findall(lowered)) for task in _ORDER}
-    best = max(_ORDER, key=lambda t: counts[t])
-    return best if counts[best] > 0 else "chat"
+    best: TaskType = "chat"
+    most = 0
+    for task in _ORDER:  # the most cues wins; on a tie, the first in _ORDER
+        found = len(_CUES[task].findall(lowered))
+        if found > most:
+            best, most = task, found
+    return best
 
 
 def chat_text(messages: Sequence[Mapping[str, object]]) -> str:
     """Text the task heuristic reads: user and system messages."""
     return "\n".join(
-        message_text(m.get("content")) for m in messages if m.get("role") in ("user", "system")
+        [message_text(m.get("content")) for m in messages if m.get("role") in ("user", "system")]
     )

@@ -56,6 +56,8 @@ class Attempt:
     error: str | None = None
     """What went wrong, for the trail (``client_disconnected``, ``upstream_stream_error``)."""
     trail: AttemptTrail = NO_ATTEMPT
+    backend_id: str = field(init=False, default="")
+    """``backend.id``, kept: read about seven times per request."""
     sent_at: float | None = field(init=False, default=None)
     """When it was sent, on passive health's clock (None without passive health)."""
     prior: LatencyEstimate | None = None
@@ -63,14 +65,11 @@ class Attempt:
     TTFT is judged against (None: no estimate, e.g. a pooling request)."""
 
     def __post_init__(self) -> None:
+        self.backend_id = self.backend.id
         self.sent_at = None if self.health is None else self.health.now()
         kind = "first" if self.number == 0 else "retry"
         t = self.telemetry
         t.child(t.resilience.attempts, self.backend_id, kind).inc()
-
-    @property
-    def backend_id(self) -> str:
-        return self.backend.id
 
     def first_byte(self) -> None:
         """The backend started answering: time to first byte, and no more prefill backlog."""

@@ -53,6 +53,11 @@ class RequestContext:
     """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
     _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
     _done: bool = False
+    features: RequestFeatures = field(init=False)
+    """``parsed.features``, kept: read about seven times per request."""
+
+    def __post_init__(self) -> None:
+        self.features = self.parsed.features
 
     def upstream_headers(self, backend_id: str) -> Mapping[str, str]:
         extra = self.credentials(backend_id)
@@ -68,7 +73,8 @@ class RequestContext:
         if self._done:
             return
         self._done = True
-        self._settle_trail()
+        if self.trail is not NO_TRAIL:  # nothing to settle without an access log or tracing
+            self._settle_trail()
         for callback in self._on_done:
             callback(self)
 
@@ -81,12 +87,17 @@ class RequestContext:
         last = self.attempts[-1] if self.attempts else None
         if last is None or last.status is None:
             return
-        usages = [a.usage for a in self.attempts if a.usage is not None]
+        prompt: int | None = None
+        completion: int | None = None
+        for a in self.attempts:  # a loop, not two generators: once per request
+            if a.usage is not None:
+                prompt = (prompt or 0) + a.usage.prompt_tokens
+                completion = (completion or 0) + a.usage.completion_tokens
         self.trail.finish(
             last.status,
             error=last.error,
-            prompt_tokens=sum(u.prompt_tokens for u in usages) if usages else None,
-            completion_tokens=sum(u.completion_tokens for u in usages) if usages else None,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             answered=last.trail,
         )
 
@@ -99,10 +110,6 @@ class RequestContext:
         if used:
             return sum(u.prompt_tokens + u.completion_tokens for u in used)
         return 0 if all(a.failure is not None for a in self.attempts) else None
-
-    @property
-    def features(self) -> RequestFeatures:
-        return self.parsed.features
 
     @property
     def routed(self) -> Decision:
