@@ -30,10 +30,6 @@ def load_of(backend: BackendState) -> Load:
     return Load(running, waiting, float(backend.pending_requests), float(backend.config.capacity))
 
 
-def clamp(value: float) -> float:
-    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
-
-
 def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
     """Free KV (after this request) and free sequence slots; waiting requests count double."""
     kv = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
@@ -45,24 +41,6 @@ def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterCon
     busy = (running + backend.pending_requests + 2.0 * waiting) / backend.config.capacity
     slots = 1.0 - busy
     return 0.5 * kv_free + 0.5 * (0.0 if slots < 0.0 else 1.0 if slots > 1.0 else slots)
-
-
-def prefill_rate(backend: BackendState, ctx: FilterContext) -> float:
-    rate = None
-    if ctx.matrix is not None:
-        config = backend.config
-        rate = ctx.matrix.prefill_tokens_per_s(config.variant or config.id)
-    return rate if rate else ctx.policy.default_prefill_tokens_per_s
-
-
-def prompt_prefill_tokens(backend: BackendState, ctx: FilterContext) -> int:
-    """This prompt's tokens ``backend`` still has to prefill: all of them, less the share the
-    prefix index expects to be cached there."""
-    features = ctx.features
-    share = features.prefix.share(backend.id) if features.prefix is not None else 0.0
-    return (
-        features.prompt_tokens if share <= 0.0 else uncached_tokens(features.prompt_tokens, share)
-    )
 
 
 def _variant(backend: BackendState, ctx: FilterContext) -> VariantProfile | None:
@@ -77,8 +55,7 @@ def _prior(
     backend: BackendState, ctx: FilterContext, profile: VariantProfile | None
 ) -> tuple[float, float]:
     """:func:`prior_ttft_ms` with the variant's profile looked up once (by the caller, which
-    reads it too): the helpers it stands for are inlined, since it runs per candidate per
-    decision."""
+    reads it too). Written out in one function: it runs per candidate per decision."""
     policy = ctx.policy
     base = None if profile is None else profile.ttft_ms.p50
     if base is None:
@@ -88,13 +65,13 @@ def _prior(
     waiting = (m.num_waiting if m is not None else None) or 0.0
     capacity = backend.config.capacity
     queued = base * (1.0 + (running + backend.pending_requests) / capacity) + waiting * base
-    features = ctx.features  # prompt_prefill_tokens, inline
+    features = ctx.features  # the prompt, less what the prefix index expects cached there
     prompt = features.prompt_tokens
     if features.prefix is not None:
         share = features.prefix.share(backend.id)
         if share > 0.0:
             prompt = uncached_tokens(prompt, share)
-    rate = None if profile is None else profile.prefill_tokens_per_s  # prefill_rate, inline
+    rate = None if profile is None else profile.prefill_tokens_per_s
     if not rate:
         rate = policy.default_prefill_tokens_per_s
     return queued, 1000.0 * (backend.prefill_backlog_tokens + prompt) / rate
@@ -148,17 +125,11 @@ def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
     return estimate(backend, ctx).ttft_ms
 
 
-def expected_ms(estimate: LatencyEstimate, ctx: FilterContext) -> float:
-    """Expected TTFT, plus ``latency_decode_tokens`` at the blended time per token."""
-    tokens = ctx.policy.latency_decode_tokens
-    if tokens and estimate.per_token_ms is not None:
-        return estimate.ttft_ms + tokens * estimate.per_token_ms
-    return estimate.ttft_ms
-
-
 def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
+    """``ref / (ref + expected ms)``: the expected TTFT, plus ``latency_decode_tokens`` at the
+    blended time per token when there is one."""
     policy = ctx.policy
-    found = ctx.estimates.get(backend.config.id)  # estimate() and expected_ms(), inline
+    found = ctx.estimates.get(backend.config.id)  # estimate(), inline
     if found is None:
         found = ctx.estimates[backend.config.id] = latency_estimate(backend, ctx)
     f = found.fit
