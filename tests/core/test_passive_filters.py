@@ -135,9 +135,10 @@ def test_the_filters_decide_skips_for_a_serving_backend_admit_every_serving_back
             assert all(f(state, ctx) is None for f in filters.PASSIVE_FILTERS)
 
 
-def test_a_passive_state_equal_to_serving_but_not_it_still_runs_the_passive_filters() -> None:
-    """The skip is by identity: an ejected backend is never let through by it, and a state
-    built afresh with the defaults decides as ``SERVING`` does."""
+def test_a_fresh_default_state_decides_as_serving_and_an_ejected_one_is_still_rejected() -> None:
+    """The skip is by identity: a state built afresh with the defaults (not the shared
+    ``SERVING``) takes the full chain and decides as ``SERVING`` does; an ejected backend is
+    never let through."""
     fresh = with_passive(backend("a", cost=0.1))
     assert fresh.passive is not SERVING and fresh.passive == SERVING
     d = decide(features(), snapshot(fresh, backend("b")), None, policy(AB))

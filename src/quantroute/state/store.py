@@ -172,7 +172,7 @@ class StateStore:
         idle = _IDLE
         states = []
         ids = list(self._records)
-        passive = dict.fromkeys(ids, SERVING) if self.passive is None else self.passive.states(ids)
+        passive = self._passives(ids)
         observed, peers, fits = self._measured(ids, passive, now)
         health = self._health
         for r in self._records.values():
@@ -257,8 +257,9 @@ class StateStore:
                 found[r.config.id] = mean
         return found
 
-    def _passive(self, backend_id: str) -> PassiveState:
-        return SERVING if self.passive is None else self.passive.state(backend_id)
+    def _passives(self, ids: list[str]) -> dict[str, PassiveState]:
+        """Each backend's passive state, read at one instant (all serving without passive health)."""
+        return dict.fromkeys(ids, SERVING) if self.passive is None else self.passive.states(ids)
 
     def _observed(self, backend_id: str) -> ObservedLatency | None:
         """The measurement, its weight aged by the time since its last sample."""
@@ -273,7 +274,7 @@ class StateStore:
         now = self._clock()
         loads = self.inflight.loads()
         ids = list(self._records)
-        peers = self._peers({i: self._observed(i) for i in ids}, {i: self._passive(i) for i in ids})
+        peers = self._peers({i: self._observed(i) for i in ids}, self._passives(ids))
         return [
             self._admin_row(r, now, loads.get(r.config.id, BackendLoad()), peers.get(r.config.id))
             for r in self._records.values()
