@@ -89,9 +89,10 @@ PIECES = [
     *(cue for cues in _CUES.values() for cue, _ in cues),
     *(cue[:-1] for cues in _CUES.values() for cue, _ in cues),
     *(cue + "s" for cues in _CUES.values() for cue, _ in cues),
+    *(" " + word for cues in _CUES.values() for cue, _ in cues for word in re.split("[ -]", cue)),
     "```", "``", "stack  trace", "unit tests", "fieldset", "decode", "pythonic", "key_value",
     " ", "  ", "\n", "\t", "\u00a0", "_", "-", "x", "×", "1", "23", "+", "*", "/", ".", "s", "a",
-    "é", "ß", "٣", "²",
+    "é", "ß", "٣", "²", "X", "É",
 ]  # fmt: skip
 
 
@@ -104,6 +105,40 @@ def reference_counts(lowered: str) -> dict[str, int]:
 def test_cue_scan_counts_what_the_regexes_count(pieces: list[str]) -> None:
     text = "".join(pieces)
     assert cue_counts(text) == reference_counts(text)
+
+
+# The words of the cues one by one, with what may sit between and around them: cues that overlap
+# themselves ("step by step by step") and cues glued to a word ("xstep by step") come up often.
+WORDS = sorted(
+    {w for cues in _CUES.values() for cue, _ in cues for w in re.split("[ -]", cue) if w}
+)
+GLUE = [" ", " ", " ", "-", "", "x", "X", "_", "é", "s", "1", "+", "`", "\n"]
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(st.sampled_from(WORDS), st.sampled_from(GLUE)), max_size=16))
+def test_cue_scan_counts_what_the_regexes_count_word_by_word(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert cue_counts(text) == reference_counts(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "xstep by step by step",  # a cue glued to a word hides none that starts inside it
+        "éstep by step by step",
+        "_how many how many",
+        "def def def class import x",
+        "éjson json_ json",
+        "fields fieldset field_ unit tests unit testsx",
+        "`````` ```def ",
+        "1+2+3 ٣×٣ 4 x 5",
+        "stack trace stacktraces stack  trace key-value key_value",
+    ],
+)
+def test_cue_scan_counts_what_the_regexes_count_on_the_hard_cases(text: str) -> None:
+    assert cue_counts(text) == reference_counts(text)
+    assert any(cue_counts(text).values())
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
