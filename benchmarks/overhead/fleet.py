@@ -39,7 +39,7 @@ class GatewayProc:
     cmd: list[str]
     pythonpath: str | None
     baseline: bool = False
-    """A ceiling baseline (``bare``, ``nginx``: :mod:`baselines`), not quantroute."""
+    """A ceiling baseline (``bare``, ``nginx``, ``vllm-router``: :mod:`baselines`), not quantroute."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Fleet:
     direct: Target
     gateways: tuple[GatewayProc, ...]
     """The gateway under test first; optionally a candidate (a patched copy), then the tracing
-    gateways; then the baselines (the bare proxy, nginx if installed)."""
+    gateways; then the baselines (the bare proxy, nginx and the Rust router if installed)."""
     config_path: Path
     backend_cmd: list[str]
     receiver_url: str | None = None
@@ -200,6 +200,7 @@ def start(
     access: bool = False,
     tracing: tuple[float, ...] = (),
     nginx: bool = True,
+    vllm_router: bool = True,
 ) -> Fleet:
     """Start backends, then the gateway, importing ``quantroute`` from ``source`` (a ``src``
     directory; default: as installed), a candidate gateway importing it from ``candidate``
@@ -226,6 +227,11 @@ def start(
     for started in (
         baselines.start_bare(stack, workdir, GATEWAY_CPU, ports, MODEL, environment(source)),
         baselines.start_nginx(stack, workdir, GATEWAY_CPU, ports, MODEL) if nginx else None,
+        (
+            baselines.start_vllm_router(stack, workdir, GATEWAY_CPU, ports, MODEL)
+            if vllm_router
+            else None
+        ),
     ):
         if started is not None:
             proc, target, cmd = started

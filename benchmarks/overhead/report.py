@@ -64,7 +64,7 @@ def _names(cells: list[Cell]) -> list[str]:
     """Gateway targets in the run: ``gateway``, then ``candidate``, ``access`` and ``trace-...``
     if present."""
     seen = dict.fromkeys(x["target"] for x in cells if x["target"] != "direct")
-    order = ("gateway", "candidate", "access", "bare", "nginx")
+    order = ("gateway", "candidate", "access", "bare", "nginx", "vllm-router")
     return sorted(
         seen, key=lambda n: (order.index(n) if n in order else len(order), _trace_ratio(n))
     )
@@ -183,9 +183,10 @@ def tracing_table(result: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-BASELINES = ("bare", "nginx")
+BASELINES = ("bare", "nginx", "vllm-router")
+RUST_ROUTER = "vllm-router"
 GOALS_17 = {"nonstream_vs_bare": 0.85, "added_p50_vs_bare_ms": 0.15, "rss_idle_mb": 100.0,
-            "rss_open_mb": 150.0}  # fmt: skip
+            "rss_open_mb": 150.0, "streams_vs_rust_router": 1.0}  # fmt: skip
 
 
 def ceiling_table(result: dict[str, Any]) -> list[str]:
@@ -234,6 +235,25 @@ def ceiling_table(result: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {name}/bare | ×{fmt(ns)} | {'+' if p50 >= 0 else ''}{fmt(p50)} ms | ×{fmt(st)} "
             f"| {verdict} |"
+        )
+    return rows + rust_router_rows(cells, names)
+
+
+def rust_router_rows(cells: list[Cell], names: list[str]) -> list[str]:
+    """Each quantroute against the Rust router, when it ran: issue #17's stream goal."""
+    if RUST_ROUTER not in names:
+        return []
+    rows = ["", "| against the Rust router (same run) | non-stream c=32 | added p50 c=1 | "
+            "streams c=128 | verdict (issue #17 goal) |", "|---|--:|--:|--:|---|"]  # fmt: skip
+    for name in (n for n in names if n not in BASELINES):
+        ns = _ratio(_pairs(cells, "non-stream", 32, name, RUST_ROUTER), "rps")
+        st = _ratio(_pairs(cells, "stream", 128, name, RUST_ROUTER), "rps")
+        p50 = _added(_pairs(cells, "non-stream", 1, name, RUST_ROUTER), "lat_p50_ms")
+        goal = GOALS_17["streams_vs_rust_router"]
+        verdict = "n/a" if math.isnan(st) else "met" if st >= goal else "**not met**"
+        rows.append(
+            f"| {name}/{RUST_ROUTER} | ×{fmt(ns)} | {'+' if p50 >= 0 else ''}{fmt(p50)} ms "
+            f"| ×{fmt(st)} | streams ≥ {goal:.1f}× {verdict} |"
         )
     return rows
 
@@ -317,7 +337,10 @@ def _rss_row(rss: dict[str, int | None], cells: list[Cell]) -> str:
 def verify_table(checks: dict[str, Any]) -> list[str]:
     rows = ["| case | direct vs gateway | status | bytes | SSE events |", "|---|---|---|---|---|"]
     for name, v in checks.items():
+        types = v.get("content_type") or ["", ""]
         same = "identical" if v["equal"] else "**DIFFERENT**"
+        if v["equal"] and types[0] != types[1]:
+            same = f"identical body; content type `{types[1]}` for `{types[0]}`"
         rows.append(
             f"| {name} | {same} | {v['status'][0]} / {v['status'][1]} | "
             f"{v['bytes'][0]} / {v['bytes'][1]} | {v['events'] if v['events'] is not None else '–'} |"
@@ -420,7 +443,8 @@ def render(result: dict[str, Any]) -> str:
     cells: list[Cell] = result["cells"]
     lines = header(result)
     lines += [
-        "## Against the ceiling (issue #17): the bare FastAPI + aiohttp proxy, nginx",
+        "## Against the ceiling (issue #17): the bare FastAPI + aiohttp proxy, nginx, the Rust "
+        "router",
         "",
         *ceiling_table(result),
         "",

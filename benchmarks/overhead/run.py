@@ -64,6 +64,7 @@ class Settings:
     tracing: tuple[float, ...]
     open_streams: int
     nginx: bool
+    vllm_router: bool
     smoke: bool
 
 
@@ -83,6 +84,12 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         help="RSS of every proxy with N streams open at once (default 1000; 0 skips)",
     )
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
+    p.add_argument(
+        "--no-vllm-router",
+        action="store_true",
+        help="skip the Rust router baseline (run when $QR_VLLM_ROUTER or vllm-router on the PATH "
+        "is found)",
+    )
     p.add_argument("--reps", type=int, default=None, help="repetitions per cell (default 3)")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -152,6 +159,7 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         tracing=tuple(a.tracing),
         open_streams=a.open_streams if a.open_streams is not None else (50 if smoke else 1000),
         nginx=not a.no_nginx,
+        vllm_router=not a.no_vllm_router,
         smoke=smoke,
     )
     return settings, a.output_dir
@@ -351,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             access=s.access,
             tracing=s.tracing,
             nginx=s.nginx,
+            vllm_router=s.vllm_router,
         )
         with procs.pinned(fleet_mod.BACKEND_CPU):
             result = uvloop.run(bench(s, f, workdir))
