@@ -9,6 +9,7 @@ records the request as finished.
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import openai
 import pytest
@@ -35,7 +36,11 @@ def engine_counts(url: str) -> dict[str, float]:
 def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     client: openai.OpenAI, gateway: Gateway, vllm_tier: VllmTier
 ) -> None:
-    before = {name: engine_counts(s.url) for name, s in vllm_tier.servers.items()}
+    # A request an earlier test left running would finish during this one and move the count.
+    before = {
+        name: poll_until(partial(engine_counts, s.url), lambda c: c["busy"] == 0, timeout_s=60)
+        for name, s in vllm_tier.servers.items()
+    }
 
     with client.chat.completions.with_streaming_response.create(
         model=gateway.group,
@@ -53,6 +58,7 @@ def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     assert backend in vllm_tier.servers, f"x-quantroute-backend={backend!r}"
     url = vllm_tier.servers[backend].url
     after = poll_until(lambda: engine_counts(url), lambda c: c["busy"] == 0, timeout_s=60)
-    assert after["finished"] == before[backend]["finished"], "vLLM finished the request"
-    # The first chunks read include the role chunk, so at least one token was generated.
-    assert 1 <= after["generated"] - before[backend]["generated"] < MAX_TOKENS
+    moved = {key: after[key] - before[backend][key] for key in ("finished", "generated")}
+    # Nothing finished; the first chunks read include the role chunk, so at least one token was
+    # generated, and far fewer than max_tokens (ignore_eos: a finished request has them all).
+    assert moved["finished"] == 0 and 1 <= moved["generated"] < MAX_TOKENS, moved

@@ -95,13 +95,13 @@ def cue_counts(lowered: str) -> dict[TaskType, int]:
     while (m := search(text, pos)) is not None:
         i, j = m.span(1)
         task, tail = _CUE_OF[m.group(1)]
-        if (c := text[i - 1]) != " " and (c.isalnum() or c == "_"):
+        if _is_word(text[i - 1]):
             pos = i  # after a letter the set lets through ("éjson"): inside a word
             continue
         if (
             tail != _PREFIX
             and j < end
-            and ((c := text[j]).isalnum() or c == "_")
+            and _is_word(c := text[j])
             and (tail == _WORD or c != "s" or (j + 1 < end and _is_word(text[j + 1])))
         ):
             pos = i  # runs on into a word ("pythonic", "fieldset"): look again from inside
