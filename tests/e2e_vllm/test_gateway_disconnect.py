@@ -2,8 +2,11 @@
 
 vLLM 0.32 does not count a request aborted by a client disconnect in
 ``vllm:request_success_total{finished_reason="abort"}`` (measured: it stays 0), so the abort is
-shown by what did not happen: the backend stops generating long before ``max_tokens`` and never
-records the request as finished.
+shown by what did not happen: the backend stops generating long before ``max_tokens``. With
+``ignore_eos``, a request that runs its course generates exactly ``max_tokens``, so fewer tokens
+generated on that server in all proves the abort, whatever else ran there. The count of finished
+requests is reported beside it but not held to zero: it moved once in CI, where only a request
+from elsewhere (or a count of the abort itself) can move it with fewer tokens than that.
 """
 
 from __future__ import annotations
@@ -59,6 +62,5 @@ def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     url = vllm_tier.servers[backend].url
     after = poll_until(lambda: engine_counts(url), lambda c: c["busy"] == 0, timeout_s=60)
     moved = {key: after[key] - before[backend][key] for key in ("finished", "generated")}
-    # Nothing finished; the first chunks read include the role chunk, so at least one token was
-    # generated, and far fewer than max_tokens (ignore_eos: a finished request has them all).
-    assert moved["finished"] == 0 and 1 <= moved["generated"] < MAX_TOKENS, moved
+    # The first chunks read include the role chunk, so at least one token was generated.
+    assert 1 <= moved["generated"] < MAX_TOKENS, moved
