@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from openai.types.chat import ChatCompletionMessageParam
 
+from quantroute import __version__
 from quantroute.testing.fake_backend import FakeState
 
 from .conftest import FleetFactory
@@ -27,6 +28,11 @@ def test_non_stream_chat_through_openai_client(make_fleet: FleetFactory) -> None
     sent = fleet.backends[chosen].state.received[-1]
     assert sent["model"] == fleet.backends[chosen].state.served_model_name  # group name rewritten
     assert sent["messages"] == MSG and sent["max_tokens"] == 7  # the body arrived, whole
+    # The gateway's own headers, not the client's (the openai client sends its own User-Agent
+    # and Authorization, and asks for gzip).
+    headers = fleet.backends[chosen].state.received_headers[-1]
+    assert headers["user-agent"] == f"quantroute/{__version__}"
+    assert headers["accept-encoding"] == "identity" and "authorization" not in headers
 
 
 def test_stream_without_usage_strips_the_usage_the_gateway_asked_for(

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import aiohttp
 
+from quantroute import __version__
 from quantroute.base import quick_init
 from quantroute.errors import (
     UpstreamConnectError,
@@ -136,6 +137,14 @@ MAX_TIMEOUTS = 512
 depend on ``max_tokens``: a handful of values in practice, bounded here whatever clients send)."""
 
 
+UPSTREAM_HEADERS = {"User-Agent": f"quantroute/{__version__}", "Accept-Encoding": "identity"}
+"""Sent with every request to a backend. Naming them here, rather than asking aiohttp to skip its
+own (``skip_auto_headers``), takes aiohttp's fast path: no header copy and sort per request
+(measured: -0.5% instructions per non-streamed request, 1,371,218 -> 1,364,245; py-spy had put
+1.5% of busy time at c=32 in aiohttp's auto headers). ``identity``:
+the gateway relays bodies as they come (no decompression), so it asks for them uncompressed."""
+
+
 class AiohttpUpstream:
     def __init__(self, *, connections_per_backend: int = 0) -> None:
         self._session = aiohttp.ClientSession(
@@ -146,7 +155,7 @@ class AiohttpUpstream:
                 keepalive_timeout=KEEPALIVE_S,
             ),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            headers=UPSTREAM_HEADERS,
         )
         self._timeouts: dict[Deadlines, aiohttp.ClientTimeout] = {}
 
