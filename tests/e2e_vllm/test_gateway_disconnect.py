@@ -39,7 +39,7 @@ def engine_counts(url: str) -> dict[str, float]:
 def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     client: openai.OpenAI, gateway: Gateway, vllm_tier: VllmTier
 ) -> None:
-    # A request an earlier test left running would finish during this one and move the count.
+    # A request still running here would add its tokens to this test's count.
     before = {
         name: poll_until(partial(engine_counts, s.url), lambda c: c["busy"] == 0, timeout_s=60)
         for name, s in vllm_tier.servers.items()
@@ -60,7 +60,7 @@ def test_client_disconnect_mid_stream_aborts_the_vllm_request(
     assert len(first) == 3
     assert backend in vllm_tier.servers, f"x-quantroute-backend={backend!r}"
     url = vllm_tier.servers[backend].url
-    after = poll_until(lambda: engine_counts(url), lambda c: c["busy"] == 0, timeout_s=60)
+    after = poll_until(partial(engine_counts, url), lambda c: c["busy"] == 0, timeout_s=60)
     moved = {key: after[key] - before[backend][key] for key in ("finished", "generated")}
     # The first chunks read include the role chunk, so at least one token was generated.
     assert 1 <= moved["generated"] < MAX_TOKENS, moved
