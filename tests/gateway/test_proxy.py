@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute import __version__
+from quantroute.proxy.context import RequestContext
 from quantroute.testing.fake_backend import FakeState
 
 from .conftest import FleetFactory
@@ -115,3 +118,37 @@ def test_health_ready_and_own_metrics(make_fleet: FleetFactory) -> None:
     ):
         assert name in text
     assert "vllm:" not in text
+
+
+def test_a_whole_answer_reaches_the_client_before_its_request_is_settled(
+    make_fleet: FleetFactory,
+) -> None:
+    """The answer is sent first and the request's accounting runs after it, off the client's
+    wait; the backend's in-flight lease is released before the answer is sent. The decision
+    log's callback (the last step of the settling) is held on the gateway's loop until the
+    client has its answer: were the settling before the send, the answer could not arrive."""
+    fleet = make_fleet()
+    gateway = fleet.gateway.app.state.gateway
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, float] = {}
+    settled = gateway.router.settled
+
+    def held(ctx: RequestContext) -> None:  # on the gateway's loop
+        seen["in_flight"] = gateway.store.inflight.total()
+        entered.set()
+        release.wait(10.0)
+        settled(ctx)
+        left.set()
+
+    gateway.router.settled = held
+    try:
+        reply = fleet.client().chat.completions.create(model="auto", messages=MSG, max_tokens=3)
+        assert reply.usage is not None and reply.usage.completion_tokens == 3
+        assert entered.wait(10.0), "the request was never settled"
+        assert not left.is_set(), "the answer waited for the request to be settled"
+        assert seen["in_flight"] == 0, "the lease was still held when the answer went out"
+    finally:
+        release.set()
+    assert left.wait(10.0)
+    assert fleet.metric("quantroute_requests_total", status="200") == 1.0
+    assert fleet.metric("quantroute_completion_tokens_total") == 3.0

@@ -216,3 +216,30 @@ def test_a_client_that_leaves_mid_stream_stops_the_backend(api_stack: ApiStack) 
     assert wait_until(
         lambda: api_stack.metric("quantroute_backend_in_flight_requests", backend=backend) == 0, 10
     )
+
+
+class _Abandoned(BaseException):
+    """Not an ``Exception``: what the store's own error handling lets through (as a cancelled
+    task's ``CancelledError`` would be)."""
+
+
+def test_an_answer_whose_storing_is_abandoned_is_accounted_all_the_same(
+    api_stack: ApiStack,
+) -> None:
+    """A Responses API answer is stored before it is sent, and accounted once it is sent. When
+    storing it is abandoned, the answer is never sent (the client gets a 500), and the request
+    is accounted all the same: the attempt counted, no lease or in-flight request left."""
+    store = api_stack.gateway.app.state.conversations
+
+    async def abandoned(record: object) -> None:
+        raise _Abandoned()
+
+    before = api_stack.metric("quantroute_requests_total", status="200")
+    store.put = abandoned
+    r = httpx.post(api_stack.url + "/v1/responses", json={"model": "auto", "input": "Say hello."})
+    assert r.status_code == 500
+    assert wait_until(
+        lambda: api_stack.metric("quantroute_requests_total", status="200") == before + 1
+    )
+    rows = httpx.get(api_stack.url + "/admin/backends").json()["backends"]
+    assert all(row["in_flight"]["requests"] == 0 for row in rows)

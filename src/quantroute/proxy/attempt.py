@@ -63,6 +63,10 @@ class Attempt:
     prior: LatencyEstimate | None = None
     """The decision's latency estimate for this backend: its prior split is what the observed
     TTFT is judged against (None: no estimate, e.g. a pooling request)."""
+    ended: bool = field(init=False, default=False)
+    """Finished, given up or released: what ends it happens once."""
+    load_at_answer: int | None = field(init=False, default=None)
+    """The backend's requests in flight when a whole answer arrived (:meth:`answered`)."""
 
     def __post_init__(self) -> None:
         self.backend_id = self.backend.id
@@ -80,6 +84,13 @@ class Attempt:
             self.lease.first_byte()
             self.trail.first_byte()
 
+    def answered(self) -> None:
+        """A whole (non-stream) answer is in hand: the backend's part is over, so the in-flight
+        lease goes now; :meth:`finish` counts the rest once the client has the answer."""
+        self.first_byte()
+        self.load_at_answer = self.lease.account.requests
+        self.lease.release()
+
     def finish(
         self,
         status: int,
@@ -96,7 +107,7 @@ class Attempt:
         about the backend). ``error`` names what went wrong when the status alone does not (a
         broken stream), ``then`` what the request does next (``"continuation"``). Once: an
         attempt already ended changes nothing."""
-        if self.lease.released:
+        if self.ended:
             return
         self.status, self.usage = status, usage
         t = self.telemetry
@@ -142,6 +153,8 @@ class Attempt:
         self.release()
 
     def release(self) -> None:
+        """Ends it (its lease released) without counting anything: the forwarder's safety net."""
+        self.ended = True
         self.lease.release()
 
     def _report(self, outcome: AttemptOutcome, retry_after: str | None) -> None:
@@ -153,7 +166,7 @@ class Attempt:
         if self.health is None or tokens <= 0:
             return
         ended = time.perf_counter()
-        load = self.lease.account.requests
+        load = self.lease.account.requests if self.load_at_answer is None else self.load_at_answer
         if self.stream and self.first_at is not None:
             per_token = (ended - self.first_at) / (tokens - 1) if tokens > 1 else None
             ttft = self.first_at - self.started
@@ -168,5 +181,7 @@ class Attempt:
             )
         elif not self.stream:
             # The whole answer arrives at the end: time per token includes the prefill.
+            if self.first_at is not None:  # when it arrived, not when the client had it
+                ended = self.first_at
             per_token = (ended - self.started) / tokens
             self.health.latency(self.backend_id, per_token_s=per_token, load=load)

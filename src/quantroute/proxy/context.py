@@ -49,8 +49,9 @@ class RequestContext:
     show_decision: bool = True
     """Whether the caller may see ``x-quantroute-decision`` (``access.decision_header``): the
     header is built only then (the access middleware still strips it for anyone else)."""
-    streaming: bool = False
-    """Set when a stream relay took the response over: it calls :meth:`done` when it ends."""
+    handed_over: bool = False
+    """Set when the response took the request over: it calls :meth:`done` once it is sent (a
+    stream: when it ends, however it ends)."""
     _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
     _done: bool = False
     features: RequestFeatures = field(init=False)

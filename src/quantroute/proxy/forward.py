@@ -15,7 +15,9 @@ When every attempt fails to connect, the client gets 502 ``upstream_unavailable`
 messages name no backend and no library error (both are logged under the request id); a
 backend's own error answer is relayed as :mod:`.upstream_errors` says.
 A client that disconnects before the first byte cancels the upstream request (the attempt is
-counted as 499); the attempt's in-flight lease is released in ``finally`` whatever happens.
+counted as 499); the attempt's in-flight lease is released in ``finally`` whatever happens (a
+whole answer's as soon as it is read: the rest of its accounting runs once it is sent,
+:func:`~quantroute.proxy.relay.relay_body`).
 """
 
 from __future__ import annotations
@@ -244,7 +246,12 @@ class Forwarder:
                     self._give_up(ctx, attempt, reason, outcome, retry_after, status=status)
                     return None
             reply = relay_body(ctx, attempt, status, ctype, data, retry_after)
-            await ctx.exchange.completed(status)
+            handed_over = True  # the reply settles the attempt once it is sent
+            try:
+                await ctx.exchange.completed(status)  # before the client can ask for more
+            except BaseException:
+                reply.settle()  # it will not be sent
+                raise
             return reply
         except UpstreamConnectError as exc:
             outcome = AttemptOutcome(exc.outcome)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from quantroute.errors import (
     UpstreamFailure,
@@ -62,18 +63,57 @@ def relay_body(
     content_type: str,
     data: bytes,
     retry_after: str | None = None,
-) -> Response:
-    """A whole (non-stream) answer: account it and pass it on (errors: :mod:`.upstream_errors`)."""
-    attempt.first_byte()
-    usage = ctx.exchange.usage(data) if status == 200 else None
-    attempt.finish(status, usage, retry_after=retry_after)
+) -> WholeResponse:
+    """A whole (non-stream) answer, passed on (errors: :mod:`.upstream_errors`). The backend's
+    lease is released at once; the rest of the accounting (usage, the attempt's metrics and
+    passive-health report, the request's trail and callbacks) runs once the answer is sent, so
+    the client does not wait for it."""
+    attempt.answered()
     headers = response_headers(ctx, attempt, retry_after)
+    sent_status, sent_type, sent = status, content_type, data
     if status >= 400:
-        status, content_type, data = client_error(
+        sent_status, sent_type, sent = client_error(
             status, content_type, data, backend_id=attempt.backend_id, request_id=ctx.request_id
         )
-    data = ctx.exchange.client_body(status, data)  # then in the API's own format
-    return Response(data, status, headers=headers, media_type=content_type)
+    sent = ctx.exchange.client_body(sent_status, sent)  # then in the API's own format
+
+    def settle() -> None:
+        usage = ctx.exchange.usage(data) if status == 200 else None
+        attempt.finish(status, usage, retry_after=retry_after)
+        ctx.done()
+
+    response = WholeResponse(sent, sent_status, headers=headers, media_type=sent_type, after=settle)
+    ctx.handed_over = True
+    return response
+
+
+class WholeResponse(Response):
+    """A whole answer whose request is settled (``after``) once it is sent, however sending
+    ends, or by :meth:`settle` if it is never sent."""
+
+    def __init__(
+        self,
+        content: bytes,
+        status_code: int,
+        *,
+        headers: Mapping[str, str],
+        media_type: str,
+        after: Callable[[], None],
+    ) -> None:
+        super().__init__(content, status_code, headers=headers, media_type=media_type)
+        self._after: Callable[[], None] | None = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """The request's accounting, once."""
+        after, self._after = self._after, None
+        if after is not None:
+            after()
 
 
 def relay_stream(
@@ -100,7 +140,7 @@ def relay_stream(
     except Exception:
         stream.close()
         raise
-    ctx.streaming = True
+    ctx.handed_over = True
     return response
 
 

@@ -224,7 +224,7 @@ class Gateway:
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
         finally:
-            if not ctx.streaming:  # a stream's relay calls done() when the stream ends
+            if not ctx.handed_over:  # else the response calls done() once it is sent
                 ctx.done()
 
     def _gone_while_queued(self, trail: Trail, group: str) -> Response:
