@@ -224,7 +224,7 @@ class _Abandoned(BaseException):
 
 
 def test_an_answer_whose_storing_is_abandoned_is_accounted_all_the_same(
-    api_stack: ApiStack,
+    api_stack: ApiStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Responses API answer is stored before it is sent, and accounted once it is sent. When
     storing it is abandoned, the answer is never sent (the client gets a 500), and the request
@@ -235,7 +235,7 @@ def test_an_answer_whose_storing_is_abandoned_is_accounted_all_the_same(
         raise _Abandoned()
 
     before = api_stack.metric("quantroute_requests_total", status="200")
-    store.put = abandoned
+    monkeypatch.setattr(store, "put", abandoned)  # the stack is the module's: put back after
     r = httpx.post(api_stack.url + "/v1/responses", json={"model": "auto", "input": "Say hello."})
     assert r.status_code == 500
     assert wait_until(
