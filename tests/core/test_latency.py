@@ -185,7 +185,7 @@ def test_latency_scorer_scales_the_prior_by_the_fitted_factors() -> None:
     est = scorers.latency_estimate(state, ctx(m))
     assert (est.prior_queue_ms, est.prior_prefill_ms) == pytest.approx((100.0, 20.0))
     assert est.ttft_ms == pytest.approx(120.0 * (1 + 2 * w))
-    assert scorers.latency(state, [state], ctx(m)) == pytest.approx(500 / (500 + est.ttft_ms))
+    assert scorers.latency([state], ctx(m)) == pytest.approx([500 / (500 + est.ttft_ms)])
     off = POLICY.model_copy(update={"measured_latency": False})
     assert scorers.expected_ttft_ms(state, ctx(m, off)) == pytest.approx(120.0)
 
@@ -199,10 +199,10 @@ def test_time_per_token_counts_when_asked_for() -> None:
     blended = (n * 60.0 + 5.0 * 20.0) / (n + 5.0)
     assert est.per_token_ms == pytest.approx(blended)
     assert est.per_token_weight == pytest.approx(n / (n + 5.0))
-    assert scorers.latency(state, [state], ctx(m)) == pytest.approx(500 / 620)  # TTFT alone
+    assert scorers.latency([state], ctx(m)) == pytest.approx([500 / 620])  # TTFT alone
     decode = POLICY.model_copy(update={"latency_decode_tokens": 10})
     expected = 120.0 + 10 * blended
-    assert scorers.latency(state, [state], ctx(m, decode)) == pytest.approx(500 / (500 + expected))
+    assert scorers.latency([state], ctx(m, decode)) == pytest.approx([500 / (500 + expected)])
 
 
 def test_a_measured_slow_twin_loses_the_decision_which_carries_the_figures() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from quantroute.base import FrozenModel
 from quantroute.config import PolicyConfig, ScorerRef, parse_config
-from quantroute.core import plugins
+from quantroute.core import plugins, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.model import BackendState, Outcome, Rejection
 from quantroute.core.scheduler import Policy, decide
@@ -110,8 +110,8 @@ class Prefer(FrozenModel):
 
 
 def _prefer(params: Prefer) -> Scorer:
-    def prefer(b: BackendState, _all: Sequence[BackendState], _ctx: FilterContext) -> float:
-        return 1.0 if b.id == params.backend else 0.0
+    def prefer(candidates: Sequence[BackendState], _ctx: FilterContext) -> list[float]:
+        return [1.0 if b.id == params.backend else 0.0 for b in candidates]
 
     return prefer
 
@@ -147,6 +147,55 @@ def test_a_registered_plugin_runs_with_its_parameters() -> None:
 def test_a_registered_plugins_parameters_are_validated() -> None:
     message = config_error({"filters": [{"name": "waiting_cap", "parameters": {}}]})
     assert "policy.filters.0.parameters.max_waiting: Field required" in message
+
+
+def _one_at_a_time(
+    backend: BackendState, candidates: Sequence[BackendState], _c: FilterContext
+) -> float:
+    """Rates one candidate against the others: 1.0 for the fewest running among them."""
+
+    def running(b: BackendState) -> float:
+        return (b.metrics.num_running if b.metrics else None) or 0.0
+
+    return 1.0 if running(backend) == min(running(c) for c in candidates) else 0.0
+
+
+def _miscounting(_params: plugins.NoParameters) -> Scorer:
+    def short(candidates: Sequence[BackendState], _ctx: FilterContext) -> list[float]:
+        return [1.0] * (len(candidates) - 1)
+
+    return short
+
+
+@pytest.fixture
+def adapted() -> Iterator[None]:
+    plugins.register_scorer("fewest_running", lambda _p: scorers.each(_one_at_a_time))
+    plugins.register_scorer("miscounting", _miscounting)
+    yield
+    del plugins.SCORERS["fewest_running"], plugins.SCORERS["miscounting"]
+
+
+@pytest.mark.usefixtures("adapted")
+def test_a_scorer_written_one_candidate_at_a_time_rates_each_against_all() -> None:
+    pol = policy(
+        ("a", "b", "c"), scorers={"interactive": [{"name": "fewest_running", "weight": 1}]}
+    )
+    snap = snapshot(backend("a", running=5), backend("b", running=1), backend("c", running=9))
+    d = decide(features(), snap, None, pol)
+    assert d.chosen == "b"
+    assert {k: v.parts["fewest_running"] for k, v in d.scores.items()} == {
+        "a": 0.0,
+        "b": 1.0,
+        "c": 0.0,
+    }
+
+
+@pytest.mark.usefixtures("adapted")
+def test_a_scorer_that_rates_too_few_candidates_is_named_in_the_error() -> None:
+    pol = policy(("a", "b"), scorers={"interactive": [{"name": "miscounting", "weight": 1}]})
+    snap = snapshot(backend("a"), backend("b"))
+    with pytest.raises(ValueError, match="scorer 'miscounting' rated 1 of 2 candidates"):
+        decide(features(), snap, None, pol)
 
 
 def test_an_unknown_plugin_cannot_reach_decide() -> None:

@@ -36,7 +36,7 @@ def ctx(
     ],
 )
 def test_headroom(state: BackendState, expected: float) -> None:
-    assert scorers.headroom(state, [state], ctx()) == pytest.approx(expected)
+    assert scorers.headroom([state], ctx()) == pytest.approx([expected])
 
 
 def test_latency_from_the_matrix_load_and_prefill() -> None:
@@ -44,7 +44,7 @@ def test_latency_from_the_matrix_load_and_prefill() -> None:
     idle = backend("a", capacity=10)
     # queued = 100 x (1 + 0/10) + 0 = 100 ms; prefill 100 tokens at the default 5000 tok/s = 20 ms
     assert scorers.expected_ttft_ms(idle, ctx(m)) == pytest.approx(120.0)
-    assert scorers.latency(idle, [idle], ctx(m)) == pytest.approx(500 / (500 + 120))
+    assert scorers.latency([idle], ctx(m)) == pytest.approx([500 / (500 + 120)])
     busy = backend("a", running=5, waiting=2, capacity=10)
     # 100 x (1 + 5/10) + 2 x 100 = 350 ms, + 20 ms prefill
     assert scorers.expected_ttft_ms(busy, ctx(m)) == pytest.approx(370.0)
@@ -69,12 +69,12 @@ def test_latency_counts_the_prefill_backlog_ahead() -> None:
 def test_cost_relative_to_the_cheapest(costs: dict[str, float], expected: dict[str, float]) -> None:
     m = matrix(**{k: VariantSpec(cost=v) for k, v in costs.items()})
     states = [backend(k) for k in costs]
-    assert {s.id: scorers.cost(s, states, ctx(m)) for s in states} == pytest.approx(expected)
+    assert dict(zip(costs, scorers.cost(states, ctx(m)), strict=True)) == pytest.approx(expected)
 
 
 def test_cost_without_a_matrix_is_gpu_price_per_slot() -> None:
     states = [backend("a", cost=2.0, capacity=10), backend("b", cost=2.0, capacity=5)]
-    assert [scorers.cost(s, states, ctx()) for s in states] == pytest.approx([1.0, 0.5])
+    assert scorers.cost(states, ctx()) == pytest.approx([1.0, 0.5])
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_cost_without_a_matrix_is_gpu_price_per_slot() -> None:
     ],
 )
 def test_least_loaded(state: BackendState, expected: float) -> None:
-    assert scorers.least_loaded(state, [state], ctx()) == pytest.approx(expected)
+    assert scorers.least_loaded([state], ctx()) == pytest.approx([expected])
 
 
 # -- pickers ---------------------------------------------------------------------------------

@@ -59,42 +59,38 @@ def total_load(backend: BackendState) -> float:
 
 
 def prefix(
-    backend: BackendState,
-    candidates: Sequence[BackendState],
-    ctx: FilterContext,
-    *,
-    guard: BalanceGuard,
-) -> float:
-    """The expected share of this prompt cached on ``backend``; 0 when it is overloaded."""
+    candidates: Sequence[BackendState], ctx: FilterContext, *, guard: BalanceGuard
+) -> list[float]:
+    """The expected share of this prompt cached on each candidate; 0 where it is overloaded."""
     view = ctx.features.prefix
     if view is None:
-        return 0.0
+        return [0.0] * len(candidates)
     loads = [total_load(c) for c in candidates]
-    return prefix_score(view.share(backend.id), total_load(backend), loads, guard)
+    return [
+        prefix_score(view.share(c.id), load, loads, guard)
+        for c, load in zip(candidates, loads, strict=True)
+    ]
 
 
 def session(
-    backend: BackendState,
-    candidates: Sequence[BackendState],
-    ctx: FilterContext,
-    *,
-    guard: BalanceGuard,
-) -> float:
+    candidates: Sequence[BackendState], ctx: FilterContext, *, guard: BalanceGuard
+) -> list[float]:
     """1.0 for the backend that served this session last (unless overloaded), else 0."""
     view = ctx.features.prefix
-    if view is None or view.session_backend != backend.id:
-        return 0.0
+    last = None if view is None else view.session_backend
+    if last is None or all(c.id != last for c in candidates):
+        return [0.0] * len(candidates)
     loads = [total_load(c) for c in candidates]
-    return 0.0 if guard.overloaded(total_load(backend), min(loads)) else 1.0
+    least = min(loads)
+    return [
+        0.0 if c.id != last or guard.overloaded(load, least) else 1.0
+        for c, load in zip(candidates, loads, strict=True)
+    ]
 
 
 def cache_aware(
-    backend: BackendState,
-    candidates: Sequence[BackendState],
-    ctx: FilterContext,
-    *,
-    settings: CacheAwareSettings,
-) -> float:
+    candidates: Sequence[BackendState], ctx: FilterContext, *, settings: CacheAwareSettings
+) -> list[float]:
     """1.0 for the candidate the Rust routers' cache-aware policy would choose, else 0."""
     view = ctx.features.prefix
     rows = [
@@ -107,18 +103,18 @@ def cache_aware(
         for c in candidates
     ]
     chosen, _rule = cache_aware_choice(rows, settings)
-    return 1.0 if chosen == backend.id else 0.0
+    return [1.0 if c.id == chosen else 0.0 for c in candidates]
 
 
-def build_prefix(params: AffinityParams) -> partial[float]:
+def build_prefix(params: AffinityParams) -> partial[list[float]]:
     return partial(prefix, guard=params.guard())
 
 
-def build_session(params: AffinityParams) -> partial[float]:
+def build_session(params: AffinityParams) -> partial[list[float]]:
     return partial(session, guard=params.guard())
 
 
-def build_cache_aware(params: CacheAwareParams) -> partial[float]:
+def build_cache_aware(params: CacheAwareParams) -> partial[list[float]]:
     settings = CacheAwareSettings(
         params.cache_threshold, params.balance_abs_threshold, params.balance_rel_threshold
     )

@@ -7,7 +7,7 @@ relaxed (the hard ``kv_ceiling`` still protects the backends) and the decision r
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,12 +32,6 @@ class FilterContext:
     """The latency estimate per backend, computed once per decision (the latency scorer and
     the decision's ``latency`` read the same one): a memo of a pure function of the
     context and the backend's state, never carried from one decision to the next."""
-    cheapest: dict[int, tuple[Sequence[BackendState], float, dict[str, float]]] = field(
-        default_factory=dict, compare=False
-    )
-    """The cost scorer's cheapest unit cost per candidate list scored (keyed by its id, the
-    list kept with it), and each candidate's: computed once per decision instead of once per
-    candidate."""
 
 
 Filter = Callable[[BackendState, FilterContext], Rejection | None]

@@ -13,6 +13,11 @@ Adding a plugin is one registration beside its code::
 
     register_scorer("my_scorer", lambda p: partial(my_scorer, horizon_s=p.horizon_s), Params)
 
+A scorer rates all of a decision's candidates in one call (``my_scorer(candidates, ctx, *,
+horizon_s)`` returns one value per candidate, in order), as the Gateway API Inference
+Extension's scorers do; :func:`quantroute.core.scorers.each` turns a function that rates one
+candidate at a time into one.
+
 A wrong name or parameter is a :class:`~quantroute.errors.ConfigError` naming the field
 (``policy.scorers.interactive.2.parameters.horizon_s``) and the value.
 """

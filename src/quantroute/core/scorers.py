@@ -1,4 +1,4 @@
-"""Scorers: each maps a candidate to a value in [0, 1] (higher is better), given all candidates."""
+"""Scorers: each rates a decision's candidates, one value in [0, 1] each (higher is better)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from quantroute.core.matrix import VariantProfile
 from quantroute.core.model import BackendState
 from quantroute.core.prefix import uncached_tokens
 
-Scorer = Callable[[BackendState, Sequence[BackendState], FilterContext], float]
+Scorer = Callable[[Sequence[BackendState], FilterContext], Sequence[float]]
+"""A scorer rates every candidate of a decision at once, as the Gateway API Inference
+Extension's scorers do: one value per candidate, in their order, higher is better (``decide``
+clamps each to [0, 1]). Called once per decision, so what the candidates share (the request's
+KV tokens, the cheapest unit cost, every candidate's load) is worked out once."""
+PerBackendScorer = Callable[[BackendState, Sequence[BackendState], FilterContext], float]
+"""One candidate at a time (given all of them): :func:`each` makes a :data:`Scorer` of it."""
 
 
 class Load(NamedTuple):
@@ -30,17 +36,21 @@ def load_of(backend: BackendState) -> Load:
     return Load(running, waiting, float(backend.pending_requests), float(backend.config.capacity))
 
 
-def headroom(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
+def headroom(candidates: Sequence[BackendState], ctx: FilterContext) -> list[float]:
     """Free KV (after this request) and free sequence slots; waiting requests count double."""
-    kv = kv_after(backend, request_kv_tokens(ctx.features, ctx.policy))
-    kv_free = 0.0 if kv is None else 1.0 - kv
-    kv_free = 0.0 if kv_free < 0.0 else 1.0 if kv_free > 1.0 else kv_free  # clamp, inline
-    m = backend.metrics  # load_of, inline: run per candidate per decision
-    running = (m.num_running if m is not None else None) or 0.0
-    waiting = (m.num_waiting if m is not None else None) or 0.0
-    busy = (running + backend.pending_requests + 2.0 * waiting) / backend.config.capacity
-    slots = 1.0 - busy
-    return 0.5 * kv_free + 0.5 * (0.0 if slots < 0.0 else 1.0 if slots > 1.0 else slots)
+    extra = request_kv_tokens(ctx.features, ctx.policy)
+    out: list[float] = []
+    for backend in candidates:
+        kv = kv_after(backend, extra)
+        kv_free = 0.0 if kv is None else 1.0 - kv
+        kv_free = 0.0 if kv_free < 0.0 else 1.0 if kv_free > 1.0 else kv_free  # clamp, inline
+        m = backend.metrics  # load_of, inline: run per candidate per decision
+        running = (m.num_running if m is not None else None) or 0.0
+        waiting = (m.num_waiting if m is not None else None) or 0.0
+        busy = (running + backend.pending_requests + 2.0 * waiting) / backend.config.capacity
+        slots = 1.0 - busy
+        out.append(0.5 * kv_free + 0.5 * (0.0 if slots < 0.0 else 1.0 if slots > 1.0 else slots))
+    return out
 
 
 def _variant(backend: BackendState, ctx: FilterContext) -> VariantProfile | None:
@@ -125,20 +135,23 @@ def expected_ttft_ms(backend: BackendState, ctx: FilterContext) -> float:
     return estimate(backend, ctx).ttft_ms
 
 
-def latency(backend: BackendState, _all: Sequence[BackendState], ctx: FilterContext) -> float:
+def latency(candidates: Sequence[BackendState], ctx: FilterContext) -> list[float]:
     """``ref / (ref + expected ms)``: the expected TTFT, plus ``latency_decode_tokens`` at the
     blended time per token when there is one."""
     policy = ctx.policy
-    found = ctx.estimates.get(backend.config.id)  # estimate(), inline
-    if found is None:
-        found = ctx.estimates[backend.config.id] = latency_estimate(backend, ctx)
-    f = found.fit
-    ms = f.queue_factor * found.prior_queue_ms + f.prefill_factor * found.prior_prefill_ms
-    tokens = policy.latency_decode_tokens
-    if tokens and found.per_token_ms is not None:
-        ms += tokens * found.per_token_ms
-    ref = policy.latency_reference_ms
-    return ref / (ref + ms)
+    tokens, ref = policy.latency_decode_tokens, policy.latency_reference_ms
+    estimates = ctx.estimates
+    out: list[float] = []
+    for backend in candidates:
+        found = estimates.get(backend.config.id)  # estimate(), inline
+        if found is None:
+            found = estimates[backend.config.id] = latency_estimate(backend, ctx)
+        f = found.fit
+        ms = f.queue_factor * found.prior_queue_ms + f.prefill_factor * found.prior_prefill_ms
+        if tokens and found.per_token_ms is not None:
+            ms += tokens * found.per_token_ms
+        out.append(ref / (ref + ms))
+    return out
 
 
 def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
@@ -149,27 +162,37 @@ def unit_cost(backend: BackendState, ctx: FilterContext) -> float:
     return backend.config.gpu_cost_per_hour / backend.config.capacity
 
 
-def cost(backend: BackendState, candidates: Sequence[BackendState], ctx: FilterContext) -> float:
+def cost(candidates: Sequence[BackendState], ctx: FilterContext) -> list[float]:
+    """The cheapest candidate's unit cost over this one's: 1.0 for the cheapest (and for a free
+    one, or a lone candidate)."""
     if len(candidates) == 1:
-        return 1.0
-    memo = ctx.cheapest.get(id(candidates))
-    if memo is None or memo[0] is not candidates:  # once per decision, not once per candidate
-        units = {c.config.id: unit_cost(c, ctx) for c in candidates}
-        memo = ctx.cheapest[id(candidates)] = (candidates, min(units.values()), units)
-    mine = memo[2].get(backend.config.id)
-    if mine is None:  # not one of the candidates it is compared with
-        mine = unit_cost(backend, ctx)
-    if mine <= 0.0:
-        return 1.0
-    ratio = memo[1] / mine
-    return 0.0 if ratio < 0.0 else 1.0 if ratio > 1.0 else ratio  # clamp, inline
+        return [1.0]
+    units = [unit_cost(c, ctx) for c in candidates]
+    cheapest = min(units)
+    out: list[float] = []
+    for mine in units:
+        ratio = 1.0 if mine <= 0.0 else cheapest / mine
+        out.append(0.0 if ratio < 0.0 else 1.0 if ratio > 1.0 else ratio)  # clamp, inline
+    return out
 
 
-def least_loaded(backend: BackendState, _all: Sequence[BackendState], _c: FilterContext) -> float:
-    m = backend.metrics  # load_of, inline
-    running = (m.num_running if m is not None else None) or 0.0
-    waiting = (m.num_waiting if m is not None else None) or 0.0
-    return 1.0 / (1.0 + running + waiting + backend.pending_requests)
+def least_loaded(candidates: Sequence[BackendState], _ctx: FilterContext) -> list[float]:
+    out: list[float] = []
+    for backend in candidates:
+        m = backend.metrics  # load_of, inline
+        running = (m.num_running if m is not None else None) or 0.0
+        waiting = (m.num_waiting if m is not None else None) or 0.0
+        out.append(1.0 / (1.0 + running + waiting + backend.pending_requests))
+    return out
+
+
+def each(score: PerBackendScorer) -> Scorer:
+    """A scorer from a function that rates one candidate at a time (given all of them)."""
+
+    def score_all(candidates: Sequence[BackendState], ctx: FilterContext) -> list[float]:
+        return [score(backend, candidates, ctx) for backend in candidates]
+
+    return score_all
 
 
 REGISTRY: dict[str, Scorer] = {
