@@ -5,7 +5,8 @@ calls, which say how much code runs but not what it costs. This counts the machi
 each proxy executes per request (callgrind's ``Ir``, every thread of the process, the
 interpreter, uvloop and the C extensions included). Each proxy runs under
 ``valgrind --tool=callgrind`` with instrumentation off while it starts and warms up; then
-instrumentation is switched on for ``--requests`` sequential requests, the counts are dumped,
+instrumentation is switched on for ``--requests`` requests (one at a time, or ``--concurrency``
+at a time in a closed loop), the counts are dumped,
 and the same length of time with no traffic is counted too and taken off (scrapes and timers
 run per second, not per request). Two runs of the same code agree within about 2% for the
 gateway (its scrapes come whole) and 0.2% for the bare proxy.
@@ -18,6 +19,11 @@ proxy runs about 50 times slower, so keep ``--requests`` in the hundreds.
 
     python instructions.py                                # the installed gateway, the bare proxy
     python instructions.py --src /tmp/base/src ../../src  # gateways importing quantroute from each
+    python instructions.py --concurrency 32               # the c=32 goal's load, counted
+
+At ``--concurrency 32`` a proxy under valgrind is saturated, as the c=32 cells of ``run.py`` are:
+work done per event-loop turn or by time is shared by more requests, so the gateway's count is
+lower than one at a time, and the ratio to the bare proxy is the one the c=32 goal is about.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+import aiohttp
 
 import baselines
 import fleet
@@ -88,12 +96,43 @@ def _window(proc: procs.Proc, workdir: Path, during: Callable[[], None]) -> Coun
     return Count(total, elapsed)
 
 
+async def closed_loop(
+    target: loadgen.Target, requests: int, stream: bool, concurrency: int
+) -> None:
+    """``requests`` requests, ``concurrency`` of them in flight at a time; each must answer 200."""
+    if concurrency <= 1:
+        await loadgen.sequential(target, requests, stream)
+        return
+    body = loadgen.payload(target.model, stream)
+    left = requests
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            status, _, _ = await loadgen.fetch(session, target.chat_url, body)
+            if status != 200:
+                raise RuntimeError(f"{target.name}: answered {status}")
+
+    async with loadgen.new_session(concurrency) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+
+
 def per_request(
-    proc: procs.Proc, target: loadgen.Target, workdir: Path, requests: int, stream: bool
+    proc: procs.Proc,
+    target: loadgen.Target,
+    workdir: Path,
+    requests: int,
+    stream: bool,
+    concurrency: int = 1,
 ) -> float:
     """Instructions per request, net of the same time with no traffic."""
-    asyncio.run(loadgen.sequential(target, WARM_UP, stream))
-    busy = _window(proc, workdir, lambda: asyncio.run(loadgen.sequential(target, requests, stream)))
+
+    def load(n: int) -> None:
+        asyncio.run(closed_loop(target, n, stream, concurrency))
+
+    load(WARM_UP)
+    busy = _window(proc, workdir, lambda: load(requests))
     idle = _window(proc, workdir, lambda: time.sleep(busy.elapsed))
     scale = busy.elapsed / idle.elapsed if idle.elapsed > 0 else 1.0
     return (busy.instructions - idle.instructions * scale) / requests
@@ -105,6 +144,7 @@ def main() -> None:
     p.add_argument("--no-bare", action="store_true", help="skip the bare FastAPI+aiohttp proxy")
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--stream", action="store_true", help="streamed requests (65 events each)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight at a time")
     a = p.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("instructions.py needs valgrind: apt-get install valgrind")
@@ -137,10 +177,12 @@ def main() -> None:
                 gateway = fleet.start_gateway(stack, work, config, f"gateway{i}", src)
                 proc, target = gateway.proc, gateway.target
                 name = f"gateway ({src or 'installed'})"
-            rows.append((name, per_request(proc, target, work, a.requests, a.stream)))
+            count = per_request(proc, target, work, a.requests, a.stream, a.concurrency)
+            rows.append((name, count))
             print(f"{name}: {rows[-1][1]:,.0f} instructions/request", flush=True)
         kind = "streamed" if a.stream else "non-streamed"
-        print(f"\n{a.requests} sequential {kind} requests after {WARM_UP} to warm up,")
+        pace = "sequential" if a.concurrency <= 1 else f"{a.concurrency} at a time"
+        print(f"\n{a.requests} {kind} requests ({pace}) after {WARM_UP} to warm up,")
         print("net of the same time with no traffic")
         bare = dict(rows).get("bare proxy")
         print(f"{'proxy':48s} {'instructions/req':>17s} {'x bare':>7s}")
