@@ -198,6 +198,41 @@ def test_a_scorer_that_rates_too_few_candidates_is_named_in_the_error() -> None:
         decide(features(), snap, None, pol)
 
 
+def _estimating(_params: plugins.NoParameters) -> Filter:
+    """A filter that works out the latency estimates of ``a`` and ``b`` and turns ``a`` away:
+    the decision's memo then holds as many estimates as there are candidates, one of them for
+    a backend that is not a candidate."""
+
+    def estimating(b: BackendState, ctx: FilterContext) -> Rejection | None:
+        if b.id in ("a", "b"):
+            scorers.estimate(b, ctx)
+        return Rejection("estimating", "not a") if b.id == "a" else None
+
+    return estimating
+
+
+@pytest.fixture
+def estimating() -> Iterator[None]:
+    plugins.register_filter("estimating", _estimating)
+    yield
+    del plugins.FILTERS["estimating"]
+
+
+@pytest.mark.usefixtures("estimating")
+@pytest.mark.parametrize("scorer", ["latency", "least_loaded"])
+def test_the_decision_carries_the_estimates_of_its_candidates_alone(scorer: str) -> None:
+    pol = policy(
+        ("a", "b", "c"),
+        filters=[{"name": "estimating"}],
+        scorers={"interactive": [{"name": scorer, "weight": 1}]},
+    )
+    snap = snapshot(backend("a"), backend("b", running=3), backend("c"))
+    d = decide(features(), snap, None, pol)
+    assert list(d.latency) == ["b", "c"] and set(d.ranked) == {"b", "c"}
+    busy, idle = d.latency["b"], d.latency["c"]
+    assert busy.prior_queue_ms > idle.prior_queue_ms  # each its own backend's, not a neighbour's
+
+
 def test_an_unknown_plugin_cannot_reach_decide() -> None:
     bad = PolicyConfig.model_validate({"filters": ["nope"]})  # model alone: names unchecked
     with pytest.raises(ConfigError, match="unknown filter 'nope'"):

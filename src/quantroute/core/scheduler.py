@@ -167,12 +167,15 @@ def _below_floor(
 
 
 def _estimates(admitted: Sequence[BackendState], ctx: FilterContext) -> dict[str, LatencyEstimate]:
-    """The latency estimate of every candidate: the latency scorer's, when it ran (it worked
-    them out for exactly these candidates, in their order), else worked out here."""
+    """The latency estimate of every candidate, in their order: the ones the latency scorer
+    worked out, the rest worked out here (no latency scorer in the profile)."""
     found = ctx.estimates
-    if len(found) == len(admitted):
-        return found
-    return {b.config.id: scorers.estimate(b, ctx) for b in admitted}
+    out: dict[str, LatencyEstimate] = {}
+    for b in admitted:
+        key = b.config.id
+        known = found.get(key)
+        out[key] = known if known is not None else scorers.estimate(b, ctx)
+    return out
 
 
 def metrics_outage(backends: Sequence[BackendState], cfg: PolicyConfig) -> bool:
