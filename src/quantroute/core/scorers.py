@@ -112,14 +112,14 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
     ttft = backend.ttft_fit
     if ttft is None:
         ttft = fit(observed, k, peer_fit(peers, k))
-    return LatencyEstimate(
-        queue,
-        prefill,
-        ttft,
-        per_token_prior_ms=prior_tok,
-        per_token_measured_ms=measured_tok,
-        per_token_weight=n_tok / (n_tok + k) if measured_tok is not None else 0.0,
-        per_token_ms=blend(prior_tok, measured_tok, n_tok, k),
+    return LatencyEstimate(  # positional, in field order: built per candidate per decision
+        queue,  # prior_queue_ms
+        prefill,  # prior_prefill_ms
+        ttft,  # fit
+        prior_tok,  # per_token_prior_ms
+        measured_tok,  # per_token_measured_ms
+        n_tok / (n_tok + k) if measured_tok is not None else 0.0,  # per_token_weight
+        blend(prior_tok, measured_tok, n_tok, k),  # per_token_ms
     )
 
 
