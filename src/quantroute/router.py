@@ -110,7 +110,7 @@ class Router:
             )
         group = decision.group or features.model
         self.telemetry.no_backend.labels(group).inc()
-        self.telemetry.requests.labels("none", group, "503").inc()
+        self.telemetry.requests.inc(("none", group, "503"))
         raise NoBackendAvailable(
             f"No backend can take this request now for '{features.model}'.",
             reasons={k: tuple(map(str, v)) for k, v in decision.rejected.items()},
@@ -124,7 +124,7 @@ class Router:
 
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry
-        t.child(t.route_duration, decision.chosen or "none").observe(elapsed_s)
+        t.route_duration.observe((decision.chosen or "none",), elapsed_s)
         for backend_id, rejections in decision.rejected.items():
             for rejection in rejections:
                 t.rejections.labels(backend_id, rejection.filter).inc()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,10 +17,10 @@ from quantroute import __version__
 from quantroute.core.model import Health
 from quantroute.flow.metrics import FlowMetrics
 from quantroute.resilience.metrics import ResilienceMetrics
+from quantroute.series import CounterSeries, HistogramSeries
 from quantroute.state.inflight import InFlight
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-M = TypeVar("M", Counter, Histogram)
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -29,13 +28,12 @@ class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
-        self.route_duration = Histogram(
+        self.route_duration = HistogramSeries(
             "llm_router_route_duration_seconds",
             "Time to take a routing decision (snapshot, filters, scorers, picker).",
             ["model_id"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            r,
         )
         self.cache_pressure = Counter(
             "llm_router_cache_pressure_events",
@@ -43,30 +41,31 @@ class Telemetry:
             ["model_id"],
             registry=r,
         )
-        self.requests = Counter(
+        # updated on every request: plain numbers, exported at scrape time (quantroute.series)
+        self.requests = CounterSeries(
             "quantroute_requests",
             "Requests answered, by backend, group and HTTP status.",
             ["backend", "group", "status"],
-            registry=r,
+            r,
         )
-        self.prompt_tokens = Counter(
+        self.prompt_tokens = CounterSeries(
             "quantroute_prompt_tokens",
             "Prompt tokens reported by backends.",
             ["backend", "group"],
-            registry=r,
+            r,
         )
-        self.completion_tokens = Counter(
+        self.completion_tokens = CounterSeries(
             "quantroute_completion_tokens",
             "Completion tokens reported by backends.",
             ["backend", "group"],
-            registry=r,
+            r,
         )
-        self.ttfb = Histogram(
+        self.ttfb = HistogramSeries(
             "quantroute_upstream_ttfb_seconds",
             "Upstream time to first byte of the response body.",
             ["backend"],
-            buckets=_TTFB_BUCKETS,
-            registry=r,
+            _TTFB_BUCKETS,
+            r,
         )
         self.backend_up = Gauge(
             "quantroute_backend_up",
@@ -177,16 +176,6 @@ class Telemetry:
         )
         info.labels(str(index), str(count), str(pid)).set(1)
 
-    def child(self, metric: M, *values: str) -> M:
-        """``metric.labels(*values)``, resolved once: prometheus-client takes a lock and builds
-        a key on every ``labels()`` call. For per-request counters and histograms only, whose
-        series are never removed (a removed series' child would no longer be exported)."""
-        key = (metric, values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found  # type: ignore[return-value]
-
     def watch_in_flight(self, inflight: InFlight, backends: Callable[[], Iterable[str]]) -> None:
         """Serve the in-flight gauges from the one in-flight account, read at each scrape;
         ``backends`` lists the ids that get a per-backend series even at 0."""
@@ -224,7 +213,7 @@ class Telemetry:
 
     def declare_group(self, group: str) -> None:
         self.no_backend.labels(group)
-        self.requests.labels("none", group, "503")
+        self.requests.declare(("none", group, "503"))
         self.flow.declare_group(group)
 
     def set_backend_state(self, backend: str, state: Health, kv: float | None) -> None:

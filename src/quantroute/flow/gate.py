@@ -67,7 +67,7 @@ class FlowGate:
                 priority=priority,
             )
         except QueueRefused as exc:
-            self.router.telemetry.requests.labels("none", group, str(exc.status)).inc()
+            self.router.telemetry.requests.inc(("none", group, str(exc.status)))
             raise
         return self._noted(decision, group)
 

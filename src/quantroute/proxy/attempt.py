@@ -72,15 +72,14 @@ class Attempt:
         self.backend_id = self.backend.id
         self.sent_at = None if self.health is None else self.health.now()
         kind = "first" if self.number == 0 else "retry"
-        t = self.telemetry
-        t.child(t.resilience.attempts, self.backend_id, kind).inc()
+        self.telemetry.resilience.attempts.inc((self.backend_id, kind))
 
     def first_byte(self) -> None:
         """The backend started answering: time to first byte, and no more prefill backlog."""
         if self.lease.prefilling:
             self.first_at = time.perf_counter()
             elapsed = self.first_at - self.started
-            self.telemetry.child(self.telemetry.ttfb, self.backend_id).observe(elapsed)
+            self.telemetry.ttfb.observe((self.backend_id,), elapsed)
             self.lease.first_byte()
             self.trail.first_byte()
 
@@ -112,10 +111,10 @@ class Attempt:
         self.status, self.usage = status, usage
         t = self.telemetry
         b, g = self.backend_id, self.group
-        t.child(t.requests, b, g, str(status)).inc()
+        t.requests.inc((b, g, str(status)))
         if usage is not None:
-            t.child(t.prompt_tokens, b, g).inc(usage.prompt_tokens)
-            t.child(t.completion_tokens, b, g).inc(usage.completion_tokens)
+            t.prompt_tokens.inc((b, g), usage.prompt_tokens)
+            t.completion_tokens.inc((b, g), usage.completion_tokens)
         if status == CLIENT_CLOSED:
             self.error = error or "client_disconnected"
             self.trail.end(None, error=self.error, then=then)

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from quantroute.resilience.outcomes import AttemptOutcome
 from quantroute.resilience.outliers import EjectionReason
+from quantroute.series import CounterSeries
 
 
 class ResilienceMetrics:
@@ -36,11 +37,11 @@ class ResilienceMetrics:
             ["backend", "outcome"],
             registry=r,
         )
-        self.attempts = Counter(
+        self.attempts = CounterSeries(  # one per request: plain numbers (quantroute.series)
             "quantroute_upstream_attempts",
             "Upstream attempts: first (the decision's choice) or retry.",
             ["backend", "attempt"],
-            registry=r,
+            r,
         )
         self.retry_budget_exhausted = Counter(
             "quantroute_retry_budget_exhausted",
@@ -86,7 +87,7 @@ class ResilienceMetrics:
         for outcome in (AttemptOutcome.OK, AttemptOutcome.SERVER_ERROR):
             self.outcomes.labels(backend, outcome.value)
         for attempt in ("first", "retry"):
-            self.attempts.labels(backend, attempt)
+            self.attempts.declare((backend, attempt))
 
     def forget_backend(self, backend: str) -> None:
         """Its gauges go; its counters stay (rates need them), as for the other metrics."""

@@ -229,7 +229,7 @@ class Gateway:
 
     def _gone_while_queued(self, trail: Trail, group: str) -> Response:
         trail.finish(CLIENT_CLOSED, error="client_disconnected")
-        self.router.telemetry.requests.labels("none", group, str(CLIENT_CLOSED)).inc()
+        self.router.telemetry.requests.inc(("none", group, str(CLIENT_CLOSED)))
         return Response(status_code=CLIENT_CLOSED)
 
     def client_gone(self, request: HttpRequest) -> None:
