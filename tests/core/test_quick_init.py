@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from quantroute.base import quick_init
-from quantroute.core.model import BackendState, Decision, Outcome, RequestFeatures
+from quantroute.config import BackendConfig
+from quantroute.core.model import BackendState, Decision, Health, Outcome, RequestFeatures
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +93,52 @@ def test_refuses_what_it_cannot_build_alike() -> None:
         a: int = field(kw_only=True)
 
     @dataclass(frozen=True, slots=True)
-    class Derived:
+    class DerivedWithoutDefault:
         a: int
-        b: int = field(init=False, default=0)
+        b: int = field(init=False)
 
-    for cls in (Mutable, KeywordOnly, Derived):
+    for cls in (Mutable, KeywordOnly, DerivedWithoutDefault):
         with pytest.raises(TypeError):
             quick_init(cls)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainDerived:
+    a: int
+    double: int = field(init=False, default=-1)
+    unset: int = field(init=False, default=7)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "double", 2 * self.a)
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class QuickDerived:
+    a: int
+    double: int = field(init=False, default=-1)
+    unset: int = field(init=False, default=7)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "double", 2 * self.a)
+
+
+def test_a_field_left_out_of_init_takes_its_default_then_post_init_sets_it() -> None:
+    quick, plain = QuickDerived(3), PlainDerived(3)
+    assert dataclasses.astuple(quick) == dataclasses.astuple(plain) == (3, 6, 7)
+    assert list(inspect.signature(QuickDerived).parameters) == ["a"]
+    assert dataclasses.replace(quick, a=5).double == 10  # worked out again, not copied
+
+
+def test_a_backend_state_carries_its_config_id_and_variant_even_when_replaced() -> None:
+    config = BackendConfig(
+        id="b1", url="http://b1:8000", served_model_name="m", max_seq_len=8, capacity=1
+    )
+    state = BackendState(config, Health.FRESH)
+    assert (state.id, state.variant_id) == ("b1", "b1")
+    moved = dataclasses.replace(state, config=config.model_copy(update={"variant": "v"}))
+    assert (moved.id, moved.variant_id) == ("b1", "v")
+    assert "variant_id" not in repr(moved)
 
 
 def test_the_routing_values_are_built_by_it() -> None:

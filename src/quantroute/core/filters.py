@@ -149,8 +149,7 @@ def waiting(backend: BackendState, ctx: FilterContext, *, limit: int) -> Rejecti
 def quality(backend: BackendState, ctx: FilterContext) -> Rejection | None:
     if ctx.matrix is None:
         return None
-    config, task = backend.config, ctx.features.task
-    variant = config.variant or config.id  # variant_id, inline
+    variant, task = backend.variant_id, ctx.features.task
     profile = ctx.matrix.variants.get(variant)  # one lookup for stable() and quality()
     measured = None if profile is None else profile.tasks.get(task)
     if measured is None:

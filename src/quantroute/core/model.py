@@ -96,10 +96,17 @@ class BackendState:
     """The TTFT factors of ``observed`` started from ``peers`` (:func:`~quantroute.core.latency.fit`)
     under the snapshot's policy, worked out once by the state store while neither changes
     (None: the latency scorer works them out)."""
+    id: str = field(init=False, default="", repr=False)
+    """``config.id``, copied at construction: read a dozen times per decision, and a read of a
+    pydantic model's field cannot be specialised by CPython 3.11 (``BaseModel.__getattr__``)."""
+    variant_id: str = field(init=False, default="", repr=False)
+    """``config.variant_id`` (its variant, or its id), copied likewise."""
 
-    @property
-    def id(self) -> str:
-        return self.config.id
+    def __post_init__(self) -> None:
+        config = self.config
+        backend_id = config.id
+        object.__setattr__(self, "id", backend_id)
+        object.__setattr__(self, "variant_id", config.variant or backend_id)
 
 
 @quick_init

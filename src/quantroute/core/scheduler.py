@@ -53,13 +53,9 @@ def candidates_for(
     group = policy.by_name.get(model)
     if group is not None:
         variants = group.variants  # variant_id, inline: per backend per request
-        return [
-            b for b in snapshot.backends if (b.config.variant or b.config.id) in variants
-        ], group
+        return [b for b in snapshot.backends if b.variant_id in variants], group
     named = [
-        b
-        for b in snapshot.backends
-        if model in (b.config.served_model_name, b.config.id, b.config.variant_id)
+        b for b in snapshot.backends if model in (b.config.served_model_name, b.id, b.variant_id)
     ]
     return named, None
 
@@ -100,7 +96,7 @@ def _filter(
         if reasons is None:
             admitted.append(backend)
         else:
-            rejected[backend.config.id] = tuple(reasons)
+            rejected[backend.id] = tuple(reasons)
     return admitted, rejected
 
 
@@ -127,7 +123,7 @@ def _score(
         total = 0.0
         for s in profile:  # by name: a name given twice weighs its last value twice
             total += s.weight * parts[s.name]
-        result[backend.config.id] = Scores(total / total_weight, parts)
+        result[backend.id] = Scores(total / total_weight, parts)
     return result
 
 
@@ -172,7 +168,7 @@ def _estimates(admitted: Sequence[BackendState], ctx: FilterContext) -> dict[str
     found = ctx.estimates
     out: dict[str, LatencyEstimate] = {}
     for b in admitted:
-        key = b.config.id
+        key = b.id
         known = found.get(key)
         out[key] = known if known is not None else scorers.estimate(b, ctx)
     return out

@@ -57,8 +57,7 @@ def _variant(backend: BackendState, ctx: FilterContext) -> VariantProfile | None
     """The matrix's profile of the backend's variant (None: no matrix, or not profiled)."""
     if ctx.matrix is None:
         return None
-    config = backend.config
-    return ctx.matrix.variants.get(config.variant or config.id)  # variant_id, inline
+    return ctx.matrix.variants.get(backend.variant_id)
 
 
 def _prior(
@@ -125,9 +124,9 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
 
 def estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
     """:func:`latency_estimate`, once per backend and decision (``ctx.estimates``)."""
-    found = ctx.estimates.get(backend.config.id)
+    found = ctx.estimates.get(backend.id)
     if found is None:
-        found = ctx.estimates[backend.config.id] = latency_estimate(backend, ctx)
+        found = ctx.estimates[backend.id] = latency_estimate(backend, ctx)
     return found
 
 
@@ -143,9 +142,9 @@ def latency(candidates: Sequence[BackendState], ctx: FilterContext) -> list[floa
     estimates = ctx.estimates
     out: list[float] = []
     for backend in candidates:
-        found = estimates.get(backend.config.id)  # estimate(), inline
+        found = estimates.get(backend.id)  # estimate(), inline
         if found is None:
-            found = estimates[backend.config.id] = latency_estimate(backend, ctx)
+            found = estimates[backend.id] = latency_estimate(backend, ctx)
         f = found.fit
         ms = f.queue_factor * found.prior_queue_ms + f.prefill_factor * found.prior_prefill_ms
         if tokens and found.per_token_ms is not None:
