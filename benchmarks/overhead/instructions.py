@@ -41,8 +41,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import aiohttp
-
 import baselines
 import fleet
 import loadgen
@@ -96,28 +94,6 @@ def _window(proc: procs.Proc, workdir: Path, during: Callable[[], None]) -> Coun
     return Count(total, elapsed)
 
 
-async def closed_loop(
-    target: loadgen.Target, requests: int, stream: bool, concurrency: int
-) -> None:
-    """``requests`` requests, ``concurrency`` of them in flight at a time; each must answer 200."""
-    if concurrency <= 1:
-        await loadgen.sequential(target, requests, stream)
-        return
-    body = loadgen.payload(target.model, stream)
-    left = requests
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            status, _, _ = await loadgen.fetch(session, target.chat_url, body)
-            if status != 200:
-                raise RuntimeError(f"{target.name}: answered {status}")
-
-    async with loadgen.new_session(concurrency) as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-
-
 def per_request(
     proc: procs.Proc,
     target: loadgen.Target,
@@ -129,7 +105,7 @@ def per_request(
     """Instructions per request, net of the same time with no traffic."""
 
     def load(n: int) -> None:
-        asyncio.run(closed_loop(target, n, stream, concurrency))
+        asyncio.run(loadgen.closed_loop(target, n, stream, concurrency))
 
     load(WARM_UP)
     busy = _window(proc, workdir, lambda: load(requests))

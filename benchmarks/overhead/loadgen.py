@@ -133,6 +133,28 @@ async def sequential(target: Target, requests: int, stream: bool) -> None:
                 raise RuntimeError(f"{target.name}: status {status}")
 
 
+async def closed_loop(target: Target, requests: int, stream: bool, concurrency: int) -> None:
+    """``requests`` requests, ``concurrency`` of them in flight at a time (a closed loop: each
+    worker sends its next as its last is answered), as ``sequential`` does one at a time
+    (``instructions.py --concurrency``); any status but 200 raises."""
+    if concurrency <= 1:
+        await sequential(target, requests, stream)
+        return
+    body = payload(target.model, stream)
+    left = requests
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            status, _, _ = await fetch(session, target.chat_url, body)
+            if status != 200:
+                raise RuntimeError(f"{target.name}: answered {status}")
+
+    async with new_session(concurrency) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+
+
 async def _one(
     session: aiohttp.ClientSession, url: str, body: bytes, expected: int
 ) -> tuple[float, float, bool]:
