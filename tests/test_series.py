@@ -63,6 +63,15 @@ def test_a_histogram_family_exports_what_a_prometheus_client_histogram_does(
     assert series.count(("busy",)) == len(values)
 
 
+def test_a_counter_only_goes_up_as_prometheus_clients_does() -> None:
+    registry = CollectorRegistry()
+    counter = CounterSeries("qr_up", "Up.", ["backend"], registry)
+    counter.inc(("a",), 2.0)
+    with pytest.raises(ValueError, match="only be incremented"):
+        counter.inc(("a",), -1.0)
+    assert counter.value(("a",)) == 2.0
+
+
 def test_a_series_with_the_wrong_number_of_label_values_is_refused() -> None:
     registry = CollectorRegistry()
     counter = CounterSeries("qr_a", "A.", ["backend", "group"], registry)

@@ -54,6 +54,8 @@ class CounterSeries(_Family):
         registry.register(self)
 
     def inc(self, labels: Labels, amount: float = 1.0) -> None:
+        if amount < 0.0:  # as prometheus-client's: a counter only goes up
+            raise ValueError(f"{self.name}: counters can only be incremented, not by {amount}")
         try:
             self._values[labels] += amount
         except KeyError:

@@ -19,6 +19,7 @@ from quantroute.testing.faults import (
     Behaviour,
     RawServer,
     Request,
+    answer,
     chat_chunk,
     chunk,
     endless_event,
@@ -439,4 +440,26 @@ def test_an_ejection_held_for_want_of_room_is_made_when_the_holder_goes_down(
     assert fleet.metric("quantroute_ejections_total", **reason) == 1
     r = fleet.post({})
     assert r.status_code == 200 and r.headers["x-quantroute-backend"] == "c"
+    fleet.assert_no_leaks()
+
+
+def test_a_backend_reporting_odd_usage_is_relayed_and_counts_no_tokens(
+    make_fleet: FleetFactory,
+) -> None:
+    """A usage object whose counts are not counts (a string, a negative number, one too large
+    for any float): the answer reaches the client as it came, the request is counted, and the
+    token counters do not move (a counter never goes down, and nothing raises)."""
+    body = (
+        b'{"id":"x","object":"chat.completion","model":"fake-model","choices":[{"index":0,'
+        b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":"abc","completion_tokens":-5,"total_tokens":1e400}}'
+    )
+    fleet = make_fleet({"a": RawServer(answer(200, body))})
+    for _ in range(2):
+        r = fleet.post({})
+        assert r.status_code == 200 and r.content == body
+    counted = lambda: fleet.metric("quantroute_requests_total", backend="a", status="200")  # noqa: E731
+    assert wait_until(lambda: counted() == 2, 10.0, 0.05), counted()
+    assert fleet.metric("quantroute_prompt_tokens_total", backend="a") == 0
+    assert fleet.metric("quantroute_completion_tokens_total", backend="a") == 0
     fleet.assert_no_leaks()

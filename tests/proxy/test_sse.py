@@ -120,6 +120,11 @@ def test_usage_from_event(raw: bytes, expected: Usage | None) -> None:
         (b'{"usage":{"prompt_tokens":5,"completion_tokens":7},"text":"\\ud800"}', Usage(5, 7)),
         ('{"usage":{"prompt_tokens":4,"completion_tokens":2}}'.encode("utf-16"), Usage(4, 2)),
         (b'{"usage":{"prompt_tokens":5,"completion_tokens":7}} trailing', None),
+        # what is not a token count counts 0: never an exception, never a counter going down
+        (b'{"usage":{"prompt_tokens":"abc","completion_tokens":-5}}', Usage(0, 0)),
+        (b'{"usage":{"prompt_tokens":1e400,"completion_tokens":[1]}}', Usage(0, 0)),
+        (b'{"usage":{"prompt_tokens":true,"completion_tokens":{"n":1}}}', Usage(0, 0)),
+        (b'{"usage":{"prompt_tokens":12.0,"completion_tokens":NaN}}', Usage(12, 0)),
     ],
 )
 def test_usage_from_body(body: bytes, expected: Usage | None) -> None:

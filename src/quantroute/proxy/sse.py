@@ -60,7 +60,18 @@ def _usage(payload: bytes) -> Usage | None:
     usage = value.get("usage") if isinstance(value, dict) else None
     if not isinstance(usage, dict):
         return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return Usage(_tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens")))
+
+
+def _tokens(value: object) -> int:
+    """A token count as the backend reported it; 0 for what is not one (a string, a list, a
+    negative or non-finite number): counters only go up, and a backend's odd answer is
+    relayed as it is, not turned into an error."""
+    if type(value) is int:  # the usual case; bool is not a count
+        return value if value >= 0 else 0
+    if isinstance(value, float) and 0.0 <= value < 1e18:  # NaN and inf fail the comparison
+        return int(value)
+    return 0
 
 
 class SSEUsageTap:
