@@ -458,7 +458,10 @@ def test_a_backend_reporting_odd_usage_is_relayed_and_counts_no_tokens(
     for _ in range(2):
         r = fleet.post({})
         assert r.status_code == 200 and r.content == body
-    counted = lambda: fleet.metric("quantroute_requests_total", backend="a", status="200")  # noqa: E731
+
+    def counted() -> float:
+        return fleet.metric("quantroute_requests_total", backend="a", status="200")
+
     assert wait_until(lambda: counted() == 2, 10.0, 0.05), counted()
     assert fleet.metric("quantroute_prompt_tokens_total", backend="a") == 0
     assert fleet.metric("quantroute_completion_tokens_total", backend="a") == 0
