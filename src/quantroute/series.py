@@ -37,6 +37,14 @@ class _Family(Collector):
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name}: {len(self.labelnames)} label values, got {labels!r}")
 
+    def _family(self) -> Metric:
+        """An empty family of this kind, name and labels (``collect`` fills one)."""
+        raise NotImplementedError
+
+    def describe(self) -> Iterator[Metric]:
+        """The family's names, without values: the registry refuses a second family of them."""
+        yield self._family()
+
 
 class CounterSeries(_Family):
     """A counter family: ``inc(labels, amount)`` with the label values in ``labelnames`` order."""
@@ -75,12 +83,11 @@ class CounterSeries(_Family):
     def value(self, labels: Labels) -> float:
         return self._values.get(labels, 0.0)
 
-    def describe(self) -> Iterator[Metric]:
-        """The family's names, without values: the registry refuses a second family of them."""
-        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         created = self._created
         for labels, value in tuple(self._values.items()):
             family.add_metric(labels, value, created=created.get(labels))
@@ -140,11 +147,11 @@ class HistogramSeries(_Family):
         series = self._series.get(labels)
         return 0 if series is None else sum(series.counts)
 
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for labels, series in tuple(self._series.items()):
             counts, total = tuple(series.counts), series.total
             cumulative: list[tuple[str, float]] = []

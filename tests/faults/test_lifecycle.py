@@ -219,6 +219,24 @@ def test_config_file_change_is_applied_and_a_bad_file_is_not(serve: Any, backend
     assert r.status_code == 200
 
 
+def test_a_reload_applies_new_client_limits_to_the_next_request(serve: Any, backends: Any) -> None:
+    """The body-size limit is read per request from the config in force: a reload that lowers
+    it refuses the next large body with 413, where the same body was served before."""
+    urls = {"a": backends["a"][1].url}
+    gw = serve(urls, resilience={"reload": {"poll_s": 0.2}})
+    assert wait_until(lambda: gw.admin()["a"]["state"] == "fresh", 10)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 2}
+    assert httpx.post(gw.url + "/v1/chat/completions", json=body).status_code == 200
+    smaller = {"reload": {"poll_s": 0.2}, "client": {"max_body_bytes": 2048}}
+    write_config(gw.path, 0, urls, resilience=smaller)
+    assert wait_until(lambda: gw.metric("quantroute_config_reloads_total", result="ok") == 1, 10)
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+    small = {"model": "auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    assert httpx.post(gw.url + "/v1/chat/completions", json=small).status_code == 200
+
+
 def test_sighup_reload_keeps_in_flight_on_their_config_and_drops_removed_gauges(
     serve: Any, backends: Any
 ) -> None:

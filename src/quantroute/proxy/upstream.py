@@ -157,14 +157,15 @@ class AiohttpUpstream:
             auto_decompress=False,
             headers=UPSTREAM_HEADERS,
         )
-        self._timeouts: dict[Deadlines, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float, float, float | None], aiohttp.ClientTimeout] = {}
 
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamResponse:
-        timeout = self._timeouts.get(deadlines)
+        key = (deadlines.total_s, deadlines.connect_s, deadlines.idle_s)  # hashed in C
+        timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = self._timeout(deadlines)
+            timeout = self._timeout(key)
         try:
             if deadlines.headers_s < deadlines.total_s:  # a stream's first-byte limit
                 async with asyncio.timeout(deadlines.headers_s):
@@ -179,15 +180,16 @@ class AiohttpUpstream:
             raise _failure(exc, before_answer=True) from exc
         return _AiohttpResponse(response, deadlines)
 
-    def _timeout(self, deadlines: Deadlines) -> aiohttp.ClientTimeout:
-        """aiohttp's timeout for ``deadlines``, built once per distinct set (a frozen dataclass
-        whose construction showed in the profile when built per request); a few hundred kept."""
-        timeout = aiohttp.ClientTimeout(
-            total=deadlines.total_s, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
-        )
+    def _timeout(self, key: tuple[float, float, float | None]) -> aiohttp.ClientTimeout:
+        """aiohttp's timeout for a request's (total, connect, idle) limits, built once per
+        distinct set (a frozen dataclass whose construction showed in the profile when built per
+        request); a few hundred kept. Keyed by a tuple, not the :class:`Deadlines` (whose
+        generated ``__hash__`` and ``__eq__`` are two Python calls per request)."""
+        total, connect, idle = key
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=idle)
         if len(self._timeouts) >= MAX_TIMEOUTS:
             self._timeouts.clear()
-        self._timeouts[deadlines] = timeout
+        self._timeouts[key] = timeout
         return timeout
 
     async def aclose(self) -> None:

@@ -90,6 +90,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._linger_left = -1
         """Bytes a lingering close still drops; -1 when the connection is not lingering."""
+        self._cycle_transport: _LingerOnClose | None = None
+        """What each request cycle of this connection sees as its transport (set on connect)."""
 
     def _arm(self) -> None:
         self._disarm()
@@ -151,6 +153,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._cycle_transport = _LingerOnClose(self)
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -161,7 +164,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         # Every cycle: whether its body was read whole is known only when its answer closes.
-        self.cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
+        # One wrapper per connection: it reads the cycle of the moment from the protocol.
+        self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

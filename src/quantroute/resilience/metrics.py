@@ -31,11 +31,11 @@ class ResilienceMetrics:
             ["backend"],
             registry=r,
         )
-        self.outcomes = Counter(
+        self.outcomes = CounterSeries(  # one per request, as attempts below
             "quantroute_upstream_outcomes",
             "Upstream attempts by what they showed about the backend.",
             ["backend", "outcome"],
-            registry=r,
+            r,
         )
         self.attempts = CounterSeries(  # one per request: plain numbers (quantroute.series)
             "quantroute_upstream_attempts",
@@ -85,7 +85,7 @@ class ResilienceMetrics:
             self.ejections.labels(backend, reason.value)
         self.set_ejected(backend, False)
         for outcome in (AttemptOutcome.OK, AttemptOutcome.SERVER_ERROR):
-            self.outcomes.labels(backend, outcome.value)
+            self.outcomes.declare((backend, outcome.value))
         for attempt in ("first", "retry"):
             self.attempts.declare((backend, attempt))
 

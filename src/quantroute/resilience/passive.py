@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from prometheus_client import Counter
-
 from quantroute.base import Clock
 from quantroute.config import BackendConfig, GroupConfig
 from quantroute.core.latency import ObservedLatency
@@ -30,7 +28,6 @@ class PassiveHealthMonitor:
     ) -> None:
         self._clock = clock
         self._metrics = metrics
-        self._outcomes: dict[tuple[str, AttemptOutcome], Counter] = {}
         self.machine = PassiveHealth(settings)
 
     def configure(
@@ -60,12 +57,7 @@ class PassiveHealthMonitor:
     ) -> None:
         """``sent_at``: when the attempt was sent (:meth:`now`), so that a success of a request
         sent before the backend's latest failure does not clear its failure streak."""
-        counter = self._outcomes.get((backend_id, outcome))
-        if counter is None:  # resolved once per backend and outcome (a counter never removed)
-            counter = self._outcomes[(backend_id, outcome)] = self._metrics.outcomes.labels(
-                backend_id, outcome.value
-            )
-        counter.inc()
+        self._metrics.outcomes.inc((backend_id, outcome.value))
         event = self.machine.record(backend_id, outcome, self._clock(), retry_after_s, sent_at)
         self._report(event)
 

@@ -49,7 +49,7 @@ from quantroute.resilience.lifecycle import Lifecycle
 from quantroute.resilience.memory import trim_forever
 from quantroute.resilience.passive import PassiveHealthMonitor
 from quantroute.resilience.reload import ConfigReloader
-from quantroute.resilience.settings import ReloadSettings
+from quantroute.resilience.settings import ClientLimits, ReloadSettings
 from quantroute.server import errors, routes
 from quantroute.server.edge import GatewayApp, ProxyRoutes
 from quantroute.server.gateway import Gateway
@@ -185,6 +185,11 @@ def create_app(
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
     holder: dict[str, Any] = {}
+    current: dict[str, ClientLimits] = {"limits": config.resilience.client}
+    """The client limits in force, read on every request (a reload swaps them in): a dict
+    read, where ``app.state`` is a Python ``__getattr__`` call."""
+    live: list[Gateway | None] = [None]
+    """The gateway in force (None until the lifespan starts it), as ``app.state.gateway``."""
     conn_limits = config.resilience.client
     http_protocol = protocol_class(conn_limits.header_timeout_s, conn_limits.keep_alive_s)
     http_protocol.hooks.append(telemetry.resilience.client_rejections.labels("header_timeout").inc)
@@ -194,6 +199,8 @@ def create_app(
     def swapped(gateway: Gateway) -> None:
         app.state.gateway = gateway
         app.state.config = gateway.config
+        current["limits"] = gateway.config.resilience.client
+        live[0] = gateway
         app.state.matrix = gateway.matrix
         http_protocol.header_timeout_s = gateway.config.resilience.client.header_timeout_s
         http_protocol.keep_alive_s = gateway.config.resilience.client.keep_alive_s
@@ -284,8 +291,8 @@ def create_app(
     app.state.reload = lambda: log.warning("SIGHUP: no config file to reload")
     app.state.access = guard
 
-    def limits() -> Any:
-        return app.state.config.resilience.client
+    def limits() -> ClientLimits:
+        return current["limits"]
 
     def rejected(reason: Rejection) -> None:
         telemetry.resilience.client_rejections.labels(reason.value).inc()
@@ -300,7 +307,7 @@ def create_app(
     api_routes.install(app)
     # the last added runs first: access (request id, key) outside the client limits, and the
     # proxy routes' own edge inside both, ahead of FastAPI's router
-    app.add_middleware(ProxyRoutes, gateway=lambda: getattr(app.state, "gateway", None))
+    app.add_middleware(ProxyRoutes, gateway=lambda: live[0])
     app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected, on_gone=gone)
     app.add_middleware(AccessMiddleware, access=guard)
     return app
