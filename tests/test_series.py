@@ -8,8 +8,11 @@ clock at each series' first use).
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
+import weakref
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -127,3 +130,51 @@ def test_a_scrape_on_another_thread_sees_every_series_while_new_ones_arrive() ->
     text = exposition(registry)
     assert text.count("qr_e_total{") == 3000
     assert text.count("qr_f_count{") == 3000
+
+
+def test_a_scrape_copes_with_series_added_by_code_the_garbage_collector_runs() -> None:
+    """The deterministic form of the race above. With the collector run at every allocation,
+    each collection finds a cycle whose weakref callback (Python code, where another thread
+    could take over) adds a series and leaves the next such cycle: series keep arriving while
+    ``collect`` copies and reads the families. The scrape must not fail; a later one sees them."""
+    registry = CollectorRegistry()
+    counter = CounterSeries("qr_g", "G.", ["backend"], registry)
+    histogram = HistogramSeries("qr_h", "H.", ["backend"], BUCKETS, registry)
+    for i in range(200):
+        counter.inc((f"b{i}",))
+        histogram.observe((f"b{i}",), 0.1)
+    arrived: list[int] = []
+    refs: list[weakref.ref[_Cycle]] = []
+
+    def arrive(_ref: object) -> None:
+        n = len(arrived)
+        arrived.append(n)
+        counter.inc((f"late{n}",))
+        histogram.observe((f"late{n}",), 1.0)
+        if n < 200:
+            refs.append(_cycle(arrive))
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    refs.append(_cycle(arrive))
+    gc.set_threshold(1)  # a collection at (nearly) every allocation of a collected object
+    try:
+        families = [*counter.collect(), *histogram.collect()]
+    finally:
+        gc.set_threshold(*threshold)
+    assert len(arrived) > 2  # series arrived during the scrape, not only before it
+    assert len(families) == 2
+    text = exposition(registry)
+    assert text.count('qr_g_total{backend="late') == len(arrived)
+    assert text.count('qr_h_count{backend="late') == len(arrived)
+
+
+class _Cycle:
+    me: object
+
+
+def _cycle(callback: Callable[[weakref.ref[_Cycle]], None]) -> weakref.ref[_Cycle]:
+    """An object only the garbage collector frees (it refers to itself), calling ``callback``."""
+    junk = _Cycle()
+    junk.me = junk
+    return weakref.ref(junk, callback)

@@ -11,7 +11,11 @@ read, so the exposition is prometheus-client's own: the same names, ``_total``/`
 ``_sum``/``_count`` samples and ``_created`` timestamps as its ``Counter`` and ``Histogram``
 (``tests/test_series.py`` compares the two byte for byte).
 
-A scrape may run on another thread: it copies each dict in one C call before reading it.
+A scrape may run on another thread: it copies each dict with ``dict.copy`` before reading it.
+Not ``tuple(d.items())``: that builds a tuple per item, an allocation that can start the garbage
+collector, whose weakref callbacks and finalizers are Python code, at which the interpreter may
+hand the GIL to the event loop's thread mid-copy ("dictionary changed size during iteration",
+seen once in CI). ``dict.copy`` allocates no collected object while it reads the source.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class CounterSeries(_Family):
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         created = self._created
-        for labels, value in tuple(self._values.items()):
+        for labels, value in self._values.copy().items():
             family.add_metric(labels, value, created=created.get(labels))
         yield family
 
@@ -152,7 +156,7 @@ class HistogramSeries(_Family):
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        for labels, series in tuple(self._series.items()):
+        for labels, series in self._series.copy().items():
             counts, total = tuple(series.counts), series.total
             cumulative: list[tuple[str, float]] = []
             running = 0
