@@ -128,7 +128,7 @@ def test_a_whole_answer_reaches_the_client_before_its_request_is_settled(
     log's callback (the last step of the settling) is held on the gateway's loop until the
     client has its answer: were the settling before the send, the answer could not arrive."""
     fleet = make_fleet()
-    gateway = fleet.gateway.app.state.gateway
+    gateway = fleet.gateway.app.state.live.gateway
     entered, release, left = threading.Event(), threading.Event(), threading.Event()
     seen: dict[str, float] = {}
     settled = gateway.router.settled

@@ -32,7 +32,8 @@ from quantroute.config import ConversationsConfig
 from quantroute.core.prefix import PrefixSettings
 from quantroute.errors import RequestError, ResponseNotFound
 from quantroute.proxy.parse import Kind
-from quantroute.server.gateway import ROUTING_HEADERS, Gateway
+from quantroute.server.gateway import ROUTING_HEADERS
+from quantroute.server.live import gateway_of
 
 POOLING_PATHS: dict[str, Kind] = {
     "/v1/embeddings": "embeddings",
@@ -70,10 +71,6 @@ async def conversations(
         await store.aclose()
 
 
-def _gateway(request: Request) -> Gateway:
-    return cast(Gateway, request.app.state.gateway)
-
-
 def _store(request: Request) -> ConversationStore:
     return cast(ConversationStore, request.app.state.conversations)
 
@@ -93,18 +90,18 @@ async def _visible(request: Request, rid: str) -> StoredResponse:
 
 def _headers(request: Request) -> dict[str, str]:
     """The routing headers, and the session header the prefix index reads."""
-    session = _gateway(request).config.policy.prefix.session_header.lower()
+    session = gateway_of(request).config.policy.prefix.session_header.lower()
     names = (*ROUTING_HEADERS, session)
     return {k: request.headers[k] for k in names if k in request.headers}
 
 
 def _prefix(request: Request) -> PrefixSettings | None:
-    tracker = _gateway(request).prefix
+    tracker = gateway_of(request).prefix
     return None if tracker is None else tracker.settings
 
 
 async def create_response(request: Request) -> Response:
-    gateway, store = _gateway(request), _store(request)
+    gateway, store = gateway_of(request), _store(request)
     body = parsing.responses_body(await request.body())
     history: list[Item] = []
     ancestors: tuple[str, ...] = ()
@@ -163,7 +160,7 @@ async def cancel_response(request: Request) -> Response:
 
 
 async def messages(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     try:
         sequence = gateway.router.next_sequence()
         raw = await request.body()
@@ -177,7 +174,7 @@ async def messages(request: Request) -> Response:
 
 
 async def pooling(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     path = request.url.path
     sequence = gateway.router.next_sequence()
     raw = await request.body()

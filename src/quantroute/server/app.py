@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 from fastapi import FastAPI
@@ -53,6 +53,7 @@ from quantroute.resilience.settings import ClientLimits, ReloadSettings
 from quantroute.server import errors, routes
 from quantroute.server.edge import GatewayApp, ProxyRoutes
 from quantroute.server.gateway import Gateway
+from quantroute.server.live import Live
 from quantroute.server.runtime import Runtime
 from quantroute.state.matrix_source import MatrixSource
 from quantroute.state.prefix import PrefixTracker
@@ -184,12 +185,7 @@ def create_app(
     store = StateStore(config.backends, config.policy, clock, passive)
     telemetry.watch_in_flight(store.inflight, lambda: [b.id for b in store.configs()])
     source = matrix or MatrixSource(config.matrix_path)
-    holder: dict[str, Any] = {}
-    current: dict[str, ClientLimits] = {"limits": config.resilience.client}
-    """The client limits in force, read on every request (a reload swaps them in): a dict
-    read, where ``app.state`` is a Python ``__getattr__`` call."""
-    live: list[Gateway | None] = [None]
-    """The gateway in force (None until the lifespan starts it), as ``app.state.gateway``."""
+    live = Live(config.resilience.client)
     conn_limits = config.resilience.client
     http_protocol = protocol_class(conn_limits.header_timeout_s, conn_limits.keep_alive_s)
     http_protocol.hooks.append(telemetry.resilience.client_rejections.labels("header_timeout").inc)
@@ -197,11 +193,7 @@ def create_app(
     prefix = _prefix_tracker(config, clock)
 
     def swapped(gateway: Gateway) -> None:
-        app.state.gateway = gateway
-        app.state.config = gateway.config
-        current["limits"] = gateway.config.resilience.client
-        live[0] = gateway
-        app.state.matrix = gateway.matrix
+        live.swap(gateway)
         http_protocol.header_timeout_s = gateway.config.resilience.client.header_timeout_s
         http_protocol.keep_alive_s = gateway.config.resilience.client.keep_alive_s
 
@@ -228,7 +220,6 @@ def create_app(
         report.after = runtime.sweep
         scraper = Scraper(store, config.policy, client, clock=clock, on_result=report)
         runtime.scraper = scraper
-        holder["scraper"] = scraper
         discovery = await _start_discovery(config, runtime)
         await scraper.scrape_once()
         scraper.start()
@@ -284,21 +275,20 @@ def create_app(
     )
     app.state.store = store
     app.state.telemetry = telemetry
-    app.state.matrix = source
-    app.state.config = config
+    app.state.live = live
     app.state.lifecycle = lifecycle
     app.state.http_protocol = http_protocol
     app.state.reload = lambda: log.warning("SIGHUP: no config file to reload")
     app.state.access = guard
 
     def limits() -> ClientLimits:
-        return current["limits"]
+        return live.limits
 
     def rejected(reason: Rejection) -> None:
         telemetry.resilience.client_rejections.labels(reason.value).inc()
 
     def gone(scope: Scope) -> None:
-        gateway: Gateway | None = getattr(app.state, "gateway", None)
+        gateway = live.gateway
         if gateway is not None:
             gateway.client_gone(Request(scope))
 
@@ -307,7 +297,7 @@ def create_app(
     api_routes.install(app)
     # the last added runs first: access (request id, key) outside the client limits, and the
     # proxy routes' own edge inside both, ahead of FastAPI's router
-    app.add_middleware(ProxyRoutes, gateway=lambda: live[0])
+    app.add_middleware(ProxyRoutes, gateway=lambda: live.gateway)
     app.add_middleware(ClientLimitsMiddleware, limits=limits, on_reject=rejected, on_gone=gone)
     app.add_middleware(AccessMiddleware, access=guard)
     return app

@@ -12,13 +12,8 @@ from starlette.responses import JSONResponse, Response
 from quantroute.access.control import AccessControl, may_use
 from quantroute.access.keys import OPEN, Principal
 from quantroute.core.model import Health
-from quantroute.server.gateway import Gateway
+from quantroute.server.live import gateway_of
 from quantroute.server.openapi import openapi_document
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
 
 
 def _principal(request: Request) -> Principal:
@@ -27,16 +22,16 @@ def _principal(request: Request) -> Principal:
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _gateway(request).handle("chat", request)
+    return await gateway_of(request).handle("chat", request)
 
 
 async def completions(request: Request) -> Response:
-    return await _gateway(request).handle("completion", request)
+    return await gateway_of(request).handle("completion", request)
 
 
 async def models(request: Request) -> Response:
     """The groups and served models the caller's key may use."""
-    gateway, principal = _gateway(request), _principal(request)
+    gateway, principal = gateway_of(request), _principal(request)
     groups, backends = gateway.config.groups, gateway.store.configs()
     data: list[dict[str, Any]] = [
         {"id": g.name, "object": "model", "owned_by": "quantroute", "variants": list(g.variants)}
@@ -73,7 +68,7 @@ async def ready(request: Request) -> Response:
     A metrics outage on the backends would otherwise take every replica out of its Service at
     once, turning 503-with-Retry-After into connection refused; how requests are routed then is
     ``policy.metrics_outage``'s business."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     snapshot = gateway.store.snapshot()
     fresh = [b.id for b in snapshot.backends if b.health is Health.FRESH]
     draining = request.app.state.lifecycle.draining
@@ -97,7 +92,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def admin_backends(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     matrix = gateway.matrix
     rows = gateway.store.admin_view()
     if gateway.prefix is not None:
@@ -114,14 +109,14 @@ async def admin_backends(request: Request) -> Response:
 async def admin_flow(request: Request) -> Response:
     """Flow control: its settings, and per saturated group the requests waiting (by latency
     class) and the oldest wait."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     view = gateway.flow.flow.admin()
     view["on_saturation"] = {g.name: gateway.flow.mode(g.name) for g in gateway.config.groups}
     return JSONResponse(view)
 
 
 async def route_explain(request: Request) -> Response:
-    return JSONResponse(await _gateway(request).explain(request))
+    return JSONResponse(await gateway_of(request).explain(request))
 
 
 async def admin_access(request: Request) -> Response:
@@ -131,7 +126,7 @@ async def admin_access(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     names = [g.name for g in gateway.config.groups]
     names += [b.served_model_name for b in gateway.store.configs()]
     return JSONResponse(openapi_document(request.app.version, names))
