@@ -239,6 +239,50 @@ def ceiling_table(result: dict[str, Any]) -> list[str]:
     return rows + rust_router_rows(cells, names)
 
 
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        one = values[0] if values else math.nan
+        return one, one, one
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, q2, q3
+
+
+def c1_pairs_table(result: dict[str, Any]) -> list[str]:
+    """Added p50 at c=1 over the bare proxy, read pair by pair from ``run.py --c1-pairs``: the
+    median and quartiles of the pairs' differences, the CPU per request of each, and the share
+    of the proxy's core the hypervisor stole in each window."""
+    windows: list[Cell] = result.get("c1_pairs") or []
+    bare = {w["pair"]: w for w in windows if w["target"] == "bare"}
+    if not bare:
+        return []
+    names = list(dict.fromkeys(w["target"] for w in windows if w["target"] != "bare"))
+    seconds = next(iter(bare.values()))["window_s"]
+    rows = [
+        f"## Added p50 at c=1, in pairs of {fmt(seconds, 1)}-second windows",
+        "",
+        "Each pair: a gateway and the bare proxy one after the other (the order swapped every "
+        "pair), so both share the machine's state of that moment.",
+        "",
+        "| gateway | pairs | added p50 over bare: median (quartiles) | CPU per request, median "
+        "(µs): gateway / bare | ×bare, median of pairs | steal on the proxy's core, median |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name in names:
+        pairs = [(w, bare[w["pair"]]) for w in windows if w["target"] == name and w["pair"] in bare]
+        q1, q2, q3 = _quartiles(sorted(g["lat_p50_ms"] - b["lat_p50_ms"] for g, b in pairs))
+        cpu_g = med(g["gateway_cpu_us_per_req"] for g, _ in pairs)
+        cpu_b = med(b["gateway_cpu_us_per_req"] for _, b in pairs)
+        ratio = med(g["gateway_cpu_us_per_req"] / b["gateway_cpu_us_per_req"] for g, b in pairs)
+        steal_g = med(g["steal_pct"] for g, _ in pairs)
+        steal_b = med(b["steal_pct"] for _, b in pairs)
+        rows.append(
+            f"| {name} | {len(pairs)} | {q2:+.2f} ms ({q1:+.2f} to {q3:+.2f}) | "
+            f"{fmt(cpu_g, 0)} / {fmt(cpu_b, 0)} | ×{fmt(ratio)} | "
+            f"{fmt(steal_g, 1)}% / {fmt(steal_b, 1)}% |"
+        )
+    return [*rows, ""]
+
+
 def rust_router_rows(cells: list[Cell], names: list[str]) -> list[str]:
     """Each quantroute against the Rust router, when it ran: issue #17's stream goal."""
     if RUST_ROUTER not in names:
@@ -448,6 +492,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         *ceiling_table(result),
         "",
+        *c1_pairs_table(result),
     ]
     for name in (n for n in _names(cells) if not n.startswith("trace-") and n not in BASELINES):
         lines += [

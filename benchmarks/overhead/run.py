@@ -66,6 +66,8 @@ class Settings:
     nginx: bool
     vllm_router: bool
     smoke: bool
+    c1_pairs: int = 0
+    c1_window_s: float = 1.0
 
 
 def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
@@ -133,6 +135,13 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         help="also run gateways with OpenTelemetry tracing on at these sampling ratios "
         "(e.g. 0.01 1), exporting OTLP/HTTP to a counting receiver on core 0",
     )
+    p.add_argument(
+        "--c1-pairs",
+        type=int,
+        default=0,
+        help="after the cells: N pairs of short c=1 windows, each gateway then the bare proxy",
+    )
+    p.add_argument("--c1-window", type=float, default=1.0, help="seconds per c=1 pair window")
     p.add_argument("--label", default="", help="a note for the report (e.g. 'patched')")
     p.add_argument("--output-dir", type=Path, default=procs.HERE)
     a = p.parse_args(argv)
@@ -161,6 +170,8 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
         nginx=not a.no_nginx,
         vllm_router=not a.no_vllm_router,
         smoke=smoke,
+        c1_pairs=1 if smoke else a.c1_pairs,
+        c1_window_s=0.3 if smoke else a.c1_window,
     )
     return settings, a.output_dir
 
@@ -206,6 +217,47 @@ async def run_cells(
                     size = sizes[target.name, stream]
                     cells.append(await run_cell(s, f, target, stream, c, size, rep))
     return cells
+
+
+async def run_c1_pairs(
+    s: Settings, f: fleet_mod.Fleet, sizes: dict[tuple[str, bool], int]
+) -> list[dict[str, Any]]:
+    """Non-streamed c=1 in short windows, each quantroute gateway and the bare proxy one after
+    the other, the order swapped every pair. At c=1 the VM's hypervisor steals time when an idle
+    vCPU wakes, in episodes of seconds: one proxy's 3-second cell can fall in one and the other's
+    not. Windows a second apart share most episodes, and each window's steal is recorded, so
+    the report reads the added p50 pair by pair (:func:`report.c1_pairs_table`)."""
+    if s.c1_pairs <= 0:
+        return []
+    names = [g.target.name for g in f.quantroutes]
+    bare = [g.target for g in f.gateways if g.target.name == "bare"]
+    if not bare:
+        print("# c=1 pairs skipped: no bare proxy", file=sys.stderr, flush=True)
+        return []
+    targets = [g.target for g in f.quantroutes] + bare
+    windows: list[dict[str, Any]] = []
+    for pair in range(s.c1_pairs):
+        order = targets if pair % 2 == 0 else targets[::-1]
+        for target in order:
+            level = Level(False, 1, 0.2, s.c1_window_s, s.max_requests, s.prompt_chars)
+            mon = Monitor(f.gateway_pid(target.name), [f.backend.pid])
+            stats = await loadgen.run_level(target, level, sizes[target.name, False], mon.watch)
+            usage = mon.last
+            assert usage is not None
+            windows.append(
+                {
+                    "pair": pair,
+                    "target": target.name,
+                    **asdict(stats),
+                    "gateway_cpu_us_per_req": 1e6 * usage.gateway_cpu_s / max(stats.requests, 1),
+                    "steal_pct": usage.pct(
+                        usage.core_steal_s.get(f"cpu{fleet_mod.GATEWAY_CPU}", 0.0)
+                    ),
+                }
+            )
+    print(f"# c=1 pairs: {s.c1_pairs} x {len(targets)} windows ({', '.join(names)}, bare)",
+          flush=True)  # fmt: skip
+    return windows
 
 
 async def run_profile(
@@ -257,6 +309,7 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
     sizes = await checks.expected_sizes(f, s.prompt_chars)
     started = time.time()
     cells = await run_cells(s, f, sizes)
+    c1_pairs = await run_c1_pairs(s, f, sizes)
     open_streams = await run_open_streams(s, f)
     profiles = await run_profiles(s, f, sizes, workdir)
     await asyncio.sleep(IDLE_AFTER_S)
@@ -272,6 +325,7 @@ async def bench(s: Settings, f: fleet_mod.Fleet, workdir: Path) -> dict[str, Any
     return {
         "verify": verified,
         "cells": cells,
+        "c1_pairs": c1_pairs,
         "profiles": profiles,
         "open_streams": open_streams,
         "spans": spans,
@@ -314,6 +368,10 @@ def smoke_failures(result: dict[str, Any], f: fleet_mod.Fleet) -> list[str]:
             bad.append(f"{where}: {cell['errors']} failed requests")
         if not cell["requests"]:
             bad.append(f"{where}: no request completed")
+    for window in result.get("c1_pairs", []):
+        if window["errors"] or not window["requests"]:
+            bad.append(f"{window['target']} c=1 pair {window['pair']}: {window['errors']} failed, "
+                       f"{window['requests']} completed")  # fmt: skip
     for name, held in result.get("open_streams", {}).items():
         if held["open"] != held["streams"]:
             bad.append(f"{name}: {held['open']} of {held['streams']} streams opened")
