@@ -7,6 +7,14 @@ shown by what did not happen: the backend stops generating long before ``max_tok
 generated on that server in all proves the abort, whatever else ran there. The count of finished
 requests is reported beside it but not held to zero: it moved once in CI, where only a request
 from elsewhere (or a count of the abort itself) can move it with fewer tokens than that.
+
+vLLM's CPU build here does not always act on a disconnect in time, whoever disconnects. Measured
+with the same request and the same three chunks read: 3 of 30 streams sent straight to vLLM and
+3 of 30 through the gateway ran all 480 tokens, each time because vLLM sent not even the
+response's headers until its engine had finished; with the server's /metrics read while the
+stream was open, 6 of 40 direct streams ran to the end though the client closed after 10 to 191
+tokens. CI failed once on such a stream. So the test makes up to five attempts and passes on the
+first that stops short; a gateway that never closes its upstream fails all five.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from .waits import poll_until
 pytestmark = pytest.mark.vllm
 
 MAX_TOKENS = 480  # fits both backends with the short prompt; seconds of decoding on CPU
+ATTEMPTS = 5
 
 
 def engine_counts(url: str) -> dict[str, float]:
@@ -36,31 +45,39 @@ def engine_counts(url: str) -> dict[str, float]:
     }
 
 
-def test_client_disconnect_mid_stream_aborts_the_vllm_request(
-    client: openai.OpenAI, gateway: Gateway, vllm_tier: VllmTier
-) -> None:
-    # A request still running here would add its tokens to this test's count.
-    before = {
+def idle_counts(vllm_tier: VllmTier) -> dict[str, dict[str, float]]:
+    """Every server's counts once it runs nothing (a running request would add its tokens)."""
+    return {
         name: poll_until(partial(engine_counts, s.url), lambda c: c["busy"] == 0, timeout_s=60)
         for name, s in vllm_tier.servers.items()
     }
 
-    with client.chat.completions.with_streaming_response.create(
-        model=gateway.group,
-        messages=[{"role": "user", "content": "the kalo mira"}],
-        max_tokens=MAX_TOKENS,
-        temperature=0.0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    ) as response:
-        backend = response.headers.get("x-quantroute-backend")
-        first = list(itertools.islice(response.parse(), 3))
-    # Leaving the block closed the connection to the gateway with the stream unfinished.
 
-    assert len(first) == 3
-    assert backend in vllm_tier.servers, f"x-quantroute-backend={backend!r}"
-    url = vllm_tier.servers[backend].url
-    after = poll_until(partial(engine_counts, url), lambda c: c["busy"] == 0, timeout_s=60)
-    moved = {key: after[key] - before[backend][key] for key in ("finished", "generated")}
+def test_client_disconnect_mid_stream_aborts_the_vllm_request(
+    client: openai.OpenAI, gateway: Gateway, vllm_tier: VllmTier
+) -> None:
+    tries: list[dict[str, float]] = []
+    for _ in range(ATTEMPTS):
+        before = idle_counts(vllm_tier)
+        with client.chat.completions.with_streaming_response.create(
+            model=gateway.group,
+            messages=[{"role": "user", "content": "the kalo mira"}],
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        ) as response:
+            backend = response.headers.get("x-quantroute-backend")
+            first = list(itertools.islice(response.parse(), 3))
+        # Leaving the block closed the connection to the gateway with the stream unfinished.
+
+        assert len(first) == 3
+        assert backend in vllm_tier.servers, f"x-quantroute-backend={backend!r}"
+        url = vllm_tier.servers[backend].url
+        after = poll_until(partial(engine_counts, url), lambda c: c["busy"] == 0, timeout_s=60)
+        moved = {key: after[key] - before[backend][key] for key in ("finished", "generated")}
+        tries.append(moved)
+        if moved["generated"] < MAX_TOKENS:
+            break
     # The first chunks read include the role chunk, so at least one token was generated.
-    assert 1 <= moved["generated"] < MAX_TOKENS, moved
+    assert 1 <= tries[-1]["generated"] < MAX_TOKENS, tries
