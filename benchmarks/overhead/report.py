@@ -30,8 +30,9 @@ TARGETS = {
 
 
 def progress_line(c: Cell) -> str:
+    where = f"rep {c['rep']}" if "rep" in c else f"pair {c['pair']}"
     return (
-        f"rep {c['rep']} {c['mode']:>10} c={c['concurrency']:<3} {c['target']:>7}: "
+        f"{where} {c['mode']:>10} c={c['concurrency']:<3} {c['target']:>7}: "
         f"{c['rps']:8.0f} req/s  p50 {c['lat_p50_ms']:7.2f} ms  p99 {c['lat_p99_ms']:7.2f} ms  "
         f"ttfb p50 {c['ttfb_p50_ms']:6.2f} ms  err {c['errors']}  gw cpu {c['gateway_cpu_pct']:5.1f}%  "
         f"foreign {c['foreign_pct'].get('cpu0', 0):4.0f}/{c['foreign_pct'].get('cpu1', 0):4.0f}%"
@@ -273,8 +274,8 @@ def c1_pairs_table(result: dict[str, Any]) -> list[str]:
         cpu_g = med(g["gateway_cpu_us_per_req"] for g, _ in pairs)
         cpu_b = med(b["gateway_cpu_us_per_req"] for _, b in pairs)
         ratio = med(g["gateway_cpu_us_per_req"] / b["gateway_cpu_us_per_req"] for g, b in pairs)
-        steal_g = med(g["steal_pct"] for g, _ in pairs)
-        steal_b = med(b["steal_pct"] for _, b in pairs)
+        steal_g = med(g["proxy_steal_pct"] for g, _ in pairs)
+        steal_b = med(b["proxy_steal_pct"] for _, b in pairs)
         rows.append(
             f"| {name} | {len(pairs)} | {q2:+.2f} ms ({q1:+.2f} to {q3:+.2f}) | "
             f"{fmt(cpu_g, 0)} / {fmt(cpu_b, 0)} | ×{fmt(ratio)} | "

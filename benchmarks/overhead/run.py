@@ -178,24 +178,26 @@ def _settings(argv: list[str] | None) -> tuple[Settings, Path]:
 
 # -- the measurement ---------------------------------------------------------------------------
 async def run_cell(
-    s: Settings, f: fleet_mod.Fleet, target: Target, stream: bool, c: int, size: int, rep: int
+    f: fleet_mod.Fleet, target: Target, level: Level, size: int, **tags: int
 ) -> dict[str, Any]:
-    level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests, s.prompt_chars)
+    """One window of ``level``'s load on ``target``, with the proxy's CPU and the cores' steal
+    over it; ``tags`` say where it belongs (``rep``, or ``pair`` for :func:`run_c1_pairs`)."""
     mon = Monitor(f.gateway_pid(target.name), [f.backend.pid])
     stats = await loadgen.run_level(target, level, size, mon.watch)
     usage = mon.last
     assert usage is not None
     cell = {
-        "mode": "stream" if stream else "non-stream",
-        "concurrency": c,
+        "mode": "stream" if level.stream else "non-stream",
+        "concurrency": level.concurrency,
         "target": target.name,
-        "rep": rep,
+        **tags,
         **asdict(stats),
         "gateway_cpu_pct": usage.gateway_cpu_pct,
         "gateway_cpu_us_per_req": 1e6 * usage.gateway_cpu_s / max(stats.requests, 1),
         "core0_ours_pct": usage.pct(usage.core0_ours_cpu_s),
         "foreign_pct": usage.foreign_pct,
         "steal_pct": {k: usage.pct(v) for k, v in usage.core_steal_s.items()},
+        "proxy_steal_pct": usage.pct(usage.core_steal_s.get(f"cpu{fleet_mod.GATEWAY_CPU}", 0.0)),
         "rss_peak_kb": usage.rss_peak_kb,
         "loadavg": procs.loadavg(),
     }
@@ -213,9 +215,10 @@ async def run_cells(
         order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
         for stream in (mode == "stream" for mode in s.modes):
             for c in s.levels:
+                level = Level(stream, c, s.warmup_s, s.measure_s, s.max_requests, s.prompt_chars)
                 for target in order:
                     size = sizes[target.name, stream]
-                    cells.append(await run_cell(s, f, target, stream, c, size, rep))
+                    cells.append(await run_cell(f, target, level, size, rep=rep))
     return cells
 
 
@@ -226,39 +229,21 @@ async def run_c1_pairs(
     the other, the order swapped every pair. At c=1 what a request costs on this VM moves from
     one second to the next (with the hypervisor's steal, seen only at c=1, where the vCPU idles
     between requests, among other causes): one proxy's 3-second cell can fall in a slow spell
-    that the other's misses. Windows a second apart mostly share it. Each window's CPU per
-    request and steal are recorded, and the report reads the added p50 pair by pair
-    (:func:`report.c1_pairs_table`)."""
+    that the other's misses. Windows a second apart mostly share it. Each window is a cell
+    tagged with its pair (CPU per request and steal recorded as in every cell), and the report
+    reads the added p50 pair by pair (:func:`report.c1_pairs_table`)."""
     if s.c1_pairs <= 0:
         return []
-    names = [g.target.name for g in f.quantroutes]
     bare = [g.target for g in f.gateways if g.target.name == "bare"]
     if not bare:
         print("# c=1 pairs skipped: no bare proxy", file=sys.stderr, flush=True)
         return []
     targets = [g.target for g in f.quantroutes] + bare
-    windows: list[dict[str, Any]] = []
+    level = Level(False, 1, 0.2, s.c1_window_s, s.max_requests, s.prompt_chars)
+    windows = []
     for pair in range(s.c1_pairs):
-        order = targets if pair % 2 == 0 else targets[::-1]
-        for target in order:
-            level = Level(False, 1, 0.2, s.c1_window_s, s.max_requests, s.prompt_chars)
-            mon = Monitor(f.gateway_pid(target.name), [f.backend.pid])
-            stats = await loadgen.run_level(target, level, sizes[target.name, False], mon.watch)
-            usage = mon.last
-            assert usage is not None
-            windows.append(
-                {
-                    "pair": pair,
-                    "target": target.name,
-                    **asdict(stats),
-                    "gateway_cpu_us_per_req": 1e6 * usage.gateway_cpu_s / max(stats.requests, 1),
-                    "steal_pct": usage.pct(
-                        usage.core_steal_s.get(f"cpu{fleet_mod.GATEWAY_CPU}", 0.0)
-                    ),
-                }
-            )
-    print(f"# c=1 pairs: {s.c1_pairs} x {len(targets)} windows ({', '.join(names)}, bare)",
-          flush=True)  # fmt: skip
+        for target in targets if pair % 2 == 0 else targets[::-1]:
+            windows.append(await run_cell(f, target, level, sizes[target.name, False], pair=pair))
     return windows
 
 
