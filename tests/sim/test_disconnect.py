@@ -33,8 +33,14 @@ async def wait_for_abort(http: httpx.AsyncClient, fleet: SimFleet) -> dict[str, 
     # bounded in time, not in polls: on a loaded machine 200 scrapes took less time than the
     # engine needs to see the closed connection (it notices at its next token)
     deadline = asyncio.get_running_loop().time() + ABORT_TIMEOUT_S
+    seen: dict[str, float] = {}
     while asyncio.get_running_loop().time() < deadline:
         fams = await scrape(http, fleet.urls["awq"])
+        seen = {
+            reason: value(fams, "vllm:request_success_total", finished_reason=reason)
+            for reason in ("abort", "stop", "length")
+        }
+        seen["running"] = value(fams, "vllm:num_requests_running")
         aborted = value(fams, "vllm:request_success_total", finished_reason="abort")
         if aborted >= 1:
             return {
@@ -44,7 +50,9 @@ async def wait_for_abort(http: httpx.AsyncClient, fleet: SimFleet) -> dict[str, 
                 "stopped": value(fams, "vllm:request_success_total", finished_reason="stop"),
             }
         await asyncio.sleep(0.02)
-    raise AssertionError(f"the request was not aborted within {ABORT_TIMEOUT_S} s")
+    raise AssertionError(
+        f"the request was not aborted within {ABORT_TIMEOUT_S} s; last seen {seen}"
+    )
 
 
 async def test_disconnect_mid_stream_aborts(slow_fleet: SimFleet, http: httpx.AsyncClient) -> None:
