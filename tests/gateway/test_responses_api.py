@@ -12,6 +12,7 @@ from openai.types.responses import FunctionToolParam
 from quantroute.testing.fake_backend import wait_until
 
 from .api_stack import ANSWER_KEY, EMBED, GENERATIVE, ApiStack, api_stack
+from .engine_waits import aborts_when_idle, wait_for_abort
 
 __all__ = ["api_stack"]
 PATH = "/v1/responses"
@@ -201,7 +202,7 @@ def test_unknown_previous_response_is_a_404(api_stack: ApiStack) -> None:
 def test_a_client_that_leaves_mid_stream_stops_the_backend(api_stack: ApiStack) -> None:
     body = {"model": "auto", "input": "Count to three thousand.", "stream": True,
             "max_output_tokens": 6000, "ignore_eos": True}  # fmt: skip
-    aborted = {b: api_stack.aborted_on(b) for b in GENERATIVE}
+    aborted = {b: aborts_when_idle(api_stack.fleet.urls[b]) for b in GENERATIVE}
     with httpx.stream("POST", api_stack.url + PATH, json=body, timeout=30) as reply:
         backend = reply.headers["x-quantroute-backend"]
         lines = reply.iter_lines()
@@ -211,8 +212,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_backend(api_stack: ApiStack) 
     # 6000 tokens take the backend 24 s at this time scale: an abort is the only way to stop
     # sooner (on a loaded machine the simulator has been seen to notice a closed connection
     # several seconds late, on chat completions as well)
-    assert wait_until(lambda: api_stack.aborted_on(backend) == aborted[backend] + 1, 20)
-    assert wait_until(lambda: api_stack.vllm_metric(backend, "vllm:num_requests_running") == 0, 10)
+    wait_for_abort(api_stack.fleet.urls[backend], aborted[backend])
     assert wait_until(
         lambda: api_stack.metric("quantroute_backend_in_flight_requests", backend=backend) == 0, 10
     )

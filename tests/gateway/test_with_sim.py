@@ -16,6 +16,8 @@ from quantroute.sim.fleet import FleetHandle, SimBackendSpec, SimFleetConfig, ru
 from quantroute.testing.fake_backend import wait_until
 from quantroute.testing.gateway_thread import GatewayThread
 
+from .engine_waits import aborts_when_idle, wait_for_abort
+
 TIME_SCALE = 1.0  # real time: the pinned requests must outlive a few scrapes
 
 
@@ -161,7 +163,8 @@ def test_kv_pressure_from_real_engine_steers_long_prompts(sim_stack: SimStack) -
 
 def test_client_disconnect_aborts_in_the_engine(sim_stack: SimStack) -> None:
     client = sim_stack.client()
-    before = sim_stack.vllm_metric("roomy", "vllm:request_success_total", finished_reason="abort")
+    # the probes of the test before closed their streams early: their aborts land first
+    before = aborts_when_idle(sim_stack.fleet.urls["roomy"])
     stream = client.chat.completions.create(
         model="qwen25-7b-gptq",
         messages=[{"role": "user", "content": "long story"}],
@@ -172,14 +175,7 @@ def test_client_disconnect_aborts_in_the_engine(sim_stack: SimStack) -> None:
         if i == 2:
             break
     stream.close()
-    assert wait_until(
-        lambda: (
-            sim_stack.vllm_metric("roomy", "vllm:request_success_total", finished_reason="abort")
-            == before + 1
-        ),
-        10,
-    )
-    assert wait_until(lambda: sim_stack.vllm_metric("roomy", "vllm:num_requests_running") == 0, 10)
+    wait_for_abort(sim_stack.fleet.urls["roomy"], before)
 
 
 def test_over_length_prompt_never_reaches_the_engine(sim_stack: SimStack) -> None:

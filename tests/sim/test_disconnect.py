@@ -44,13 +44,12 @@ async def wait_for_abort(http: httpx.AsyncClient, fleet: SimFleet) -> dict[str, 
             for reason in ("abort", "stop", "length")
         }
         seen["running"] = value(fams, "vllm:num_requests_running")
-        aborted = value(fams, "vllm:request_success_total", finished_reason="abort")
-        if aborted >= 1:
+        if seen["abort"] >= 1:
             return {
-                "aborted": aborted,
-                "running": value(fams, "vllm:num_requests_running"),
+                "aborted": seen["abort"],
+                "running": seen["running"],
                 "kv": value(fams, "vllm:kv_cache_usage_perc"),
-                "stopped": value(fams, "vllm:request_success_total", finished_reason="stop"),
+                "stopped": seen["stop"],
             }
         await asyncio.sleep(0.02)
     raise AssertionError(
