@@ -25,7 +25,7 @@ A wrong name or parameter is a :class:`~quantroute.errors.ConfigError` naming th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError
 
 from quantroute.base import FrozenModel
 from quantroute.config import PluginRef, PolicyConfig, ScorerRef
-from quantroute.core import affinity, filters, pickers, scorers
+from quantroute.core import affinity, filters, fused, pickers, scorers
 from quantroute.core.filters import Filter
 from quantroute.core.model import LatencyClass
 from quantroute.core.pickers import Picker
@@ -129,6 +129,14 @@ class Plan:
     outage_soft: tuple[tuple[str, Filter], ...] = ()
     even_spread: tuple[WeightedScorer, ...] = ()
     """...and the gateway's own account alone (least loaded)."""
+    fused_filters: bool = False
+    """``hard`` and ``soft`` hold only the filters :func:`~quantroute.core.fused.all_admitted`
+    knows: ``decide`` may admit every candidate in one pass."""
+    fused_scorers: Mapping[LatencyClass, tuple[tuple[str, float], ...]] = field(
+        default_factory=dict
+    )
+    """Per latency class whose profile holds only built-in scorers, its (name, weight) pairs:
+    ``decide`` rates with :func:`~quantroute.core.fused.fused_scores` instead."""
 
     @property
     def tracks_prefix(self) -> bool:
@@ -198,4 +206,10 @@ def compile_plan(policy: PolicyConfig) -> Plan:
         outage_hard=tuple((n, f) for n, f in hard if n not in live),
         outage_soft=tuple((n, f) for n, f in soft if n not in live),
         even_spread=(WeightedScorer("least_loaded", 1.0, scorers.least_loaded),),
+        fused_filters=fused.fusable_filters(hard + soft),
+        fused_scorers={
+            latency_class: tuple((s.name, s.weight) for s in profile)
+            for latency_class, profile in profiles.items()
+            if fused.fusable_scorers([(s.name, s.score) for s in profile])
+        },
     )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quantroute.config import POOLING_APIS, GroupConfig, PolicyConfig
-from quantroute.core import filters, pickers, scorers
+from quantroute.core import filters, fused, pickers, scorers
 from quantroute.core.filters import Filter, FilterContext
 from quantroute.core.latency import LatencyEstimate
 from quantroute.core.matrix import CapabilityMatrix
@@ -162,6 +162,31 @@ def _below_floor(
     return admitted, again, ("quality",)
 
 
+def _admit(
+    pool: Sequence[BackendState],
+    ctx: FilterContext,
+    hard: Filters,
+    soft: Filters,
+    relaxed: tuple[str, ...],
+) -> tuple[list[BackendState], dict[str, tuple[Rejection, ...]], tuple[str, ...]]:
+    """The filter chain: hard filters (below the quality floor if the policy allows it when
+    nothing else is left), then soft ones, relaxed when they alone would leave no candidate.
+    No candidate admitted: the rejections are the decision's answer."""
+    admitted, rejected = _filter(pool, ctx, hard)
+    if not admitted and ctx.policy.quality_fallback == "best_available":
+        admitted, rejected, relaxed = _below_floor(pool, ctx, hard, rejected)
+    if not admitted:
+        return admitted, rejected, relaxed
+    kept, soft_rejected = _filter(admitted, ctx, soft)
+    if kept:
+        admitted = kept
+        rejected.update(soft_rejected)
+    elif soft_rejected:
+        used = {r.filter for reasons in soft_rejected.values() for r in reasons}
+        relaxed = (*relaxed, *(name for name, _ in soft if name in used))
+    return admitted, rejected, relaxed
+
+
 def _estimates(admitted: Sequence[BackendState], ctx: FilterContext) -> dict[str, LatencyEstimate]:
     """The latency estimate of every candidate, in their order: the ones the latency scorer
     worked out, the rest worked out here (no latency scorer in the profile)."""
@@ -224,20 +249,20 @@ def decide(
     if downgrade:
         hard = tuple((n, f) for n, f in hard if n != "quality")
         relaxed = (*relaxed, "downgrade")
-    admitted, rejected = _filter(pool, ctx, hard)
-    if not admitted and cfg.quality_fallback == "best_available":
-        admitted, rejected, relaxed = _below_floor(pool, ctx, hard, rejected)
-    if not admitted:
-        return _reject_all(rejected, group, floor)
-    kept, soft_rejected = _filter(admitted, ctx, soft)
-    if kept:
-        admitted = kept
-        rejected.update(soft_rejected)
-    elif soft_rejected:
-        used = {r.filter for reasons in soft_rejected.values() for r in reasons}
-        relaxed = (*relaxed, *(name for name, _ in soft if name in used))
+    rejected: dict[str, tuple[Rejection, ...]] = {}
+    if hard is plan.hard and plan.fused_filters and fused.all_admitted(pool, ctx):
+        admitted = pool  # every filter admits every candidate: what the chain would find
+    else:
+        admitted, rejected, relaxed = _admit(pool, ctx, hard, soft, relaxed)
+        if not admitted:
+            return _reject_all(rejected, group, floor)
     pressure = _kv_pressure(rejected) if rejected else ()
-    scores = _score(admitted, ctx, profile)
+    pairs = None if pooling else plan.fused_scorers.get(features.latency_class)
+    if pairs is not None and profile is plan.scorers[features.latency_class]:
+        scores, latency = fused.fused_scores(admitted, ctx, pairs)
+    else:
+        scores = _score(admitted, ctx, profile)
+        latency = {} if pooling else _estimates(admitted, ctx)
     entropy = pickers.mix(cfg.seed * 1_000_003 + features.sequence)
     totals = {k: s.total for k, s in scores.items()}
     ranked = plan.picker(totals, features, cfg.tie_tolerance, entropy)
@@ -251,5 +276,5 @@ def decide(
         relaxed=relaxed,
         group=group.name if group else None,
         quality_floor=floor,
-        latency={} if pooling else _estimates(admitted, ctx),
+        latency=latency,
     )
