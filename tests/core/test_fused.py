@@ -245,7 +245,6 @@ def test_generated_cases_take_both_paths() -> None:
         seen[fused.all_admitted(snap.backends, ctx)] += 1
 
     tally()
-    print(seen)
     assert seen[True] >= 20 and seen[False] >= 20, seen
 
 

@@ -68,18 +68,6 @@ class ApiStack:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
-    def vllm_metric(self, backend: str, name: str, **labels: str) -> float:
-        text = httpx.get(self.fleet.urls[backend] + "/metrics").text
-        return sum(
-            s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def aborted_on(self, backend: str) -> float:
-        return self.vllm_metric(backend, "vllm:request_success_total", finished_reason="abort")
-
     def admin(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(self.url + "/admin/backends").json()["backends"]
         return {r["id"]: r for r in rows}

@@ -81,7 +81,7 @@ def all_admitted(backends: Sequence[BackendState], ctx: FilterContext) -> bool:
         blocks, size = m.num_gpu_blocks, m.block_size
         if blocks and size:
             capacity = blocks * size
-            usage = m.kv_cache_usage + (b.pending_kv_tokens + 0) / capacity
+            usage = m.kv_cache_usage + b.pending_kv_tokens / capacity
             predicted = m.kv_cache_usage + (b.pending_kv_tokens + extra) / capacity
         if usage >= ceiling or predicted > threshold:
             return False
