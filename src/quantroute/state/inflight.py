@@ -40,7 +40,10 @@ class BackendLoad:
 
 
 @dataclass(eq=False, slots=True)
-class _Account:
+class Account:
+    """One backend's running figures, kept as leases come and go (read, never written, outside
+    this module: the routing snapshot reads them directly, per backend per request)."""
+
     requests: int = 0
     prefill_tokens: int = 0
     unseen: dict[int, Lease] = field(default_factory=dict)
@@ -61,7 +64,7 @@ class Lease:
     dispatched_at: float
     kv_tokens: int
     prompt_tokens: int
-    account: _Account
+    account: Account
     clock: Clock
     prefilling: bool = True
     released: bool = False
@@ -101,14 +104,15 @@ class InFlight:
         self._clock = clock
         self._on_release = on_release
         self._numbers = itertools.count(1)
-        self._accounts: dict[str, _Account] = {}
+        self.accounts: dict[str, Account] = {}
+        """Per backend with a lease ever taken (until :meth:`forget`): read-only outside."""
         self.dispatched: Counter[str] = Counter()
         """Requests ever dispatched per backend (every attempt, retries included)."""
 
     def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Lease:
-        account = self._accounts.get(backend_id)
+        account = self.accounts.get(backend_id)
         if account is None:
-            account = self._accounts[backend_id] = _Account()
+            account = self.accounts[backend_id] = Account()
         number = next(self._numbers)
         lease = Lease(
             backend_id,
@@ -129,15 +133,15 @@ class InFlight:
 
     def count(self, backend_id: str) -> int:
         """Requests in flight at one backend now."""
-        account = self._accounts.get(backend_id)
+        account = self.accounts.get(backend_id)
         return 0 if account is None else account.requests
 
     def forget(self, backend_id: str) -> None:
         """Drop the account of a backend that left, once nothing is in flight there (its
         leases hold the account they count in: one still open keeps it)."""
-        account = self._accounts.get(backend_id)
+        account = self.accounts.get(backend_id)
         if account is not None and account.requests == 0:
-            del self._accounts[backend_id]
+            del self.accounts[backend_id]
 
     def now(self) -> float:
         """The account's clock (the one ``dispatched_at`` and ``first_byte_at`` are read from)."""
@@ -145,7 +149,7 @@ class InFlight:
 
     def scraped(self, backend_id: str, started_at: float) -> None:
         """A scrape that started at ``started_at`` succeeded: it saw what was sent before then."""
-        account = self._accounts.get(backend_id)
+        account = self.accounts.get(backend_id)
         if account is None:
             return
         for number, lease in list(account.unseen.items()):
@@ -154,7 +158,7 @@ class InFlight:
                 account.unseen_kv_tokens -= lease.kv_tokens
 
     def total(self) -> int:
-        return sum(a.requests for a in self._accounts.values())
+        return sum(a.requests for a in self.accounts.values())
 
     def loads(self) -> dict[str, BackendLoad]:
-        return {k: a.load() for k, a in self._accounts.items()}
+        return {k: a.load() for k, a in self.accounts.items()}

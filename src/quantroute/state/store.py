@@ -25,7 +25,7 @@ from quantroute.core.model import (
     Snapshot,
 )
 from quantroute.resilience.passive import PassiveHealthMonitor
-from quantroute.state.inflight import BackendLoad, InFlight
+from quantroute.state.inflight import Account, BackendLoad, InFlight
 from quantroute.state.metric_schema import SchemaReport, check_schema
 
 MEASURED_REUSE_S = 0.1
@@ -37,7 +37,8 @@ lighter than one request per fold), so a busy gateway rebuilds them about twenty
 second instead of for every request (a fold of two backends costs about as much as a
 decision; the measurements it folds are smoothed over minutes, so 50 ms later changes no
 route that matters). An ejection or a policy change shows at once."""
-_IDLE = BackendLoad()
+_IDLE_ACCOUNT = Account()
+"""What a backend with no lease ever taken reads as (never written)."""
 _MeasuredCache = tuple[
     object,
     tuple[object, ...],
@@ -168,32 +169,31 @@ class StateStore:
         if self.passive is not None:
             self.passive.tick()  # an ejection held for want of room, made once there is room
         now = self._clock()
-        loads = self.inflight.loads()
-        idle = _IDLE
+        accounts = self.inflight.accounts  # its running figures, read in place
+        idle = _IDLE_ACCOUNT
         states = []
         ids = list(self._records)
         passive = self._passives(ids)
         observed, peers, fits = self._measured(ids, passive, now)
         health = self._health
-        for r in self._records.values():
-            i = r.config.id
-            load = loads.get(i, idle)
+        for i, r in self._records.items():
+            a = accounts.get(i, idle)
             states.append(
                 BackendState(  # positional, in field order: built per backend per request
                     r.config,
                     health(r, now),
                     r.metrics,
                     None if r.last_success is None else now - r.last_success,
-                    load.unseen_requests,
-                    load.unseen_kv_tokens,
-                    load.prefill_backlog_tokens,
+                    len(a.unseen),
+                    a.unseen_kv_tokens,
+                    a.prefill_tokens,
                     passive[i],
                     observed[i],
                     peers.get(i),
                     fits[i],
                 )
             )
-        return Snapshot(taken_at=now, backends=tuple(states))
+        return Snapshot(now, tuple(states))
 
     def _measured(
         self, ids: list[str], passive: dict[str, PassiveState], now: float
