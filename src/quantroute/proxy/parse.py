@@ -236,17 +236,17 @@ def parse_request(
     fmt = body.get("response_format")
     wants_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
     task = feat.classify_task(text, wants_json=wants_json, override=headers.get(TASK_HEADER))
-    features = RequestFeatures(
-        model=model,
-        prompt_tokens=tokens,
-        max_tokens=max_tokens,
-        stream=stream,
-        task=task,
-        latency_class=latency_class(headers),
-        sequence=sequence,
-        api="chat" if kind == "chat" else "completions",
-        prompt=None if prefix is None else PromptBlocks.of(_prefix_text(kind, body), prefix),
-        session_id=None if prefix is None else session_id(body, headers, policy),
+    features = RequestFeatures(  # positional, in field order (a keyword call builds a dict)
+        model,
+        tokens,  # prompt_tokens
+        max_tokens,
+        stream,
+        task,
+        latency_class(headers),
+        sequence,
+        "chat" if kind == "chat" else "completions",  # api
+        None if prefix is None else PromptBlocks.of(_prefix_text(kind, body), prefix),  # prompt
+        None if prefix is None else session_id(body, headers, policy),  # session_id
     )
     return ParsedRequest(kind, body, raw, features, wants_usage)
 
