@@ -56,7 +56,7 @@ def backend(
         num_gpu_blocks=blocks,
         block_size=16,
     )
-    return BackendState(cfg, health, metrics, 0.1, pending, pending_kv)
+    return BackendState(cfg, health, metrics, pending, pending_kv)
 
 
 def snapshot(*backends: BackendState) -> Snapshot:

@@ -100,7 +100,6 @@ def states(draw: st.DrawFn, index: int, calm: bool = False) -> BackendState:
         config,
         health,
         metrics,
-        0.1,
         draw(st.integers(0, 40)),
         draw(st.integers(0, 8_000 if calm else 100_000)),
         draw(st.integers(0, 50_000)),

@@ -78,7 +78,6 @@ class BackendState:
     config: BackendConfig
     health: Health
     metrics: BackendMetrics | None = None
-    age_s: float | None = None
     pending_requests: int = 0
     pending_kv_tokens: int = 0
     prefill_backlog_tokens: int = 0

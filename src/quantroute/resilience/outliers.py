@@ -140,6 +140,13 @@ class PassiveHealth:
         self._backends: dict[str, _Backend] = {}
         self._groups: dict[str, frozenset[str]] = {}
         self._held: dict[str, _Held] = {}
+        self.changed: set[str] = set()
+        """Backends whose state may read differently since the routing snapshot last took this
+        set (it clears it: its one reader). Time alone only ends what a state shows (ejection,
+        probation, backpressure, suspicion): a backend that serves plainly stays so until an
+        event names it here."""
+        self.epoch = 0
+        """Counts the changes that touch every backend (topology, settings)."""
         self.set_topology(variants or {}, groups or {})
 
     # -- topology ------------------------------------------------------------------------------
@@ -158,9 +165,11 @@ class PassiveHealth:
             name: frozenset(b for b in members if b in kept) for name, members in groups.items()
         }
         self._held = {k: v for k, v in self._held.items() if k in kept}
+        self.epoch += 1
 
     def configure(self, settings: OutlierDetection) -> None:
         self.settings = settings
+        self.epoch += 1
 
     # -- events --------------------------------------------------------------------------------
     def record(
@@ -178,6 +187,7 @@ class PassiveHealth:
         b = self._backends.get(backend_id)
         if b is None or not self.settings.enabled:
             return None
+        self.changed.add(backend_id)
         if outcome is AttemptOutcome.OK:
             stale = sent_at is not None and b.failed_at is not None and sent_at < b.failed_at
             if not stale:
@@ -267,6 +277,7 @@ class PassiveHealth:
         b = self._backends.get(backend_id)
         if b is None:
             return []
+        self.changed.add(backend_id)
         if self._ejected(b, now):
             if not b.unreachable:
                 return []
@@ -417,6 +428,7 @@ class PassiveHealth:
         until = now + duration
         if not unreachable and not self._room_to_eject(backend_id, now):
             return Ejection(backend_id, reason, detail, until, count, suppressed=True)
+        self.changed.add(backend_id)
         b.ejections, b.ejected_until, b.reason, b.detail = count, until, reason, detail
         b.unreachable = b.last_failure in UNREACHABLE
         b.consecutive = 0

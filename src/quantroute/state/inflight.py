@@ -48,6 +48,8 @@ class Account:
     prefill_tokens: int = 0
     unseen: dict[int, Lease] = field(default_factory=dict)
     unseen_kv_tokens: int = 0
+    changed: set[str] = field(default_factory=set)
+    """Its account's :attr:`InFlight.changed` (each change names the backend there)."""
 
     def load(self) -> BackendLoad:
         return BackendLoad(
@@ -78,6 +80,7 @@ class Lease:
         if self.prefilling:
             self.first_byte_at = self.clock()
             self._prefill_done()
+            self.account.changed.add(self.backend_id)
 
     def _prefill_done(self) -> None:
         self.prefilling = False
@@ -95,6 +98,7 @@ class Lease:
         account.requests -= 1
         if account.unseen.pop(self.number, None) is not None:
             account.unseen_kv_tokens -= self.kv_tokens
+        account.changed.add(self.backend_id)
         if self.on_release is not None:
             self.on_release()
 
@@ -108,11 +112,14 @@ class InFlight:
         """Per backend with a lease ever taken (until :meth:`forget`): read-only outside."""
         self.dispatched: Counter[str] = Counter()
         """Requests ever dispatched per backend (every attempt, retries included)."""
+        self.changed: set[str] = set()
+        """Backends whose figures changed since the routing snapshot last took this set (it
+        clears it: its one reader), so that it rebuilds only theirs."""
 
     def begin(self, backend_id: str, kv_tokens: int, prompt_tokens: int = 0) -> Lease:
         account = self.accounts.get(backend_id)
         if account is None:
-            account = self.accounts[backend_id] = Account()
+            account = self.accounts[backend_id] = Account(changed=self.changed)
         number = next(self._numbers)
         lease = Lease(
             backend_id,
@@ -128,6 +135,7 @@ class InFlight:
         account.prefill_tokens += prompt_tokens
         account.unseen[number] = lease
         account.unseen_kv_tokens += kv_tokens
+        self.changed.add(backend_id)
         self.dispatched[backend_id] += 1
         return lease
 
@@ -142,6 +150,7 @@ class InFlight:
         account = self.accounts.get(backend_id)
         if account is not None and account.requests == 0:
             del self.accounts[backend_id]
+            self.changed.add(backend_id)
 
     def now(self) -> float:
         """The account's clock (the one ``dispatched_at`` and ``first_byte_at`` are read from)."""
@@ -156,6 +165,7 @@ class InFlight:
             if lease.dispatched_at < started_at:
                 del account.unseen[number]
                 account.unseen_kv_tokens -= lease.kv_tokens
+                self.changed.add(backend_id)
 
     def total(self) -> int:
         return sum(a.requests for a in self.accounts.values())

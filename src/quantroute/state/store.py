@@ -10,7 +10,7 @@ backend that looked emptiest at the last scrape. The clock is injected; nothing 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from quantroute.base import Clock
@@ -39,14 +39,12 @@ decision; the measurements it folds are smoothed over minutes, so 50 ms later ch
 route that matters). An ejection or a policy change shows at once."""
 _IDLE_ACCOUNT = Account()
 """What a backend with no lease ever taken reads as (never written)."""
-_MeasuredCache = tuple[
-    object,
-    tuple[object, ...],
-    float,
-    dict[str, "ObservedLatency | None"],
-    dict[str, ObservedLatency],
-    dict[str, TtftFit],
+_EXPIRY_MARGIN_S = 1e-6
+_Measured = tuple[
+    dict[str, "ObservedLatency | None"], dict[str, ObservedLatency], dict[str, TtftFit]
 ]
+"""Per backend: its measurement aged, its variant peers' pooled, the TTFT fit of the two."""
+_MeasuredCache = tuple[object, tuple[object, ...], float, _Measured]
 
 
 @dataclass(eq=False)
@@ -79,6 +77,19 @@ class StateStore:
         self._listeners: list[Callable[[], None]] = []
         self._measured_cache: _MeasuredCache | None = None
         self.inflight = InFlight(clock, on_release=self._changed)
+        self._rebuild = self.inflight.changed
+        """Backends whose state to rebuild at the next snapshot: the in-flight account's set,
+        which scrapes and scrape failures name backends in too."""
+        # the last snapshot's states, kept to the next (see snapshot())
+        self._built: dict[str, BackendState] = {}
+        self._states: tuple[BackendState, ...] = ()
+        self._measured_used: _Measured | None = None
+        self._ejected: frozenset[str] = frozenset()
+        self._timed: frozenset[str] = frozenset()
+        self._expires = float("inf")
+        self._stale = True
+        self._passive_epoch = -1
+        self._taken_at = float("-inf")
         self.passive = passive
         self.set_backends(backends)
 
@@ -94,6 +105,7 @@ class StateStore:
 
     def set_policy(self, policy: PolicyConfig) -> None:
         self._policy = policy
+        self._stale = True
 
     # -- membership (static config or discovery) ---------------------------------------------
     def set_backends(self, backends: Iterable[BackendConfig]) -> None:
@@ -103,7 +115,9 @@ class StateStore:
             old = self._records.get(config.id)
             new[config.id] = old if old is not None and old.config == config else _Record(config)
         self._records = new
+        self._ids = tuple(new)
         self._configs = tuple(r.config for r in new.values())
+        self._stale = True
         self._changed()
 
     def configs(self) -> list[BackendConfig]:
@@ -128,6 +142,7 @@ class StateStore:
         record.last_scrape_started = started_at
         record.failures = 0
         record.last_error = None
+        self._rebuild.add(backend_id)
         self.inflight.scraped(backend_id, started_at)
         self._changed()
 
@@ -144,6 +159,7 @@ class StateStore:
         if record is not None:
             record.failures += 1
             record.last_error = error
+            self._rebuild.add(backend_id)
             self._changed()  # a backend going down may leave queued requests no hope
 
     # -- decision statistics ------------------------------------------------------------------
@@ -166,38 +182,119 @@ class StateStore:
         return Health.FRESH
 
     def snapshot(self) -> Snapshot:
-        if self.passive is not None:
-            self.passive.tick()  # an ejection held for want of room, made once there is room
+        """Every backend's state now. Kept from one snapshot to the next and rebuilt per backend
+        as it changes: a backend named since by a scrape, its in-flight account
+        (:attr:`InFlight.changed`) or passive health (:attr:`PassiveHealth.changed
+        <quantroute.resilience.outliers.PassiveHealth.changed>`), one whose passive state shows
+        something time ends (ejection, probation, backpressure, suspicion), and every backend
+        when the measurements are folded anew, the backend set, the policy or the passive
+        health settings change, or the freshest backend's scrape comes near to going stale. A
+        request changes one backend's account, so one state is built per request, not one per
+        backend. :meth:`rebuilt` builds every one afresh; the two are held equal (tests)."""
+        passive = self.passive
+        if passive is not None:
+            passive.tick()  # an ejection held for want of room, made once there is room
         now = self._clock()
-        accounts = self.inflight.accounts  # its running figures, read in place
-        idle = _IDLE_ACCOUNT
-        states = []
-        ids = list(self._records)
-        passive = self._passives(ids)
-        observed, peers, fits = self._measured(ids, passive, now)
-        health = self._health
-        for i, r in self._records.items():
-            a = accounts.get(i, idle)
-            states.append(
-                BackendState(  # positional, in field order: built per backend per request
-                    r.config,
-                    health(r, now),
-                    r.metrics,
-                    None if r.last_success is None else now - r.last_success,
-                    len(a.unseen),
-                    a.unseen_kv_tokens,
-                    a.prefill_tokens,
-                    passive[i],
-                    observed[i],
-                    peers.get(i),
-                    fits[i],
-                )
-            )
-        return Snapshot(now, tuple(states))
+        built = self._built
+        changed = self._rebuild
+        if passive is not None and passive.machine.epoch != self._passive_epoch:
+            self._passive_epoch = passive.machine.epoch
+            self._stale = True
+        full = self._stale or now >= self._expires or now < self._taken_at or not built
+        self._taken_at = now  # time only ends what a kept state shows: it may not run back
+        if full:
+            self._stale = False
+            changed.clear()
+            if passive is not None:
+                passive.machine.changed.clear()
+            return self._rebuild_all(now)
+        dirty = self._timed
+        if changed:
+            dirty = dirty | changed
+            changed.clear()
+        if passive is not None and passive.machine.changed:
+            dirty = dirty | passive.machine.changed
+            passive.machine.changed.clear()
+        if not dirty:
+            if self._measured(self._ejected, now) is self._measured_used:
+                return Snapshot(now, self._states)
+            return self._rebuild_all(now)
+        records = self._records
+        passives = self._passives([i for i in dirty if i in records])
+        ejected = self._ejected
+        for i, p in passives.items():
+            if (p.ejected is None) != (i not in ejected):
+                ejected = self._ejected = ejected ^ {i}
+        measured = self._measured(ejected, now)
+        if measured is not self._measured_used:
+            return self._rebuild_all(now, passives)
+        for i, p in passives.items():
+            built[i] = self._build(records[i], now, p, measured)
+        self._states = tuple(built.values())
+        return Snapshot(now, self._states)
 
-    def _measured(
-        self, ids: list[str], passive: dict[str, PassiveState], now: float
-    ) -> tuple[dict[str, ObservedLatency | None], dict[str, ObservedLatency], dict[str, TtftFit]]:
+    def rebuilt(self) -> Snapshot:
+        """The snapshot as :meth:`snapshot` would take it now, every backend's state built
+        afresh (what the incremental one is held equal to). What :meth:`snapshot` keeps is left
+        as it was."""
+        if self.passive is not None:
+            self.passive.tick()
+        kept = (self._built, self._states, self._measured_used, self._ejected, self._timed)
+        expires = self._expires
+        try:
+            return self._rebuild_all(self._clock())
+        finally:
+            self._built, self._states, self._measured_used, self._ejected, self._timed = kept
+            self._expires = expires
+
+    def _rebuild_all(self, now: float, known: dict[str, PassiveState] | None = None) -> Snapshot:
+        ids = list(self._records)
+        passives = self._passives(ids if known is None else [i for i in ids if i not in known])
+        if known is not None:
+            passives.update(known)
+        self._ejected = frozenset(i for i, p in passives.items() if p.ejected is not None)
+        measured = self._measured_used = self._measured(self._ejected, now)
+        self._expires = float("inf")
+        self._timed = frozenset()
+        records, built = self._records, {}
+        for i in ids:
+            built[i] = self._build(records[i], now, passives[i], measured)
+        self._built = built
+        self._states = tuple(built.values())
+        return Snapshot(now, self._states)
+
+    def _build(
+        self, r: _Record, now: float, passive: PassiveState, measured: _Measured
+    ) -> BackendState:
+        """One backend's state; notes when time alone would change it (:meth:`snapshot`)."""
+        i = r.config.id
+        health = self._health(r, now)
+        if health is Health.FRESH:
+            assert r.last_success is not None
+            # rebuilt a little before the scrape goes stale: the float sum may round either way
+            expires = r.last_success + self._policy.staleness_limit_s - _EXPIRY_MARGIN_S
+            if expires < self._expires:
+                self._expires = expires
+        if passive is not SERVING:
+            self._timed = self._timed | {i}
+        elif i in self._timed:
+            self._timed = self._timed - {i}
+        a = self.inflight.accounts.get(i, _IDLE_ACCOUNT)
+        observed, peers, fits = measured
+        return BackendState(  # positional, in field order
+            r.config,
+            health,
+            r.metrics,
+            len(a.unseen),
+            a.unseen_kv_tokens,
+            a.prefill_tokens,
+            passive,
+            observed[i],
+            peers.get(i),
+            fits[i],
+        )
+
+    def _measured(self, ejected: frozenset[str], now: float) -> _Measured:
         """Each backend's measurement, aged, its variant peers' (:meth:`_peers`) and the TTFT
         fit of the two (as the latency scorer works it out under this policy). Kept from one
         snapshot to the next while none was ejected or let back, for at most
@@ -205,31 +302,33 @@ class StateStore:
         the default two-minute half-life), and while no backend has a new sample or the last
         fold is under :data:`MEASURED_FOLD_S` old: building them is most of a snapshot's cost,
         a snapshot is taken for every request, and a busy gateway gets a sample with nearly
-        every answer."""
+        every answer. The same tuple is returned while it is kept."""
+        ids = self._ids
         raw = None if self.passive is None else self.passive.observed
-        key = (self._policy, tuple([(i, passive[i].ejected is None) for i in ids]))
+        key = (self._policy, ids, ejected)
         cached = self._measured_cache
         if cached is not None and (
             cached[0] != key or not 0.0 <= now - cached[2] < MEASURED_REUSE_S
         ):
-            cached = None  # another policy or ejection, or aged too long: built afresh
+            cached = None  # another policy, backend set or ejection, or aged too long: afresh
         if cached is not None and now - cached[2] < MEASURED_FOLD_S:
-            return cached[3], cached[4], cached[5]
+            return cached[3]
         samples = () if raw is None else tuple(raw(i) for i in ids)
         if cached is not None and samples == cached[1]:
-            return cached[3], cached[4], cached[5]
+            return cached[3]
         observed = {i: self._observed(i) for i in ids}
-        peers = self._peers(observed, passive)
+        peers = self._peers(observed, ejected)
         k, on = self._policy.latency_prior_samples, self._policy.measured_latency
         fits = {
             i: fit(observed[i] if on else None, k, peer_fit(peers.get(i) if on else None, k))
             for i in ids
         }
-        self._measured_cache = (key, samples, now, observed, peers, fits)
-        return observed, peers, fits
+        measured = (observed, peers, fits)
+        self._measured_cache = (key, samples, now, measured)
+        return measured
 
     def _peers(
-        self, observed: dict[str, ObservedLatency | None], passive: dict[str, PassiveState]
+        self, observed: dict[str, ObservedLatency | None], ejected: Container[str]
     ) -> dict[str, ObservedLatency]:
         """Per backend, the pooled measurement of its variant: every replica measured and not
         ejected (an ejected one may be the slow replica the rule caught), itself included.
@@ -242,7 +341,7 @@ class StateStore:
         members: dict[str, list[str]] = {}
         for r in self._records.values():
             o = observed[r.config.id]
-            if o is not None and o.n + o.per_token_n > 0.0 and not passive[r.config.id].ejected:
+            if o is not None and o.n + o.per_token_n > 0.0 and r.config.id not in ejected:
                 members.setdefault(r.config.variant_id, []).append(r.config.id)
         pooled: dict[str, ObservedLatency | None] = {}
         found: dict[str, ObservedLatency] = {}
@@ -257,7 +356,7 @@ class StateStore:
                 found[r.config.id] = mean
         return found
 
-    def _passives(self, ids: list[str]) -> dict[str, PassiveState]:
+    def _passives(self, ids: Iterable[str]) -> dict[str, PassiveState]:
         """Each backend's passive state, read at one instant (all serving without passive health)."""
         return dict.fromkeys(ids, SERVING) if self.passive is None else self.passive.states(ids)
 
@@ -274,7 +373,8 @@ class StateStore:
         now = self._clock()
         loads = self.inflight.loads()
         ids = list(self._records)
-        peers = self._peers({i: self._observed(i) for i in ids}, self._passives(ids))
+        ejected = {i for i, p in self._passives(ids).items() if p.ejected is not None}
+        peers = self._peers({i: self._observed(i) for i in ids}, ejected)
         return [
             self._admin_row(r, now, loads.get(r.config.id, BackendLoad()), peers.get(r.config.id))
             for r in self._records.values()
