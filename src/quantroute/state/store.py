@@ -220,6 +220,8 @@ class StateStore:
                 return Snapshot(now, self._states)
             return self._rebuild_all(now)
         records = self._records
+        if len(dirty) >= len(records):  # as many as there are (busy, or a small fleet)
+            return self._rebuild_all(now)
         passives = self._passives([i for i in dirty if i in records])
         ejected = self._ejected
         for i, p in passives.items():
