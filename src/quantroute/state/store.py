@@ -188,7 +188,7 @@ class StateStore:
         <quantroute.resilience.outliers.PassiveHealth.changed>`), one whose passive state shows
         something time ends (ejection, probation, backpressure, suspicion), and every backend
         when the measurements are folded anew, the backend set, the policy or the passive
-        health settings change, or the freshest backend's scrape comes near to going stale. A
+        health settings change, or a fresh backend's last scrape comes near to going stale. A
         request changes one backend's account, so one state is built per request, not one per
         backend. :meth:`rebuilt` builds every one afresh; the two are held equal (tests)."""
         passive = self.passive
