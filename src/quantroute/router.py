@@ -118,9 +118,16 @@ class Router:
         )
 
     def settled(self, ctx: RequestContext) -> None:
-        """A routed request is over: its decision-log record (when the log is on)."""
+        """A request is over (its answer sent, its backend's lease released and its outcome
+        recorded): its decision-log record (when the log is on). When it was the last one in
+        flight, the routing snapshot is brought up to date now, while the gateway is idle, so
+        that the next request's decision finds its backends' states built
+        (:meth:`StateStore.snapshot` keeps them). Under load nothing is built here: the next
+        request's snapshot builds what changed, once for every request that changed it."""
         if self.decision_log is not None:
             self.decision_log.settled(ctx)
+        if self.store.inflight.idle():
+            self.store.snapshot()
 
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry

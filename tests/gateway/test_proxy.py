@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import httpx
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from quantroute import __version__
+from quantroute.core.model import BackendState
 from quantroute.proxy.context import RequestContext
+from quantroute.state import store as store_module
 from quantroute.testing.fake_backend import FakeState
 
 from .conftest import FleetFactory
@@ -152,3 +156,54 @@ def test_a_whole_answer_reaches_the_client_before_its_request_is_settled(
     assert left.wait(10.0)
     assert fleet.metric("quantroute_requests_total", status="200") == 1.0
     assert fleet.metric("quantroute_completion_tokens_total") == 3.0
+
+
+def test_the_last_request_out_builds_the_next_ones_snapshot_a_busy_gateway_does_not(
+    make_fleet: FleetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that was the last one in flight brings the routing snapshot up to date as it
+    is settled (after its answer was sent): the snapshot the next request's decision takes then
+    builds no backend's state. With another request in flight, the settling builds nothing and
+    that snapshot builds what changed. Only events rebuild a state here: the measurements are
+    folded once (their fold and reuse windows are set aside) and no scrape or staleness comes
+    within the test."""
+    monkeypatch.setattr(store_module, "MEASURED_FOLD_S", 1e9)
+    monkeypatch.setattr(store_module, "MEASURED_REUSE_S", 1e9)
+    fleet = make_fleet(policy={"scrape_interval_s": 60.0, "staleness_limit_s": 600.0})
+    gateway = fleet.gateway.app.state.live.gateway
+    store = gateway.store
+    builds = [0]
+    build = store._build
+
+    def counting(*args: Any) -> BackendState:
+        builds[0] += 1
+        state: BackendState = build(*args)
+        return state
+
+    monkeypatch.setattr(store, "_build", counting)
+    seen: list[tuple[int, int]] = []
+    settled = gateway.router.settled
+    left = threading.Event()
+
+    def held(ctx: RequestContext) -> None:  # on the gateway's loop
+        busy = len(seen) == 2  # the third request: another one is in flight as it settles
+        other = store.inflight.begin("b", 0) if busy else None
+        before = builds[0]
+        settled(ctx)
+        at_settling = builds[0] - before
+        store.snapshot()  # what the next request's decision would take now
+        seen.append((at_settling, builds[0] - before - at_settling))
+        if other is not None:
+            other.release()
+        left.set()
+
+    gateway.router.settled = held
+    client = fleet.client()
+    for _ in range(3):
+        left.clear()
+        client.chat.completions.create(model="auto", messages=MSG, max_tokens=3)
+        assert left.wait(10.0), "the request was never settled"
+    # the second: its backend's state built as it settled (the other one kept), none after
+    assert seen[1] == (1, 0)
+    # the third: nothing built as it settled; the next snapshot builds both backends' states
+    assert seen[2] == (0, 2)

@@ -170,5 +170,10 @@ class InFlight:
     def total(self) -> int:
         return sum(a.requests for a in self.accounts.values())
 
+    def idle(self) -> bool:
+        """Whether no request is in flight at any backend (a busy fleet answers at its first
+        account)."""
+        return not any(account.requests for account in self.accounts.values())
+
     def loads(self) -> dict[str, BackendLoad]:
         return {k: a.load() for k, a in self.accounts.items()}
