@@ -101,28 +101,41 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rid, admitted = self.enter(scope)
+        if isinstance(admitted, RequestError):
+            await self.refuse(scope, send, rid, admitted)
+            return
+        state = scope["state"]
+        await self.app(scope, receive, self.sender(send, state, admitted, rid, scope["path"]))
+
+    def enter(self, scope: Scope) -> tuple[str, Principal | RequestError]:
+        """The request's id (kept in ``scope["state"]``, with the principal once admitted) and
+        who calls, or why the request is refused."""
         headers = _headers(scope)
         rid = request_id(headers)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        path: str = scope["path"]
         try:
-            principal = self._admit(scope, path, headers)
+            principal = self._admit(scope, scope["path"], headers)
         except RequestError as exc:
-            client = scope.get("client") or ("?", 0)
-            log.info(
-                "request %s: %s %s from %s refused: %d %s",
-                rid,
-                scope["method"],
-                path,
-                client[0],
-                exc.status,
-                exc.code,
-            )
-            await send_error(send, exc, rid, anthropic=path in ANTHROPIC_PATHS)
-            return
+            return rid, exc
         state["principal"] = principal
-        await self.app(scope, receive, self._sender(send, state, principal, rid, path))
+        return rid, principal
+
+    async def refuse(self, scope: Scope, send: Send, rid: str, exc: RequestError) -> None:
+        """Answer a request :meth:`enter` refused (and log it)."""
+        path: str = scope["path"]
+        client = scope.get("client") or ("?", 0)
+        log.info(
+            "request %s: %s %s from %s refused: %d %s",
+            rid,
+            scope["method"],
+            path,
+            client[0],
+            exc.status,
+            exc.code,
+        )
+        await send_error(send, exc, rid, anthropic=path in ANTHROPIC_PATHS)
 
     def _admit(self, scope: Scope, path: str, headers: Mapping[str, str]) -> Principal:
         access = self.access
@@ -137,36 +150,57 @@ class AccessMiddleware:
             raise UnsupportedMediaType()
         return principal
 
-    def _sender(
+    def plain(self, principal: Principal) -> bool:
+        """Whether an answer to ``principal`` needs only its ``x-request-id`` added (it may see
+        the decision header and has no quota counts to show), unless the request path left
+        counts in ``scope["state"]["ratelimit"]``."""
+        limits = principal.limits
+        return self.access.sees_decision(principal) and not (
+            limits.requests_per_minute or limits.tokens_per_minute
+        )
+
+    async def headers_out(
+        self,
+        raw: list[tuple[bytes, bytes]],
+        status: int,
+        state: Mapping[str, object],
+        principal: Principal,
+        rid: str,
+        path: str,
+    ) -> list[tuple[bytes, bytes]]:
+        """An answer's headers as the caller gets them: ``raw`` (appended to, or a new list when
+        the decision header is taken out) with the request id and the quota counts (those the
+        request path left in ``state["ratelimit"]``, or the key's current counts; a 429 keeps its
+        own)."""
+        if not self.access.sees_decision(principal):
+            raw = [(k, v) for k, v in raw if k.lower() != DECISION_HEADER]
+        raw.append((b"x-request-id", rid.encode()))
+        limits = state.get("ratelimit")
+        peek = principal.limits.requests_per_minute or principal.limits.tokens_per_minute
+        if limits is None and peek and path not in PUBLIC:
+            limits = await self.access.quotas.peek(principal)
+        if isinstance(limits, dict):
+            # a 429 carries its own (the counts before the refused request)
+            have = {k.lower() for k, _ in raw} if status == 429 else ()
+            raw.extend(
+                (k.encode(), v.encode()) for k, v in limits.items() if k.encode() not in have
+            )
+        return raw
+
+    def sender(
         self, send: Send, state: dict[str, object], principal: Principal, rid: str, path: str
     ) -> Send:
-        hide = not self.access.sees_decision(principal)
-        peek = principal.limits.requests_per_minute or principal.limits.tokens_per_minute
-        quotas = self.access.quotas
-        rid_bytes = rid.encode()
+        """``send`` with :meth:`headers_out` applied to the answer's headers."""
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 # the response's own header list (sent once): appended to, not copied
                 raw = message.setdefault("headers", [])
                 if not isinstance(raw, list):  # any iterable is allowed by ASGI
-                    raw = message["headers"] = list(raw)
-                if hide:
-                    raw = message["headers"] = [
-                        (k, v) for k, v in raw if k.lower() != DECISION_HEADER
-                    ]
-                raw.append((b"x-request-id", rid_bytes))
-                limits = state.get("ratelimit")
-                if limits is None and peek and path not in PUBLIC:
-                    limits = await quotas.peek(principal)
-                if isinstance(limits, dict):
-                    # a 429 carries its own (the counts before the refused request)
-                    have = {k.lower() for k, _ in raw} if message.get("status") == 429 else ()
-                    raw.extend(
-                        (k.encode(), v.encode())
-                        for k, v in limits.items()
-                        if k.encode() not in have
-                    )
+                    raw = list(raw)
+                message["headers"] = await self.headers_out(
+                    raw, message.get("status", 200), state, principal, rid, path
+                )
             await send(message)
 
         return wrapped

@@ -45,13 +45,25 @@ class Rejection(StrEnum):
     CLIENT_GONE = "client_gone_during_upload"
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """Why the middleware answers instead of the application: :meth:`ClientLimitsMiddleware.answer`
+    sends it."""
+
     def __init__(
-        self, reason: Rejection, status: int, code: str, message: str, retry_after: int = 0
+        self,
+        reason: Rejection,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int = 0,
+        *,
+        close: bool = True,
     ) -> None:
         super().__init__(message)
         self.reason, self.status, self.code, self.message = reason, status, code, message
         self.retry_after = retry_after
+        self.close = close
+        """Close the connection (a body not read to its end)."""
 
 
 def _error_body(scope: Scope, status: int, message: str, error_type: str, code: str) -> bytes:
@@ -103,60 +115,75 @@ class ClientLimitsMiddleware:
         """``on_gone``: told of a request whose client left during its upload (the application
         never sees it; the gateway settles its trail as 499 there)."""
         self.app = app
-        self._limits = limits
+        self.limits = limits
         self._on_reject = on_reject
         self._on_gone = on_gone
-        self._exempt = exempt
+        self.exempt = exempt
         self.active = 0
         self.buffered = 0
         """Bytes of request bodies being read now, all requests together."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exempt:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        limits = self._limits()
-        if self.active >= limits.max_concurrent_requests:
-            self._count(Rejection.OVERLOADED)
-            body = _error_body(
-                scope,
-                503,
-                f"The gateway is serving its limit of {limits.max_concurrent_requests} "
-                "concurrent requests; retry shortly.",
-                "service_unavailable",
-                "gateway_overloaded",
-            )
-            await _answer(send, 503, body, [(b"retry-after", str(limits.retry_after_s).encode())])
+        limits = self.limits()
+        refused = self.overloaded(limits)
+        if refused is not None:
+            await self.answer(scope, send, refused)
             return
         self.active += 1
         try:
-            await self._admitted(scope, receive, send, limits)
+            if scope["method"] not in _BODY_METHODS:
+                await self.app(scope, receive, send)
+                return
+            body = await self.take_body(scope, receive, limits)
+            if isinstance(body, Refused):
+                await self.answer(scope, send, body)
+            elif body is not None:
+                await self.app(scope, _replay(body, receive), send)
         finally:
             self.active -= 1
 
-    async def _admitted(
-        self, scope: Scope, receive: Receive, send: Send, limits: ClientLimits
-    ) -> None:
-        if scope["method"] not in _BODY_METHODS:
-            await self.app(scope, receive, send)
-            return
+    def overloaded(self, limits: ClientLimits) -> Refused | None:
+        """A refusal (counted) when as many requests as allowed are in progress: the caller
+        takes a slot (``active``) otherwise, and gives it back when the request is over."""
+        if self.active < limits.max_concurrent_requests:
+            return None
+        self._count(Rejection.OVERLOADED)
+        return Refused(
+            Rejection.OVERLOADED,
+            503,
+            "gateway_overloaded",
+            f"The gateway is serving its limit of {limits.max_concurrent_requests} "
+            "concurrent requests; retry shortly.",
+            limits.retry_after_s,
+            close=False,
+        )
+
+    async def take_body(
+        self, scope: Scope, receive: Receive, limits: ClientLimits
+    ) -> bytes | Refused | None:
+        """The whole body within the limits; a refusal to answer (counted); or None when the
+        client went away during its upload (counted, ``on_gone`` told: nobody to answer)."""
         try:
             body = await self._read_body(scope, receive, limits)
-        except _Refused as refused:
+        except Refused as refused:
             self._count(refused.reason)
-            kind = "service_unavailable" if refused.status == 503 else "invalid_request_error"
-            payload = _error_body(scope, refused.status, refused.message, kind, refused.code)
-            extra = [(b"connection", b"close")]
-            if refused.retry_after:
-                extra.append((b"retry-after", str(refused.retry_after).encode()))
-            await _answer(send, refused.status, payload, extra)
-            return
+            return refused
         if body is None:
             self._count(Rejection.CLIENT_GONE)
             if self._on_gone is not None:
                 self._on_gone(scope)
-            return
-        await self.app(scope, _replay(body, receive), send)
+        return body
+
+    async def answer(self, scope: Scope, send: Send, refused: Refused) -> None:
+        kind = "service_unavailable" if refused.status == 503 else "invalid_request_error"
+        payload = _error_body(scope, refused.status, refused.message, kind, refused.code)
+        extra = [(b"connection", b"close")] if refused.close else []
+        if refused.retry_after:
+            extra.append((b"retry-after", str(refused.retry_after).encode()))
+        await _answer(send, refused.status, payload, extra)
 
     def _count(self, reason: Rejection) -> None:
         if self._on_reject is not None:
@@ -165,7 +192,7 @@ class ClientLimitsMiddleware:
     async def _read_body(
         self, scope: Scope, receive: Receive, limits: ClientLimits
     ) -> bytes | None:
-        """The whole body within the limits; None if the client went away; raises ``_Refused``."""
+        """The whole body within the limits; None if the client went away; raises ``Refused``."""
         declared = _declared_length(scope)
         if declared is not None and declared > limits.max_body_bytes:
             raise _too_large(limits)
@@ -181,7 +208,7 @@ class ClientLimitsMiddleware:
                 if len(body) + len(chunk) > limits.max_body_bytes:
                     raise _too_large(limits)
                 if self.buffered + len(chunk) > limits.max_buffered_body_bytes:
-                    raise _Refused(
+                    raise Refused(
                         Rejection.BODY_BUFFERS_FULL,
                         503,
                         "gateway_overloaded",
@@ -199,8 +226,8 @@ class ClientLimitsMiddleware:
             self.buffered -= len(body)
 
 
-def _too_large(limits: ClientLimits) -> _Refused:
-    return _Refused(
+def _too_large(limits: ClientLimits) -> Refused:
+    return Refused(
         Rejection.BODY_TOO_LARGE,
         413,
         "request_too_large",
@@ -257,7 +284,7 @@ async def _next_piece(
         async with asyncio.timeout(wait):
             return await _Rest(pending, waits)
     except TimeoutError:
-        raise _Refused(
+        raise Refused(
             Rejection.BODY_TIMEOUT,
             408,
             "request_timeout",

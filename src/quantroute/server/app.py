@@ -15,6 +15,9 @@ Three ASGI middlewares wrap the app, outermost first:
    ``resilience.client.max_body_bytes``: 413) within the body timeouts (408);
 3. :class:`~quantroute.server.edge.ProxyRoutes`: the two proxy routes handed straight to the
    gateway (no router, no Starlette ``Request`` per request); everything else goes on to FastAPI.
+
+A POST on a proxy route runs the three as one (:class:`~quantroute.server.edge.ProxyEdge`: the
+same steps through the middlewares' own methods, held equal to them by a test).
 """
 
 from __future__ import annotations
