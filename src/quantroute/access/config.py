@@ -33,6 +33,12 @@ class QuotaLimits(_Frozen):
     """Prompt tokens (estimated at admission) plus completion tokens (from the response's usage)."""
     concurrent_requests: PositiveInt | None = None
 
+    @property
+    def counted_per_minute(self) -> bool:
+        """Whether a key under these limits has per-minute counts to show (the
+        ``x-ratelimit-*`` headers on its answers)."""
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
 
 class ApiKeySpec(_Frozen):
     """One client key: where its secret comes from, what it may use, its limits."""

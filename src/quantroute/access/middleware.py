@@ -154,10 +154,7 @@ class AccessMiddleware:
         """Whether an answer to ``principal`` needs only its ``x-request-id`` added (it may see
         the decision header and has no quota counts to show), unless the request path left
         counts in ``scope["state"]["ratelimit"]``."""
-        limits = principal.limits
-        return self.access.sees_decision(principal) and not (
-            limits.requests_per_minute or limits.tokens_per_minute
-        )
+        return self.access.sees_decision(principal) and not principal.limits.counted_per_minute
 
     async def headers_out(
         self,
@@ -176,8 +173,7 @@ class AccessMiddleware:
             raw = [(k, v) for k, v in raw if k.lower() != DECISION_HEADER]
         raw.append((b"x-request-id", rid.encode()))
         limits = state.get("ratelimit")
-        peek = principal.limits.requests_per_minute or principal.limits.tokens_per_minute
-        if limits is None and peek and path not in PUBLIC:
+        if limits is None and principal.limits.counted_per_minute and path not in PUBLIC:
             limits = await self.access.quotas.peek(principal)
         if isinstance(limits, dict):
             # a 429 carries its own (the counts before the refused request)

@@ -204,10 +204,8 @@ class ProxyEdge:
                     sent = True
                     await self._refuse(scope, send, body, principal, rid)
                     return
-                try:
+                try:  # the body is read: no ClientDisconnect can come from here
                     response = await gateway.handle(kind, Incoming(scope, receive, body))
-                except ClientDisconnect:  # gone before its body was read: nobody to answer
-                    return
                 except RequestError as exc:  # rare: a Starlette Request is fine here
                     response = await errors.request_error(Request(scope, receive), exc)
                 await self._headers(response, scope["path"], scope["state"], principal, rid)
