@@ -34,6 +34,15 @@ class QuotaLimits(_Frozen):
     concurrent_requests: PositiveInt | None = None
 
     @property
+    def unlimited(self) -> bool:
+        """No limit set: nothing to count for the key (its requests skip admission)."""
+        return (
+            self.requests_per_minute is None
+            and self.tokens_per_minute is None
+            and self.concurrent_requests is None
+        )
+
+    @property
     def counted_per_minute(self) -> bool:
         """Whether a key under these limits has per-minute counts to show (the
         ``x-ratelimit-*`` headers on its answers)."""

@@ -153,12 +153,7 @@ class AccessControl:
     def counted(principal: Principal) -> bool:
         """Whether the key has a limit to count (:meth:`admit` returns None for one that has
         none: the request path skips it)."""
-        limits = principal.limits
-        return not (
-            limits.requests_per_minute is None
-            and limits.tokens_per_minute is None
-            and limits.concurrent_requests is None
-        )
+        return not principal.limits.unlimited
 
     async def admit(self, principal: Principal, tokens: int) -> Admission | None:
         return await self.quotas.admit(principal, tokens)

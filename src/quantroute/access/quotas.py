@@ -223,11 +223,7 @@ class Quotas:
         """Count a request (``tokens``: the estimate charged now); raise :class:`RateLimited` if
         it passes a limit. None: the key has no limits."""
         limits = principal.limits
-        if (
-            limits.requests_per_minute is None
-            and limits.tokens_per_minute is None
-            and limits.concurrent_requests is None
-        ):
+        if limits.unlimited:
             return None
         estimate = max(1, tokens)
         lease = f"{self._replica}:{next(self._seq)}" if limits.concurrent_requests else None
