@@ -187,7 +187,9 @@ def stop_all(servers: Sequence[VllmServer]) -> None:
         list(pool.map(lambda s: s.process.stop(), servers))
 
 
-def gateway_config(servers: Sequence[VllmServer], group: str) -> dict[str, object]:
+def gateway_config(
+    servers: Sequence[VllmServer], group: str, scrape_interval_s: float = 0.5
+) -> dict[str, object]:
     """The gateway's YAML config (as data) for ``servers`` behind one group named ``group``."""
     backends = [
         {
@@ -210,7 +212,7 @@ def gateway_config(servers: Sequence[VllmServer], group: str) -> dict[str, objec
         "backends": backends,
         "groups": [{"name": group, "variants": [s.variant.name for s in servers]}],
         "policy": {
-            "scrape_interval_s": 0.5,
+            "scrape_interval_s": scrape_interval_s,
             "staleness_limit_s": 10,
             "weights": {"interactive": weights, "batch": weights},
         },

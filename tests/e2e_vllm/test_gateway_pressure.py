@@ -56,10 +56,8 @@ def pressure(vllm_tier: VllmTier, tmp_path_factory: pytest.TempPathFactory) -> I
         vllm_tier.python, vllm_tier.model_dir, dataclasses.replace(SMALL_KV, in_process=True), work
     )
     try:
-        config = gateway_config([small, vllm_tier.servers[LARGE_KV.name]], GROUP)
-        policy = config["policy"]
-        assert isinstance(policy, dict)
-        policy["scrape_interval_s"] = SCRAPE_INTERVAL_S
+        servers = [small, vllm_tier.servers[LARGE_KV.name]]
+        config = gateway_config(servers, GROUP, scrape_interval_s=SCRAPE_INTERVAL_S)
         process, url = start_gateway(config, work)
         try:
             yield Pressure(Gateway(url=url, process=process, config=config, group=GROUP), small)
