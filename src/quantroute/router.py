@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from quantroute.config import GatewayConfig
+from quantroute.core.fused import Prepared, prepared
 from quantroute.core.model import Decision, Outcome, RequestFeatures, Snapshot
 from quantroute.core.scheduler import Policy, decide
 from quantroute.decisionlog import DecisionLog
@@ -44,6 +45,8 @@ class Router:
         self.telemetry = telemetry
         self.policy = Policy(config.policy, config.groups)
         self._sequence = 0
+        self._prepared: dict[str, Prepared] = {}
+        """Each backend state's request-independent scoring terms, kept for the next decision."""
         log_config = config.decision_log
         self.decision_log = (
             None if log_config is None else DecisionLog(log_config, store.inflight.now)
@@ -73,7 +76,9 @@ class Router:
         started = time.perf_counter()
         snapshot = self.store.snapshot() if snapshot is None else snapshot
         matrix, policy = self.matrix.current, self.policy
-        decision = decide(features, snapshot, matrix, policy, downgrade=downgrade)
+        decision = decide(
+            features, snapshot, matrix, policy, downgrade=downgrade, prepared=self._prepared
+        )
         if not dry_run:
             self._record(features, decision, time.perf_counter() - started)
         return decision
@@ -122,12 +127,16 @@ class Router:
         recorded): its decision-log record (when the log is on). When it was the last one in
         flight, the routing snapshot is brought up to date now, while the gateway is idle, so
         that the next request's decision finds its backends' states built
-        (:meth:`StateStore.snapshot` keeps them). Under load nothing is built here: the next
+        (:meth:`StateStore.snapshot` keeps them), with their request-independent scoring terms
+        (:func:`~quantroute.core.fused.prepared`). Under load nothing is built here: the next
         request's snapshot builds what changed, once for every request that changed it."""
         if self.decision_log is not None:
             self.decision_log.settled(ctx)
         if self.store.inflight.idle():
-            self.store.snapshot()
+            snapshot = self.store.snapshot()
+            matrix, config, kept = self.matrix.current, self.config.policy, self._prepared
+            for backend in snapshot.backends:
+                prepared(backend, matrix, config, kept)
 
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry

@@ -25,6 +25,7 @@ from quantroute.core.model import (
     RequestFeatures,
     Snapshot,
 )
+from quantroute.core.prefix import PrefixView
 from quantroute.core.scheduler import Policy, decide
 
 from .helpers import backend, features, matrix, policy
@@ -168,12 +169,17 @@ POLICIES = [
 
 @st.composite
 def requests(draw: st.DrawFn, calm: bool = False) -> RequestFeatures:
+    view = None
+    if draw(st.booleans()):  # what the prefix index expects cached where (the prefill prior)
+        ids = draw(st.sets(st.sampled_from([f"b{i}" for i in range(4)])))
+        view = PrefixView({i: draw(fraction(0.0, 1.0)) for i in sorted(ids)}, {})
     return features(
         prompt=draw(st.integers(1, 1_000 if calm else 30_000)),
         max_tokens=draw(st.none() | st.integers(1, 1_000 if calm else 4_000)),
         task=draw(st.sampled_from(TASKS)),
         latency_class=draw(st.sampled_from(list(LatencyClass))),
         sequence=draw(st.integers(0, 10_000)),
+        prefix=view,
     )
 
 
@@ -230,6 +236,64 @@ def test_the_fused_decision_is_the_plugin_chains(
     assert fast.plan.fused_filters and fast.plan.fused_scorers
     got = decide(request, snap, table, fast, downgrade=downgrade)
     assert got == decide(request, snap, table, chain, downgrade=downgrade)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    first=cases(),
+    chosen=st.sampled_from(POLICIES),
+    steps=st.lists(
+        st.tuples(
+            cases(),
+            st.sampled_from(["new states", "same states", "another matrix", "another policy"]),
+            st.sampled_from(POLICIES),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_terms_kept_from_one_decision_to_the_next_decide_as_the_chain(
+    first: tuple[Snapshot, RequestFeatures, CapabilityMatrix | None],
+    chosen: tuple[Policy, Policy],
+    steps: list[tuple[tuple[Snapshot, RequestFeatures, CapabilityMatrix | None], str, Any]],
+) -> None:
+    """One cache of prepared terms through a run of decisions, as the router keeps it: the
+    backends of the same ids in new states under the same matrix and policy, or the very same
+    states under another matrix or policy. Each decision is the chain's (a term kept past its
+    state, matrix or policy would not be)."""
+    kept: dict[str, fused.Prepared] = {}
+    snap, request, table = first
+    (fast, chain) = chosen
+    assert decide(request, snap, table, fast, prepared=kept) == decide(request, snap, table, chain)
+    for (new_snap, request, new_table), change, other in steps:
+        if change == "new states":
+            snap = new_snap
+        elif change == "another matrix":
+            table = new_table
+        elif change == "another policy":
+            fast, chain = other
+        got = decide(request, snap, table, fast, prepared=kept)
+        assert got == decide(request, snap, table, chain)
+    assert all(p.state.id == backend_id for backend_id, p in kept.items())
+
+
+def test_the_same_states_under_another_policy_are_worked_out_again() -> None:
+    """Measured latency switched off by a reload, on the very states the cache holds: the
+    measured time per token no longer counts (a term kept past its policy would keep it)."""
+    (on, _), (off, off_chain) = (
+        next(p for p in POLICIES if p[0].config.measured_latency is measured)
+        for measured in (True, False)
+    )
+    state = dataclasses.replace(
+        backend("b0"), observed=ObservedLatency(per_token_s=0.01, per_token_n=5.0)
+    )
+    snap, request = Snapshot(1.0, (state,)), features(model="b0")
+    kept: dict[str, fused.Prepared] = {}
+    first = decide(request, snap, None, on, prepared=kept)
+    assert first.latency["b0"].per_token_measured_ms == 10.0
+    again = decide(request, snap, None, off, prepared=kept)
+    assert again == decide(request, snap, None, off_chain)
+    assert again.latency["b0"].per_token_measured_ms is None
 
 
 def test_generated_cases_take_both_paths() -> None:

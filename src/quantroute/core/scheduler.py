@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 from quantroute.config import POOLING_APIS, GroupConfig, PolicyConfig
@@ -219,10 +219,13 @@ def decide(
     policy: Policy,
     *,
     downgrade: bool = False,
+    prepared: MutableMapping[str, fused.Prepared] | None = None,
 ) -> Decision:
     """The routing decision. ``downgrade``: the quality floor is set aside (flow control asks
     for this when the variants meeting it are saturated and the group allows a downgrade); a
-    decision that routes then says ``downgrade`` among its relaxed filters."""
+    decision that routes then says ``downgrade`` among its relaxed filters. ``prepared`` keeps
+    each backend state's request-independent terms for the next decision
+    (:func:`.fused.prepared`): a memo, the decision is the same without it."""
     cfg, plan = policy.config, policy.plan
     pool, group = candidates_for(features.model, snapshot, policy)
     floor = group.quality_floor if group else 0.0
@@ -259,7 +262,7 @@ def decide(
     pressure = _kv_pressure(rejected) if rejected else ()
     pairs = None if pooling else plan.fused_scorers.get(features.latency_class)
     if pairs is not None and profile is plan.scorers[features.latency_class]:
-        scores, latency = fused.fused_scores(admitted, ctx, pairs)
+        scores, latency = fused.fused_scores(admitted, ctx, pairs, prepared)
     else:
         scores = _score(admitted, ctx, profile)
         latency = {} if pooling else _estimates(admitted, ctx)

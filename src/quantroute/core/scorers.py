@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from quantroute.config import PolicyConfig
 from quantroute.core.filters import FilterContext, kv_after, request_kv_tokens
-from quantroute.core.latency import LatencyEstimate, blend, fit, peer_fit
+from quantroute.core.latency import LatencyEstimate, TtftFit, blend, fit, peer_fit
 from quantroute.core.matrix import VariantProfile
 from quantroute.core.model import BackendState
 from quantroute.core.prefix import uncached_tokens
@@ -93,12 +94,15 @@ def prior_ttft_ms(backend: BackendState, ctx: FilterContext) -> tuple[float, flo
     return _prior(backend, ctx, _variant(backend, ctx))
 
 
-def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
-    """The prior split, and the factors and time per token measured at this backend blended in
-    by how much has been observed (:mod:`quantroute.core.latency`)."""
-    policy = ctx.policy
-    profile = _variant(backend, ctx)
-    queue, prefill = _prior(backend, ctx, profile)
+MeasuredTerms = tuple[TtftFit, float | None, float | None, float, float | None]
+"""The TTFT fit, and the time per token: prior, measured, the measurement's weight, blended."""
+
+
+def measured_terms(
+    backend: BackendState, policy: PolicyConfig, profile: VariantProfile | None
+) -> MeasuredTerms:
+    """What a latency estimate takes from the measurements (the backend's own, its variant
+    peers', as far as the policy lets them count) and the matrix's time per token."""
     observed = backend.observed if policy.measured_latency else None
     peers = backend.peers if policy.measured_latency else None
     k = policy.latency_prior_samples
@@ -111,15 +115,16 @@ def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstima
     ttft = backend.ttft_fit
     if ttft is None:
         ttft = fit(observed, k, peer_fit(peers, k))
-    return LatencyEstimate(  # positional, in field order: built per candidate per decision
-        queue,  # prior_queue_ms
-        prefill,  # prior_prefill_ms
-        ttft,  # fit
-        prior_tok,  # per_token_prior_ms
-        measured_tok,  # per_token_measured_ms
-        n_tok / (n_tok + k) if measured_tok is not None else 0.0,  # per_token_weight
-        blend(prior_tok, measured_tok, n_tok, k),  # per_token_ms
-    )
+    weight = n_tok / (n_tok + k) if measured_tok is not None else 0.0
+    return ttft, prior_tok, measured_tok, weight, blend(prior_tok, measured_tok, n_tok, k)
+
+
+def latency_estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
+    """The prior split, and the factors and time per token measured at this backend blended in
+    by how much has been observed (:mod:`quantroute.core.latency`)."""
+    profile = _variant(backend, ctx)
+    queue, prefill = _prior(backend, ctx, profile)
+    return LatencyEstimate(queue, prefill, *measured_terms(backend, ctx.policy, profile))
 
 
 def estimate(backend: BackendState, ctx: FilterContext) -> LatencyEstimate:
