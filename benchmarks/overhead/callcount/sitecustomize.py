@@ -1,4 +1,6 @@
 """Loaded at start-up by a proxy that ``calls.py`` starts (this directory leads its PYTHONPATH).
+With ``$QR_PATHSTAMP`` set, it installs the request stamps of ``stamps.py`` instead
+(``pathstamp.py`` reads them).
 
 SIGUSR1 starts counting the profile events of the main thread (every Python function call and
 coroutine resumption, every call of a C function); SIGUSR2 stops and writes the counts, in total
@@ -49,3 +51,7 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
 if os.environ.get("QR_CALLS_OUT"):
     signal.signal(signal.SIGUSR1, _start)
     signal.signal(signal.SIGUSR2, _stop)
+elif os.environ.get("QR_PATHSTAMP"):
+    import stamps
+
+    stamps.install(os.environ["QR_PATHSTAMP"])
