@@ -162,11 +162,12 @@ def test_the_last_request_out_builds_the_next_ones_snapshot_a_busy_gateway_does_
     make_fleet: FleetFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request that was the last one in flight brings the routing snapshot up to date as it
-    is settled (after its answer was sent): the snapshot the next request's decision takes then
-    builds no backend's state. With another request in flight, the settling builds nothing and
-    that snapshot builds what changed. Only events rebuild a state here: the measurements are
-    folded once (their fold and reuse windows are set aside) and no scrape or staleness comes
-    within the test."""
+    is settled (after its answer was sent), with every state's prepared scoring terms: the
+    snapshot the next request's decision takes then builds no backend's state, and finds their
+    terms ready. With another request in flight, the settling builds nothing and that snapshot
+    builds what changed, whose terms the decision will work out. Only events rebuild a state
+    here: the measurements are folded once (their fold and reuse windows are set aside) and no
+    scrape or staleness comes within the test."""
     monkeypatch.setattr(store_module, "MEASURED_FOLD_S", 1e9)
     monkeypatch.setattr(store_module, "MEASURED_REUSE_S", 1e9)
     fleet = make_fleet(policy={"scrape_interval_s": 60.0, "staleness_limit_s": 600.0})
@@ -181,8 +182,9 @@ def test_the_last_request_out_builds_the_next_ones_snapshot_a_busy_gateway_does_
         return state
 
     monkeypatch.setattr(store, "_build", counting)
-    seen: list[tuple[int, int]] = []
-    settled = gateway.router.settled
+    seen: list[tuple[int, int, bool]] = []
+    router = gateway.router
+    settled = router.settled
     left = threading.Event()
 
     def held(ctx: RequestContext) -> None:  # on the gateway's loop
@@ -191,8 +193,10 @@ def test_the_last_request_out_builds_the_next_ones_snapshot_a_busy_gateway_does_
         before = builds[0]
         settled(ctx)
         at_settling = builds[0] - before
-        store.snapshot()  # what the next request's decision would take now
-        seen.append((at_settling, builds[0] - before - at_settling))
+        snapshot = store.snapshot()  # what the next request's decision would take now
+        kept = router._prepared
+        ready = all(b.id in kept and kept[b.id].state is b for b in snapshot.backends)
+        seen.append((at_settling, builds[0] - before - at_settling, ready))
         if other is not None:
             other.release()
         left.set()
@@ -203,7 +207,8 @@ def test_the_last_request_out_builds_the_next_ones_snapshot_a_busy_gateway_does_
         left.clear()
         client.chat.completions.create(model="auto", messages=MSG, max_tokens=3)
         assert left.wait(10.0), "the request was never settled"
-    # the second: its backend's state built as it settled (the other one kept), none after
-    assert seen[1] == (1, 0)
-    # the third: nothing built as it settled; the next snapshot builds both backends' states
-    assert seen[2] == (0, 2)
+    # the second: its backend's state built as it settled (the other one kept), none after,
+    # and both states' terms prepared
+    assert seen[1] == (1, 0, True)
+    # the third: nothing built or prepared as it settled; the next snapshot builds both states
+    assert seen[2] == (0, 2, False)
