@@ -134,9 +134,11 @@ class Router:
             self.decision_log.settled(ctx)
         if self.store.inflight.idle():
             snapshot = self.store.snapshot()
-            matrix, config, kept = self.matrix.current, self.config.policy, self._prepared
-            for backend in snapshot.backends:
-                prepared(backend, matrix, config, kept)
+            policy = self.policy
+            if policy.plan.fused_scorers:  # else no decision reads the terms
+                matrix, kept = self.matrix.current, self._prepared
+                for backend in snapshot.backends:  # the very policy object decide passes on
+                    prepared(backend, matrix, policy.config, kept)
 
     def _record(self, features: RequestFeatures, decision: Decision, elapsed_s: float) -> None:
         t = self.telemetry
