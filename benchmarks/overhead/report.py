@@ -240,6 +240,27 @@ def ceiling_table(result: dict[str, Any]) -> list[str]:
     return rows + rust_router_rows(cells, names)
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of what ``values`` sample: the order
+    statistics ``j`` and ``n - j + 1`` (1-based) for the largest ``j`` whose binomial tail
+    ``P(Bin(n, 1/2) < j)`` is at most half of ``1 - confidence`` (so the interval covers the
+    median with at least that confidence, whatever the distribution; NaN for fewer than six
+    values at 95%, where no such ``j`` exists). Pairs' differences at c=1 are skewed by slow
+    spells, so no normal approximation."""
+    n = len(values)
+    ordered = sorted(values)
+    tail, j = 0.0, 0
+    while j < n // 2:
+        step = math.comb(n, j) / 2.0**n  # P(Bin(n, 1/2) == j)
+        if tail + step > (1.0 - confidence) / 2.0:
+            break
+        tail += step
+        j += 1
+    if j == 0:
+        return math.nan, math.nan
+    return ordered[j - 1], ordered[n - j]
+
+
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         one = values[0] if values else math.nan
@@ -250,8 +271,9 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def c1_pairs_table(result: dict[str, Any]) -> list[str]:
     """Added p50 at c=1 over the bare proxy, read pair by pair from ``run.py --c1-pairs``: the
-    median and quartiles of the pairs' differences, the CPU per request of each, and the share
-    of the proxy's core the hypervisor stole in each window."""
+    median of the pairs' differences with its 95% interval (:func:`median_interval`) and their
+    quartiles, the CPU per request of each, and the share of the proxy's core the hypervisor
+    stole in each window."""
     windows: list[Cell] = result.get("c1_pairs") or []
     bare = {w["pair"]: w for w in windows if w["target"] == "bare"}
     if not bare:
@@ -264,20 +286,24 @@ def c1_pairs_table(result: dict[str, Any]) -> list[str]:
         "Each pair: a gateway and the bare proxy one after the other (the order swapped every "
         "pair), so both share the machine's state of that moment.",
         "",
-        "| gateway | pairs | added p50 over bare: median (quartiles) | CPU per request, median "
-        "(µs): gateway / bare | ×bare, median of pairs | steal on the proxy's core, median |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| gateway | pairs | added p50 over bare: median (quartiles) | the median's 95% interval "
+        "| CPU per request, median (µs): gateway / bare | ×bare, median of pairs "
+        "| steal on the proxy's core, median |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
     for name in names:
         pairs = [(w, bare[w["pair"]]) for w in windows if w["target"] == name and w["pair"] in bare]
-        q1, q2, q3 = _quartiles(sorted(g["lat_p50_ms"] - b["lat_p50_ms"] for g, b in pairs))
+        added = sorted(g["lat_p50_ms"] - b["lat_p50_ms"] for g, b in pairs)
+        q1, q2, q3 = _quartiles(added)
+        low, high = median_interval(added)
+        interval = "n/a" if math.isnan(low) else f"{low:+.2f} to {high:+.2f} ms"
         cpu_g = med(g["gateway_cpu_us_per_req"] for g, _ in pairs)
         cpu_b = med(b["gateway_cpu_us_per_req"] for _, b in pairs)
         ratio = med(g["gateway_cpu_us_per_req"] / b["gateway_cpu_us_per_req"] for g, b in pairs)
         steal_g = med(g["proxy_steal_pct"] for g, _ in pairs)
         steal_b = med(b["proxy_steal_pct"] for _, b in pairs)
         rows.append(
-            f"| {name} | {len(pairs)} | {q2:+.2f} ms ({q1:+.2f} to {q3:+.2f}) | "
+            f"| {name} | {len(pairs)} | {q2:+.2f} ms ({q1:+.2f} to {q3:+.2f}) | {interval} | "
             f"{fmt(cpu_g, 0)} / {fmt(cpu_b, 0)} | ×{fmt(ratio)} | "
             f"{fmt(steal_g, 1)}% / {fmt(steal_b, 1)}% |"
         )
