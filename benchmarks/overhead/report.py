@@ -251,7 +251,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     ordered = sorted(values)
     tail, j = 0.0, 0
     while j < n // 2:
-        step = math.comb(n, j) / 2.0**n  # P(Bin(n, 1/2) == j)
+        step = math.comb(n, j) / 2**n  # P(Bin(n, 1/2) == j), exact to any n
         if tail + step > (1.0 - confidence) / 2.0:
             break
         tail += step
