@@ -19,6 +19,17 @@ def sample_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def samples_by(text: str, name: str, label: str, **labels: str) -> dict[str, float]:
+    """The samples called exactly ``name`` whose labels include ``labels``, by their ``label``."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                key = sample.labels.get(label, "")
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
 def has_sample(text: str, name: str) -> bool:
     return any(
         sample.name == name

@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from .conftest import VllmTier
+from .metrics import samples_by, scrape
 from .procs import ManagedProcess, free_port
 from .stack import VLLM_ENV, VLLM_HEALTH_TIMEOUT_S, Variant, VllmServer, start_gateway, vllm_argv
 from .waits import apoll_until, poll_until
@@ -89,14 +90,8 @@ class Pair:
 
     def victim_outcomes(self, backend: str) -> dict[str, float]:
         """What the gateway's attempts at ``backend`` showed it, by outcome (its /metrics)."""
-        found: dict[str, float] = {}
-        text = httpx.get(self.gateway_url + "/metrics", timeout=10).text
-        prefix = f'quantroute_upstream_outcomes_total{{backend="{backend}",outcome="'
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                outcome, _, value = line[len(prefix) :].partition('"} ')
-                found[outcome] = float(value)
-        return found
+        text = scrape(self.gateway_url)
+        return samples_by(text, "quantroute_upstream_outcomes_total", "outcome", backend=backend)
 
     def report(self, results: list[tuple[str, str]]) -> str:
         """What a failed assertion shows: every stream's outcome, whether the gateway still
