@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from quantroute.config import GatewayConfig
@@ -70,9 +71,12 @@ class Router:
         dry_run: bool = False,
         snapshot: Snapshot | None = None,
         downgrade: bool = False,
+        later: Callable[..., object] | None = None,
     ) -> Decision:
         """The decision on ``snapshot`` (default: the store's, now); ``downgrade`` sets the
-        quality floor aside (flow control, for a saturated group that allows it)."""
+        quality floor aside (flow control, for a saturated group that allows it). ``later``
+        (the event loop's ``call_soon``) takes the decision's telemetry off the request's path:
+        it is recorded once the request waits (for its backend), not before it is sent."""
         started = time.perf_counter()
         snapshot = self.store.snapshot() if snapshot is None else snapshot
         matrix, policy = self.matrix.current, self.policy
@@ -80,7 +84,11 @@ class Router:
             features, snapshot, matrix, policy, downgrade=downgrade, prepared=self._prepared
         )
         if not dry_run:
-            self._record(features, decision, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            if later is None:
+                self._record(features, decision, elapsed)
+            else:
+                later(self._record, features, decision, elapsed)
         return decision
 
     def route(self, features: RequestFeatures) -> Decision:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from quantroute import __version__
 from quantroute.core.model import BackendState
 from quantroute.proxy.context import RequestContext
 from quantroute.state import store as store_module
-from quantroute.testing.fake_backend import FakeState
+from quantroute.testing.fake_backend import FakeState, wait_until
 
 from .conftest import FleetFactory
 
@@ -106,6 +107,35 @@ def test_upstream_errors_pass_through(make_fleet: FleetFactory) -> None:
     fleet = make_fleet({"a": FakeState(served_model_name="only", fail_status=422, fail_times=1)})
     r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": "only", "messages": MSG})
     assert r.status_code == 422 and r.json()["error"]["message"] == "injected failure"
+
+
+def test_the_decision_is_on_metrics_while_its_request_waits_for_the_backend(
+    make_fleet: FleetFactory,
+) -> None:
+    """The decision's telemetry is taken off the request's path, not dropped: it is recorded
+    once the request waits for its backend, so ``/metrics`` shows it while the backend still
+    holds the answer; the answer then carries the decision header, built in that wait."""
+    gate = threading.Event()
+    fleet = make_fleet({"a": FakeState(served_model_name="a", gate=gate)})
+    a = fleet.backends["a"].state
+    name = "llm_router_route_duration_seconds_count"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                fleet.url + "/v1/chat/completions",
+                json={"model": "auto", "messages": MSG, "max_tokens": 2},
+                timeout=30,
+            )
+            assert wait_until(lambda: len(a.received) == 1, 10)
+            assert fleet.metric(name, model_id="a") == 1 and not pending.done()
+            gate.set()
+            reply = pending.result(timeout=30)
+    finally:
+        gate.set()
+    assert reply.status_code == 200
+    assert reply.headers["x-quantroute-decision"].startswith("chosen=a a:")
+    assert fleet.metric(name, model_id="a") == 1
 
 
 def test_health_ready_and_own_metrics(make_fleet: FleetFactory) -> None:

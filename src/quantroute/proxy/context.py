@@ -54,11 +54,20 @@ class RequestContext:
     stream: when it ends, however it ends)."""
     _on_done: list[Callable[[RequestContext], None]] = field(default_factory=list)
     _done: bool = False
+    _decision_header: str | None = None
     features: RequestFeatures = field(init=False)
     """``parsed.features``, kept: read about seven times per request."""
 
     def __post_init__(self) -> None:
         self.features = self.parsed.features
+
+    def decision_header(self) -> str:
+        """``x-quantroute-decision``: the decision explained, at most 1 KB; built once (the
+        gateway builds it while the request waits for its backend)."""
+        header = self._decision_header
+        if header is None:
+            header = self._decision_header = self.routed.explain()[:1024]
+        return header
 
     def upstream_headers(self, backend_id: str) -> Mapping[str, str]:
         extra = self.credentials(backend_id)

@@ -50,7 +50,7 @@ def response_headers(
     if ctx.routed.downgraded:  # flow control sent it below the group's quality floor
         headers["x-quantroute-downgraded"] = "true"
     if ctx.show_decision:  # built only for a caller who sees it
-        headers["x-quantroute-decision"] = ctx.routed.explain()[:1024]
+        headers["x-quantroute-decision"] = ctx.decision_header()
     if retry_after is not None and retry_after.isascii():
         headers["retry-after"] = retry_after
     return headers

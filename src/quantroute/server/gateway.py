@@ -9,8 +9,10 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -210,9 +212,12 @@ class Gateway:
             if admission is not None:
                 state["ratelimit"] = admission.headers
                 ctx.on_done(lambda done: access.settle(admission, done.used_tokens()))
+        # What the answer needs but the upstream request does not (the decision's telemetry,
+        # the decision header) is done once the request waits for its backend: off its path.
+        later = after_upstream_send(asyncio.get_running_loop())
         try:
             with trail.phase("decide"):
-                decision = self.router.decide(ctx.features)
+                decision = self.router.decide(ctx.features, later=later)
                 trail.decided(decision)
             admitted = decision
             if self.flow.may_queue(decision, ctx.features):  # else admit would return it as is
@@ -226,6 +231,8 @@ class Gateway:
             if admitted is not decision:
                 trail.decided(admitted)
             ctx.decision = self.router.routed(admitted, ctx.features)
+            if ctx.show_decision:
+                later(ctx.decision_header)
             ctx.continuation = self.continuer.watch(ctx)
             return await self.forwarder.forward(ctx)
         finally:
@@ -267,6 +274,15 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
+
+
+def after_upstream_send(loop: asyncio.AbstractEventLoop) -> Callable[..., object]:
+    """``later(fn, *args)``: ``fn`` runs once the request's upstream call is out, while the
+    request waits for its backend's answer (the loop's turn after next). aiohttp on Python
+    3.11 sends a request from a task that first runs at the loop's next turn (from 3.12 it
+    starts eagerly), so work put there with one ``call_soon`` would run ahead of the send."""
+    soon: Callable[..., object] = loop.call_soon
+    return partial(soon, soon)
 
 
 def _settle_failed(trail: Trail, exc: BaseException) -> None:
