@@ -34,7 +34,7 @@ import asyncio
 import fcntl
 import termios
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -166,6 +166,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # Every cycle: whether its body was read whole is known only when its answer closes.
         # One wrapper per connection: it reads the cycle of the moment from the protocol.
         self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
+        cast("dict[str, object]", self.scope)["extensions"] = {ONE_WRITE: self._cycle_transport}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -180,17 +181,58 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().timeout_keep_alive_handler()
 
 
+Buffer = bytes | bytearray | memoryview
+ONE_WRITE = "quantroute.one_write"
+"""The scope extension (``scope["extensions"]``) a whole answer uses to go out in one write: a
+:class:`OneWrite`."""
+
+
+class OneWrite(Protocol):
+    def hold(self) -> None:
+        """The next write (an answer's status line and headers) waits for the one after it (its
+        body): both go to the socket in one call."""
+        ...
+
+    def release(self) -> None:
+        """Writes what is still held (no body followed it), unless the connection is closing."""
+        ...
+
+
 class _LingerOnClose:
     """The transport as a request cycle with a body sees it: ``close`` (uvicorn's, after an
-    answer with ``connection: close``) closes lingering when the body was not read whole."""
+    answer with ``connection: close``) closes lingering when the body was not read whole.
 
-    __slots__ = ("_protocol", "_transport", "is_closing", "write")
+    It is also the connection's :class:`OneWrite`: uvicorn writes an answer's head as it starts
+    and its body as it comes, two system calls and two TCP segments for an answer that is whole
+    before it starts; held (:meth:`hold`), the head goes out with the body in one ``writelines``
+    (one ``writev``), as nginx sends a small answer."""
+
+    __slots__ = ("_held", "_protocol", "_transport", "is_closing", "write")
 
     def __init__(self, protocol: HeaderTimeoutProtocol) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
         self.write = self._transport.write
         self.is_closing = self._transport.is_closing
+        self._held: Buffer | None = None
+
+    def hold(self) -> None:
+        self.write = self._hold_write
+
+    def _hold_write(self, data: Buffer) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            return
+        self._held = None
+        self.write = self._transport.write
+        self._transport.writelines((held, data))
+
+    def release(self) -> None:
+        self.write = write = self._transport.write
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            write(held)
 
     def close(self) -> None:
         cycle: RequestResponseCycle | None = self._protocol.cycle
