@@ -442,3 +442,17 @@ def test_bodies_read_at_once_share_one_buffer_cap(serve: Any) -> None:
     status, _, body = read_response(first)
     assert status == 200 and json.loads(body) == {"length": 60000}
     assert served.rejections == [Rejection.BODY_BUFFERS_FULL]
+
+
+def test_headers_trickled_after_a_kept_alive_request_are_cut(serve: Any) -> None:
+    """A later request on a connection gets its header timer too: armed when the read that
+    brought its first byte did not bring all its headers (one that did never arms it)."""
+    served = serve(header_timeout_s=0.5)
+    sock = served.connect()
+    sock.sendall(HEALTH)
+    assert read_one(sock) == 200
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 200 + b"\r\n\r\n"
+    assert trickle(sock, request, 0.05) < len(request)  # cut before the headers were done
+    status, _, body = read_response(sock)
+    assert status == 408 and openai_error(body)["code"] == "request_timeout"
+    assert served.protocol.timeouts == [1]

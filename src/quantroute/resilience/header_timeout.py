@@ -4,7 +4,10 @@
 A connection that opens and sends nothing, or sends its request line and headers a byte at a
 time, would otherwise hold a socket and a parser forever (slowloris). The header timer starts
 when the connection opens and again at the first byte of each request, and stops at the last
-header; when it fires the gateway answers 408 and closes the connection.
+header; when it fires the gateway answers 408 and closes the connection. A request whose
+headers all came in the read that brought its first byte (nearly every one) never needs it, so
+the timer is armed at the end of that read only if they did not: no timer is set and cancelled
+per request.
 
 Between requests the keep-alive timer applies (``keep_alive_s``, uvicorn's
 ``timeout_keep_alive``). The event loop (uvloop, as libuv) runs its due timers before it reads
@@ -92,6 +95,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         """Bytes a lingering close still drops; -1 when the connection is not lingering."""
         self._cycle_transport: _LingerOnClose | None = None
         """What each request cycle of this connection sees as its transport (set on connect)."""
+        self._in_headers = False
+        """A request's first byte was read and its headers are not all in yet."""
 
     def _arm(self) -> None:
         self._disarm()
@@ -135,6 +140,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._linger_left < 0:
             super().data_received(data)
+            if self._in_headers and self._header_timer is None:
+                self._arm()  # headers still to come: timed from this read, the first byte's
             return
         self._linger_left -= len(data)
         if self._linger_left < 0:
@@ -158,9 +165,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        self._disarm()  # the connection's timer: from here the request's own (data_received)
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm()
         super().on_headers_complete()
         # Every cycle: whether its body was read whole is known only when its answer closes.
