@@ -76,7 +76,7 @@ class Router:
         """The decision on ``snapshot`` (default: the store's, now); ``downgrade`` sets the
         quality floor aside (flow control, for a saturated group that allows it). ``later(fn,
         *args)`` takes the decision's telemetry off the request's path (the gateway's is
-        :func:`~quantroute.server.gateway.after_upstream_send`: recorded once the upstream request
+        :func:`~quantroute.proxy.upstream.after_upstream_send`: recorded once the upstream request
         is out, while it waits for its backend); without it the telemetry is recorded here."""
         started = time.perf_counter()
         snapshot = self.store.snapshot() if snapshot is None else snapshot

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from quantroute.server.gateway import after_upstream_send
+from quantroute.proxy.upstream import after_upstream_send
 from quantroute.testing.fake_backend import FakeBackend, ThreadedServer
 
 BODY = b'{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'

@@ -21,6 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from quantroute.errors import ClientDisconnected
+from quantroute.proxy.upstream import after_upstream_send
 
 T = TypeVar("T")
 MAX_MESSAGES = 64
@@ -34,10 +35,17 @@ class DisconnectGuard:
     server's "a message arrived" event), and this guard's callback on that future takes the
     next step, as a task would, only when the future completes (a message, or the client
     gone). On exit the pending ``receive()`` is closed, which removes its waiter. A server whose
-    ``receive`` waits on anything but an asyncio future gets the one watcher task instead."""
+    ``receive`` waits on anything but an asyncio future gets the one watcher task instead.
+
+    ``deferred``: the watch starts once the guarded upstream request is out
+    (:func:`~quantroute.proxy.upstream.after_upstream_send`), while it waits for its backend,
+    not on the request's way there; a client already gone by then is noticed then, and the
+    backend's work is cancelled as for one that leaves later. Work that ends before that never
+    starts the watch."""
 
     __slots__ = (
         "_coro",
+        "_deferred",
         "_entering",
         "_fut",
         "_gone",
@@ -48,8 +56,9 @@ class DisconnectGuard:
         "_watcher",
     )
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, *, deferred: bool = False) -> None:
         self._receive = receive
+        self._deferred = deferred
         self._gone = False
         self._open = False
         self._entering = False
@@ -60,13 +69,22 @@ class DisconnectGuard:
         self._watcher: asyncio.Task[None] | None = None
 
     def __enter__(self) -> DisconnectGuard:
-        self._task = asyncio.current_task()
-        self._open = self._entering = True
+        task = self._task = asyncio.current_task()
+        self._open = True
+        if self._deferred and task is not None:
+            after_upstream_send(task.get_loop())(self._arm)
+            return self
+        self._entering = True
         try:
             self._next()
         finally:
             self._entering = False
         return self
+
+    def _arm(self) -> None:
+        """The deferred watch starts, unless the guarded work is over already."""
+        if self._open:
+            self._next()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -149,9 +167,11 @@ class DisconnectGuard:
         return self._gone and self._task is not None and self._task.uncancel() == 0
 
 
-async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work`` in this task; raise :class:`ClientDisconnected` if the client goes first."""
-    with DisconnectGuard(receive) as guard:
+async def race_disconnect(receive: Receive, work: Awaitable[T], *, deferred: bool = False) -> T:
+    """Await ``work`` in this task; raise :class:`ClientDisconnected` if the client goes first.
+    ``deferred``: ``work`` is an upstream exchange, watched from when its request is out
+    (:class:`DisconnectGuard`)."""
+    with DisconnectGuard(receive, deferred=deferred) as guard:
         try:
             return await work
         except asyncio.CancelledError as exc:

@@ -217,7 +217,7 @@ class Forwarder:
         try:
             if ctx.features.stream:
                 response, first = await race_disconnect(
-                    ctx.receive, self._open_stream(url, body, headers, limits)
+                    ctx.receive, self._open_stream(url, body, headers, limits), deferred=True
                 )
                 if response.status in RETRY_STATUSES and self._may_retry(more):
                     response.close()
@@ -238,7 +238,7 @@ class Forwarder:
                 )
             else:
                 status, ctype, data, retry_after = await race_disconnect(
-                    ctx.receive, self._exchange(url, body, headers, limits)
+                    ctx.receive, self._exchange(url, body, headers, limits), deferred=True
                 )
                 if status in RETRY_STATUSES and self._may_retry(more):
                     outcome = classify_status(status)

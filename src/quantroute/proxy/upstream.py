@@ -14,8 +14,9 @@ a size cap; the response is closed on every failure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import aiohttp
@@ -124,6 +125,15 @@ class _AiohttpResponse:
     def close(self) -> None:
         """Close the connection: vLLM aborts a request whose connection closes."""
         self._response.close()
+
+
+def after_upstream_send(loop: asyncio.AbstractEventLoop) -> Callable[..., object]:
+    """``later(fn, *args)``: ``fn`` runs once the request's upstream call is out, while the
+    request waits for its backend's answer (the loop's turn after next). aiohttp on Python
+    3.11 sends a request from a task that first runs at the loop's next turn (from 3.12 it
+    starts eagerly), so work put there with one ``call_soon`` would run ahead of the send."""
+    soon: Callable[..., object] = loop.call_soon
+    return partial(soon, soon)
 
 
 KEEPALIVE_S = 4.0

@@ -10,9 +10,8 @@ request through them. ``POST /v1/route/explain`` runs the same parse and decisio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -34,7 +33,7 @@ from quantroute.proxy.continuation import Continuer
 from quantroute.proxy.exchange import Exchange, OpenAIExchange
 from quantroute.proxy.forward import Forwarder
 from quantroute.proxy.parse import Kind, ParsedRequest, parse_request
-from quantroute.proxy.upstream import Upstream
+from quantroute.proxy.upstream import Upstream, after_upstream_send
 from quantroute.resilience.budget import RetryBudget
 from quantroute.router import Router
 from quantroute.server.edge import HttpRequest, Incoming
@@ -274,15 +273,6 @@ class Gateway:
         parsed = self.with_prefix(parsed)
         decision = self.router.decide(parsed.features, dry_run=True)
         return explain_body(parsed, decision)
-
-
-def after_upstream_send(loop: asyncio.AbstractEventLoop) -> Callable[..., object]:
-    """``later(fn, *args)``: ``fn`` runs once the request's upstream call is out, while the
-    request waits for its backend's answer (the loop's turn after next). aiohttp on Python
-    3.11 sends a request from a task that first runs at the loop's next turn (from 3.12 it
-    starts eagerly), so work put there with one ``call_soon`` would run ahead of the send."""
-    soon: Callable[..., object] = loop.call_soon
-    return partial(soon, soon)
 
 
 def _settle_failed(trail: Trail, exc: BaseException) -> None:
