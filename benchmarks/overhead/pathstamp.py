@@ -8,10 +8,13 @@ Run the harness with ``callcount/`` leading the proxies' PYTHONPATH and ``$QR_PA
         --reps 3 --c1-pairs 10 --no-nginx --no-vllm-router --open-streams 0 --profile 0
     python pathstamp.py /tmp/stamps
 
-For each proxy: request in to the upstream call (A -> B), the upstream call to its headers
-(B -> C), headers in to the answer sent (C -> D), and the client's turn from one answer to the
-next request (D -> the next A); medians and quartiles over the requests whose four stamps came.
-See ``callcount/stamps.py`` for the four points.
+For each proxy: the read that brought the request to its first byte parsed (R -> A), request in
+to the upstream call (A -> B), the upstream call to its headers (B -> C), headers in to the answer
+sent (C -> D), what the app does after the answer is sent (D -> E: the gateway's accounting),
+the client's turn from one answer to the next request's read (D -> the next R), and the proxy's
+idle time before it (E -> the next R), with how often the next request's read came before the
+last one's task had ended (work after the answer then delays the next request); medians and
+quartiles over the requests whose six stamps came. See ``callcount/stamps.py`` for the points.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import itertools
 import json
 from pathlib import Path
 
-SPANS = (("A", "B", "request in -> upstream call"), ("B", "C", "upstream call -> its headers"),
-         ("C", "D", "headers in -> answer sent"), ("A", "D", "request in -> answer sent"))  # fmt: skip
+STAMPS = ["R", "A", "B", "C", "D", "E"]
+SPANS = (("R", "A", "the read -> first byte parsed"), ("A", "B", "request in -> upstream call"),
+         ("B", "C", "upstream call -> its headers"), ("C", "D", "headers in -> answer sent"),
+         ("R", "D", "the read -> answer sent"), ("D", "E", "answer sent -> task over"))  # fmt: skip
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -37,21 +42,25 @@ def report(path: Path) -> list[str]:
         records = [{str(k): int(v) for k, v in r} for r in raw]
     except (TypeError, ValueError):  # not a file of stamps
         return []
-    whole = [r for r in records if list(r) == ["A", "B", "C", "D"]]
+    whole = [r for r in records if list(r) == STAMPS]
     if not whole:
         return []
-    lines = [f"{path.name}: {len(whole)} requests with all four stamps (µs: p25 / median / p75)"]
+    lines = [f"{path.name}: {len(whole)} requests with all six stamps (µs: p25 / median / p75)"]
     for start, end, label in SPANS:
         q1, q2, q3 = quartiles([(r[end] - r[start]) / 1000 for r in whole])
         lines.append(f"  {start} -> {end}  {label:<30} {q1:8.1f} {q2:8.1f} {q3:8.1f}")
-    turns = [
-        (b["A"] - a["D"]) / 1000
+    follows = [  # one request and the next, within 5 ms (not across a pause between windows)
+        (a, b)
         for a, b in itertools.pairwise(records)
-        if "D" in a and "A" in b and 0 < b["A"] - a["D"] < 5_000_000
+        if list(a) == STAMPS and list(b) == STAMPS and 0 < b["R"] - a["D"] < 5_000_000
     ]
-    if turns:
-        q1, q2, q3 = quartiles(turns)
-        lines.append(f"  D -> next A  {'the client turn':<30} {q1:8.1f} {q2:8.1f} {q3:8.1f}")
+    if not follows:
+        return lines
+    for start, label in (("D", "the client's turn"), ("E", "idle till the next read")):
+        q1, q2, q3 = quartiles([(b["R"] - a[start]) / 1000 for a, b in follows])
+        lines.append(f"  {start} -> next R  {label:<26} {q1:8.1f} {q2:8.1f} {q3:8.1f}")
+    early = sum(b["R"] < a["E"] for a, b in follows)
+    lines.append(f"  the next read came before the task was over: {early} of {len(follows)}")
     return lines
 
 

@@ -1,11 +1,14 @@
 """Installed by ``sitecustomize`` at start-up in any process whose PYTHONPATH leads with this
 directory and whose ``$QR_PATHSTAMP`` names a directory: a uvicorn (httptools) + aiohttp proxy
-stamps four points of every request, the same way in the gateway and in the bare proxy:
+stamps six points of every request, the same way in the gateway and in the bare proxy:
 
+- R: the start of the read that brought the request's first byte (uvicorn's ``data_received``);
 - A: uvicorn's ``on_message_begin`` (the request's first byte parsed);
 - B: the call of aiohttp's ``ClientSession._request`` for the upstream POST;
 - C: its return (the backend's status and headers in);
-- D: the return of uvicorn's ``send`` of the answer's last body message.
+- D: the return of uvicorn's ``send`` of the answer's last body message;
+- E: the end of the request's task (uvicorn's ``run_asgi``): what the app does after the answer
+  is sent (the gateway's accounting) lies between D and E.
 
 Every 2,000 requests, and at exit, the stamps go to ``$QR_PATHSTAMP/<program>-<pid>.json``
 (``perf_counter_ns`` values). ``pathstamp.py`` reads them. Sequential requests only: the
@@ -41,9 +44,21 @@ def install(directory: str) -> None:
         aiohttp.ClientSession._request,
         impl.RequestResponseCycle.send,
     )
+    received, run_asgi = impl.HttpToolsProtocol.data_received, impl.RequestResponseCycle.run_asgi
+    read_at = [0]
+
+    def data_received(self: impl.HttpToolsProtocol, data: bytes) -> None:
+        read_at[0] = now()
+        received(self, data)
+
+    async def stamped_run_asgi(self: impl.RequestResponseCycle, app: Any) -> None:
+        record = current[0]  # this request's: the task starts after its on_message_begin
+        await run_asgi(self, app)
+        if record is not None:
+            record.append(("E", now()))
 
     def on_message_begin(self: impl.HttpToolsProtocol) -> None:
-        record = [("A", now())]
+        record = [("R", read_at[0]), ("A", now())]
         RECORDS.append(record)
         current[0] = record
         if len(RECORDS) % 2000 == 0:  # the bare proxy is stopped by a signal: no atexit
@@ -71,4 +86,6 @@ def install(directory: str) -> None:
     impl.HttpToolsProtocol.on_message_begin = on_message_begin  # type: ignore[method-assign]
     aiohttp.ClientSession._request = stamped_request  # type: ignore[method-assign,assignment]
     impl.RequestResponseCycle.send = stamped_send  # type: ignore[method-assign]
+    impl.HttpToolsProtocol.data_received = data_received  # type: ignore[method-assign]
+    impl.RequestResponseCycle.run_asgi = stamped_run_asgi  # type: ignore[method-assign]
     atexit.register(_dump, directory)
