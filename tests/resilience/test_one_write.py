@@ -16,9 +16,9 @@ import uvicorn
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from quantroute.one_write import ONE_WRITE
 from quantroute.proxy.relay import WholeResponse
 from quantroute.resilience.header_timeout import (
-    ONE_WRITE,
     HeaderTimeoutProtocol,
     _LingerOnClose,
     protocol_class,

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -22,6 +21,7 @@ from quantroute.errors import (
     UpstreamTooLarge,
     openai_error_body,
 )
+from quantroute.one_write import ONE_WRITE, OneWrite
 from quantroute.proxy.attempt import CLIENT_CLOSED, Attempt
 from quantroute.proxy.context import RequestContext
 from quantroute.proxy.disconnect import RelayResponse
@@ -29,11 +29,7 @@ from quantroute.proxy.sse import EventCap, Usage
 from quantroute.proxy.transcript import StreamBroke
 from quantroute.proxy.upstream import UpstreamResponse
 from quantroute.proxy.upstream_errors import client_error
-from quantroute.resilience.header_timeout import ONE_WRITE, OneWrite
 from quantroute.resilience.outcomes import AttemptOutcome
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("quantroute.proxy")
 NO_EXTENSIONS: Mapping[str, object] = {}

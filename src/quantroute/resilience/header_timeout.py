@@ -37,10 +37,11 @@ import asyncio
 import fcntl
 import termios
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from quantroute.one_write import ONE_WRITE
 from quantroute.resilience.settings import ClientLimits
 
 _DEFAULTS = ClientLimits()
@@ -191,27 +192,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
 
 Buffer = bytes | bytearray | memoryview
-ONE_WRITE = "quantroute.one_write"
-"""The scope extension (``scope["extensions"]``) a whole answer uses to go out in one write: a
-:class:`OneWrite`."""
-
-
-class OneWrite(Protocol):
-    def hold(self) -> None:
-        """The next write (an answer's status line and headers) waits for the one after it (its
-        body): both go to the socket in one call."""
-        ...
-
-    def release(self) -> None:
-        """Writes what is still held (no body followed it), unless the connection is closing."""
-        ...
 
 
 class _LingerOnClose:
     """The transport as a request cycle with a body sees it: ``close`` (uvicorn's, after an
     answer with ``connection: close``) closes lingering when the body was not read whole.
 
-    It is also the connection's :class:`OneWrite`: uvicorn writes an answer's head as it starts
+    It is also the connection's :class:`~quantroute.one_write.OneWrite`: uvicorn writes an answer's head as it starts
     and its body as it comes, two system calls and two TCP segments for an answer that is whole
     before it starts; held (:meth:`hold`), the head goes out with the body in one ``writelines``
     (one ``writev``), as nginx sends a small answer."""
