@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from quantroute.access.config import QuotaConfig, QuotaLimits
+from quantroute.access.counters import MemoryCounters, RedisCounters
 from quantroute.access.errors import QuotaUnavailable, RateLimited
 from quantroute.access.keys import Principal
 from quantroute.access.metrics import AccessMetrics
@@ -166,6 +167,95 @@ async def test_a_refused_request_costs_nothing(make: Make, store: dict[str, Any]
     assert after["x-ratelimit-remaining-requests"] == "9"
     assert after["x-ratelimit-remaining-tokens"] == "10"
     assert await quotas.admit(principal, 10) is not None
+
+
+def end_the_windows_after_a_count_over(quotas: Quotas, clock: Clock, limit: int) -> None:
+    """Fault, once: the windows end between a request's count over ``limit`` and its refund (on
+    Redis the keys' TTLs running out in that round trip; it happened in CI while a test polled
+    for a new window). In memory the clock passes the windows' end; on Redis the keys go."""
+    counters = quotas._redis if quotas.shared else quotas._local
+    assert counters is not None
+    count = counters.incr
+    fired: list[str] = []
+
+    async def incr(key: str, window_s: int, amount: int) -> int:
+        counted = await count(key, window_s, amount)
+        if key.startswith("rpm:") and counted > limit and not fired:
+            fired.append(key)
+            if isinstance(counters, RedisCounters):
+                name = key.removeprefix("rpm:")
+                prefix = quotas.config.key_prefix
+                await counters.client.delete(f"{prefix}:rpm:{name}", f"{prefix}:tpm:{name}")
+            else:
+                clock.now += window_s
+        return counted
+
+    counters.incr = incr  # type: ignore[method-assign]
+
+
+async def test_a_refund_after_its_window_ended_opens_no_window(
+    make: Make, store: dict[str, Any], clock: Clock
+) -> None:
+    """A refused request's refund that arrives after its window ended must not open the next
+    window in debt: with a negative increment it did (the count at -1), and the next window let
+    one request more than the limit through."""
+    quotas = await make(**store)
+    principal = key(requests_per_minute=2, tokens_per_minute=1000)
+    assert await admitted(quotas, principal, 2) == 2
+    end_the_windows_after_a_count_over(quotas, clock, 2)
+    with pytest.raises(RateLimited):
+        await quotas.admit(principal, 1)
+    assert await admitted(quotas, principal, 5) == 2
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "998"
+
+
+async def test_taking_back_keeps_the_window_and_stops_at_zero(redis_url: str) -> None:
+    """On the stores themselves: a take-back leaves the window's end where it was (in memory its
+    end, on Redis the key keeps its expiry), never goes below zero, and leaves an ended (absent)
+    window absent."""
+    clock = Clock()
+    memory = MemoryCounters(clock)
+    redis = RedisCounters(redis_url, timeout_s=2.0, prefix="take-back-test")
+
+    async def take_back(counters: MemoryCounters | RedisCounters) -> None:
+        assert await counters.incr("k", 60, 5) == 5
+        assert await counters.take_back("k", 2) == 2
+        assert await counters.take_back("k", 9) == 3  # only what is there
+        assert await counters.get("k") == 0
+        assert await counters.take_back("gone", 4) == 0
+        assert await counters.get("gone") == 0
+
+    try:
+        end = clock.now + 60
+        await take_back(memory)
+        assert await memory.window_end("k") == end
+        await take_back(redis)
+        assert 0 < await redis.client.pttl("take-back-test:k") <= 60_000
+        assert await redis.client.exists("take-back-test:gone") == 0
+    finally:
+        await redis.client.delete("take-back-test:k")
+        await redis.aclose()
+
+
+async def test_a_late_token_correction_opens_no_window(
+    make: Make, store: dict[str, Any], clock: Clock
+) -> None:
+    """An overestimate given back after its window ended is dropped, not carried into the next
+    window as a negative count."""
+    quotas = await make(**store)
+    principal = key(tokens_per_minute=1000)
+    admission = await quotas.admit(principal, 600)
+    assert admission is not None
+    counters = quotas._redis if quotas.shared else quotas._local
+    assert counters is not None
+    if isinstance(counters, RedisCounters):  # the key's TTL ran out before the correction
+        await counters.client.delete(f"{quotas.config.key_prefix}:tpm:{principal.name}")
+    else:
+        clock.now += 60
+    await quotas.finish(admission, 100)  # the window is gone: nothing to give back into
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "1000"
+    await quotas.finish(await quotas.admit(principal, 700), None)
+    assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "300"
 
 
 async def test_a_prompt_larger_than_the_limit_is_refused_as_too_large(

@@ -26,6 +26,14 @@ from quantroute.base import Clock
 class Counters(Protocol):
     async def incr(self, key: str, window_s: int, amount: int) -> int: ...
 
+    async def take_back(self, key: str, amount: int) -> int:
+        """Subtract ``amount`` from the key's window while that window lasts, never below 0;
+        returns what was subtracted.
+        Unlike a negative :meth:`incr`, it never opens a window: a refund that arrives after its
+        window ended must not start the next one in debt (a count of -1 would let one request
+        more through)."""
+        ...
+
     async def get(self, key: str) -> int: ...
 
     async def window_end(self, key: str) -> float:
@@ -74,6 +82,14 @@ class MemoryCounters:
             self._ends[key] = self._clock() + window_s
         return count
 
+    def take_back_now(self, key: str, amount: int) -> int:
+        count = self.get_now(key)
+        if key not in self._counts:
+            return 0
+        taken = min(amount, max(count, 0))
+        self._counts[key] = count - taken
+        return taken
+
     def release_now(self, key: str, lease: str) -> None:
         held = self._leases.get(key)
         if held is not None:
@@ -83,6 +99,9 @@ class MemoryCounters:
 
     async def incr(self, key: str, window_s: int, amount: int) -> int:
         return self.incr_now(key, window_s, amount)
+
+    async def take_back(self, key: str, amount: int) -> int:
+        return self.take_back_now(key, amount)
 
     async def get(self, key: str) -> int:
         return self.get_now(key)
@@ -119,6 +138,19 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
 return {1, held + 1}
+"""
+
+# DECRBY keeps the key's TTL; an absent key (its window over) is left absent.
+_TAKE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]))
+if count == nil then
+  return 0
+end
+local taken = math.min(tonumber(ARGV[1]), math.max(count, 0))
+if taken > 0 then
+  redis.call('DECRBY', KEYS[1], taken)
+end
+return taken
 """
 
 _HELD = """
@@ -162,6 +194,7 @@ class RedisCounters:
         )
         self._acquire = self.client.register_script(_ACQUIRE)
         self._held = self.client.register_script(_HELD)
+        self._take_back = self.client.register_script(_TAKE_BACK)
 
     def _key(self, key: str) -> str:
         """The key as stored (``limits`` prefixes its counters the same way)."""
@@ -169,6 +202,9 @@ class RedisCounters:
 
     async def incr(self, key: str, window_s: int, amount: int) -> int:
         return await self._storage.incr(key, window_s, amount)
+
+    async def take_back(self, key: str, amount: int) -> int:
+        return int(await self._take_back(keys=[self._key(key)], args=[amount]))
 
     async def get(self, key: str) -> int:
         return await self._storage.get(key)
@@ -192,6 +228,7 @@ class RedisCounters:
         await self.client.ping()
         await self.client.script_load(_ACQUIRE)
         await self.client.script_load(_HELD)
+        await self.client.script_load(_TAKE_BACK)
         await self._storage.incr("warm-up", 1, 1)
 
     async def aclose(self) -> None:

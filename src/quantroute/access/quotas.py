@@ -285,11 +285,10 @@ class Quotas:
         t_count: int | None,
     ) -> None:
         rk, tk, _ = self._keys(principal)
-        window = self.config.window_s
         await self._pair(
             store,
-            store.incr(rk, window, -1) if r_count is not None else None,
-            store.incr(tk, window, -estimate) if t_count is not None else None,
+            store.take_back(rk, 1) if r_count is not None else None,
+            store.take_back(tk, estimate) if t_count is not None else None,
         )
 
     def _refuse(
@@ -360,8 +359,10 @@ class Quotas:
         if admission.lease is not None:
             self._local.release_now(ck, admission.lease)
         delta = self._delta(admission, used_tokens)
-        if delta:
+        if delta > 0:
             self._local.incr_now(tk, self.config.window_s, delta)
+        elif delta < 0:
+            self._local.take_back_now(tk, -delta)
         return True
 
     def _delta(self, admission: Admission, used: int | None) -> int:
@@ -379,8 +380,10 @@ class Quotas:
         if admission.lease is not None:
             await store.release(ck, admission.lease)
         delta = self._delta(admission, used)
-        if delta:
+        if delta > 0:
             await store.incr(tk, self.config.window_s, delta)
+        elif delta < 0:
+            await store.take_back(tk, -delta)
 
     # -- looking without counting --------------------------------------------------------------
     async def peek(self, principal: Principal) -> dict[str, str]:
