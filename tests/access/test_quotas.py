@@ -169,12 +169,27 @@ async def test_a_refused_request_costs_nothing(make: Make, store: dict[str, Any]
     assert await quotas.admit(principal, 10) is not None
 
 
+def counters_of(quotas: Quotas) -> MemoryCounters | RedisCounters:
+    counters = quotas._redis if quotas.shared else quotas._local
+    assert counters is not None
+    return counters
+
+
+async def end_the_windows(quotas: Quotas, clock: Clock, *keys: str) -> None:
+    """Fault: ``keys``' windows end now. In memory the clock passes every window's end; on Redis
+    the keys go, as when their TTLs run out."""
+    counters = counters_of(quotas)
+    if isinstance(counters, RedisCounters):
+        await counters.client.delete(*(counters._key(k) for k in keys))
+    else:
+        clock.now += quotas.config.window_s
+
+
 def end_the_windows_after_a_count_over(quotas: Quotas, clock: Clock, limit: int) -> None:
     """Fault, once: the windows end between a request's count over ``limit`` and its refund (on
     Redis the keys' TTLs running out in that round trip; it happened in CI while a test polled
-    for a new window). In memory the clock passes the windows' end; on Redis the keys go."""
-    counters = quotas._redis if quotas.shared else quotas._local
-    assert counters is not None
+    for a new window)."""
+    counters = counters_of(quotas)
     count = counters.incr
     fired: list[str] = []
 
@@ -182,12 +197,8 @@ def end_the_windows_after_a_count_over(quotas: Quotas, clock: Clock, limit: int)
         counted = await count(key, window_s, amount)
         if key.startswith("rpm:") and counted > limit and not fired:
             fired.append(key)
-            if isinstance(counters, RedisCounters):
-                name = key.removeprefix("rpm:")
-                prefix = quotas.config.key_prefix
-                await counters.client.delete(f"{prefix}:rpm:{name}", f"{prefix}:tpm:{name}")
-            else:
-                clock.now += window_s
+            name = key.removeprefix("rpm:")
+            await end_the_windows(quotas, clock, f"rpm:{name}", f"tpm:{name}")
         return counted
 
     counters.incr = incr  # type: ignore[method-assign]
@@ -246,12 +257,7 @@ async def test_a_late_token_correction_opens_no_window(
     principal = key(tokens_per_minute=1000)
     admission = await quotas.admit(principal, 600)
     assert admission is not None
-    counters = quotas._redis if quotas.shared else quotas._local
-    assert counters is not None
-    if isinstance(counters, RedisCounters):  # the key's TTL ran out before the correction
-        await counters.client.delete(f"{quotas.config.key_prefix}:tpm:{principal.name}")
-    else:
-        clock.now += 60
+    await end_the_windows(quotas, clock, f"tpm:{principal.name}")
     await quotas.finish(admission, 100)  # the window is gone: nothing to give back into
     assert (await quotas.peek(principal))["x-ratelimit-remaining-tokens"] == "1000"
     await quotas.finish(await quotas.admit(principal, 700), None)

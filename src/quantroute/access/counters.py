@@ -29,6 +29,7 @@ class Counters(Protocol):
     async def take_back(self, key: str, amount: int) -> int:
         """Subtract ``amount`` from the key's window while that window lasts, never below 0;
         returns what was subtracted.
+
         Unlike a negative :meth:`incr`, it never opens a window: a refund that arrives after its
         window ended must not start the next one in debt (a count of -1 would let one request
         more through)."""
