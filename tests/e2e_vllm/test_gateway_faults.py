@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .conftest import VllmTier
 from .metrics import samples_by, scrape
 from .procs import ManagedProcess, free_port
 from .stack import VLLM_ENV, VLLM_HEALTH_TIMEOUT_S, Variant, VllmServer, start_gateway, vllm_argv
-from .waits import apoll_until, poll_until
+from .waits import poll_until
 
 pytestmark = pytest.mark.vllm
 
@@ -47,7 +48,11 @@ and the kill, the test's own process can stall for seconds on a loaded machine (
 config notes 10 s); a CI run's streams all ended in such a stall, nothing was cut, the scrapes
 marked the server down before a new request tried it, and passive health had nothing to eject on
 (reproduced with a 10 s sleep there). So the victim is frozen (SIGSTOP) first, the streams in
-flight are counted while nothing there can end, and only then killed."""
+flight are counted while nothing there can end, and only then killed. A burst whose streams at
+the victim all ended before a poll saw two of them is a missed round too (a CI run's poll read 0
+for 60 s while the victim served its four streams one after another)."""
+CATCH_S = 30.0
+"""How long one round polls for two streams in flight at the victim."""
 BURST = 8
 """Streams sent before the kill, and as many right after it: enough for two in flight on the
 victim, few enough that the survivor serves them all well within the timeouts on a loaded CPU."""
@@ -87,6 +92,19 @@ class Pair:
         read on a loaded machine, long enough to miss a whole burst)."""
         rows = (await client.get(self.gateway_url + "/admin/backends")).json()["backends"]
         return int(next(r for r in rows if r["id"] == backend)["in_flight"]["requests"])
+
+    async def most_in_flight(
+        self, client: httpx.AsyncClient, backend: str, want: int, timeout_s: float
+    ) -> int:
+        """Poll :meth:`in_flight` until it reaches ``want`` or ``timeout_s`` has passed: the
+        most it read."""
+        deadline = time.monotonic() + timeout_s
+        most = 0
+        while True:
+            most = max(most, await self.in_flight(client, backend))
+            if most >= want or time.monotonic() > deadline:
+                return most
+            await asyncio.sleep(0.05)
 
     def victim_outcomes(self, backend: str) -> dict[str, float]:
         """What the gateway's attempts at ``backend`` showed it, by outcome (its /metrics)."""
@@ -194,26 +212,30 @@ async def test_killing_a_vllm_server_mid_burst(pair: Pair) -> None:
     try:
         async with httpx.AsyncClient(timeout=30) as admin:
             await pair.in_flight(admin, victim)  # the probe's connection is open before the burst
+            missed: list[str] = []
             for _round in range(KILL_ROUNDS):
                 burst = [
                     asyncio.create_task(one_stream(client, BURST_TOKENS)) for _ in range(BURST)
                 ]
-                await apoll_until(
-                    lambda: pair.in_flight(admin, victim),
-                    lambda n: n >= 2,
-                    timeout_s=60,
-                    interval_s=0.05,
-                )
-                os.killpg(group, signal.SIGSTOP)  # frozen: what is in flight there stays so
-                caught = await pair.in_flight(admin, victim)
-                if caught >= 2:
-                    break
-                # the test's own process stalled between the poll and the freeze long enough
-                # for the victim's streams to end: let it go on, and try again
-                os.killpg(group, signal.SIGCONT)
-                results += await asyncio.gather(*burst)
+                seen = await pair.most_in_flight(admin, victim, 2, CATCH_S)
+                caught = 0
+                if seen >= 2:
+                    os.killpg(group, signal.SIGSTOP)  # frozen: what is in flight there stays so
+                    caught = await pair.in_flight(admin, victim)
+                    if caught >= 2:
+                        break
+                    # the test's own process stalled between the poll and the freeze long
+                    # enough for the victim's streams to end: let it go on, and try again
+                    os.killpg(group, signal.SIGCONT)
+                burst_results = await asyncio.gather(*burst)
+                results += burst_results
+                at_victim = sum(b == victim for _, b in burst_results)
+                missed.append(f"polled {seen}, frozen {caught}, {at_victim} of {BURST} there")
             else:
-                pytest.fail(f"no two streams caught in flight at {victim} in {KILL_ROUNDS} bursts")
+                pytest.fail(
+                    f"no two streams caught in flight at {victim} in {KILL_ROUNDS} bursts "
+                    f"({'; '.join(missed)})\n{pair.report(results)}"
+                )
         os.killpg(group, signal.SIGKILL)  # mid-burst
         after = [asyncio.create_task(one_stream(client)) for _ in range(BURST)]
         results += await asyncio.gather(*burst)
